@@ -1,0 +1,82 @@
+"""Safe reading of official checkpoints: torch files with weights_only=True, Paddle .pdparams through a
+restricted unpickler that admits only numpy arrays and plain containers (no Paddle needed)."""
+import codecs
+import collections
+import pickle
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # numpy < 2
+    from numpy.core import multiarray as _multiarray
+
+_ALLOWED_GLOBALS = {
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('_codecs', 'encode'): codecs.encode,  # protocol-2 pickles store array bytes through it
+    ('numpy', 'dtype'): np.dtype,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,
+    ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
+    ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f'refusing to load {module}.{name} from a .pdparams file (only numpy arrays and containers '
+                'are allowed)') from None
+
+
+def read_pdparams(path):
+    """Read a PaddlePaddle ``.pdparams`` file (a pickled dict of numpy arrays) without Paddle."""
+    with open(path, 'rb') as f:
+        obj = _RestrictedUnpickler(f, encoding='latin1').load()
+    if not isinstance(obj, dict):
+        raise ValueError(f'{path}: expected a dict of arrays, got {type(obj).__name__}')
+    obj.pop('StructuredToParameterName@@', None)  # Paddle's name table, not a tensor
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obj.items()}
+
+
+def read_checkpoint_file(path):
+    """Return a flat {key: tensor} dict from an mmseg ``.pth`` (``{'state_dict': ...}`` or bare) or a
+    ``.pdparams`` file."""
+    path = str(path)
+    if path.endswith('.pdparams'):
+        return read_pdparams(path)
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+    for wrapper in ('state_dict', 'model'):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise ValueError(f'{path}: no state dict found')
+    return dict(obj)
+
+
+def load_official_checkpoint(model, path):
+    """Load an official checkpoint file unchanged into ``model``.
+
+    The model's ``checkpoint_filter_fn`` maps official names to ours (and raises on official keys it cannot
+    map); any of our parameters or buffers left unfilled, or a shape mismatch, is an error naming the keys."""
+    state = read_checkpoint_file(path)
+    mapped = model.checkpoint_filter_fn(state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in mapped]
+    unexpected = [k for k in mapped if k not in own]
+    if missing or unexpected:
+        raise KeyError(f'{path}: checkpoint does not match {type(model).__name__}: '
+                       f'missing {missing[:20]}{" ..." if len(missing) > 20 else ""} '
+                       f'unexpected {unexpected[:20]}{" ..." if len(unexpected) > 20 else ""}')
+    bad = [f'{k}: {tuple(mapped[k].shape)} vs ours {tuple(v.shape)}' for k, v in own.items()
+           if tuple(mapped[k].shape) != tuple(v.shape)]
+    if bad:
+        raise ValueError(f'{path}: shape mismatch: ' + '; '.join(bad[:20]))
+    model.load_state_dict({k: mapped[k].to(own[k].dtype) for k in own}, strict=True)
+    return model

@@ -1,0 +1,306 @@
+"""ROS 2 edge of seg_perception: camera images in, labels / colour / confidence / class info / diagnostics out.
+
+Subscribes (sensor-data QoS): ``image`` (sensor_msgs/Image) or ``image/compressed``
+(sensor_msgs/CompressedImage), chosen by the ``input_mode`` parameter; remap them to the camera's topics.
+Publishes, with the input's header:
+  ``segmentation/labels``      sensor_msgs/Image mono8 class ids (mono16 above 255 classes)
+  ``segmentation/color``       sensor_msgs/Image rgb8 colour mask (blended over the input if ``overlay``)
+  ``segmentation/confidence``  sensor_msgs/Image mono8, 0-255 for a max softmax probability of 0-1
+  ``segmentation/label_info``  std_msgs/String JSON class ids, names and colours (reliable, transient local)
+  ``/diagnostics``             diagnostic_msgs/DiagnosticArray, every ``diagnostics_period`` seconds
+One worker thread runs inference on the newest frame; frames it could not take are counted as dropped.
+Images are only segmented while somebody subscribes to an output.
+"""
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from .paths import default_model_path
+from .runtime.engine import EngineError, SegmentationEngine, colorize, overlay
+from .runtime.imgmsg import ImageFormatError, array_to_image_fields, compressed_to_rgb, image_to_rgb
+from .runtime.stats import RollingStats
+from .runtime.worker import LatestFrameWorker
+
+# Parameters that rebuild the engine when changed at run time.
+ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'input_size')
+LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+OUTPUT_QOS = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _float_range(lo, hi):
+    return [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+
+
+def _int_range(lo, hi):
+    return [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+
+
+PARAMETERS = {
+    # name: (default, description, extra descriptor fields)
+    'model_path': ('', 'ONNX model file; empty = the shipped default model. Changing it reloads the model.', {}),
+    'input_mode': ('raw', "'raw' subscribes to image (sensor_msgs/Image), 'compressed' to image/compressed.",
+                   {'read_only': True, 'additional_constraints': "one of: raw, compressed"}),
+    'providers': (['CUDAExecutionProvider', 'CPUExecutionProvider'],
+                  'ONNX Runtime execution providers in order of preference; unavailable ones are skipped, '
+                  'CPU is always the last resort.', {}),
+    'intra_op_threads': (0, 'ONNX Runtime intra-op threads (0 = ORT default: one per core).',
+                         {'integer_range': _int_range(0, 64)}),
+    'inter_op_threads': (0, 'ONNX Runtime inter-op threads (0 = ORT default).', {'integer_range': _int_range(0, 64)}),
+    'input_size': ([0, 0], 'Network input [H, W] for models with dynamic input (multiples of 32); [0, 0] = '
+                           "the size stored in the model.", {}),
+    'overlay': (False, 'Blend the colour mask over the input image on segmentation/color.', {}),
+    'overlay_alpha': (0.5, 'Weight of the colour mask in the overlay.', {'floating_point_range': _float_range(0, 1)}),
+    'exit_threshold': (-1.0, 'Token-pass models: tokens whose confidence passes this stop early (lower = '
+                             'cheaper); 1.0 = no early stop; -1 = the value stored in the model.',
+                       {'floating_point_range': _float_range(-1, 1)}),
+    'diagnostics_period': (1.0, 'Seconds between /diagnostics messages.',
+                           {'floating_point_range': _float_range(0.1, 60)}),
+    'stats_window': (10.0, 'Seconds of history behind latency percentiles and rates.',
+                     {'floating_point_range': _float_range(1, 600)}),
+    'log_throttle': (5.0, 'Minimum seconds between repeated warnings of one kind.',
+                     {'floating_point_range': _float_range(0, 3600)}),
+}
+
+
+class SegmentationNode(Node):
+
+    def __init__(self, **kwargs):
+        super().__init__('segmentation_node', **kwargs)
+        for name, (default, description, extra) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
+        self._validate_static()
+        self.counters = dict.fromkeys(('received', 'processed', 'published', 'rejected', 'errors',
+                                       'idle_no_subscribers', 'no_model'), 0)
+        self.stats = RollingStats(self.get_parameter('stats_window').value)
+        self._engine_lock = threading.Lock()
+        self.engine = None
+        self.engine_error = None
+        self._last_kept = None
+        self._last_macs = None
+
+        self.pub_labels = self.create_publisher(Image, 'segmentation/labels', OUTPUT_QOS)
+        self.pub_color = self.create_publisher(Image, 'segmentation/color', OUTPUT_QOS)
+        self.pub_conf = self.create_publisher(Image, 'segmentation/confidence', OUTPUT_QOS)
+        self.pub_info = self.create_publisher(String, 'segmentation/label_info', LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        self._load_engine(self._engine_settings({}))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.worker = LatestFrameWorker(self._process, self._on_worker_error)
+        qos_options = QoSOverridingOptions.with_default_policies()
+        if self.get_parameter('input_mode').value == 'compressed':
+            self.sub = self.create_subscription(CompressedImage, 'image/compressed', self._on_image,
+                                                qos_profile_sensor_data, qos_overriding_options=qos_options)
+        else:
+            self.sub = self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data,
+                                                qos_overriding_options=qos_options)
+        self.diag_timer = self.create_timer(self.get_parameter('diagnostics_period').value, self._publish_diagnostics)
+        self.get_logger().info(f'listening on {self.sub.topic_name} ({self.get_parameter("input_mode").value})')
+
+    # ------------------------------------------------------------------ parameters
+    def _validate_static(self):
+        mode = self.get_parameter('input_mode').value
+        if mode not in ('raw', 'compressed'):
+            raise ValueError(f"input_mode must be 'raw' or 'compressed', got {mode!r}")
+
+    def _engine_settings(self, overrides):
+        values = {name: self.get_parameter(name).value for name in ENGINE_PARAMS}
+        values.update(overrides)
+        return values
+
+    @staticmethod
+    def _check_value(name, value):
+        """Reason a value is refused, or None."""
+        if name == 'input_size':
+            if len(value) != 2 or any(v < 0 or v % 32 for v in value) or (0 in value and any(value)):
+                return 'input_size must be [0, 0] or two positive multiples of 32'
+        if name == 'providers' and not all(isinstance(p, str) and p for p in value):
+            return 'providers must be a list of provider names'
+        return None
+
+    def _on_set_parameters(self, params):
+        overrides = {}
+        for p in params:
+            reason = self._check_value(p.name, p.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            if p.name in ENGINE_PARAMS:
+                overrides[p.name] = p.value
+        if overrides:
+            try:
+                self._load_engine(self._engine_settings(overrides), strict=True)
+            except (EngineError, ValueError) as exc:
+                return SetParametersResult(successful=False, reason=f'model not changed: {exc}')
+        return SetParametersResult(successful=True)
+
+    def _load_engine(self, settings, strict=False):
+        """Build an engine from parameter values. At start-up a bad model leaves the node running without one
+        (reported in diagnostics, fixable by setting model_path); at run time (strict) the change is refused."""
+        path = settings['model_path'] or default_model_path()
+        input_size = tuple(settings['input_size'])
+        try:
+            engine = SegmentationEngine(path, providers=list(settings['providers']),
+                                        intra_op_threads=settings['intra_op_threads'],
+                                        inter_op_threads=settings['inter_op_threads'],
+                                        input_size=None if input_size == (0, 0) else input_size)
+        except (EngineError, ValueError) as exc:
+            if strict:
+                raise
+            self.engine_error = str(exc)
+            self.get_logger().error(f'no model loaded: {exc}. Set the model_path parameter to a valid model.')
+            return
+        with self._engine_lock:
+            self.engine, self.engine_error = engine, None
+        self.get_logger().info(
+            f'model {os.path.basename(path)} ({engine.meta.get("arch", "?")}, {engine.num_classes} classes) '
+            f'running on {engine.provider} (preference: {", ".join(settings["providers"])})')
+        self.pub_info.publish(String(data=json.dumps(self.label_info(engine, path))))
+
+    @staticmethod
+    def label_info(engine, path):
+        return {
+            'model': os.path.basename(path), 'arch': engine.meta.get('arch', ''),
+            'label_encoding': 'mono8' if engine.label_dtype == np.uint8 else 'mono16',
+            'ignore_index': engine.meta['ignore_index'],
+            'classes': [{'id': i, 'name': n, 'color': list(c)}
+                        for i, (n, c) in enumerate(zip(engine.names, engine.palette))],
+        }
+
+    # ------------------------------------------------------------------ frames
+    def _on_image(self, msg):
+        self.counters['received'] += 1
+        self.stats.add('input')
+        self.worker.submit((msg, time.monotonic()))
+
+    def _warn(self, text):
+        self.get_logger().warning(text, throttle_duration_sec=self.get_parameter('log_throttle').value)
+
+    def _on_worker_error(self, exc, item):
+        if isinstance(exc, (ImageFormatError, ValueError)):
+            self.counters['rejected'] += 1
+            self._warn(f'frame rejected: {exc}')
+        else:
+            self.counters['errors'] += 1
+            self.get_logger().error(f'inference failed: {type(exc).__name__}: {exc}',
+                                    throttle_duration_sec=self.get_parameter('log_throttle').value)
+
+    def _wanted_outputs(self):
+        return {name for name, pub in (('labels', self.pub_labels), ('color', self.pub_color),
+                                       ('confidence', self.pub_conf)) if pub.get_subscription_count() > 0}
+
+    def _process(self, item):
+        msg, t_received = item
+        with self._engine_lock:
+            engine = self.engine
+        if engine is None:
+            self.counters['no_model'] += 1
+            self._warn(f'no model loaded ({self.engine_error}); frame not segmented')
+            return
+        wanted = self._wanted_outputs()
+        if not wanted:
+            self.counters['idle_no_subscribers'] += 1
+            return
+        rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
+        threshold = self.get_parameter('exit_threshold').value
+        if threshold < 0:
+            threshold = engine.meta.get('exit_threshold')
+        result = engine.infer(rgb, exit_threshold=threshold)
+        header = msg.header
+        if 'labels' in wanted:
+            enc = 'mono8' if result.labels.dtype == np.uint8 else 'mono16'
+            self.pub_labels.publish(Image(header=header, **array_to_image_fields(result.labels, enc)))
+        if 'confidence' in wanted:
+            conf = np.clip(result.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            self.pub_conf.publish(Image(header=header, **array_to_image_fields(conf, 'mono8')))
+        if 'color' in wanted:
+            color = colorize(result.labels, engine.palette)
+            if self.get_parameter('overlay').value:
+                color = overlay(rgb, color, self.get_parameter('overlay_alpha').value)
+            self.pub_color.publish(Image(header=header, **array_to_image_fields(color, 'rgb8')))
+        self.counters['processed'] += 1
+        self.stats.add('output')
+        self.stats.add('latency_ms', result.latency_ms)
+        self.stats.add('age_ms', (time.monotonic() - t_received) * 1e3)
+        if result.kept_fraction is not None:
+            self._last_kept = result.kept_fraction
+            self.stats.add('kept_fraction', float(result.kept_fraction[-1]))
+        if result.macs is not None:
+            self.stats.add('gmacs', result.macs / 1e9)
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostic_status(self):
+        c = dict(self.counters, dropped=self.worker.dropped)
+        lat = self.stats.percentiles('latency_ms')
+        age = self.stats.percentiles('age_ms', (50,))
+        values = {
+            'model': os.path.basename(self.engine.model_path) if self.engine else '',
+            'provider': self.engine.provider if self.engine else '',
+            'input_rate_hz': f'{self.stats.rate("input"):.2f}',
+            'output_rate_hz': f'{self.stats.rate("output"):.2f}',
+            'latency_p50_ms': f'{lat[50]:.2f}', 'latency_p90_ms': f'{lat[90]:.2f}',
+            'latency_p99_ms': f'{lat[99]:.2f}', 'input_to_output_p50_ms': f'{age[50]:.2f}',
+        }
+        values.update({f'frames_{k}': str(v) for k, v in c.items()})
+        kept = self.stats.values('kept_fraction')
+        if kept.size:
+            values['kept_fraction_mean'] = f'{kept.mean():.3f}'
+            values['kept_fraction_last_per_stage'] = ' '.join(f'{v:.3f}' for v in self._last_kept)
+        gmacs = self.stats.values('gmacs')
+        if gmacs.size:
+            values['gmacs_per_frame_mean'] = f'{gmacs.mean():.3f}'
+            if self.engine and self.engine.static_macs:
+                values['gmacs_static_model'] = f'{self.engine.static_macs / 1e9:.3f}'
+        if self.engine is None:
+            level, message = DiagnosticStatus.ERROR, f'no model: {self.engine_error}'
+        elif c['errors'] or (c['received'] > 10 and c['dropped'] > 0.5 * c['received']):
+            level, message = DiagnosticStatus.WARN, 'inference errors or most frames dropped'
+        elif c['rejected']:
+            level, message = DiagnosticStatus.WARN, 'some input frames rejected (see log)'
+        else:
+            level, message = DiagnosticStatus.OK, 'running'
+        return DiagnosticStatus(level=level, name=f'{self.get_name()}: segmentation', message=message,
+                                hardware_id=values['provider'],
+                                values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+    def _publish_diagnostics(self):
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [self.diagnostic_status()]
+        self.pub_diag.publish(arr)
+
+    def destroy_node(self):
+        self.worker.stop()
+        return super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

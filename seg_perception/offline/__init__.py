@@ -1,0 +1,1 @@
+"""Offline side (needs torch): rendering, datasets, training, export, evaluation, replay and benchmarks."""

@@ -1,0 +1,1 @@
+"""Robot-side runtime: numpy, OpenCV and onnxruntime only (never torch, never rclpy)."""

@@ -1,0 +1,232 @@
+"""ONNX Runtime segmentation engine: the one inference path of the node, replay, evaluation and benchmarks.
+
+Robot side: numpy, OpenCV and onnxruntime only. Everything the engine needs (classes, palette, mean/std,
+input size, resize mode, output kind) is read from the model file's metadata (see ``metadata.py``).
+
+    engine = SegmentationEngine('models/topformer_tiny_scenes.onnx')
+    result = engine.infer(rgb)          # HxWx3 uint8 RGB of any size
+    result.labels, result.confidence    # HxW, at the input's own resolution
+"""
+import dataclasses
+import logging
+import os
+import time
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from . import metadata as md
+
+LOG = logging.getLogger('seg_perception.engine')
+
+DEFAULT_PROVIDERS = ('TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider')
+MAX_INPUT_PIXELS = 8192 * 8192
+
+
+class EngineError(RuntimeError):
+    """A model file that cannot be used (missing, not ONNX, no seg_perception metadata, wrong I/O)."""
+
+
+@dataclasses.dataclass
+class Geometry:
+    """How an input image was mapped onto the network input (to undo it on the way out)."""
+    src_hw: tuple       # original (H, W)
+    net_hw: tuple       # network input (H, W)
+    content_hw: tuple   # size of the resized image inside the network input
+    offset_yx: tuple    # top-left of the content (letterbox padding before it)
+
+
+@dataclasses.dataclass
+class SegResult:
+    labels: np.ndarray          # (H, W) uint8 (uint16 when more than 255 classes), original resolution
+    confidence: np.ndarray      # (H, W) float32 in [0, 1]
+    latency_ms: float           # whole infer(): pre + model + post
+    model_ms: float             # ONNX Runtime run only
+    kept_fraction: np.ndarray = None  # token-pass models: fraction of tokens active after each stage
+    macs: float = None          # token-pass models: MACs actually spent on this frame
+
+
+def select_providers(preferred, available=None):
+    """Keep the preferred execution providers that this onnxruntime build has, in order; CPU always last."""
+    available = list(ort.get_available_providers() if available is None else available)
+    chosen = [p for p in (preferred or DEFAULT_PROVIDERS) if p in available]
+    if 'CPUExecutionProvider' not in chosen:
+        chosen.append('CPUExecutionProvider')
+    return chosen
+
+
+def compute_geometry(src_hw, net_hw, mode, stride=32, dynamic=False):
+    """Network input size and placement for an image of ``src_hw``.
+
+    ``dynamic`` models run at the image's own size rounded up to ``stride`` (padding bottom/right) when
+    ``net_hw`` is None; otherwise the image is fitted into ``net_hw``: 'resize' stretches it, 'letterbox'
+    keeps the aspect ratio and pads (centred)."""
+    h, w = src_hw
+    if net_hw is None:
+        if not dynamic:
+            raise ValueError('a fixed-size model needs net_hw')
+        nh, nw = -(-h // stride) * stride, -(-w // stride) * stride
+        return Geometry((h, w), (nh, nw), (h, w), (0, 0))
+    nh, nw = net_hw
+    if mode == 'resize':
+        return Geometry((h, w), (nh, nw), (nh, nw), (0, 0))
+    scale = min(nh / h, nw / w)
+    ch, cw = max(1, min(nh, round(h * scale))), max(1, min(nw, round(w * scale)))
+    return Geometry((h, w), (nh, nw), (ch, cw), ((nh - ch) // 2, (nw - cw) // 2))
+
+
+def preprocess(rgb, geometry, mean, std):
+    """HxWx3 uint8 RGB -> (1, 3, H, W) float32, normalised; letterbox padding becomes 0 after normalising."""
+    ch, cw = geometry.content_hw
+    if (ch, cw) != tuple(rgb.shape[:2]):
+        interp = cv2.INTER_AREA if ch * cw < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (cw, ch), interpolation=interp)
+    nh, nw = geometry.net_hw
+    blob = np.zeros((1, 3, nh, nw), np.float32)
+    oy, ox = geometry.offset_yx
+    scale = (1.0 / np.asarray(std, np.float32)).reshape(3, 1, 1)
+    shift = np.asarray(mean, np.float32).reshape(3, 1, 1)
+    chw = rgb.transpose(2, 0, 1)
+    np.multiply(np.subtract(chw, shift, dtype=np.float32), scale, out=blob[0, :, oy:oy + ch, ox:ox + cw])
+    return blob
+
+
+def restore(array, geometry, interpolation):
+    """Crop the content out of a network-size (H, W) map and resize it to the original image size."""
+    oy, ox = geometry.offset_yx
+    ch, cw = geometry.content_hw
+    array = array[oy:oy + ch, ox:ox + cw]
+    h, w = geometry.src_hw
+    if (ch, cw) != (h, w):
+        array = cv2.resize(array, (w, h), interpolation=interpolation)
+    return np.ascontiguousarray(array)
+
+
+def softmax_max_argmax(logits):
+    """(C, H, W) logits -> (labels int32 (H, W), max probability float32 (H, W))."""
+    labels = logits.argmax(axis=0)
+    top = np.take_along_axis(logits, labels[None], axis=0)[0]
+    denom = np.exp(logits - top[None]).sum(axis=0)
+    return labels.astype(np.int32), (1.0 / denom).astype(np.float32)
+
+
+def colorize(labels, palette):
+    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (e.g. 255 ignore) are black."""
+    lut = np.zeros((max(256, len(palette)), 3), np.uint8)
+    lut[:len(palette)] = np.asarray(palette, np.uint8)
+    return lut[labels]
+
+
+def overlay(rgb, color, alpha):
+    """Blend a colour mask over the input image (alpha = weight of the mask)."""
+    return cv2.addWeighted(color, float(alpha), rgb, 1.0 - float(alpha), 0.0)
+
+
+class SegmentationEngine:
+    """Loads a seg_perception ONNX model and turns RGB images of any size into labels and confidence."""
+
+    def __init__(self, model_path, providers=None, intra_op_threads=0, inter_op_threads=0, input_size=None):
+        """``input_size`` (H, W) overrides the metadata's size for dynamic models; ``(0, 0)`` or 'native'
+        runs a dynamic model at each image's own size (rounded up to its stride)."""
+        self.model_path = str(model_path)
+        if not os.path.isfile(self.model_path):
+            raise EngineError(f'model file not found: {self.model_path}')
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(intra_op_threads)
+        opts.inter_op_num_threads = int(inter_op_threads)
+        opts.log_severity_level = 3
+        self.requested_providers = list(providers or DEFAULT_PROVIDERS)
+        chosen = select_providers(self.requested_providers)
+        try:
+            self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=chosen)
+        except Exception as exc:  # onnxruntime raises several exception types for unreadable files
+            raise EngineError(f'cannot load model {self.model_path}: {exc}') from None
+        self.provider = self.session.get_providers()[0]
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.meta = md.decode(props, source=self.model_path)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        self.names = list(self.meta['names'])
+        self.palette = [tuple(int(v) for v in c) for c in self.meta['palette']]
+        self.num_classes = len(self.names)
+        self.label_dtype = np.uint8 if self.num_classes <= 255 else np.uint16
+        self._check_io()
+        self.net_hw = tuple(self.meta['input_size'])
+        if input_size is not None and self.meta['dynamic_hw']:
+            self.net_hw = None if input_size == 'native' or tuple(input_size) == (0, 0) else tuple(input_size)
+            if self.net_hw and any(v % self.meta['stride'] for v in self.net_hw):
+                raise EngineError(f'input_size {self.net_hw} must be a multiple of {self.meta["stride"]}')
+        LOG.info('model %s (%s, %d classes) on %s (asked for %s)', os.path.basename(self.model_path),
+                 self.meta.get('arch', '?'), self.num_classes, self.provider, ', '.join(self.requested_providers))
+
+    def _check_io(self):
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if 'images' not in inputs:
+            raise EngineError(f'{self.model_path}: the graph has no input named "images" (has {list(inputs)})')
+        need = ('labels', 'confidence') if self.meta['output_kind'] == 'labels' else ('logits',)
+        missing = [n for n in need if n not in outputs]
+        if missing:
+            raise EngineError(f'{self.model_path}: output_kind {self.meta["output_kind"]!r} needs outputs '
+                              f'{missing} (graph has {outputs})')
+        self.has_exit_threshold = 'exit_threshold' in inputs
+        self._outputs = list(need) + [n for n in ('kept_fraction', 'macs') if n in outputs]
+
+    @property
+    def static_macs(self):
+        return self.meta.get('static_macs')
+
+    def infer(self, rgb, exit_threshold=None):
+        """Segment one HxWx3 uint8 RGB image (a 2-D array is taken as grey). Raises ValueError for input
+        the engine cannot use (empty, wrong dtype or shape, too large)."""
+        t0 = time.perf_counter()
+        rgb = self._check_image(rgb)
+        geometry = compute_geometry(rgb.shape[:2], self.net_hw, self.meta['resize_mode'],
+                                    self.meta['stride'], self.meta['dynamic_hw'])
+        feeds = {'images': preprocess(rgb, geometry, self.meta['mean'], self.meta['std'])}
+        if self.has_exit_threshold:
+            feeds['exit_threshold'] = np.asarray(1.0 if exit_threshold is None else exit_threshold, np.float32)
+        t1 = time.perf_counter()
+        outs = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+        t2 = time.perf_counter()
+        if self.meta['output_kind'] == 'labels':
+            labels, conf = outs['labels'][0], outs['confidence'][0]
+        else:
+            labels, conf = self._from_logits(outs['logits'][0], geometry.net_hw)
+        labels = restore(labels.astype(self.label_dtype, copy=False), geometry, cv2.INTER_NEAREST)
+        conf = restore(conf.astype(np.float32, copy=False), geometry, cv2.INTER_LINEAR)
+        kept = outs.get('kept_fraction')
+        macs = outs.get('macs')
+        return SegResult(labels=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3,
+                         model_ms=(t2 - t1) * 1e3,
+                         kept_fraction=None if kept is None else np.asarray(kept, np.float32).reshape(-1),
+                         macs=None if macs is None else float(np.asarray(macs).reshape(-1)[0]))
+
+    @staticmethod
+    def _from_logits(logits, net_hw):
+        nh, nw = net_hw
+        if logits.shape[1:] != (nh, nw):
+            hwc = np.ascontiguousarray(logits.transpose(1, 2, 0))
+            chans = [cv2.resize(hwc[..., i:i + 256], (nw, nh), interpolation=cv2.INTER_LINEAR)
+                     for i in range(0, hwc.shape[2], 256)]
+            hwc = np.concatenate([c.reshape(nh, nw, -1) for c in chans], axis=2)
+            logits = hwc.transpose(2, 0, 1)
+        return softmax_max_argmax(logits)
+
+    @staticmethod
+    def _check_image(rgb):
+        if not isinstance(rgb, np.ndarray):
+            raise ValueError(f'expected a numpy image, got {type(rgb).__name__}')
+        if rgb.dtype != np.uint8:
+            raise ValueError(f'expected a uint8 image, got {rgb.dtype}')
+        if rgb.ndim == 2:
+            rgb = cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f'expected an HxWx3 RGB image, got shape {rgb.shape}')
+        if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+            raise ValueError('empty image (0 pixels)')
+        if rgb.shape[0] * rgb.shape[1] > MAX_INPUT_PIXELS:
+            raise ValueError(f'image {rgb.shape[1]}x{rgb.shape[0]} exceeds {MAX_INPUT_PIXELS} pixels')
+        return rgb

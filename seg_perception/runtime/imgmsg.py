@@ -1,0 +1,101 @@
+"""sensor_msgs/Image and CompressedImage <-> numpy, by the sensor_msgs encoding rules (no cv_bridge).
+
+Pure numpy/OpenCV: functions take any object with the message's fields (``height``, ``width``,
+``encoding``, ``step``, ``is_bigendian``, ``data``), so they are tested without ROS. Decoding is zero-copy
+where the layout allows it (``np.frombuffer`` + strided view); encoding returns ``bytes`` (assigning bytes
+to a message field is ~500x faster than assigning an ndarray).
+"""
+import cv2
+import numpy as np
+
+
+class ImageFormatError(ValueError):
+    """An image message the node cannot use: unsupported encoding, inconsistent size or step, bad data."""
+
+
+# encoding -> (numpy dtype, channels)
+ENCODINGS = {
+    'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4), 'bgra8': (np.uint8, 4),
+    'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1), '8UC3': (np.uint8, 3),
+    'mono16': (np.uint16, 1), '16UC1': (np.uint16, 1), '32FC1': (np.float32, 1),
+}
+# encodings the segmentation input accepts, and how to get RGB from them
+TO_RGB = {
+    'rgb8': None, 'bgr8': cv2.COLOR_BGR2RGB, 'rgba8': cv2.COLOR_RGBA2RGB, 'bgra8': cv2.COLOR_BGRA2RGB,
+    'mono8': cv2.COLOR_GRAY2RGB, '8UC3': cv2.COLOR_BGR2RGB,
+}
+MAX_DIM = 16384
+
+
+def image_to_array(msg):
+    """Any supported sensor_msgs/Image -> (H, W) or (H, W, C) ndarray viewing the message's buffer."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise ImageFormatError(f'unsupported encoding {enc!r} (supported: {", ".join(ENCODINGS)})')
+    dtype, channels = ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageFormatError(f'empty image ({w}x{h})')
+    if h > MAX_DIM or w > MAX_DIM:
+        raise ImageFormatError(f'image {w}x{h} is larger than {MAX_DIM} pixels on a side')
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = w * channels * itemsize
+    if step < row_bytes:
+        raise ImageFormatError(f'step {step} is smaller than width*channels*bytes = {row_bytes} ({enc})')
+    if step % itemsize:
+        raise ImageFormatError(f'step {step} is not a multiple of the {itemsize}-byte pixel component')
+    buf = np.frombuffer(msg.data, np.uint8)
+    if buf.size < step * (h - 1) + row_bytes:
+        raise ImageFormatError(f'data has {buf.size} bytes, {w}x{h} {enc} with step {step} needs '
+                               f'{step * (h - 1) + row_bytes}')
+    if itemsize > 1 and buf.ctypes.data % itemsize:  # unaligned buffer: copy before a wider view
+        buf = buf.copy()
+    rows = np.lib.stride_tricks.as_strided(buf, shape=(h, row_bytes), strides=(step, 1), writeable=False)
+    if itemsize > 1:
+        order = '>' if msg.is_bigendian else '<'
+        rows = rows.view(np.dtype(dtype).newbyteorder(order))
+        if msg.is_bigendian:
+            rows = rows.astype(dtype)
+    return rows.reshape(h, w, channels) if channels > 1 else rows
+
+
+def image_to_rgb(msg):
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB. Raises ImageFormatError for encodings the model can't use."""
+    if msg.encoding not in TO_RGB:
+        raise ImageFormatError(f'encoding {msg.encoding!r} is not a colour/grey 8-bit image '
+                               f'(accepted: {", ".join(TO_RGB)})')
+    arr = image_to_array(msg)
+    code = TO_RGB[msg.encoding]
+    return arr if code is None else cv2.cvtColor(arr, code)
+
+
+def compressed_to_rgb(msg):
+    """sensor_msgs/CompressedImage (jpeg/png, any format string) -> (H, W, 3) uint8 RGB."""
+    buf = np.frombuffer(msg.data, np.uint8)
+    if buf.size == 0:
+        raise ImageFormatError('compressed image has no data')
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageFormatError(f'cannot decode compressed image (format {msg.format!r}, {buf.size} bytes)')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def array_to_image_fields(arr, encoding):
+    """ndarray -> dict(height, width, encoding, is_bigendian, step, data=bytes) for a sensor_msgs/Image."""
+    dtype, channels = ENCODINGS[encoding]
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if (arr.ndim == 2 and channels != 1) or (arr.ndim == 3 and arr.shape[2] != channels):
+        raise ValueError(f'array of shape {arr.shape} does not match encoding {encoding}')
+    h, w = arr.shape[:2]
+    return dict(height=h, width=w, encoding=encoding, is_bigendian=0,
+                step=w * channels * arr.dtype.itemsize, data=arr.tobytes())
+
+
+def rgb_to_compressed_bytes(rgb, fmt='jpeg', quality=90):
+    """RGB uint8 -> encoded bytes (for CompressedImage.data)."""
+    ext = '.jpg' if fmt in ('jpeg', 'jpg') else '.png'
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext == '.jpg' else []
+    ok, enc = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError('cv2.imencode failed')
+    return enc.tobytes()

@@ -1,0 +1,87 @@
+"""The metadata every exported model carries in its ONNX ``metadata_props`` (all values are strings).
+
+Written by ``seg_perception.offline.export``, read by ``seg_perception.runtime.engine``; this module is the
+one place that defines it.
+
+ONNX graph convention (``output_kind``):
+  * input ``images``: float32 (N, 3, H, W), RGB, already normalised with ``mean``/``std`` (0-255 scale);
+    H and W are dynamic when ``dynamic_hw`` is 'true' (any multiple of ``stride``), else fixed to ``input_size``.
+  * optional input ``exit_threshold``: float32 scalar (token-pass models; >= 1.0 means no token stops).
+  * ``output_kind == 'labels'``: outputs ``labels`` int64 (N, H, W) and ``confidence`` float32 (N, H, W)
+    (max softmax probability), both at the network input size (logits upsampled bilinearly inside the graph).
+  * ``output_kind == 'logits'``: output ``logits`` float32 (N, C, h, w) at any resolution; the engine
+    upsamples and takes softmax/argmax.
+  * optional extra outputs (token-pass models): ``kept_fraction`` float32 (S,) fraction of tokens still
+    active after each stopping stage, ``macs`` float32 scalar: MACs spent on this input.
+"""
+import json
+
+FORMAT_VERSION = '1'
+OUTPUT_KINDS = ('labels', 'logits')
+RESIZE_MODES = ('letterbox', 'resize')
+
+# key -> (json-encoded?, required?)
+_FIELDS = {
+    'seg_perception.format': (False, True),
+    'names': (True, True),
+    'palette': (True, True),
+    'mean': (True, True),
+    'std': (True, True),
+    'input_size': (True, True),       # [H, W] the size the engine resizes / letterboxes to
+    'resize_mode': (False, True),
+    'output_kind': (False, True),
+    'dynamic_hw': (True, False),      # true: the graph accepts any H, W divisible by stride
+    'stride': (True, False),
+    'ignore_index': (True, False),
+    'arch': (False, False),
+    'checkpoint_sha256': (False, False),
+    'description': (False, False),
+    'static_macs': (True, False),     # MACs of one forward at input_size without any token stopping
+    'exit_threshold': (True, False),  # token-pass models: the default exit threshold (what training used)
+}
+
+
+def encode(meta):
+    """dict -> {str: str} for ONNX metadata_props. Unknown keys are refused."""
+    unknown = set(meta) - set(_FIELDS)
+    if unknown:
+        raise KeyError(f'unknown metadata keys: {sorted(unknown)}')
+    out = {'seg_perception.format': FORMAT_VERSION}
+    for key, value in meta.items():
+        if key == 'seg_perception.format':
+            continue
+        out[key] = json.dumps(value) if _FIELDS[key][0] else str(value)
+    return out
+
+
+def decode(props, source='model'):
+    """{str: str} from an ONNX file -> validated dict. Raises ValueError with a clear message."""
+    if props.get('seg_perception.format') != FORMAT_VERSION:
+        raise ValueError(f'{source}: not a seg_perception model (metadata "seg_perception.format" is '
+                         f'{props.get("seg_perception.format")!r}, expected {FORMAT_VERSION!r}); export it with '
+                         '`seg-perception export`')
+    meta = {}
+    for key, (is_json, required) in _FIELDS.items():
+        if key not in props:
+            if required:
+                raise ValueError(f'{source}: metadata key {key!r} is missing')
+            continue
+        try:
+            meta[key] = json.loads(props[key]) if is_json else props[key]
+        except json.JSONDecodeError as exc:
+            raise ValueError(f'{source}: metadata key {key!r} is not valid JSON: {exc}') from None
+    names, palette = meta['names'], meta['palette']
+    if not names or len(palette) != len(names) or any(len(c) != 3 for c in palette):
+        raise ValueError(f'{source}: metadata needs one RGB palette entry per class name')
+    if len(meta['mean']) != 3 or len(meta['std']) != 3 or min(meta['std']) <= 0:
+        raise ValueError(f'{source}: metadata mean/std must be 3 values (std > 0)')
+    if len(meta['input_size']) != 2 or min(meta['input_size']) <= 0:
+        raise ValueError(f'{source}: metadata input_size must be [H, W]')
+    if meta['resize_mode'] not in RESIZE_MODES:
+        raise ValueError(f'{source}: resize_mode {meta["resize_mode"]!r} not in {RESIZE_MODES}')
+    if meta['output_kind'] not in OUTPUT_KINDS:
+        raise ValueError(f'{source}: output_kind {meta["output_kind"]!r} not in {OUTPUT_KINDS}')
+    meta.setdefault('dynamic_hw', False)
+    meta.setdefault('stride', 32)
+    meta.setdefault('ignore_index', 255)
+    return meta

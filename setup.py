@@ -1,0 +1,40 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'seg_perception'
+
+ROS_WHEELS = ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-nav-msgs', 'ros-std-msgs', 'ros-geometry-msgs',
+              'ros-diagnostic-msgs']
+TRAIN = ['torch==2.13.0', 'onnx>=1.16', 'onnxscript', 'pybullet>=3.2', 'matplotlib', 'albumentations', 'tqdm']
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.py')),
+        ('share/' + package_name + '/config', glob('config/*')),
+        ('share/' + package_name + '/models', glob('models/*')),
+    ],
+    python_requires='>=3.10',
+    install_requires=['numpy', 'opencv-python-headless', 'onnxruntime', 'pyyaml', 'rosbags'],
+    extras_require={
+        'ros': ROS_WHEELS,
+        'train': TRAIN,
+        'test': ['pytest', 'pytest-timeout'] + TRAIN,
+    },
+    zip_safe=True,
+    maintainer='seg_perception developers',
+    maintainer_email='seg-perception@example.com',
+    description='Semantic segmentation and costmaps for ROS 2 cameras with ONNX Runtime',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'segmentation_node = seg_perception.node:main',
+            'seg-perception = seg_perception.offline.cli:main',
+        ],
+    },
+)

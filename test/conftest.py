@@ -1,0 +1,29 @@
+"""Shared fixtures: small real ONNX models (built with onnx.helper, no torch) and an isolated ROS domain."""
+import os
+import random
+import sys
+
+import pytest
+
+# One DDS domain per test session, discovery kept on this machine, large images through shared memory.
+os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   'config', 'fastdds_large_data.xml'))
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from onnx_models import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def tiny_model(tmp_path_factory):
+    """A 6-class seg_perception model with dynamic H/W (labels/confidence outputs)."""
+    return make_tiny_model(str(tmp_path_factory.mktemp('models') / 'tiny.onnx'))
+
+
+@pytest.fixture(scope='session')
+def tiny_logits_model(tmp_path_factory):
+    return make_tiny_model(str(tmp_path_factory.mktemp('models') / 'tiny_logits.onnx'), output_kind='logits',
+                           dynamic=False, resize_mode='letterbox', input_size=(64, 96))

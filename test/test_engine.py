@@ -1,0 +1,131 @@
+"""Engine tests on real ONNX Runtime sessions: sizes, letterbox/resize geometry, metadata, bad input."""
+import numpy as np
+import onnx
+import pytest
+
+from onnx_models import make_tiny_model
+from seg_perception.runtime import engine as eng
+from seg_perception.runtime.engine import EngineError, SegmentationEngine
+
+
+@pytest.mark.parametrize('hw', [(1, 1), (7, 3), (37, 53), (480, 640), (721, 1281), (64, 64)])
+def test_any_size_in_original_size_out(tiny_model, hw):
+    e = SegmentationEngine(tiny_model, intra_op_threads=1)
+    rgb = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    r = e.infer(rgb)
+    assert r.labels.shape == hw and r.labels.dtype == np.uint8
+    assert r.confidence.shape == hw and r.confidence.dtype == np.float32
+    assert r.labels.max() < 6
+    assert 0 < r.confidence.min() and r.confidence.max() <= 1.0 + 1e-6
+    assert r.kept_fraction is None and r.macs is None
+
+
+def test_grey_input_accepted(tiny_model):
+    r = SegmentationEngine(tiny_model).infer(np.full((20, 30), 128, np.uint8))
+    assert r.labels.shape == (20, 30)
+
+
+def test_uniform_image_gives_uniform_labels_after_letterbox(tiny_logits_model):
+    """Letterbox padding must not leak into the output: a uniform image is one class everywhere."""
+    e = SegmentationEngine(tiny_logits_model)
+    assert e.meta['resize_mode'] == 'letterbox' and e.net_hw == (64, 96)
+    # tall image: content 64x48 at x offset 24 (a multiple of the model's 8x8 pooling), padding either side
+    r = e.infer(np.full((128, 96, 3), (200, 30, 40), np.uint8))
+    assert r.labels.shape == (128, 96)
+    inner = r.labels[:, 8:-8]   # bilinear upsampling of 1/8 logits blends the content edge with the padding
+    assert np.unique(inner).size == 1
+    assert (r.labels == inner[0, 0]).mean() > 0.8
+
+
+def test_letterbox_geometry_round_trip():
+    g = eng.compute_geometry((480, 640), (256, 256), 'letterbox')
+    assert g.content_hw == (192, 256) and g.offset_yx == (32, 0)
+    marker = np.zeros((256, 256), np.uint8)
+    marker[32:32 + 192, :] = 1
+    back = eng.restore(marker, g, 0)
+    assert back.shape == (480, 640) and back.min() == 1
+    g = eng.compute_geometry((100, 70), None, 'resize', stride=32, dynamic=True)
+    assert g.net_hw == (128, 96) and g.content_hw == (100, 70)
+
+
+def test_preprocess_normalises_and_pads_with_zero():
+    g = eng.compute_geometry((2, 4), (4, 4), 'letterbox')
+    blob = eng.preprocess(np.full((2, 4, 3), 10, np.uint8), g, mean=[10, 10, 10], std=[2, 2, 2])
+    assert blob.shape == (1, 3, 4, 4)
+    assert np.all(blob == 0)
+    blob = eng.preprocess(np.full((2, 4, 3), 14, np.uint8), g, mean=[10, 10, 10], std=[2, 2, 2])
+    assert np.allclose(blob[0, :, 1:3], 2.0) and np.all(blob[0, :, 0] == 0) and np.all(blob[0, :, 3] == 0)
+
+
+def test_logits_model_matches_labels_model(tmp_path):
+    """The two output conventions give the same labels for the same weights (engine upsampling vs graph)."""
+    a = SegmentationEngine(make_tiny_model(str(tmp_path / 'a.onnx'), output_kind='labels', dynamic=True))
+    b = SegmentationEngine(make_tiny_model(str(tmp_path / 'b.onnx'), output_kind='logits', dynamic=True))
+    rgb = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ra, rb = a.infer(rgb), b.infer(rgb)
+    assert (ra.labels == rb.labels).mean() > 0.99
+    assert np.abs(ra.confidence - rb.confidence).max() < 1e-3
+
+
+def test_input_size_override_and_native(tiny_model):
+    e = SegmentationEngine(tiny_model, input_size=(96, 128))
+    assert e.net_hw == (96, 128)
+    assert SegmentationEngine(tiny_model, input_size=(0, 0)).net_hw is None
+    with pytest.raises(EngineError, match='multiple of 32'):
+        SegmentationEngine(tiny_model, input_size=(100, 128))
+
+
+def test_more_than_255_classes_gives_uint16(tmp_path):
+    e = SegmentationEngine(make_tiny_model(str(tmp_path / 'm.onnx'), num_classes=300))
+    r = e.infer(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    assert r.labels.dtype == np.uint16 and e.label_dtype == np.uint16
+
+
+@pytest.mark.parametrize('bad, match', [
+    (np.zeros((0, 5, 3), np.uint8), 'empty'),
+    (np.zeros((5, 5, 3), np.float32), 'uint8'),
+    (np.zeros((5, 5, 2), np.uint8), 'HxWx3'),
+    ([[1, 2]], 'numpy'),
+])
+def test_bad_images_are_refused_clearly(tiny_model, bad, match):
+    with pytest.raises(ValueError, match=match):
+        SegmentationEngine(tiny_model).infer(bad)
+
+
+def test_missing_broken_and_foreign_models(tmp_path, tiny_model):
+    with pytest.raises(EngineError, match='not found'):
+        SegmentationEngine(tmp_path / 'nope.onnx')
+    junk = tmp_path / 'junk.onnx'
+    junk.write_bytes(b'definitely not protobuf' * 10)
+    with pytest.raises(EngineError, match='cannot load'):
+        SegmentationEngine(junk)
+    m = onnx.load(tiny_model)
+    del m.metadata_props[:]
+    plain = tmp_path / 'plain.onnx'
+    onnx.save(m, plain)
+    with pytest.raises(EngineError, match='not a seg_perception model'):
+        SegmentationEngine(plain)
+    m = onnx.load(tiny_model)
+    for p in m.metadata_props:
+        if p.key == 'palette':
+            p.value = '[[1, 2, 3]]'
+    short = tmp_path / 'short.onnx'
+    onnx.save(m, short)
+    with pytest.raises(EngineError, match='palette'):
+        SegmentationEngine(short)
+
+
+def test_provider_selection_falls_back_to_cpu():
+    assert eng.select_providers(['TensorrtExecutionProvider', 'CUDAExecutionProvider'],
+                                available=['CPUExecutionProvider']) == ['CPUExecutionProvider']
+    assert eng.select_providers(['CUDAExecutionProvider', 'CPUExecutionProvider'],
+                                available=['CUDAExecutionProvider', 'CPUExecutionProvider']) == \
+        ['CUDAExecutionProvider', 'CPUExecutionProvider']
+
+
+def test_colorize_and_overlay():
+    labels = np.array([[0, 1], [255, 2]], np.uint8)
+    c = eng.colorize(labels, [(10, 20, 30), (40, 50, 60), (70, 80, 90)])
+    assert c.shape == (2, 2, 3) and tuple(c[0, 1]) == (40, 50, 60) and tuple(c[1, 0]) == (0, 0, 0)
+    o = eng.overlay(np.zeros_like(c), c, 0.5)
+    assert abs(int(o[0, 1, 0]) - 20) <= 1

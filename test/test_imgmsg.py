@@ -1,0 +1,107 @@
+"""sensor_msgs encodings <-> numpy, step-aware, without ROS (messages are plain namespaces here)."""
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+from seg_perception.runtime import imgmsg
+
+
+def msg(arr, encoding, pad=0, bigendian=False):
+    arr = np.ascontiguousarray(arr)
+    if bigendian:
+        arr = arr.astype(arr.dtype.newbyteorder('>'))
+    h, w = arr.shape[:2]
+    row = arr.reshape(h, -1).view(np.uint8)
+    padded = np.zeros((h, row.shape[1] + pad), np.uint8)
+    padded[:, :row.shape[1]] = row
+    return types.SimpleNamespace(height=h, width=w, encoding=encoding, step=padded.shape[1],
+                                 is_bigendian=int(bigendian), data=padded.tobytes())
+
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('pad', [0, 3, 11])
+@pytest.mark.parametrize('encoding, make', [
+    ('rgb8', lambda a: a), ('bgr8', lambda a: a[..., ::-1]),
+    ('rgba8', lambda a: np.dstack([a, np.full(a.shape[:2], 9, np.uint8)])),
+    ('bgra8', lambda a: np.dstack([a[..., ::-1], np.full(a.shape[:2], 9, np.uint8)])),
+])
+def test_colour_encodings_to_rgb(encoding, make, pad):
+    out = imgmsg.image_to_rgb(msg(make(RGB), encoding, pad))
+    assert out.shape == (5, 7, 3) and np.array_equal(out, RGB)
+
+
+def test_mono8_to_rgb():
+    g = RNG.integers(0, 256, (4, 9), dtype=np.uint8)
+    out = imgmsg.image_to_rgb(msg(g, 'mono8', pad=5))
+    assert np.array_equal(out[..., 0], g) and np.array_equal(out[..., 2], g)
+
+
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_16uc1_and_32fc1_step_aware(bigendian):
+    d = RNG.integers(0, 65536, (6, 5), dtype=np.uint16)
+    assert np.array_equal(imgmsg.image_to_array(msg(d, '16UC1', pad=4, bigendian=bigendian)), d)
+    f = RNG.normal(size=(3, 4)).astype(np.float32)
+    assert np.array_equal(imgmsg.image_to_array(msg(f, '32FC1', pad=8, bigendian=bigendian)), f)
+
+
+def test_tight_rgb8_is_zero_copy():
+    m = msg(RGB, 'rgb8')
+    out = imgmsg.image_to_rgb(m)
+    assert not out.flags.owndata and out.base is not None
+
+
+@pytest.mark.parametrize('change, match', [
+    (dict(encoding='yuv422'), 'not a colour'),
+    (dict(encoding='16UC1'), 'not a colour'),
+    (dict(step=10), 'step'),
+    (dict(height=0), 'empty'),
+    (dict(data=b'\0' * 20), 'bytes'),
+    (dict(width=20000), 'larger'),
+])
+def test_bad_messages_raise_format_error(change, match):
+    m = msg(RGB, 'rgb8')
+    for k, v in change.items():
+        setattr(m, k, v)
+    with pytest.raises(imgmsg.ImageFormatError, match=match):
+        imgmsg.image_to_rgb(m)
+
+
+def test_odd_step_for_16bit_refused():
+    m = msg(np.zeros((2, 3), np.uint16), '16UC1')
+    m.step, m.data = 7, b'\0' * 14
+    with pytest.raises(imgmsg.ImageFormatError, match='multiple'):
+        imgmsg.image_to_array(m)
+
+
+def test_compressed_round_trip_and_corrupt():
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, 30:] = (250, 10, 10)
+    for fmt in ('png', 'jpeg'):
+        m = types.SimpleNamespace(format=fmt, data=imgmsg.rgb_to_compressed_bytes(rgb, fmt))
+        out = imgmsg.compressed_to_rgb(m)
+        assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).mean() < 3
+    with pytest.raises(imgmsg.ImageFormatError, match='decode'):
+        imgmsg.compressed_to_rgb(types.SimpleNamespace(format='jpeg', data=b'\xff\xd8garbage'))
+    with pytest.raises(imgmsg.ImageFormatError, match='no data'):
+        imgmsg.compressed_to_rgb(types.SimpleNamespace(format='jpeg', data=b''))
+
+
+def test_fields_for_publishing():
+    f = imgmsg.array_to_image_fields(np.arange(12, dtype=np.uint16).reshape(3, 4), 'mono16')
+    assert f['step'] == 8 and isinstance(f['data'], bytes) and len(f['data']) == 24
+    back = imgmsg.image_to_array(types.SimpleNamespace(**f))
+    assert np.array_equal(back, np.arange(12).reshape(3, 4))
+
+
+def test_matches_system_cv_bridge_when_available():
+    cv_bridge = pytest.importorskip('cv_bridge', reason='no system cv_bridge (not on PyPI for numpy 2)')
+    from sensor_msgs.msg import Image
+    d = RNG.integers(0, 65536, (6, 5), dtype=np.uint16)
+    m = Image(**imgmsg.array_to_image_fields(d, '16UC1'))
+    assert np.array_equal(cv_bridge.CvBridge().imgmsg_to_cv2(m), imgmsg.image_to_array(m))
+    assert cv2 is not None

@@ -1,0 +1,254 @@
+"""The node over real rclpy + DDS: images published on a topic, outputs received from topics."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy', reason='ROS 2 rclpy not installed (pip install .[ros])')
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+from onnx_models import make_tiny_model  # noqa: E402
+from seg_perception.node import LATCHED_QOS, SegmentationNode  # noqa: E402
+from seg_perception.runtime.imgmsg import array_to_image_fields, rgb_to_compressed_bytes  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Harness:
+    """A test node that publishes camera frames and records every output topic of the node under test."""
+
+    def __init__(self, ctx, prefix=''):
+        self.node = rclpy.create_node('test_harness', context=ctx)
+        self.received = {k: [] for k in ('labels', 'color', 'confidence', 'label_info', 'diagnostics')}
+        self.image_pub = self.node.create_publisher(Image, prefix + 'image', qos_profile_sensor_data)
+        self.comp_pub = self.node.create_publisher(CompressedImage, prefix + 'image/compressed',
+                                                   qos_profile_sensor_data)
+        for name in ('labels', 'color', 'confidence'):
+            self.node.create_subscription(Image, f'{prefix}segmentation/{name}',
+                                          lambda m, n=name: self.received[n].append(m), 10)
+        self.node.create_subscription(String, prefix + 'segmentation/label_info',
+                                      lambda m: self.received['label_info'].append(m), LATCHED_QOS)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                      lambda m: self.received['diagnostics'].append(m), 10)
+
+    def wait_for(self, predicate, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def publish(self, arr, encoding, stamp=(12, 345), frame_id='cam', pad=0):
+        fields = array_to_image_fields(arr, encoding)
+        if pad:
+            rows = np.frombuffer(fields['data'], np.uint8).reshape(fields['height'], -1)
+            fields['data'] = np.pad(rows, ((0, 0), (0, pad))).tobytes()
+            fields['step'] += pad
+        msg = Image(**fields)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        msg.header.frame_id = frame_id
+        self.image_pub.publish(msg)
+
+
+@pytest.fixture
+def ros():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    nodes = []
+
+    def start(**params):
+        node = SegmentationNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        harness = Harness(ctx)
+        executor.add_node(node)
+        executor.add_node(harness.node)
+        nodes.extend([node, harness.node])
+        assert harness.wait_for(lambda: node.pub_labels.get_subscription_count() > 0
+                                and harness.image_pub.get_subscription_count() + harness.comp_pub
+                                .get_subscription_count() > 0), 'discovery failed'
+        return node, harness
+
+    yield start
+    executor.shutdown()
+    for n in nodes:
+        n.destroy_node()
+    rclpy.shutdown(context=ctx)
+    thread.join(5)
+
+
+def _rgb(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_outputs_have_right_size_encoding_and_header(ros, tiny_model):
+    node, h = ros(model_path=tiny_model)
+    h.publish(_rgb(251, 333), 'rgb8', stamp=(7, 42), frame_id='camera_optical')
+    assert h.wait_for(lambda: all(h.received[k] for k in ('labels', 'color', 'confidence')))
+    lab, col, conf = h.received['labels'][0], h.received['color'][0], h.received['confidence'][0]
+    for m, enc in ((lab, 'mono8'), (col, 'rgb8'), (conf, 'mono8')):
+        assert (m.height, m.width, m.encoding) == (251, 333, enc)
+        assert m.header.frame_id == 'camera_optical'
+        assert (m.header.stamp.sec, m.header.stamp.nanosec) == (7, 42)
+    labels = np.frombuffer(lab.data, np.uint8).reshape(251, 333)
+    assert labels.max() < 6
+    # the node's labels equal the engine's on the same image
+    assert np.array_equal(labels, node.engine.infer(_rgb(251, 333)).labels)
+    info = json.loads(h.received['label_info'][0].data)
+    assert [c['name'] for c in info['classes']][:2] == ['floor', 'wall'] and info['label_encoding'] == 'mono8'
+
+
+@pytest.mark.parametrize('encoding, convert, pad', [
+    ('bgr8', lambda a: a[..., ::-1], 5), ('rgba8', lambda a: np.dstack([a, a[..., :1]]), 0),
+    ('bgra8', lambda a: np.dstack([a[..., ::-1], a[..., :1]]), 4), ('mono8', lambda a: a[..., 0], 3),
+])
+def test_accepted_encodings_with_padded_rows(ros, tiny_model, encoding, convert, pad):
+    node, h = ros(model_path=tiny_model)
+    rgb = _rgb(48, 64, seed=1)
+    h.publish(convert(rgb), encoding, pad=pad)
+    assert h.wait_for(lambda: h.received['labels'])
+    labels = np.frombuffer(h.received['labels'][0].data, np.uint8).reshape(48, 64)
+    expect = rgb if encoding != 'mono8' else np.repeat(rgb[..., :1], 3, axis=2)
+    assert np.array_equal(labels, node.engine.infer(np.ascontiguousarray(expect)).labels)
+
+
+def test_bad_frames_are_counted_and_do_not_kill_the_node(ros, tiny_model):
+    node, h = ros(model_path=tiny_model)
+    h.publish(np.zeros((4, 4), np.float32), '32FC1')
+    bad = Image(height=10, width=10, encoding='rgb8', step=30, data=b'\0' * 50)   # truncated data
+    h.image_pub.publish(bad)
+    empty = Image(height=0, width=0, encoding='rgb8', step=0, data=b'')
+    h.image_pub.publish(empty)
+    assert h.wait_for(lambda: node.counters['rejected'] >= 1)
+    time.sleep(0.3)
+    h.publish(_rgb(30, 40), 'rgb8')
+    assert h.wait_for(lambda: h.received['labels'])
+    assert node.counters['errors'] == 0 and node.counters['rejected'] + node.worker.dropped >= 3
+
+
+def test_compressed_input_and_corrupt_frames(ros, tiny_model):
+    node, h = ros(model_path=tiny_model, input_mode='compressed')
+    msg = CompressedImage(format='jpeg', data=rgb_to_compressed_bytes(_rgb(60, 80), 'jpeg'))
+    msg.header.frame_id = 'cam_c'
+    h.comp_pub.publish(CompressedImage(format='jpeg', data=b'\xff\xd8 not a jpeg'))
+    assert h.wait_for(lambda: node.counters['rejected'] == 1)
+    h.comp_pub.publish(msg)
+    assert h.wait_for(lambda: h.received['color'])
+    c = h.received['color'][0]
+    assert (c.height, c.width, c.encoding, c.header.frame_id) == (60, 80, 'rgb8', 'cam_c')
+
+
+def test_unsubscribed_outputs_are_not_computed(ros, tiny_model):
+    node, h = ros(model_path=tiny_model)
+    h.node.destroy_subscription(next(s for s in h.node.subscriptions if s.topic_name.endswith('color')))
+    h.node.destroy_subscription(next(s for s in h.node.subscriptions if s.topic_name.endswith('confidence')))
+    assert h.wait_for(lambda: node.pub_color.get_subscription_count() == 0)
+    h.publish(_rgb(40, 40), 'rgb8')
+    assert h.wait_for(lambda: h.received['labels'])
+    time.sleep(0.2)
+    assert not h.received['color'] and not h.received['confidence']
+    h.node.destroy_subscription(next(s for s in h.node.subscriptions if s.topic_name.endswith('labels')))
+    assert h.wait_for(lambda: node.pub_labels.get_subscription_count() == 0)
+    before = node.counters['processed']
+    h.publish(_rgb(40, 40), 'rgb8')
+    assert h.wait_for(lambda: node.counters['idle_no_subscribers'] >= 1)
+    assert node.counters['processed'] == before
+
+
+def test_parameters_validated_and_model_reloaded(ros, tiny_model, tmp_path):
+    node, h = ros(model_path=tiny_model)
+    res = node.set_parameters([Parameter('exit_threshold', value=3.0)])[0]
+    assert not res.successful
+    res = node.set_parameters([Parameter('model_path', value=str(tmp_path / 'missing.onnx'))])[0]
+    assert not res.successful and 'not found' in res.reason
+    assert node.engine.model_path == tiny_model
+    res = node.set_parameters([Parameter('input_size', value=[100, 64])])[0]
+    assert not res.successful and '32' in res.reason
+    res = node.set_parameters([Parameter('input_mode', value='compressed')])[0]
+    assert not res.successful
+    other = make_tiny_model(str(tmp_path / 'other.onnx'), num_classes=3)
+    assert node.set_parameters([Parameter('model_path', value=other)])[0].successful
+    assert node.engine.num_classes == 3
+    assert h.wait_for(lambda: any(len(json.loads(m.data)['classes']) == 3 for m in h.received['label_info']))
+
+
+def test_missing_model_keeps_node_alive_and_reports_error(ros, tmp_path, tiny_model):
+    node, h = ros(model_path=str(tmp_path / 'nope.onnx'))
+    assert node.engine is None
+    h.publish(_rgb(20, 20), 'rgb8')
+    assert h.wait_for(lambda: node.counters['no_model'] >= 1)
+    assert h.wait_for(lambda: any(s.level == DiagnosticStatus.ERROR for m in h.received['diagnostics'] for s in m.status
+                                  if 'segmentation' in s.name), timeout=5)
+    assert node.set_parameters([Parameter('model_path', value=tiny_model)])[0].successful
+    h.publish(_rgb(20, 20), 'rgb8')
+    assert h.wait_for(lambda: h.received['labels'])
+
+
+def test_diagnostics_report_rates_latency_and_drops(ros, tiny_model):
+    node, h = ros(model_path=tiny_model, diagnostics_period=0.2)
+    for i in range(10):
+        h.publish(_rgb(120, 160, seed=i), 'rgb8')
+        time.sleep(0.03)
+    assert h.wait_for(lambda: node.counters['processed'] >= 3)
+
+    def latest():
+        for m in reversed(h.received['diagnostics']):
+            for s in m.status:
+                if 'segmentation' in s.name:
+                    return {kv.key: kv.value for kv in s.values}
+        return {}
+    assert h.wait_for(lambda: int(latest().get('frames_received', 0)) == 10, timeout=5)
+    d = latest()
+    assert d['provider'] == 'CPUExecutionProvider' and float(d['latency_p50_ms']) > 0
+    assert float(d['input_rate_hz']) > 0 and float(d['output_rate_hz']) > 0
+    assert int(d['frames_processed']) + int(d['frames_dropped']) + int(d['frames_idle_no_subscribers']) == 10
+
+
+def test_node_process_with_params_file_large_images(tmp_path, tiny_model):
+    """segmentation_node as its own process (--params-file, remapping) receives 640x480 frames over DDS."""
+    params = tmp_path / 'p.yaml'
+    params.write_text(f'/**:\n  ros__parameters:\n    model_path: "{tiny_model}"\n    overlay: true\n')
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    proc = subprocess.Popen([sys.executable, '-m', 'seg_perception.node', '--ros-args', '--params-file',
+                             str(params), '-r', 'image:=/cam/image_raw', '-r', '__ns:=/robot'],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        h = Harness(ctx, prefix='/robot/')
+        h.image_pub = h.node.create_publisher(Image, '/cam/image_raw', qos_profile_sensor_data)
+        executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
+        executor.add_node(h.node)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and h.image_pub.get_subscription_count() == 0:
+            executor.spin_once(timeout_sec=0.1)
+        assert h.image_pub.get_subscription_count() > 0, 'node process never subscribed'
+        sent = 0
+        while time.monotonic() < end and len(h.received['color']) < 20:
+            if sent < 60:
+                h.publish(_rgb(480, 640, seed=sent), 'rgb8', stamp=(sent, 0))
+                sent += 1
+            executor.spin_once(timeout_sec=0.05)
+        assert len(h.received['color']) >= 20, f'{len(h.received["color"])} of {sent} frames came back'
+        c = h.received['color'][-1]
+        assert (c.width, c.height, c.encoding) == (640, 480, 'rgb8')
+        assert h.received['label_info'] and h.received['labels'][0].height == 480
+        executor.shutdown()
+        h.node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0]
+    assert 'CPUExecutionProvider' in out and 'Traceback' not in out, out
