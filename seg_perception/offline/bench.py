@@ -1,0 +1,176 @@
+"""``seg-perception bench <name>``: benchmarks printed as tables (one sub-command per benchmark).
+
+``bench tokenpass``: a token-pass model against its static twin on the same frames, in one run::
+
+    seg-perception bench tokenpass --model tp.onnx --static static.onnx --data data/scenes_val [--threshold 0.96]
+
+Both models run through the runtime engine (:class:`seg_perception.runtime.engine.SegmentationEngine`, the
+node's inference path) with ONNX Runtime, frame by frame and interleaved so that both see the same machine
+load. Reported for all frames, the easy half and the cluttered half: MACs per frame (the token-pass model's
+``macs`` output; the static model's ``static_macs`` metadata), ONNX Runtime latency per frame (p50 and mean
+of the session run, ``model_ms``), their token-pass / static ratios, kept-token fraction and the mIoU of both.
+Halves: by the frames' clutter level (the ``meta/<name>.json`` files ``seg-perception render`` writes) when
+every frame has one, else by the token-pass model's mean kept fraction (more tokens kept = harder frame).
+
+``--data`` is a rendered dataset folder (``images/``, ``masks/``, optional ``meta/``), or anything
+:func:`seg_perception.offline.datasets.open_dataset` opens (dataset YAML, rosbag2 with ``--image-topic`` and
+``--gt-topic``; no clutter metadata there).
+
+To add a benchmark: write ``add_<name>_arguments(parser)`` and ``run_<name>(args)`` and list them in
+``BENCHMARKS``.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import ConfusionMatrix
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+
+
+def iter_labelled_frames(data, image_topic=None, gt_topic=None, split='val', limit=0):
+    """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of anything ``open_dataset`` opens."""
+    from .datasets import open_dataset
+
+    kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
+    dataset = open_dataset(str(data), split=split, **kwargs)
+    total = len(dataset) if not limit else min(limit, len(dataset))
+    for i in range(total):
+        image, label = dataset[i]
+        yield image, label, dataset.sample_meta(i).get('clutter')
+
+
+def _latency(values):
+    values = np.asarray(values, np.float64)
+    return {'p50': float(np.percentile(values, 50)), 'mean': float(values.mean())} if values.size else None
+
+
+def _group_summary(frames, num_classes, ignore_index, static_macs):
+    out = {'frames': len(frames)}
+    for key in ('tp', 'static'):
+        confusion = ConfusionMatrix(num_classes, ignore_index)
+        for f in frames:
+            confusion.update(f[f'{key}_labels'], f['label'])
+        out[f'{key}_miou'] = confusion.compute()['mIoU']
+        out[f'{key}_ms'] = _latency([f[f'{key}_ms'] for f in frames])
+    out['kept_fraction'] = float(np.mean([f['kept'] for f in frames]))
+    tp_macs = [f['macs'] for f in frames if f['macs'] is not None]
+    out['tp_macs'] = float(np.mean(tp_macs)) if tp_macs else None
+    out['static_macs'] = float(static_macs) if static_macs else None
+    return out
+
+
+def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, limit=0, providers=None,
+                    image_topic=None, gt_topic=None, split='val'):
+    """Run both models on every frame of ``data``; returns a report dict (see :func:`tokenpass_table`)."""
+    from ..runtime.engine import SegmentationEngine
+
+    tp = SegmentationEngine(model, providers=providers, intra_op_threads=threads)
+    st = SegmentationEngine(static, providers=providers, intra_op_threads=threads)
+    if not tp.has_exit_threshold:
+        raise ValueError(f'{model}: not a token-pass model (no exit_threshold input)')
+    if tp.names != st.names:
+        raise ValueError(f'the models predict different classes: {tp.names} vs {st.names}')
+    ignore_index = tp.meta.get('ignore_index', 255)
+    frames = []
+    for rgb, label, clutter in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+        if not frames:
+            for _ in range(warmup):
+                tp.infer(rgb, exit_threshold=threshold)
+                st.infer(rgb)
+        a = tp.infer(rgb, exit_threshold=threshold)
+        b = st.infer(rgb)
+        kept = float(np.mean(a.kept_fraction)) if a.kept_fraction is not None else 1.0
+        frames.append({'label': label, 'clutter': clutter, 'kept': kept, 'macs': a.macs,
+                       'tp_labels': a.labels, 'tp_ms': a.model_ms, 'static_labels': b.labels, 'static_ms': b.model_ms})
+    if not frames:
+        raise ValueError(f'{data}: no labelled frames')
+    by_clutter = all(f['clutter'] is not None for f in frames)
+    difficulty = np.array([f['clutter'] if by_clutter else f['kept'] for f in frames], np.float64)
+    order = np.argsort(difficulty, kind='stable')
+    half = len(frames) // 2
+    groups = {'all': frames}
+    if half:
+        groups['easy half'] = [frames[i] for i in order[:half]]
+        groups['cluttered half'] = [frames[i] for i in order[half:]]
+    static_macs = st.static_macs or tp.static_macs
+    return {
+        'model': str(model), 'static': str(static), 'data': str(data), 'provider': tp.provider,
+        'threads': threads, 'exit_threshold': threshold, 'split_by': 'clutter' if by_clutter else 'kept fraction',
+        'groups': {name: _group_summary(g, tp.num_classes, ignore_index, static_macs) for name, g in groups.items()},
+    }
+
+
+def _ratio(a, b):
+    return f'{a / b:.2f}' if a is not None and b else 'n/a'
+
+
+def _gmacs(v):
+    return f'{v / 1e9:.3f}' if v is not None else 'n/a'
+
+
+def _pct(v):
+    return f'{100 * v:.1f}' if v is not None and np.isfinite(v) else 'n/a'
+
+
+def tokenpass_table(report):
+    """Markdown table of :func:`bench_tokenpass`'s report."""
+    head = ('| frames | group | kept | GMACs TP | GMACs static | MACs ratio | ms p50 TP | ms p50 static | '
+            'ms mean TP | ms mean static | latency ratio (mean) | mIoU TP | mIoU static |')
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for name, g in report['groups'].items():
+        tp_ms, st_ms = g['tp_ms'], g['static_ms']
+        lines.append(f'| {g["frames"]} | {name} | {g["kept_fraction"]:.3f} | {_gmacs(g["tp_macs"])} | '
+                     f'{_gmacs(g["static_macs"])} | {_ratio(g["tp_macs"], g["static_macs"])} | '
+                     f'{tp_ms["p50"]:.2f} | {st_ms["p50"]:.2f} | {tp_ms["mean"]:.2f} | {st_ms["mean"]:.2f} | '
+                     f'{_ratio(tp_ms["mean"], st_ms["mean"])} | {_pct(g["tp_miou"])} | {_pct(g["static_miou"])} |')
+    threshold = report['exit_threshold']
+    lines.append('')
+    lines.append(f'exit threshold {"1.0 (none)" if threshold is None else threshold}, {report["provider"]} '
+                 f'with {report["threads"]} thread(s), halves split by {report["split_by"]}; kept = mean fraction '
+                 'of tokens still active per stage')
+    return '\n'.join(lines)
+
+
+def add_tokenpass_arguments(parser):
+    parser.add_argument('--model', required=True, help='token-pass .onnx (with an exit_threshold input)')
+    parser.add_argument('--static', required=True, help='its static twin .onnx')
+    parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
+    parser.add_argument('--threshold', type=float, default=None,
+                        help='exit threshold (default: none given, the engine feeds 1.0 = no stopping)')
+    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads (default 1)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed inferences of each model first')
+    parser.add_argument('--limit', type=int, default=0, help='first N frames only')
+    parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
+    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--split', default='val', help='dataset split for open_dataset (default: val)')
+    parser.add_argument('--json', default=None, help='also write the report to this JSON file')
+
+
+def run_tokenpass(args):
+    providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
+    report = bench_tokenpass(args.model, args.static, args.data, args.threshold, args.threads, args.warmup,
+                             args.limit, providers, args.image_topic, args.gt_topic, args.split)
+    print(tokenpass_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+BENCHMARKS = {
+    'tokenpass': ('token-pass model vs its static twin: MACs, latency, mIoU on easy and cluttered frames',
+                  add_tokenpass_arguments, run_tokenpass),
+}
+
+
+def add_arguments(parser):
+    sub = parser.add_subparsers(dest='benchmark', metavar='BENCHMARK', required=True)
+    for name, (help_text, add, run_fn) in BENCHMARKS.items():
+        sub.add_parser(name, help=help_text, description=help_text).set_defaults(bench_run=run_fn)
+        add(sub.choices[name])
+
+
+def run(args):
+    return args.bench_run(args)

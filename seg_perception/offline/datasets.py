@@ -1,0 +1,390 @@
+"""Semantic segmentation datasets behind one interface (numpy/cv2 only, no torch).
+
+Every dataset has ``classes`` (names), ``palette`` (RGB per class), ``ignore_index`` (255), ``names`` (one per
+sample), ``len(ds)`` and ``ds[i] -> (image, label)``: image HxWx3 uint8 RGB, label HxW uint8 train ids with
+``ignore_index`` where the ground truth is void or unlabelled.
+
+Layouts (``open_dataset`` detects them from a folder):
+
+``ade20k``     ``[ADEChallengeData2016/]images/{training,validation}/*.jpg`` + ``annotations/.../*.png``; 0 (other)
+               becomes 255 and 1..150 become 0..149 ("reduce_zero_label").
+``cityscapes`` ``leftImg8bit/{train,val,test}/CITY/*_leftImg8bit.png`` + ``gtFine/.../*_gtFine_labelTrainIds.png``
+               (19 classes, 255 ignore); ``*_gtFine_labelIds.png`` is converted when trainIds are absent.
+``camvid``     SegNet layout ``{train,val,test}/`` + ``{train,val,test}annot/`` (11 classes; 11 = void -> 255).
+``generic``    ``images/`` + ``masks/`` (same stem, mask .png) + ``classes.yaml`` (``names``, optional ``palette``,
+               ``ignore_index``, ``label_map`` raw id -> train id); split subfolders ``images/SPLIT/`` +
+               ``masks/SPLIT/`` or ``SPLIT/images`` + ``SPLIT/masks`` are used when present, else a
+               ``SPLIT.txt`` list of names, else every image. Colour masks (HxWx3) are mapped through the palette.
+               ``seg-perception render --out`` writes this layout.
+``rosbag``     :class:`BagDataset`: image/label pairs of a rosbag2 paired by header stamp.
+"""
+import json
+import colorsys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from seg_perception.classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+
+ADE20K_CLASSES = (
+    'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane', 'grass', 'cabinet',
+    'sidewalk', 'person', 'earth', 'door', 'table', 'mountain', 'plant', 'curtain', 'chair', 'car', 'water',
+    'painting', 'sofa', 'shelf', 'house', 'sea', 'mirror', 'rug', 'field', 'armchair', 'seat', 'fence', 'desk',
+    'rock', 'wardrobe', 'lamp', 'bathtub', 'railing', 'cushion', 'base', 'box', 'column', 'signboard',
+    'chest of drawers', 'counter', 'sand', 'sink', 'skyscraper', 'fireplace', 'refrigerator', 'grandstand', 'path',
+    'stairs', 'runway', 'case', 'pool table', 'pillow', 'screen door', 'stairway', 'river', 'bridge', 'bookcase',
+    'blind', 'coffee table', 'toilet', 'flower', 'book', 'hill', 'bench', 'countertop', 'stove', 'palm',
+    'kitchen island', 'computer', 'swivel chair', 'boat', 'bar', 'arcade machine', 'hovel', 'bus', 'towel',
+    'light', 'truck', 'tower', 'chandelier', 'awning', 'streetlight', 'booth', 'television receiver', 'airplane',
+    'dirt track', 'apparel', 'pole', 'land', 'bannister', 'escalator', 'ottoman', 'bottle', 'buffet', 'poster',
+    'stage', 'van', 'ship', 'fountain', 'conveyer belt', 'canopy', 'washer', 'plaything', 'swimming pool', 'stool',
+    'barrel', 'basket', 'waterfall', 'tent', 'bag', 'minibike', 'cradle', 'oven', 'ball', 'food', 'step', 'tank',
+    'trade name', 'microwave', 'pot', 'animal', 'bicycle', 'lake', 'dishwasher', 'screen', 'blanket', 'sculpture',
+    'hood', 'sconce', 'vase', 'traffic light', 'tray', 'ashcan', 'fan', 'pier', 'crt screen', 'plate', 'monitor',
+    'bulletin board', 'shower', 'radiator', 'glass', 'clock', 'flag')
+
+CITYSCAPES_CLASSES = (
+    ('road', (128, 64, 128)), ('sidewalk', (244, 35, 232)), ('building', (70, 70, 70)), ('wall', (102, 102, 156)),
+    ('fence', (190, 153, 153)), ('pole', (153, 153, 153)), ('traffic light', (250, 170, 30)),
+    ('traffic sign', (220, 220, 0)), ('vegetation', (107, 142, 35)), ('terrain', (152, 251, 152)),
+    ('sky', (70, 130, 180)), ('person', (220, 20, 60)), ('rider', (255, 0, 0)), ('car', (0, 0, 142)),
+    ('truck', (0, 0, 70)), ('bus', (0, 60, 100)), ('train', (0, 80, 100)), ('motorcycle', (0, 0, 230)),
+    ('bicycle', (119, 11, 32)))
+# Cityscapes labelIds of the 19 train classes, in train-id order.
+CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+CAMVID_CLASSES = (
+    ('sky', (128, 128, 128)), ('building', (128, 0, 0)), ('pole', (192, 192, 128)), ('road', (128, 64, 128)),
+    ('pavement', (60, 40, 222)), ('tree', (128, 128, 0)), ('sign symbol', (192, 128, 128)), ('fence', (64, 64, 128)),
+    ('car', (64, 0, 128)), ('pedestrian', (64, 64, 0)), ('bicyclist', (0, 128, 192)))
+
+ADE20K_SPLITS = {'train': 'training', 'training': 'training', 'val': 'validation', 'validation': 'validation'}
+
+
+def make_palette(n):
+    """``n`` distinct RGB colours (golden-ratio hues, alternating brightness) for classes without a palette."""
+    colours = []
+    for k in range(n):
+        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.65 + 0.35 * (k % 2), 0.95 - 0.35 * ((k // 2) % 2))
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours
+
+
+def read_rgb(path):
+    """An image file as HxWx3 uint8 RGB."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f'cannot read image {path}')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path):
+    """A label file as stored (HxW, or HxWx3 RGB for colour masks)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise FileNotFoundError(f'cannot read mask {path}')
+    if mask.ndim == 3:
+        return cv2.cvtColor(mask[..., :3], cv2.COLOR_BGR2RGB)
+    return mask
+
+
+def lookup_table(mapping, default=IGNORE_INDEX, size=256):
+    """uint8 table raw id -> train id from a dict (ids not in it -> ``default``)."""
+    table = np.full(size, default, np.uint8)
+    for raw, train in mapping.items():
+        table[int(raw)] = int(train)
+    return table
+
+
+def colour_to_ids(mask, palette, ignore_index=IGNORE_INDEX):
+    """Class ids of an HxWx3 RGB colour mask (colours not in ``palette`` -> ``ignore_index``)."""
+    codes = (mask[..., 0].astype(np.int32) << 16) | (mask[..., 1].astype(np.int32) << 8) | mask[..., 2]
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    by_code = {(r << 16) | (g << 8) | b: k for k, (r, g, b) in enumerate(palette)}
+    ids = np.array([by_code.get(int(c), ignore_index) for c in uniq], np.uint8)
+    return ids[inverse].reshape(mask.shape[:2])
+
+
+class SegDataset:
+    """Image/label file pairs with a class set; ``label_table`` maps stored ids to train ids."""
+
+    layout = 'files'
+
+    def __init__(self, pairs, classes, palette=None, ignore_index=IGNORE_INDEX, label_table=None, names=None,
+                 root=None, split=None):
+        self.pairs = list(pairs)
+        self.classes = list(classes)
+        self.palette = [tuple(int(v) for v in c) for c in (palette or make_palette(len(self.classes)))]
+        self.ignore_index = int(ignore_index)
+        self.label_table = label_table
+        self.names = list(names) if names is not None else [Path(img).stem for img, _ in self.pairs]
+        self.root, self.split = root, split
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        image_path, label_path = self.pairs[index]
+        return read_rgb(image_path), self.convert_label(read_mask(label_path))
+
+    def sample_meta(self, index):
+        """Per-sample metadata (rendered scenes: pose, intrinsics, clutter, ...); {} when there is none."""
+        return {}
+
+    def convert_label(self, raw):
+        """Stored label -> uint8 train ids."""
+        if raw.ndim == 3:
+            return colour_to_ids(raw, self.palette, self.ignore_index)
+        if self.label_table is not None:
+            return self.label_table[np.clip(raw, 0, len(self.label_table) - 1)]
+        if raw.dtype != np.uint8:
+            raw = np.where(raw > 255, self.ignore_index, raw)
+        return raw.astype(np.uint8)
+
+    def __repr__(self):
+        return (f'{type(self).__name__}({self.root}, split={self.split!r}, {len(self)} samples, '
+                f'{len(self.classes)} classes)')
+
+
+def _files(folder, suffixes=IMAGE_SUFFIXES):
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob('*') if p.suffix.lower() in suffixes and p.is_file())
+
+
+def _require(pairs, what):
+    if not pairs:
+        raise FileNotFoundError(f'no image/label pairs found for {what}')
+    return pairs
+
+
+class ADE20KDataset(SegDataset):
+    """ADE20K SceneParsing (ADEChallengeData2016), 150 classes with reduce_zero_label."""
+
+    layout = 'ade20k'
+
+    def __init__(self, root, split='val'):
+        root = Path(root)
+        if (root / 'ADEChallengeData2016').is_dir():
+            root = root / 'ADEChallengeData2016'
+        sub = ADE20K_SPLITS.get(split, split)
+        pairs = []
+        for image in _files(root / 'images' / sub):
+            label = root / 'annotations' / sub / image.relative_to(root / 'images' / sub).with_suffix('.png')
+            if label.exists():
+                pairs.append((image, label))
+        table = lookup_table({k: k - 1 for k in range(1, 151)})
+        super().__init__(_require(pairs, f'ADE20K {split} in {root}'), ADE20K_CLASSES, make_palette(150),
+                         label_table=table, root=root, split=split)
+
+
+class CityscapesDataset(SegDataset):
+    """Cityscapes fine annotations, 19 train classes."""
+
+    layout = 'cityscapes'
+
+    def __init__(self, root, split='val'):
+        root = Path(root)
+        pairs, names = [], []
+        image_root = root / 'leftImg8bit' / split
+        for image in _files(image_root, ('.png',)):
+            if not image.name.endswith('_leftImg8bit.png'):
+                continue
+            stem = image.name[:-len('_leftImg8bit.png')]
+            folder = root / 'gtFine' / split / image.parent.relative_to(image_root)
+            train_ids = folder / f'{stem}_gtFine_labelTrainIds.png'
+            label_ids = folder / f'{stem}_gtFine_labelIds.png'
+            if train_ids.exists():
+                pairs.append((image, train_ids))
+            elif label_ids.exists():
+                pairs.append((image, label_ids))
+            else:
+                continue
+            names.append(str(image.parent.relative_to(image_root) / stem))
+        super().__init__(_require(pairs, f'Cityscapes {split} in {root}'), [n for n, _ in CITYSCAPES_CLASSES],
+                         [c for _, c in CITYSCAPES_CLASSES], names=names, root=root, split=split)
+        self._from_label_ids = lookup_table({raw: k for k, raw in enumerate(CITYSCAPES_LABEL_IDS)})
+
+    def __getitem__(self, index):
+        image_path, label_path = self.pairs[index]
+        label = read_mask(label_path)
+        if Path(label_path).name.endswith('_labelIds.png'):
+            label = self._from_label_ids[label]
+        return read_rgb(image_path), label.astype(np.uint8)
+
+
+class CamVidDataset(SegDataset):
+    """CamVid in the SegNet layout: 11 classes, id 11 (void) -> 255."""
+
+    layout = 'camvid'
+
+    def __init__(self, root, split='val'):
+        root = Path(root)
+        pairs = []
+        for image in _files(root / split):
+            label = root / f'{split}annot' / image.relative_to(root / split)
+            if not label.exists():
+                label = label.with_suffix('.png')
+            if label.exists():
+                pairs.append((image, label))
+        table = lookup_table({k: k for k in range(11)})
+        super().__init__(_require(pairs, f'CamVid {split} in {root}'), [n for n, _ in CAMVID_CLASSES],
+                         [c for _, c in CAMVID_CLASSES], label_table=table, root=root, split=split)
+
+
+def load_classes_yaml(path):
+    """(names, palette or None, ignore_index, label_map or None) from a classes YAML."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    names = data.get('names') or data.get('classes')
+    if not names:
+        raise ValueError(f'{path}: no "names" list')
+    return names, data.get('palette'), int(data.get('ignore_index', IGNORE_INDEX)), data.get('label_map')
+
+
+class GenericDataset(SegDataset):
+    """``images/`` + ``masks/`` + ``classes.yaml`` (see the module docstring for splits)."""
+
+    layout = 'generic'
+
+    def __init__(self, root, split='val', classes=None, palette=None, ignore_index=None, label_map=None):
+        root = Path(root)
+        yaml_names, yaml_palette, yaml_ignore, yaml_map = (
+            load_classes_yaml(root / 'classes.yaml') if (root / 'classes.yaml').exists() else (None,) * 4)
+        names = classes or yaml_names or list(SCENE_CLASS_NAMES)
+        if palette is None:
+            palette = yaml_palette or (list(SCENE_PALETTE) if list(names) == list(SCENE_CLASS_NAMES) else None)
+        ignore = ignore_index if ignore_index is not None else (yaml_ignore if yaml_ignore is not None
+                                                                else IGNORE_INDEX)
+        label_map = label_map or yaml_map
+        pairs, sample_names = self._find(root, split)
+        table = lookup_table(label_map, ignore) if label_map else None
+        super().__init__(_require(pairs, f'{split} in {root}'), names, palette, ignore, table, sample_names,
+                         root=root, split=split)
+
+    def sample_meta(self, index):
+        """``meta/<name>.json`` beside ``masks/<name>.png`` (written by ``seg-perception render``), or {}."""
+        mask = Path(self.pairs[index][1])
+        try:
+            rel = mask.relative_to(self.root)
+        except ValueError:
+            return {}
+        path = self.root.joinpath(*('meta' if part == 'masks' else part for part in rel.parts)).with_suffix('.json')
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @staticmethod
+    def _find(root, split):
+        for images, masks in ((root / 'images' / split, root / 'masks' / split),
+                              (root / split / 'images', root / split / 'masks'),
+                              (root / 'images', root / 'masks')):
+            if images.is_dir() and masks.is_dir() and _files(images):
+                break
+        else:
+            return [], []
+        wanted = None
+        if images == root / 'images':
+            for listing in (root / f'{split}.txt', root / 'splits' / f'{split}.txt'):
+                if listing.exists():
+                    wanted = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+                    break
+        pairs, names = [], []
+        for image in _files(images):
+            rel = image.relative_to(images).with_suffix('')
+            if rel.parts and rel.parts[0] in ('train', 'val', 'test') and images == root / 'images':
+                continue
+            if wanted is not None and str(rel) not in wanted and image.stem not in wanted:
+                continue
+            mask = masks / rel.with_suffix('.png')
+            if mask.exists():
+                pairs.append((image, mask))
+                names.append(str(rel))
+        return pairs, names
+
+
+class BagDataset(SegDataset):
+    """Image/label pairs of a rosbag2 (mcap or sqlite3), paired by header stamp (see ``bags.iter_bag_pairs``)."""
+
+    layout = 'rosbag'
+
+    def __init__(self, path, image_topic='/camera/image_raw', gt_topic='/ground_truth/labels', classes=None,
+                 palette=None, ignore_index=IGNORE_INDEX, label_map=None, tolerance_ns=20_000_000):
+        from seg_perception.offline.bags import BagFrames
+        path = Path(path)
+        if path.is_file():
+            path = path.parent
+        self.frames = BagFrames(path, image_topic, gt_topic, tolerance_ns)
+        names = classes or list(SCENE_CLASS_NAMES)
+        if palette is None and list(names) == list(SCENE_CLASS_NAMES):
+            palette = list(SCENE_PALETTE)
+        table = lookup_table(label_map, ignore_index) if label_map else None
+        super().__init__([], names, palette, ignore_index, table, [str(s) for s, _, _ in self.frames.pairs],
+                         root=path, split=None)
+        self.stamps = [s for s, _, _ in self.frames.pairs]
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        _, image, label = self.frames[index]
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        return image, self.convert_label(label)
+
+
+LAYOUTS = {'ade20k': ADE20KDataset, 'cityscapes': CityscapesDataset, 'camvid': CamVidDataset,
+           'generic': GenericDataset, 'rosbag': BagDataset}
+
+
+def is_bag(path):
+    path = Path(path)
+    if path.is_dir():
+        return (path / 'metadata.yaml').exists()
+    return path.suffix in ('.mcap', '.db3') and (path.parent / 'metadata.yaml').exists()
+
+
+def detect_layout(root):
+    """Layout name of a dataset folder (or bag), or raise ValueError."""
+    root = Path(root)
+    if is_bag(root):
+        return 'rosbag'
+    if (root / 'ADEChallengeData2016').is_dir() or ((root / 'annotations').is_dir() and any(
+            (root / 'images' / s).is_dir() for s in ('training', 'validation'))):
+        return 'ade20k'
+    if (root / 'leftImg8bit').is_dir() and (root / 'gtFine').is_dir():
+        return 'cityscapes'
+    if any((root / f'{s}annot').is_dir() for s in ('train', 'val', 'test')):
+        return 'camvid'
+    if (root / 'classes.yaml').exists() or (root / 'images').is_dir() or any(
+            (root / s / 'images').is_dir() for s in ('train', 'val', 'test')):
+        return 'generic'
+    raise ValueError(f'cannot tell the dataset layout of {root}')
+
+
+def open_dataset(spec, split=None, layout=None, **kw):
+    """A dataset from a folder (layout detected unless given), a dataset YAML or a rosbag2 path.
+
+    A dataset YAML has ``layout`` (optional), ``root`` (relative to the YAML's folder), ``split`` and layout
+    options (generic: ``classes``, ``palette``, ``ignore_index``, ``label_map``; rosbag: ``image_topic``,
+    ``gt_topic``, ...). Arguments given here override the YAML; ``split`` defaults to the YAML's, else 'val'.
+    Bags take ``image_topic`` and ``gt_topic`` (default ``/camera/image_raw`` and ``/ground_truth/labels``)."""
+    spec = Path(spec)
+    options = {}
+    if spec.suffix in ('.yaml', '.yml') and spec.is_file():
+        options = yaml.safe_load(spec.read_text()) or {}
+        root = Path(options.pop('root', '.'))
+        spec = root if root.is_absolute() else spec.parent / root
+        layout = layout or options.pop('layout', None)
+        split = split or options.pop('split', None)
+        options.pop('layout', None)
+        options.pop('split', None)
+    options.update(kw)
+    layout = layout or detect_layout(spec)
+    if layout not in LAYOUTS:
+        raise ValueError(f'unknown layout {layout!r}; one of {sorted(LAYOUTS)}')
+    if layout == 'rosbag':
+        return BagDataset(spec, **options)
+    return LAYOUTS[layout](spec, split=split or 'val', **options)

@@ -1,0 +1,498 @@
+"""Export a segmentation model to one self-contained ONNX file with seg_perception metadata, and check it.
+
+The shipped graph follows the convention of :mod:`seg_perception.runtime.metadata` (``output_kind`` 'labels'):
+input ``images`` (1, 3, H, W) float32 normalised RGB (H, W dynamic unless ``--fixed-size``), optional scalar
+input ``exit_threshold`` for token-pass models, outputs ``labels`` int64 (1, H, W) and ``confidence`` float32
+(1, H, W): the model's 1/8 logits are upsampled bilinearly (align_corners=False) to the input size inside the
+graph, then softmax max / argmax. Token-pass models (``forward_with_stats``) add ``kept_fraction`` and ``macs``.
+
+Exporter: the TorchScript-based exporter (``torch.onnx.export(dynamo=False)``) by default. With this
+project's models (shape-dependent ops written as exportable matmuls / interpolations) it traces in about a
+second and the graph is exact at every multiple of the stride. The ``torch.export`` based exporter
+(``--exporter dynamo``) takes 20x longer, and specialises the dynamic dimensions when the example input is
+small (a 1x1 token grid at 64x64 input fixes H and W at 64), so it is kept only as an option.
+
+Every export is checked: ``onnx.checker`` (full check), then ONNX Runtime against PyTorch on random inputs at
+``input_size`` and, for dynamic graphs, at a second size (H + stride, W + 2 * stride: odd and even 1/32 grids).
+The 1/8 logits are compared too, read from the shipped graph with its logits tensor added as an extra output
+in memory only (the file keeps just the convention's outputs). Relative differences (max |diff| / max |ref|)
+above ``tolerance`` (1e-4) raise :class:`ParityError`; label agreement is reported.
+
+Command line (``seg-perception export``)::
+
+    seg-perception export --arch topformer_tiny --checkpoint runs/x/best.pt --input-size 512 512 -o m.onnx
+    seg-perception export --arch topformer_tiny --checkpoint topformer-T.pth --official --num-classes 150 \\
+        --input-size 512 512 -o m.onnx [--int8 --calib data/val/images --eval-data data/val]
+
+Python API: :func:`export_model` (any ``nn.Module``), :func:`build_metadata`, :func:`check_parity`.
+"""
+import hashlib
+import io
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
+from ..runtime import metadata as md
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)   # 0-255 RGB
+IMAGENET_STD = (58.395, 57.12, 57.375)
+DEFAULT_OPSET = 17
+DYNAMO_MIN_OPSET = 18
+STRIDE = 32
+PARITY_RTOL = 1e-4
+EXPORTERS = ('torchscript', 'dynamo')
+OUTPUTS = ('labels', 'confidence')
+TOKEN_PASS_OUTPUTS = ('kept_fraction', 'macs')
+MAX_SINGLE_FILE_BYTES = 2 ** 31 - 1
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree on an exported graph beyond the tolerance."""
+
+
+def is_token_pass(model):
+    return hasattr(model, 'forward_with_stats')
+
+
+def postprocess(logits, size):
+    """1/8 logits (N, C, h, w) -> (labels int64 (N, H, W), confidence float32 (N, H, W)) at ``size`` (H, W).
+
+    The confidence is the max softmax probability written as ``1 / sum_c exp(l_c - max l)``: the same value,
+    but ONNX Runtime's Softmax over the channel axis of a full-resolution map costs 3x the whole network."""
+    up = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+    top, labels = up.max(dim=1, keepdim=True)
+    confidence = (up - top).exp().sum(dim=1).reciprocal()
+    return labels.squeeze(1), confidence
+
+
+class LabelsGraph(nn.Module):
+    """The exported graph: a 1/8-logits model plus the in-graph upsampling, softmax max and argmax."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.token_pass = is_token_pass(model)
+
+    def forward(self, images, exit_threshold=None):
+        if self.token_pass:
+            logits, kept_fraction, macs = self.model.forward_with_stats(images, exit_threshold)
+            return (*postprocess(logits, images.shape[-2:]), kept_fraction.float().reshape(-1),
+                    macs.float().reshape(()))
+        return postprocess(self.model(images), images.shape[-2:])
+
+
+def default_classes(num_classes):
+    """(names, palette) for a class count: the project's scene classes for 6, else ``class_i`` with a
+    deterministic palette of well-spread hues."""
+    if num_classes == len(SCENE_CLASS_NAMES):
+        return list(SCENE_CLASS_NAMES), [list(c) for c in SCENE_PALETTE]
+    hues = (np.arange(num_classes) * 0.618034 % 1.0 * 180).astype(np.uint8)
+    values = np.where(np.arange(num_classes) % 2, 200, 255).astype(np.uint8)
+    hsv = np.stack([hues, np.full(num_classes, 200, np.uint8), values], axis=-1)[None]
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+    return [f'class_{i}' for i in range(num_classes)], rgb.astype(int).tolist()
+
+
+def build_metadata(num_classes, input_size, names=None, palette=None, mean=None, std=None,
+                   resize_mode='letterbox', arch=None, checkpoint_sha256=None, ignore_index=IGNORE_INDEX,
+                   description=None):
+    """Metadata dict (before :func:`export_model` adds ``output_kind``, ``dynamic_hw``, ``stride`` and
+    ``static_macs``); missing names / palette / mean / std take the defaults."""
+    default_names, default_palette = default_classes(num_classes)
+    names = list(names) if names else default_names
+    palette = default_palette if palette is None else palette
+    if len(names) != num_classes or len(palette) != num_classes:
+        raise ValueError(f'{num_classes} classes but {len(names)} names and {len(palette)} palette entries')
+    meta = {
+        'names': names,
+        'palette': [[int(v) for v in c] for c in palette],
+        'mean': [float(v) for v in (mean if mean is not None else IMAGENET_MEAN)],
+        'std': [float(v) for v in (std if std is not None else IMAGENET_STD)],
+        'input_size': [int(v) for v in input_size],
+        'resize_mode': resize_mode,
+        'ignore_index': int(ignore_index),
+    }
+    optional = {'arch': arch, 'checkpoint_sha256': checkpoint_sha256, 'description': description}
+    meta.update({k: v for k, v in optional.items() if v is not None})
+    return meta
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def static_macs(model, input_size):
+    """MACs of one plain forward at ``input_size`` (``offline.flops.count_macs``; no token stopping)."""
+    from .flops import count_macs
+    total, _ = count_macs(model, (1, 3, *input_size))
+    return int(total)
+
+
+def read_metadata(onnx_model):
+    """Decoded seg_perception metadata of an ONNX file path or ModelProto."""
+    proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model),
+                                                                                  load_external_data=False)
+    source = 'model' if isinstance(onnx_model, onnx.ModelProto) else str(onnx_model)
+    return md.decode({p.key: p.value for p in proto.metadata_props}, source=source)
+
+
+def set_metadata(proto, meta):
+    """Replace ``proto``'s metadata_props with the encoded ``meta``."""
+    del proto.metadata_props[:]
+    for key, value in md.encode(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _producers(graph):
+    return {out: node for node in graph.node for out in node.output}
+
+
+def logits_tensor_name(proto):
+    """Name of the 1/8 logits tensor: the data input of the Resize that ``confidence`` is computed from."""
+    producers = _producers(proto.graph)
+    node = producers.get('confidence')
+    while node is not None and node.op_type != 'Resize':
+        node = producers.get(node.input[0])
+    if node is None:
+        raise ValueError('no Resize found upstream of the "confidence" output')
+    return node.input[0]
+
+
+def postprocess_node_names(proto):
+    """Names of the nodes between the final Resize and ``labels`` / ``confidence`` (the Resize included),
+    found by walking back from the outputs and stopping at Resize."""
+    producers = _producers(proto.graph)
+    names, stack = set(), [producers[o] for o in OUTPUTS if o in producers]
+    while stack:
+        node = stack.pop()
+        if node.name in names:
+            continue
+        names.add(node.name)
+        if node.op_type != 'Resize':
+            stack.extend(producers[i] for i in node.input if i in producers)
+    return sorted(names)
+
+
+def with_logits_output(proto):
+    """A copy of ``proto`` that also outputs its 1/8 logits as ``logits`` (parity checks only)."""
+    debug = onnx.ModelProto()
+    debug.CopyFrom(proto)
+    name = logits_tensor_name(debug)
+    debug.graph.node.append(onnx.helper.make_node('Identity', [name], ['logits'], name='parity_logits'))
+    debug.graph.output.append(onnx.helper.make_tensor_value_info('logits', onnx.TensorProto.FLOAT, None))
+    return debug
+
+
+def _example_inputs(model, size, seed, exit_threshold=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(1, 3, *size, generator=generator)
+    if is_token_pass(model):
+        return images, torch.tensor(float(exit_threshold))
+    return (images,)
+
+
+def _reference(model, inputs):
+    """PyTorch outputs by name, computed with the same postprocessing as the graph, plus the logits."""
+    with torch.no_grad():
+        if is_token_pass(model):
+            logits, kept, macs = model.forward_with_stats(*inputs)
+            extra = {'kept_fraction': kept.float().reshape(-1), 'macs': macs.float().reshape(())}
+        else:
+            logits, extra = model(*inputs), {}
+        labels, confidence = postprocess(logits, inputs[0].shape[-2:])
+    out = {'labels': labels, 'confidence': confidence, 'logits': logits, **extra}
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _rel_diff(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float('inf'), float('inf')
+    diff = float(np.abs(a - b).max()) if a.size else 0.0
+    return diff, diff / max(float(np.abs(b).max()) if b.size else 0.0, 1e-12)
+
+
+def parity_sizes(input_size, dynamic, stride=STRIDE):
+    """Sizes checked: ``input_size`` and, for dynamic graphs, (H + stride, W + 2 * stride)."""
+    h, w = (int(v) for v in input_size)
+    return [(h, w)] + ([(h + stride, w + 2 * stride)] if dynamic else [])
+
+
+def check_parity(model, onnx_model, sizes, tolerance=PARITY_RTOL, exit_thresholds=(1.0, 0.8), seed=0,
+                 threads=None, raise_on_failure=True):
+    """Run ``onnx_model`` (path or ModelProto) in ONNX Runtime and ``model`` in PyTorch on random inputs.
+
+    Returns one dict per (size, exit threshold): max |diff| and relative diff of ``confidence`` and of the
+    1/8 ``logits``, ``label_agreement`` (fraction of equal pixels), for token-pass models the diffs of
+    ``kept_fraction`` and ``macs``, and ``ok``. Raises :class:`ParityError` on a relative diff above
+    ``tolerance`` (or a kept_fraction / macs mismatch) unless ``raise_on_failure`` is False."""
+    import onnxruntime as ort
+    proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(with_logits_output(proto).SerializeToString(), opts,
+                                   providers=['CPUExecutionProvider'])
+    input_names = [i.name for i in session.get_inputs()]
+    names = [o.name for o in session.get_outputs()]
+    model = model.eval()
+    thresholds = exit_thresholds if is_token_pass(model) else (None,)
+    results = []
+    for i, size in enumerate(sizes):
+        for threshold in thresholds:
+            inputs = _example_inputs(model, size, seed + i, threshold)
+            ref = _reference(model, inputs)
+            got = dict(zip(names, session.run(names, {n: t.numpy() for n, t in zip(input_names, inputs)})))
+            row = {'size': list(size)}
+            if threshold is not None:
+                row['exit_threshold'] = float(threshold)
+            for key in ('confidence', 'logits'):
+                row[f'{key}_max_abs'], row[f'{key}_rel'] = _rel_diff(got[key], ref[key])
+            row['label_agreement'] = float((got['labels'] == ref['labels']).mean()) \
+                if got['labels'].shape == ref['labels'].shape else 0.0
+            ok = row['confidence_rel'] <= tolerance and row['logits_rel'] <= tolerance
+            for key in TOKEN_PASS_OUTPUTS:
+                if key in ref:
+                    row[f'{key}_max_abs'], row[f'{key}_rel'] = _rel_diff(got.get(key, np.nan), ref[key])
+                    ok = ok and row[f'{key}_rel'] <= tolerance
+            row['ok'] = ok
+            results.append(row)
+    failed = [r for r in results if not r['ok']]
+    if failed and raise_on_failure:
+        raise ParityError(f'ONNX Runtime differs from PyTorch beyond relative {tolerance:g}: '
+                          + '; '.join(format_parity_row(r) for r in failed))
+    return results
+
+
+def format_parity_row(row):
+    text = (f'{row["size"][0]}x{row["size"][1]}'
+            + (f' thr={row["exit_threshold"]:g}' if 'exit_threshold' in row else '')
+            + f': confidence max|d| {row["confidence_max_abs"]:.2e} (rel {row["confidence_rel"]:.2e}), '
+            f'logits max|d| {row["logits_max_abs"]:.2e} (rel {row["logits_rel"]:.2e}), '
+            f'labels agree {100 * row["label_agreement"]:.3f}%')
+    if 'kept_fraction_max_abs' in row:
+        text += f', kept_fraction max|d| {row["kept_fraction_max_abs"]:.2e}, macs rel {row["macs_rel"]:.2e}'
+    return text + ('' if row['ok'] else ' FAILED')
+
+
+def _to_proto(wrapper, inputs, input_names, output_names, dynamic, opset, exporter):
+    if exporter == 'torchscript':
+        axes = {'images': {2: 'height', 3: 'width'}, 'labels': {1: 'height', 2: 'width'},
+                'confidence': {1: 'height', 2: 'width'}} if dynamic else None
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning)   # the legacy exporter announces its retirement
+            torch.onnx.export(wrapper, inputs, buffer, dynamo=False, opset_version=opset, input_names=input_names,
+                              output_names=output_names, dynamic_axes=axes, do_constant_folding=True)
+        return onnx.load_from_string(buffer.getvalue())
+    if exporter == 'dynamo':
+        from torch.export import Dim
+        shapes = {'images': {2: Dim.DYNAMIC, 3: Dim.DYNAMIC} if dynamic else None}
+        if len(inputs) > 1:
+            shapes['exit_threshold'] = None
+        program = torch.onnx.export(wrapper, inputs, None, dynamo=True, opset_version=max(opset, DYNAMO_MIN_OPSET),
+                                    input_names=input_names, output_names=output_names, dynamic_shapes=shapes,
+                                    external_data=False, verbose=False)
+        return program.model_proto
+    raise ValueError(f'unknown exporter {exporter!r}; choose from {EXPORTERS}')
+
+
+def export_model(model, path, meta, input_size, dynamic=True, opset=DEFAULT_OPSET, exporter='torchscript',
+                 check=True, tolerance=PARITY_RTOL, exit_thresholds=(1.0, 0.8), seed=0):
+    """Export ``model`` (eval forward -> 1/8 logits; token-pass models via ``forward_with_stats``) to ``path``.
+
+    ``meta``: the metadata dict (see :func:`build_metadata`); ``output_kind``, ``dynamic_hw``, ``stride``
+    and ``input_size`` are set here, ``static_macs`` too unless given (``offline.flops.count_macs``). Writes one
+    .onnx file (weights inside), runs ``onnx.checker`` and, if ``check``, :func:`check_parity` (a failure
+    removes the file and raises :class:`ParityError`). Returns a report dict (JSON-ready)."""
+    model = model.eval()
+    input_size = [int(v) for v in input_size]
+    meta = dict(meta, input_size=input_size, output_kind='labels', dynamic_hw=bool(dynamic))
+    meta.setdefault('stride', STRIDE)
+    if any(v % meta['stride'] for v in input_size):
+        raise ValueError(f'input_size {input_size} must be a multiple of the stride {meta["stride"]}')
+    if 'static_macs' not in meta:
+        meta['static_macs'] = static_macs(model, input_size)
+    md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
+
+    token_pass = is_token_pass(model)
+    inputs = _example_inputs(model, input_size, seed)
+    input_names = ['images'] + (['exit_threshold'] if token_pass else [])
+    output_names = list(OUTPUTS) + (list(TOKEN_PASS_OUTPUTS) if token_pass else [])
+    start = time.perf_counter()
+    proto = _to_proto(LabelsGraph(model).eval(), inputs, input_names, output_names, dynamic, opset, exporter)
+    export_s = time.perf_counter() - start
+    set_metadata(proto, meta)
+    proto.producer_name = 'seg_perception'
+    onnx.checker.check_model(proto, full_check=True)
+    size_bytes = proto.ByteSize()
+    if size_bytes > MAX_SINGLE_FILE_BYTES:
+        raise ValueError(f'model is {size_bytes / 2**30:.1f} GiB: too large for a single .onnx file')
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+    report = {
+        'path': str(path), 'bytes': path.stat().st_size, 'exporter': exporter,
+        'opset': next(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')),
+        'export_s': round(export_s, 2), 'inputs': input_names, 'outputs': output_names,
+        'dynamic_hw': bool(dynamic), 'input_size': input_size, 'static_macs': meta.get('static_macs'),
+        'num_classes': len(meta['names']), 'parity': None,
+    }
+    if check:
+        try:
+            report['parity'] = check_parity(model, proto, parity_sizes(input_size, dynamic, meta['stride']),
+                                            tolerance, exit_thresholds, seed)
+        except ParityError:
+            path.unlink()
+            raise
+    return report
+
+
+def format_report(report):
+    """A short human-readable summary of an :func:`export_model` report."""
+    macs = report.get('static_macs')
+    lines = [f'exported {report["path"]} ({report["bytes"] / 1e6:.2f} MB, {report["num_classes"]} classes, '
+             f'opset {report["opset"]}, {report["exporter"]} exporter, {report["export_s"]:.1f} s)',
+             f'  inputs {report["inputs"]} -> outputs {report["outputs"]}; '
+             f'input size {report["input_size"][0]}x{report["input_size"][1]}, '
+             f'{"dynamic" if report["dynamic_hw"] else "fixed"} H/W'
+             + (f'; {macs / 1e9:.3f} GMACs' if macs else '')]
+    for row in report.get('parity') or []:
+        lines.append('  parity ' + format_parity_row(row))
+    return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+def read_training_checkpoint(path):
+    """(state_dict, info) from one of our trainer's checkpoints (a dict with 'model' and optional 'arch',
+    'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size') or from a bare state dict."""
+    obj = torch.load(str(path), map_location='cpu', weights_only=True)
+    if not isinstance(obj, dict):
+        raise ValueError(f'{path}: expected a checkpoint dict, got {type(obj).__name__}')
+    if isinstance(obj.get('model'), dict):
+        info = {k: obj[k] for k in ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size')
+                if obj.get(k) is not None}
+        return obj['model'], info
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    raise ValueError(f'{path}: neither a training checkpoint (no "model" state dict) nor a bare state dict; '
+                     'use --official for an official checkpoint')
+
+
+def read_classes_file(path):
+    """(names, palette or None, ignore_index or None) from a YAML list of names, a {id: name} mapping, or a
+    mapping with 'names' (list or {id: name}) and optional 'palette' / 'ignore_index'."""
+    import yaml
+    data = yaml.safe_load(Path(path).read_text())
+    palette = ignore_index = None
+    if isinstance(data, dict) and 'names' in data:
+        palette, ignore_index = data.get('palette'), data.get('ignore_index')
+        data = data['names']
+    if isinstance(data, dict):
+        data = [data[k] for k in sorted(data, key=int)]
+    if not isinstance(data, list) or not data:
+        raise ValueError(f'{path}: expected a list of class names (or a mapping with "names")')
+    return [str(n) for n in data], palette, ignore_index
+
+
+def add_arguments(parser):
+    parser.add_argument('--arch', help='model name (seg_perception.nets.list_models()); default: the checkpoint\'s')
+    parser.add_argument('--checkpoint', help='our training checkpoint (.pt), or an official one with --official')
+    parser.add_argument('--official', action='store_true', help='--checkpoint is an official mmseg/paddle file')
+    parser.add_argument('--num-classes', type=int, help='default: the checkpoint\'s, else the --classes count')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='network input size the engine resizes to (default: the checkpoint\'s)')
+    parser.add_argument('--resize-mode', choices=md.RESIZE_MODES, default='letterbox')
+    parser.add_argument('--classes', help='YAML with the class names (and optional palette)')
+    parser.add_argument('--mean', type=float, nargs=3, help='0-255 RGB mean (default: checkpoint, else ImageNet)')
+    parser.add_argument('--std', type=float, nargs=3, help='0-255 RGB std (default: checkpoint, else ImageNet)')
+    parser.add_argument('--fixed-size', action='store_true', help='fixed H/W (default: dynamic)')
+    parser.add_argument('--description', help='free text stored in the metadata')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
+    parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript')
+    parser.add_argument('--tolerance', type=float, default=PARITY_RTOL, help='relative ORT vs PyTorch tolerance')
+    parser.add_argument('-o', '--output', required=True, help='the .onnx file to write')
+    group = parser.add_argument_group('int8 (ONNX Runtime static quantization, QDQ, per-channel)')
+    group.add_argument('--int8', action='store_true', help='also write an int8 model')
+    group.add_argument('--int8-output', help='default: OUTPUT with _int8 before .onnx')
+    group.add_argument('--calib', help='calibration images: a folder of images (or a dataset with images/) '
+                                       'or a rosbag2 path with --calib-topic')
+    group.add_argument('--calib-topic', default='/camera/image_raw', help='image topic when --calib is a bag')
+    group.add_argument('--calib-count', type=int, default=64, help='calibration images (evenly spaced)')
+    group.add_argument('--eval-data', help='held-out dataset (folder, dataset YAML or bag): mIoU fp32 vs int8')
+    group.add_argument('--eval-split', help='split of --eval-data (default: val, or every image if none)')
+    group.add_argument('--eval-count', type=int, default=0, help='limit the evaluation images (0: all)')
+    group.add_argument('--threads', type=int, default=1, help='ONNX Runtime threads for the int8 comparison')
+
+
+def _resolve(args):
+    """Model, metadata and input size from the arguments, the checkpoint's info filling the gaps."""
+    from ..nets import create_model, load_official_checkpoint
+    state, info, sha = None, {}, None
+    if args.checkpoint:
+        sha = file_sha256(args.checkpoint)
+        if not args.official:
+            state, info = read_training_checkpoint(args.checkpoint)
+    names, palette, ignore_index = (read_classes_file(args.classes) if args.classes
+                                    else (info.get('classes'), info.get('palette'), None))
+    arch = args.arch or info.get('arch')
+    num_classes = args.num_classes or info.get('num_classes') or (len(names) if names else None)
+    input_size = args.input_size or info.get('input_size')
+    missing = [flag for flag, value in (('--arch', arch), ('--num-classes', num_classes),
+                                        ('--input-size', input_size)) if not value]
+    if missing:
+        raise ValueError(f'give {", ".join(missing)} (not found in a training checkpoint)')
+    model = create_model(arch, num_classes=int(num_classes))
+    if args.checkpoint and args.official:
+        load_official_checkpoint(model, args.checkpoint)
+    elif state is not None:
+        model.load_state_dict(state, strict=True)
+    meta = build_metadata(int(num_classes), input_size, names=names, palette=palette,
+                          mean=args.mean or info.get('mean'), std=args.std or info.get('std'),
+                          resize_mode=args.resize_mode, arch=arch, checkpoint_sha256=sha,
+                          ignore_index=IGNORE_INDEX if ignore_index is None else ignore_index,
+                          description=args.description)
+    return model, meta, input_size
+
+
+def run(args):
+    try:
+        model, meta, input_size = _resolve(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f'error: {exc}')
+        return 2
+    try:
+        report = export_model(model, args.output, meta, input_size, dynamic=not args.fixed_size, opset=args.opset,
+                              exporter=args.exporter, tolerance=args.tolerance)
+    except ParityError as exc:
+        print(f'error: {exc}')
+        return 1
+    print(format_report(report))
+    if not args.int8:
+        return 0
+    if not args.calib:
+        print('error: --int8 needs --calib (a folder of images or a rosbag with --calib-topic)')
+        return 2
+    from .quantize import format_int8_report, quantize_and_compare
+    int8_path = args.int8_output or str(Path(args.output).with_name(Path(args.output).stem + '_int8.onnx'))
+    int8_report = quantize_and_compare(args.output, int8_path, args.calib, topic=args.calib_topic,
+                                       count=args.calib_count, eval_data=args.eval_data,
+                                       eval_count=args.eval_count, eval_split=args.eval_split,
+                                       threads=args.threads)
+    print(format_int8_report(int8_report))
+    return 0

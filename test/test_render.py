@@ -1,0 +1,120 @@
+"""Tests of the pybullet scene renderer (tiny frames, a few seconds on one core)."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip('pybullet')
+
+from seg_perception.classes import BACKGROUND, FLOOR, OBSTACLE, PERSON, ROBOT, SCENE_CLASS_NAMES, WALL  # noqa: E402
+from seg_perception.offline import cli  # noqa: E402
+from seg_perception.offline.render import render_frames  # noqa: E402
+
+W, H = 64, 48
+
+
+def _frames(n=4, seed=7, **kw):
+    return list(render_frames(n, seed=seed, width=W, height=H, seq_len=kw.pop('seq_len', 2), **kw))
+
+
+def test_same_seed_same_frames():
+    a, b = _frames(), _frames()
+    for fa, fb in zip(a, b):
+        assert fa['name'] == fb['name']
+        for key in ('image', 'label', 'depth', 'occupancy'):
+            np.testing.assert_array_equal(fa[key], fb[key])
+        assert fa['pose'] == fb['pose']
+    other = _frames(seed=8)
+    assert any(not np.array_equal(fa['image'], fo['image']) for fa, fo in zip(a, other))
+
+
+def test_frame_contents():
+    frames = _frames(n=6, seq_len=3)
+    for f in frames:
+        assert f['image'].shape == (H, W, 3) and f['image'].dtype == np.uint8
+        assert f['label'].shape == (H, W) and f['label'].dtype == np.uint8
+        assert f['label'].max() < len(SCENE_CLASS_NAMES)
+        depth = f['depth']
+        assert depth.dtype == np.float32 and np.all(depth > 0)
+        assert np.all(np.isfinite(depth) | (f['label'] == BACKGROUND))
+        assert set(np.unique(f['occupancy'])) <= {-1, 0, 100}
+        assert abs(np.linalg.norm(f['pose']['orientation']) - 1) < 1e-6
+        k = f['intrinsics']
+        assert k['width'] == W and k['height'] == H and k['fx'] > 0
+
+
+def test_cluttered_room_has_floor_wall_obstacles_and_occupancy():
+    frames = _frames(n=6, seq_len=3, clutter=(1.0, 1.0), layouts=('room',))
+    seen = set()
+    for f in frames:
+        seen |= set(np.unique(f['label']).tolist())
+        occ = f['occupancy']
+        assert (occ == 100).sum() > 50
+        centre = occ.shape[0] // 2
+        assert occ[centre, centre] == 0, 'the robot stands on free floor'
+        assert f['counts']['obstacle'] > 0
+    assert {FLOOR, WALL, OBSTACLE} <= seen
+
+
+def test_empty_scene_has_no_obstacles():
+    for f in _frames(n=2, clutter=(0.0, 0.0), layouts=('corridor',)):
+        assert f['counts']['obstacle'] == f['counts']['person'] == f['counts']['robot'] == 0
+        assert set(np.unique(f['label']).tolist()) <= {FLOOR, WALL, BACKGROUND}
+
+
+def _rotation(q):
+    x, y, z, w = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _rays(f, mask):
+    k = f['intrinsics']
+    vs, us = np.nonzero(mask)
+    return vs, us, np.stack([(us - k['cx']) / k['fx'], (vs - k['cy']) / k['fy'], np.ones_like(us, float)])
+
+
+def test_depth_matches_pose_and_intrinsics_on_the_floor():
+    f = _frames(n=1, clutter=(0.0, 0.0), layouts=('open',), pitch_range=(-30.0, -20.0))[0]
+    vs, us, rays = _rays(f, f['label'] == FLOOR)
+    expected = -f['pose']['position'][2] / (_rotation(f['pose']['orientation']) @ rays)[2]
+    np.testing.assert_allclose(f['depth'][vs, us], expected, rtol=1e-3)
+
+
+def test_occupancy_covers_what_the_camera_sees():
+    for f in _frames(n=4, seq_len=2, seed=4, clutter=(1.0, 1.0)):
+        solid = np.isin(f['label'], [WALL, OBSTACLE, PERSON, ROBOT]) & np.isfinite(f['depth'])
+        vs, us, rays = _rays(f, solid)
+        world = (_rotation(f['pose']['orientation']) @ (rays * f['depth'][vs, us])).T + f['pose']['position']
+        world = world[(world[:, 2] > 0.05) & (world[:, 2] < 1.8)]
+        base = f['base_pose']
+        c, s = np.cos(base['yaw']), np.sin(base['yaw'])
+        dx, dy = world[:, 0] - base['x'], world[:, 1] - base['y']
+        info = f['occupancy_info']
+        col = ((c * dx + s * dy - info['origin'][0]) / info['resolution']).astype(int)
+        row = ((-s * dx + c * dy - info['origin'][1]) / info['resolution']).astype(int)
+        inside = (col >= 0) & (col < info['width']) & (row >= 0) & (row < info['height'])
+        occupied = cv2.dilate((f['occupancy'] == 100).astype(np.uint8), np.ones((3, 3), np.uint8))
+        assert inside.sum() > 20
+        assert occupied[row[inside], col[inside]].mean() > 0.97
+
+
+def test_cli_writes_dataset_and_bag(tmp_path):
+    out, bag = tmp_path / 'ds', tmp_path / 'bag'
+    assert cli.main(['render', '--out', str(out), '--bag', str(bag), '--frames', '3', '--width', str(W),
+                     '--height', str(H), '--seed', '3', '--seq-len', '2']) == 0
+    names = sorted(p.stem for p in (out / 'images').glob('*.png'))
+    assert len(names) == 3
+    for sub, suffix in (('masks', '.png'), ('depth', '.png'), ('occupancy', '.png'), ('meta', '.json')):
+        assert sorted(p.stem for p in (out / sub).glob('*' + suffix)) == names
+    mask = cv2.imread(str(out / 'masks' / f'{names[0]}.png'), cv2.IMREAD_UNCHANGED)
+    depth = cv2.imread(str(out / 'depth' / f'{names[0]}.png'), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (H, W) and depth.dtype == np.uint16
+    meta = json.loads((out / 'meta' / f'{names[0]}.json').read_text())
+    assert {'pose', 'intrinsics', 'clutter', 'counts'} <= set(meta)
+    classes = yaml.safe_load((out / 'classes.yaml').read_text())
+    assert classes['names'] == list(SCENE_CLASS_NAMES) and classes['ignore_index'] == 255
+    assert (bag / 'metadata.yaml').exists()
