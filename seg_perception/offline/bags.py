@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..runtime import imgmsg
+
 TOPICS = {
     'image': ('/camera/image_raw', 'sensor_msgs/msg/Image'),
     'compressed': ('/camera/image_raw/compressed', 'sensor_msgs/msg/CompressedImage'),
@@ -36,9 +38,6 @@ CAMERA_FRAME = 'camera_optical_frame'
 BASE_FRAME = 'base_link'
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 
-_CHANNELS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1, '8UC1': 1, 'mono16': 1, '16UC1': 1,
-             '32FC1': 1, '8UC3': 3}
-_DTYPES = {'mono16': np.uint16, '16UC1': np.uint16, '32FC1': np.float32}
 _TYPESTORE = None
 
 
@@ -68,7 +67,7 @@ def image_msg(image, encoding, stamp_ns, frame_id=CAMERA_FRAME, row_padding=0):
         image = image[..., ::-1]
     if encoding in ('rgba8', 'bgra8') and image.shape[-1] == 3:
         image = np.concatenate([image, np.full(image.shape[:2] + (1,), 255, image.dtype)], axis=-1)
-    dtype = _DTYPES.get(encoding, np.uint8)
+    dtype = imgmsg.ENCODINGS[encoding][0]
     height, width = image.shape[:2]
     rows = np.ascontiguousarray(image.astype(dtype, copy=False)).view(np.uint8).reshape(height, -1)
     if row_padding:
@@ -183,21 +182,10 @@ def header_stamp(rawdata):
 
 
 def decode_image(msg):
-    """ndarray of a deserialized ``sensor_msgs/msg/Image`` (colour -> RGB HxWx3, else HxW)."""
-    encoding = msg.encoding
-    if encoding not in _CHANNELS:
-        raise ValueError(f'unsupported image encoding {encoding!r}')
-    channels = _CHANNELS[encoding]
-    dtype = np.dtype(_DTYPES.get(encoding, np.uint8)).newbyteorder('>' if msg.is_bigendian else '<')
-    row_bytes = msg.width * channels * dtype.itemsize
-    rows = np.asarray(msg.data, np.uint8)[:msg.height * msg.step].reshape(msg.height, msg.step)[:, :row_bytes]
-    image = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width, channels)
-    image = image.astype(dtype.newbyteorder('='), copy=False)
-    if channels == 1:
-        return image[..., 0]
-    if encoding in ('bgr8', 'bgra8'):
-        image = image[..., 2::-1]
-    return np.ascontiguousarray(image[..., :3])
+    """ndarray of a deserialized ``sensor_msgs/msg/Image`` (colour -> RGB HxWx3, else HxW), by the same
+    step-aware conversion the node uses (:mod:`seg_perception.runtime.imgmsg`)."""
+    array = imgmsg.image_to_array(msg)
+    return np.ascontiguousarray(imgmsg.image_to_rgb(msg) if array.ndim == 3 else array)
 
 
 def decode_compressed(msg):
