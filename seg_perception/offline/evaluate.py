@@ -1,0 +1,212 @@
+"""Evaluate a model on a labelled dataset or bag: mIoU, per-class IoU, pixel accuracy, latency.
+
+    seg-perception evaluate --model model.onnx --data data/scenes_val [--out runs/eval]
+    seg-perception evaluate --model runs/topformer_tiny_scenes/best.pt --data data/scenes_val
+    seg-perception evaluate --model model.onnx --data bag_dir --image-topic /camera/image_raw \
+        --gt-topic /camera/semantic
+
+``--data`` is a dataset folder, a dataset YAML or a rosbag2 path (with ``--image-topic`` and ``--gt-topic``),
+opened by :func:`seg_perception.offline.datasets.open_dataset`.
+
+An ``.onnx`` model runs through :class:`seg_perception.runtime.engine.SegmentationEngine`, the engine the ROS
+node runs, so the numbers are those of the robot (latency is the engine's ``latency_ms``; token-pass models
+also report their kept-token fraction and MACs per frame). A training checkpoint (``.pt``) runs in torch: the
+image is resized to the checkpoint's ``input_size`` (``--input-size`` overrides it; ``0 0`` = whole image
+rounded to a multiple of 32), logits are upsampled bilinearly to the label size.
+
+Intersections and unions are summed over the whole dataset (see :mod:`.metrics`). Written to ``--out``:
+``metrics.json``, ``report.md`` and ``confusion.png``; the Markdown table is printed in any case.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import ConfusionMatrix, metrics_table, save_confusion_png
+
+
+class OnnxPredictor:
+    """An exported model through the runtime engine."""
+
+    def __init__(self, path, providers=None, threads=None, exit_threshold=None):
+        from ..runtime.engine import SegmentationEngine
+
+        self.engine = SegmentationEngine(str(path), providers=providers, intra_op_threads=threads or 0)
+        self.exit_threshold = exit_threshold
+        self.names = list(self.engine.meta['names'])
+        self.description = f'onnx ({self.engine.provider})'
+        self.static_macs = self.engine.meta.get('static_macs')
+
+    def __call__(self, image):
+        tic = time.perf_counter()
+        result = self.engine.infer(image, exit_threshold=self.exit_threshold)
+        wall_ms = 1000 * (time.perf_counter() - tic)
+        latency = getattr(result, 'latency_ms', None)
+        return {
+            'labels': np.asarray(result.labels),
+            'latency_ms': float(latency) if latency is not None else wall_ms,
+            'kept_fraction': getattr(result, 'kept_fraction', None),
+            'macs': getattr(result, 'macs', None),
+        }
+
+
+class TorchPredictor:
+    """A training checkpoint run in torch (eval mode, one image at a time)."""
+
+    def __init__(self, path, input_size=None, threads=None):
+        import torch
+
+        from .train import load_checkpoint
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, ckpt = load_checkpoint(path)
+        self.names = list(ckpt.get('classes') or [str(i) for i in range(ckpt['num_classes'])])
+        self.mean, self.std = ckpt.get('mean'), ckpt.get('std')
+        if self.mean is None or self.std is None:
+            from .train import IMAGENET_MEAN, IMAGENET_STD
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.input_size = ckpt.get('input_size') if input_size is None else (input_size if min(input_size) > 0
+                                                                             else None)
+        self.description = f'torch {ckpt["arch"]} ({"whole image" if self.input_size is None else self.input_size})'
+        self.static_macs = None
+
+    def __call__(self, image):
+        from .train import predict
+
+        tic = time.perf_counter()
+        labels = predict(self.model, image, self.input_size, self.mean, self.std)
+        return {'labels': labels, 'latency_ms': 1000 * (time.perf_counter() - tic), 'kept_fraction': None,
+                'macs': None}
+
+
+def open_predictor(path, providers=None, threads=None, exit_threshold=None, input_size=None):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'model {path} not found')
+    if path.suffix == '.onnx':
+        return OnnxPredictor(path, providers, threads, exit_threshold)
+    return TorchPredictor(path, input_size, threads)
+
+
+def _percentiles(values):
+    if not values:
+        return {}
+    p50, p90, p99 = np.percentile(np.asarray(values, np.float64), [50, 90, 99])
+    return {'mean': float(np.mean(values)), 'p50': float(p50), 'p90': float(p90), 'p99': float(p99)}
+
+
+def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=None, out=None, limit=0,
+             providers=None, threads=None, exit_threshold=None, input_size=None, warmup=2, progress=True):
+    """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``)."""
+    from tqdm import tqdm
+
+    from .datasets import open_dataset
+
+    kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
+    dataset = open_dataset(str(data), split=split, layout=layout, **kwargs)
+    predictor = open_predictor(model, providers, threads, exit_threshold, input_size)
+    classes = [str(c) for c in dataset.classes]
+    if len(predictor.names) != len(classes):
+        raise ValueError(f'the model predicts {len(predictor.names)} classes {predictor.names}, the dataset has '
+                         f'{len(classes)} {classes}')
+    count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
+    if count == 0:
+        raise ValueError(f'{data}: no labelled images')
+    confusion = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
+    latencies, kept, macs = [], [], []
+    for _ in range(warmup):
+        predictor(dataset[0][0])
+    for i in tqdm(range(count), desc='evaluate', disable=not progress, dynamic_ncols=True):
+        image, label = dataset[i]
+        result = predictor(image)
+        labels = result['labels']
+        if labels.shape != label.shape:
+            raise ValueError(f'image {i}: prediction {labels.shape} and label {label.shape} differ in size')
+        confusion.update(labels, label)
+        latencies.append(result['latency_ms'])
+        if result['kept_fraction'] is not None:
+            kept.append(np.atleast_1d(np.asarray(result['kept_fraction'], np.float64)))
+        if result['macs'] is not None:
+            macs.append(float(result['macs']))
+
+    metrics = confusion.compute(classes)
+    report = {
+        'model': str(model),
+        'runner': predictor.description,
+        'data': str(data),
+        'split': split,
+        'images': count,
+        **metrics,
+        'latency_ms': _percentiles(latencies),
+        'kept_fraction': None,
+        'kept_fraction_per_stage': None,
+        'gmacs_per_frame': None,
+        'exit_threshold': exit_threshold,
+        'confusion_matrix': confusion.matrix.tolist(),
+    }
+    if kept:
+        per_stage = np.mean(np.stack(kept), axis=0)
+        report['kept_fraction_per_stage'] = [float(v) for v in per_stage]
+        report['kept_fraction'] = float(per_stage.mean())
+    if macs:
+        report['gmacs_per_frame'] = float(np.mean(macs)) / 1e9
+        if predictor.static_macs:
+            report['macs_vs_static'] = float(np.mean(macs)) / float(predictor.static_macs)
+    table = markdown_report(report)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / 'metrics.json', 'w') as f:
+            json.dump(report, f, indent=2)
+        (out / 'report.md').write_text(f'# Evaluation of `{model}`\n\n'
+                                       f'Data: `{data}` ({count} images), runner: {predictor.description}\n\n'
+                                       f'{table}\n\n![confusion matrix](confusion.png)\n')
+        save_confusion_png(confusion.matrix, classes, out / 'confusion.png')
+    report['table'] = table
+    return report
+
+
+def markdown_report(report):
+    rows = []
+    lat = report['latency_ms']
+    if lat:
+        rows.append(('latency p50 / p90 / p99 (ms)', f'{lat["p50"]:.1f} / {lat["p90"]:.1f} / {lat["p99"]:.1f}'))
+    if report['kept_fraction'] is not None:
+        stages = ', '.join(f'{v:.3f}' for v in report['kept_fraction_per_stage'])
+        rows.append(('mean kept fraction (per stage)', f'{report["kept_fraction"]:.3f} ({stages})'))
+    if report['gmacs_per_frame'] is not None:
+        ratio = f' ({100 * report["macs_vs_static"]:.1f} % of static)' if 'macs_vs_static' in report else ''
+        rows.append(('GMACs per frame', f'{report["gmacs_per_frame"]:.3f}{ratio}'))
+    rows.append(('images', str(report['images'])))
+    return metrics_table(report, rows)
+
+
+def add_arguments(parser):
+    parser.add_argument('--model', required=True, help='exported .onnx model or training checkpoint (.pt)')
+    parser.add_argument('--data', required=True, help='dataset folder, dataset YAML or rosbag2 path')
+    parser.add_argument('--layout', default=None, help='dataset layout (default: detect)')
+    parser.add_argument('--split', default='val', help='dataset split (default: val)')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
+    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--out', default=None, help='folder for metrics.json, report.md and confusion.png')
+    parser.add_argument('--limit', type=int, default=0, help='evaluate the first N images only')
+    parser.add_argument('--threads', type=int, default=None, help='intra-op threads (onnxruntime or torch)')
+    parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
+    parser.add_argument('--exit-threshold', type=float, default=None, help='token-pass: stopping threshold')
+    parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='checkpoints: network input size (default: the checkpoint\'s; 0 0 = whole image)')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
+
+
+def run(args):
+    providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
+    report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,
+                      gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,
+                      threads=args.threads, exit_threshold=args.exit_threshold, input_size=args.input_size,
+                      warmup=args.warmup)
+    print(report['table'])
+    if args.out:
+        print(f'\nwritten: {Path(args.out) / "metrics.json"}, report.md, confusion.png')
+    return 0

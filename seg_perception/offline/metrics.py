@@ -1,0 +1,130 @@
+"""Segmentation metrics from a confusion matrix (numpy only), mmseg-style.
+
+Intersections and unions are summed over the whole dataset before dividing (not averaged per image):
+``IoU_c = TP_c / (TP_c + FP_c + FN_c)``; ``mIoU`` is the mean over classes whose union is non-zero (a class
+absent from both the ground truth and the predictions is NaN and left out); pixel accuracy is
+``sum(TP) / labelled pixels``. Ground-truth pixels equal to ``ignore_index`` (or outside ``[0, C)``) are not
+counted.
+"""
+import numpy as np
+
+from ..classes import IGNORE_INDEX
+
+
+class ConfusionMatrix:
+    """Accumulate a ``(C, C)`` matrix, rows = ground truth, columns = prediction."""
+
+    def __init__(self, num_classes, ignore_index=IGNORE_INDEX):
+        self.num_classes = int(num_classes)
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def update(self, pred, label):
+        """Add one prediction / ground-truth pair (integer arrays of the same shape)."""
+        pred = np.asarray(pred)
+        label = np.asarray(label)
+        if pred.shape != label.shape:
+            raise ValueError(f'prediction shape {pred.shape} != label shape {label.shape}')
+        label = label.astype(np.int64).ravel()
+        pred = pred.astype(np.int64).ravel()
+        valid = (label != self.ignore_index) & (label >= 0) & (label < self.num_classes)
+        label, pred = label[valid], pred[valid]
+        if pred.size and (pred.min() < 0 or pred.max() >= self.num_classes):
+            raise ValueError(f'predicted class ids must lie in [0, {self.num_classes}), got '
+                             f'[{pred.min()}, {pred.max()}]')
+        n = self.num_classes
+        self.matrix += np.bincount(label * n + pred, minlength=n * n).reshape(n, n)
+        return self
+
+    def merge(self, other):
+        self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else np.asarray(other, np.int64)
+        return self
+
+    def compute(self, class_names=None):
+        return compute_metrics(self.matrix, class_names)
+
+
+def compute_metrics(matrix, class_names=None):
+    """Metrics dict (JSON-ready) from a confusion matrix: ``mIoU``, ``aAcc`` (pixel accuracy), ``mAcc``,
+    per-class ``IoU`` / ``Acc`` (None where undefined) and the pixel counts."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    n = matrix.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ValueError(f'{len(names)} class names for a {n}x{n} confusion matrix')
+    intersect = np.diag(matrix).astype(np.float64)
+    area_label = matrix.sum(axis=1).astype(np.float64)
+    area_pred = matrix.sum(axis=0).astype(np.float64)
+    union = area_label + area_pred - intersect
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = np.where(union > 0, intersect / union, np.nan)
+        acc = np.where(area_label > 0, intersect / area_label, np.nan)
+    total = area_label.sum()
+    return {
+        'mIoU': _nanmean(iou),
+        'aAcc': float(intersect.sum() / total) if total > 0 else None,
+        'mAcc': _nanmean(acc),
+        'IoU': {name: _float_or_none(v) for name, v in zip(names, iou)},
+        'Acc': {name: _float_or_none(v) for name, v in zip(names, acc)},
+        'pixels': {name: int(v) for name, v in zip(names, area_label)},
+        'num_pixels': int(total),
+    }
+
+
+def _nanmean(values):
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
+
+
+def _float_or_none(value):
+    return None if np.isnan(value) else float(value)
+
+
+def save_confusion_png(matrix, class_names, path, normalize=True, title='Confusion matrix (rows: ground truth)'):
+    """Write a confusion-matrix heat map (row-normalised by default) with matplotlib's Agg backend."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
+    n = matrix.shape[0]
+    size = 1.5 + 0.6 * n
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(shown, cmap='Blues', vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(n), class_names, rotation=45, ha='right')
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel('prediction')
+    ax.set_ylabel('ground truth')
+    ax.set_title(title)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                value = shown[i, j]
+                ax.text(j, i, f'{value:.2f}' if normalize else f'{int(value)}', ha='center', va='center',
+                        fontsize=7, color='white' if value > 0.5 * (shown.max() or 1) else 'black')
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+    return path
+
+
+def metrics_table(metrics, extra_rows=()):
+    """Markdown table: one row per class (IoU, Acc, pixels), then the summary rows."""
+    lines = ['| class | IoU | Acc | pixels |', '|---|---:|---:|---:|']
+    for name, iou in metrics['IoU'].items():
+        lines.append(f'| {name} | {_pct(iou)} | {_pct(metrics["Acc"][name])} | {metrics["pixels"][name]} |')
+    lines.append(f'| **mean** | **{_pct(metrics["mIoU"])}** | {_pct(metrics["mAcc"])} | {metrics["num_pixels"]} |')
+    lines.append('')
+    lines.append('| metric | value |')
+    lines.append('|---|---:|')
+    lines.append(f'| mIoU | {_pct(metrics["mIoU"])} |')
+    lines.append(f'| pixel accuracy | {_pct(metrics["aAcc"])} |')
+    for key, value in extra_rows:
+        lines.append(f'| {key} | {value} |')
+    return '\n'.join(lines)
+
+
+def _pct(value):
+    return '-' if value is None else f'{100 * value:.2f}'
