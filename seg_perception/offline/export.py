@@ -326,9 +326,11 @@ def export_model(model, path, meta, input_size, dynamic=True, opset=DEFAULT_OPSE
         raise ValueError(f'input_size {input_size} must be a multiple of the stride {meta["stride"]}')
     if 'static_macs' not in meta:
         meta['static_macs'] = static_macs(model, input_size)
+    token_pass = is_token_pass(model)
+    if token_pass:
+        meta.setdefault('exit_threshold', float(model.exit_conf))   # the node's default threshold
     md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
 
-    token_pass = is_token_pass(model)
     inputs = _example_inputs(model, input_size, seed)
     input_names = ['images'] + (['exit_threshold'] if token_pass else [])
     output_names = list(OUTPUTS) + (list(TOKEN_PASS_OUTPUTS) if token_pass else [])
