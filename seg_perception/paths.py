@@ -10,12 +10,9 @@ def share_dirs():
     """Candidate share/seg_perception folders, most specific first."""
     dirs = []
     try:
-        from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
-        try:
-            dirs.append(get_package_share_directory(PACKAGE))
-        except PackageNotFoundError:
-            pass
-    except ImportError:
+        from ament_index_python.packages import get_package_share_directory
+        dirs.append(get_package_share_directory(PACKAGE))
+    except (ImportError, LookupError, OSError):  # no ament index, package not in it, AMENT_PREFIX_PATH unset
         pass
     dirs.append(os.path.join(sys.prefix, 'share', PACKAGE))
     dirs.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # a source checkout
