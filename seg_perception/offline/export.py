@@ -327,7 +327,7 @@ def export_model(model, path, meta, input_size, dynamic=True, opset=DEFAULT_OPSE
     if 'static_macs' not in meta:
         meta['static_macs'] = static_macs(model, input_size)
     token_pass = is_token_pass(model)
-    if token_pass:
+    if token_pass and getattr(model, 'exit_conf', None) is not None:
         meta.setdefault('exit_threshold', float(model.exit_conf))   # the node's default threshold
     md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
 
