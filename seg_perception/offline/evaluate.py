@@ -39,16 +39,9 @@ class OnnxPredictor:
         self.static_macs = self.engine.meta.get('static_macs')
 
     def __call__(self, image):
-        tic = time.perf_counter()
         result = self.engine.infer(image, exit_threshold=self.exit_threshold)
-        wall_ms = 1000 * (time.perf_counter() - tic)
-        latency = getattr(result, 'latency_ms', None)
-        return {
-            'labels': np.asarray(result.labels),
-            'latency_ms': float(latency) if latency is not None else wall_ms,
-            'kept_fraction': getattr(result, 'kept_fraction', None),
-            'macs': getattr(result, 'macs', None),
-        }
+        return {'labels': result.labels, 'latency_ms': result.latency_ms, 'kept_fraction': result.kept_fraction,
+                'macs': result.macs}
 
 
 class TorchPredictor:

@@ -425,6 +425,11 @@ def add_arguments(parser):
     parser.add_argument('--std', type=float, nargs=3, help='0-255 RGB std (default: checkpoint, else ImageNet)')
     parser.add_argument('--fixed-size', action='store_true', help='fixed H/W (default: dynamic)')
     parser.add_argument('--description', help='free text stored in the metadata')
+    parser.add_argument('--exit-threshold', type=float,
+                        help='token-pass: default exit threshold stored in the model (default: its exit_conf)')
+    parser.add_argument('--token-buckets', type=float, nargs='+', metavar='FRACTION',
+                        help='token-pass: pad the kept tokens up to these fractions of all tokens, so TensorRT '
+                             'sees a few fixed shapes (e.g. 0.25 0.5 0.75 1.0)')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
     parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript')
     parser.add_argument('--tolerance', type=float, default=PARITY_RTOL, help='relative ORT vs PyTorch tolerance')
@@ -459,7 +464,8 @@ def _resolve(args):
                                         ('--input-size', input_size)) if not value]
     if missing:
         raise ValueError(f'give {", ".join(missing)} (not found in a training checkpoint)')
-    model = create_model(arch, num_classes=int(num_classes))
+    model_kwargs = {'token_buckets': tuple(args.token_buckets)} if args.token_buckets else {}
+    model = create_model(arch, num_classes=int(num_classes), **model_kwargs)
     if args.checkpoint and args.official:
         load_official_checkpoint(model, args.checkpoint)
     elif state is not None:
@@ -469,6 +475,8 @@ def _resolve(args):
                           resize_mode=args.resize_mode, arch=arch, checkpoint_sha256=sha,
                           ignore_index=IGNORE_INDEX if ignore_index is None else ignore_index,
                           description=args.description)
+    if args.exit_threshold is not None:
+        meta['exit_threshold'] = float(args.exit_threshold)
     return model, meta, input_size
 
 
