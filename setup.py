@@ -18,6 +18,7 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.py')),
         ('share/' + package_name + '/config', glob('config/*')),
         ('share/' + package_name + '/models', glob('models/*')),
+        ('share/' + package_name + '/samples/scenes_sample', glob('samples/scenes_sample/*')),
     ],
     python_requires='>=3.10',
     install_requires=['numpy', 'opencv-python-headless', 'onnxruntime', 'pyyaml', 'rosbags'],
