@@ -217,9 +217,7 @@ class SegmentationNode(Node):
             return
         rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         threshold = self.get_parameter('exit_threshold').value
-        if threshold < 0:
-            threshold = engine.meta.get('exit_threshold')
-        result = engine.infer(rgb, exit_threshold=threshold)
+        result = engine.infer(rgb, exit_threshold=None if threshold < 0 else threshold)
         header = msg.header
         if 'labels' in wanted:
             enc = 'mono8' if result.labels.dtype == np.uint8 else 'mono16'

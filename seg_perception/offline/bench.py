@@ -48,7 +48,7 @@ def _latency(values):
 
 def _group_summary(frames, num_classes, ignore_index, static_macs):
     out = {'frames': len(frames)}
-    for key in ('tp', 'static'):
+    for key in ('tp', 'static', 'nostop'):
         confusion = ConfusionMatrix(num_classes, ignore_index)
         for f in frames:
             confusion.update(f[f'{key}_labels'], f['label'])
@@ -57,19 +57,27 @@ def _group_summary(frames, num_classes, ignore_index, static_macs):
     out['kept_fraction'] = float(np.mean([f['kept'] for f in frames]))
     tp_macs = [f['macs'] for f in frames if f['macs'] is not None]
     out['tp_macs'] = float(np.mean(tp_macs)) if tp_macs else None
+    if not static_macs:
+        nostop = [f['nostop_macs'] for f in frames if f['nostop_macs'] is not None]
+        static_macs = np.mean(nostop) if nostop else None
     out['static_macs'] = float(static_macs) if static_macs else None
     return out
 
 
 def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, limit=0, providers=None,
-                    image_topic=None, gt_topic=None, split='val'):
-    """Run both models on every frame of ``data``; returns a report dict (see :func:`tokenpass_table`)."""
+                    image_topic=None, gt_topic=None, split='val', input_size=None):
+    """Run both models on every frame of ``data``; returns a report dict (see :func:`tokenpass_table`).
+
+    The token-pass model runs twice per frame: at ``threshold`` (None = its stored default) and at 1.0 (no
+    stopping, same weights), so the mIoU change caused by stopping alone is reported too."""
     from ..runtime.engine import SegmentationEngine
 
-    tp = SegmentationEngine(model, providers=providers, intra_op_threads=threads)
-    st = SegmentationEngine(static, providers=providers, intra_op_threads=threads)
+    tp = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size)
+    st = SegmentationEngine(static, providers=providers, intra_op_threads=threads, input_size=input_size)
     if not tp.has_exit_threshold:
         raise ValueError(f'{model}: not a token-pass model (no exit_threshold input)')
+    if threshold is None:
+        threshold = float(tp.meta.get('exit_threshold', 1.0))
     if tp.names != st.names:
         raise ValueError(f'the models predict different classes: {tp.names} vs {st.names}')
     ignore_index = tp.meta.get('ignore_index', 255)
@@ -81,9 +89,11 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
                 st.infer(rgb)
         a = tp.infer(rgb, exit_threshold=threshold)
         b = st.infer(rgb)
+        c = tp.infer(rgb, exit_threshold=1.0)
         kept = float(np.mean(a.kept_fraction)) if a.kept_fraction is not None else 1.0
         frames.append({'label': label, 'clutter': clutter, 'kept': kept, 'macs': a.macs,
-                       'tp_labels': a.labels, 'tp_ms': a.model_ms, 'static_labels': b.labels, 'static_ms': b.model_ms})
+                       'tp_labels': a.labels, 'tp_ms': a.model_ms, 'static_labels': b.labels, 'static_ms': b.model_ms,
+                       'nostop_labels': c.labels, 'nostop_ms': c.model_ms, 'nostop_macs': c.macs})
     if not frames:
         raise ValueError(f'{data}: no labelled frames')
     by_clutter = all(f['clutter'] is not None for f in frames)
@@ -94,10 +104,12 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
     if half:
         groups['easy half'] = [frames[i] for i in order[:half]]
         groups['cluttered half'] = [frames[i] for i in order[half:]]
-    static_macs = st.static_macs or tp.static_macs
+    # the stored static MACs hold at the stored input size only; elsewhere the no-stop run counts them
+    stored_size = st.net_hw == tuple(st.meta['input_size'])
+    static_macs = (st.static_macs or tp.static_macs) if stored_size else None
     return {
         'model': str(model), 'static': str(static), 'data': str(data), 'provider': tp.provider,
-        'threads': threads, 'exit_threshold': threshold, 'split_by': 'clutter' if by_clutter else 'kept fraction',
+        'threads': threads, 'exit_threshold': threshold, 'input_size': list(tp.net_hw or ()), 'split_by': 'clutter' if by_clutter else 'kept fraction',
         'groups': {name: _group_summary(g, tp.num_classes, ignore_index, static_macs) for name, g in groups.items()},
     }
 
@@ -117,19 +129,21 @@ def _pct(v):
 def tokenpass_table(report):
     """Markdown table of :func:`bench_tokenpass`'s report."""
     head = ('| frames | group | kept | GMACs TP | GMACs static | MACs ratio | ms p50 TP | ms p50 static | '
-            'ms mean TP | ms mean static | latency ratio (mean) | mIoU TP | mIoU static |')
+            'ms mean TP | ms mean static | latency ratio (mean) | mIoU TP | mIoU TP no stop | mIoU static |')
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for name, g in report['groups'].items():
         tp_ms, st_ms = g['tp_ms'], g['static_ms']
         lines.append(f'| {g["frames"]} | {name} | {g["kept_fraction"]:.3f} | {_gmacs(g["tp_macs"])} | '
                      f'{_gmacs(g["static_macs"])} | {_ratio(g["tp_macs"], g["static_macs"])} | '
                      f'{tp_ms["p50"]:.2f} | {st_ms["p50"]:.2f} | {tp_ms["mean"]:.2f} | {st_ms["mean"]:.2f} | '
-                     f'{_ratio(tp_ms["mean"], st_ms["mean"])} | {_pct(g["tp_miou"])} | {_pct(g["static_miou"])} |')
+                     f'{_ratio(tp_ms["mean"], st_ms["mean"])} | {_pct(g["tp_miou"])} | {_pct(g["nostop_miou"])} | '
+                     f'{_pct(g["static_miou"])} |')
     threshold = report['exit_threshold']
     lines.append('')
-    lines.append(f'exit threshold {"1.0 (none)" if threshold is None else threshold}, {report["provider"]} '
-                 f'with {report["threads"]} thread(s), halves split by {report["split_by"]}; kept = mean fraction '
-                 'of tokens still active per stage')
+    lines.append(f'exit threshold {threshold:g}, network input {report["input_size"] or "native"}, '
+                 f'{report["provider"]} with {report["threads"]} thread(s), halves split by {report["split_by"]}; '
+                 'kept = mean fraction of tokens still active per stage; "no stop" = the token-pass model at '
+                 'threshold 1.0; latency = ONNX Runtime run time')
     return '\n'.join(lines)
 
 
@@ -138,7 +152,7 @@ def add_tokenpass_arguments(parser):
     parser.add_argument('--static', required=True, help='its static twin .onnx')
     parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
     parser.add_argument('--threshold', type=float, default=None,
-                        help='exit threshold (default: none given, the engine feeds 1.0 = no stopping)')
+                        help="exit threshold (default: the model's stored threshold)")
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads (default 1)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences of each model first')
     parser.add_argument('--limit', type=int, default=0, help='first N frames only')
@@ -146,13 +160,16 @@ def add_tokenpass_arguments(parser):
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
     parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
     parser.add_argument('--split', default='val', help='dataset split for open_dataset (default: val)')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+                        help="network input for both models (multiples of 32; default: the models' own)")
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
 
 
 def run_tokenpass(args):
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
     report = bench_tokenpass(args.model, args.static, args.data, args.threshold, args.threads, args.warmup,
-                             args.limit, providers, args.image_topic, args.gt_topic, args.split)
+                             args.limit, providers, args.image_topic, args.gt_topic, args.split,
+                             tuple(args.input_size) if args.input_size else None)
     print(tokenpass_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -180,14 +180,17 @@ class SegmentationEngine:
 
     def infer(self, rgb, exit_threshold=None):
         """Segment one HxWx3 uint8 RGB image (a 2-D array is taken as grey). Raises ValueError for input
-        the engine cannot use (empty, wrong dtype or shape, too large)."""
+        the engine cannot use (empty, wrong dtype or shape, too large). ``exit_threshold`` (token-pass models):
+        None = the model's stored default (1.0 = no early stop if it has none)."""
         t0 = time.perf_counter()
         rgb = self._check_image(rgb)
         geometry = compute_geometry(rgb.shape[:2], self.net_hw, self.meta['resize_mode'],
                                     self.meta['stride'], self.meta['dynamic_hw'])
         feeds = {'images': preprocess(rgb, geometry, self.meta['mean'], self.meta['std'])}
         if self.has_exit_threshold:
-            feeds['exit_threshold'] = np.asarray(1.0 if exit_threshold is None else exit_threshold, np.float32)
+            if exit_threshold is None:
+                exit_threshold = self.meta.get('exit_threshold', 1.0)
+            feeds['exit_threshold'] = np.asarray(exit_threshold, np.float32)
         t1 = time.perf_counter()
         outs = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
         t2 = time.perf_counter()

@@ -1,0 +1,59 @@
+"""The models shipped in models/: they load with nothing but the .onnx file, carry the scene classes, have a
+model card, and segment the shipped sample bag about as well as their cards say."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from seg_perception.classes import SCENE_CLASS_NAMES
+from seg_perception.offline.bags import TOPICS, iter_bag_pairs
+from seg_perception.offline.metrics import ConfusionMatrix
+from seg_perception.paths import DEFAULT_MODEL
+from seg_perception.runtime.engine import SegmentationEngine
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = sorted(glob.glob(os.path.join(REPO, 'models', '*.onnx')))
+SAMPLE = os.path.join(REPO, 'samples', 'scenes_sample')
+
+
+@pytest.fixture(scope='module')
+def sample_frames():
+    pairs = list(iter_bag_pairs(SAMPLE, TOPICS['image'][0], TOPICS['labels'][0]))
+    assert len(pairs) == 40
+    return pairs[::4]
+
+
+def test_default_model_is_shipped():
+    assert os.path.join(REPO, 'models', DEFAULT_MODEL) in MODELS
+
+
+@pytest.mark.parametrize('path', MODELS, ids=os.path.basename)
+def test_shipped_model_card_and_accuracy_on_sample(path, sample_frames):
+    card = path[:-len('.onnx')] + '.md'
+    assert os.path.isfile(card), f'{os.path.basename(path)} has no model card'
+    assert 'mIoU' in open(card).read()
+    engine = SegmentationEngine(path, intra_op_threads=1)
+    assert tuple(engine.names) == SCENE_CLASS_NAMES
+    assert engine.meta.get('checkpoint_sha256') and engine.meta.get('static_macs')
+    cm = ConfusionMatrix(len(engine.names))
+    for _, image, label in sample_frames:
+        result = engine.infer(image)
+        assert result.labels.shape == label.shape
+        cm.update(result.labels, label)
+    metrics = cm.compute(engine.names)
+    # trained models reach 55-70 % mIoU on rendered scenes (see the cards); an untrained one stays far below
+    assert metrics['mIoU'] > 0.45, metrics
+    assert metrics['IoU']['floor'] > 0.7, metrics
+
+
+@pytest.mark.parametrize('path', [p for p in MODELS if 'tokenpass' in os.path.basename(p)], ids=os.path.basename)
+def test_shipped_token_pass_model_saves_compute(path, sample_frames):
+    engine = SegmentationEngine(path, intra_op_threads=1)
+    assert engine.has_exit_threshold and 0 < engine.meta['exit_threshold'] < 1
+    full = [engine.infer(image, exit_threshold=1.0) for _, image, _ in sample_frames]
+    assert all(np.all(r.kept_fraction == 1.0) for r in full)
+    early = [engine.infer(image) for _, image, _ in sample_frames]   # the model's default threshold
+    assert np.mean([r.macs for r in early]) < 0.8 * np.mean([r.macs for r in full])
+    agree = np.mean([(a.labels == b.labels).mean() for a, b in zip(full, early)])
+    assert agree > 0.9
