@@ -252,3 +252,28 @@ def test_node_process_with_params_file_large_images(tmp_path, tiny_model):
         proc.terminate()
         out = proc.communicate(timeout=10)[0]
     assert 'CPUExecutionProvider' in out and 'Traceback' not in out, out
+
+
+def test_token_pass_model_threshold_is_live_and_reported(ros):
+    model = os.path.join(REPO, 'models', 'tokenpass_vit_mini_scenes.onnx')
+    node, h = ros(model_path=model, diagnostics_period=0.2, exit_threshold=1.0)
+    frame = _rgb(120, 160, seed=5)
+    h.publish(frame, 'rgb8')
+    assert h.wait_for(lambda: node.counters['processed'] == 1)
+    assert np.all(node._last_kept == 1.0)
+    assert node.set_parameters([Parameter('exit_threshold', value=0.0)])[0].successful
+    h.publish(frame, 'rgb8')
+    assert h.wait_for(lambda: node.counters['processed'] == 2)
+    assert np.all(node._last_kept == 0.0)
+
+    def reported():
+        for m in reversed(h.received['diagnostics']):
+            for s in m.status:
+                values = {kv.key: kv.value for kv in s.values}
+                if 'gmacs_per_frame_mean' in values:
+                    return values
+        return None
+    assert h.wait_for(lambda: reported() is not None, timeout=5)
+    d = reported()
+    assert float(d['gmacs_per_frame_mean']) < float(d['gmacs_static_model'])
+    assert d['kept_fraction_last_per_stage'].split() == ['0.000'] * 3
