@@ -194,3 +194,22 @@ def filter_mmseg_state_dict(model, state_dict, prefixes=('backbone.', 'decode_he
         raise KeyError(f'{type(model).__name__}: cannot map official checkpoint keys {unmapped[:20]}'
                        f'{" ..." if len(unmapped) > 20 else ""}')
     return out
+
+
+class EncoderDecoder(nn.Module):
+    """mmseg's eval-time segmentor: ``decode_head(backbone(x))`` -> logits at 1/8 resolution. Subclasses build
+    ``backbone`` and ``decode_head`` with the official module names, so official checkpoints map one to one."""
+
+    checkpoint_format = 'mmseg'
+
+    def __init__(self, backbone, decode_head, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.decode_head = decode_head
+
+    def forward(self, x):
+        return self.decode_head(self.backbone(x))
+
+    def checkpoint_filter_fn(self, state_dict):
+        return filter_mmseg_state_dict(self, state_dict)

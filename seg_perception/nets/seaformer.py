@@ -7,7 +7,7 @@ Backbone (``SeaFormer``) and decode head (``LightHead``) with the module names o
 import torch
 import torch.nn as nn
 
-from ._layers import (ConvBN, ConvNormAct, DropPath, HSigmoid, InvertedResidual, Mlp, filter_mmseg_state_dict,
+from ._layers import (ConvBN, ConvNormAct, DropPath, EncoderDecoder, HSigmoid, InvertedResidual, Mlp,
                       interpolate_linear_1d, resize_bilinear)
 from ._registry import register_model
 
@@ -208,24 +208,14 @@ class LightHead(nn.Module):
         return self.conv_seg(self.dropout(self.linear_fuse(x)))
 
 
-class SeaFormerSeg(nn.Module):
+class SeaFormerSeg(EncoderDecoder):
     """SeaFormer segmentor (backbone + LightHead); ``forward`` returns logits at 1/8 resolution."""
-
-    checkpoint_format = 'mmseg'
 
     def __init__(self, cfgs, channels, emb_dims, key_dims, depths, num_heads, mlp_ratios, head_in_channels,
                  head_channels, head_embed_dims, num_classes=150, drop_path_rate=0.1):
-        super().__init__()
-        self.num_classes = num_classes
-        self.backbone = SeaFormer(cfgs, channels, emb_dims, key_dims, depths, num_heads, mlp_ratios,
-                                  drop_path_rate=drop_path_rate)
-        self.decode_head = LightHead(head_in_channels, head_channels, head_embed_dims, num_classes)
-
-    def forward(self, x):
-        return self.decode_head(self.backbone(x))
-
-    def checkpoint_filter_fn(self, state_dict):
-        return filter_mmseg_state_dict(self, state_dict)
+        super().__init__(SeaFormer(cfgs, channels, emb_dims, key_dims, depths, num_heads, mlp_ratios,
+                                   drop_path_rate=drop_path_rate),
+                         LightHead(head_in_channels, head_channels, head_embed_dims, num_classes), num_classes)
 
 
 def _create(variant, num_classes, **kwargs):

@@ -7,8 +7,8 @@ decode head's logits at 1/8 of the input resolution, as the official segmentor d
 import torch
 import torch.nn as nn
 
-from ._layers import (ConvBN, ConvNormAct, DropPath, ExportableAdaptiveAvgPool2d, HSigmoid, InvertedResidual, Mlp,
-                      filter_mmseg_state_dict, resize_bilinear)
+from ._layers import (ConvBN, ConvNormAct, DropPath, EncoderDecoder, ExportableAdaptiveAvgPool2d, HSigmoid,
+                      InvertedResidual, Mlp, resize_bilinear)
 from ._registry import register_model
 
 __all__ = ['TopFormer', 'model_cfgs']
@@ -177,24 +177,14 @@ class SimpleHead(nn.Module):
         return self.conv_seg(self.dropout(self.linear_fuse(x)))
 
 
-class TopFormer(nn.Module):
+class TopFormer(EncoderDecoder):
     """TopFormer segmentor (backbone + SimpleHead); ``forward`` returns logits at 1/8 resolution."""
-
-    checkpoint_format = 'mmseg'
 
     def __init__(self, cfgs, tap_indices, channels, num_heads, out_channels, head_channels, head_is_dw,
                  num_classes=150, drop_path_rate=0.1):
-        super().__init__()
-        self.num_classes = num_classes
-        self.backbone = Topformer(cfgs, tap_indices, channels, out_channels, num_heads,
-                                  drop_path_rate=drop_path_rate)
-        self.decode_head = SimpleHead(head_channels, num_classes, is_dw=head_is_dw)
-
-    def forward(self, x):
-        return self.decode_head(self.backbone(x))
-
-    def checkpoint_filter_fn(self, state_dict):
-        return filter_mmseg_state_dict(self, state_dict)
+        super().__init__(Topformer(cfgs, tap_indices, channels, out_channels, num_heads,
+                                   drop_path_rate=drop_path_rate),
+                         SimpleHead(head_channels, num_classes, is_dw=head_is_dw), num_classes)
 
 
 def _create(variant, num_classes, **kwargs):
