@@ -184,3 +184,22 @@ def test_int8_export_keeps_metadata(exported, tmp_path):
     assert cmp['images'] == 8 and 0.0 <= cmp['label_agreement'] <= 1.0
     assert cmp['miou_fp32'] is not None and cmp['miou_int8'] is not None and cmp['speedup'] > 0
     assert 'int8' in qz.format_int8_report(report)
+
+
+ZOO = ['topformer_tiny', 'topformer_small', 'topformer_base', 'seaformer_tiny', 'seaformer_small',
+       'seaformer_base', 'seaformer_large', 'rtformer_slim', 'rtformer_base', 'tokenpass_vit_mini',
+       'static_vit_mini']
+
+
+@pytest.mark.parametrize('name', ZOO)
+def test_every_zoo_variant_exports_with_ort_parity(name, tmp_path):
+    """Each listed variant exports to one dynamic file and matches PyTorch in ORT at two sizes."""
+    from seg_perception.nets import create_model
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=6).eval()
+    meta = ex.build_metadata(6, SIZE, arch=name)
+    report = ex.export_model(model, tmp_path / f'{name}.onnx', meta, SIZE)
+    assert {tuple(row['size']) for row in report['parity']} == {SIZE, (96, 128)}
+    assert all(row['ok'] and row['logits_rel'] < 1e-4 for row in report['parity'])
+    result = SegmentationEngine(str(tmp_path / f'{name}.onnx')).infer(np.zeros((50, 70, 3), np.uint8))
+    assert result.labels.shape == (50, 70)
