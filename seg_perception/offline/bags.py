@@ -17,6 +17,7 @@ Reading (mcap and sqlite3 alike):
   serialized messages as they are (e.g. ``rclpy`` publishers with ``serialize=False`` on raw bytes).
 """
 import bisect
+import functools
 import os
 import struct
 from pathlib import Path
@@ -38,16 +39,11 @@ CAMERA_FRAME = 'camera_optical_frame'
 BASE_FRAME = 'base_link'
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 
-_TYPESTORE = None
-
-
+@functools.lru_cache(maxsize=None)
 def typestore():
     """The rosbags type store used for (de)serialization (ROS 2 Humble message definitions)."""
-    global _TYPESTORE
-    if _TYPESTORE is None:
-        from rosbags.typesys import Stores, get_typestore
-        _TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
-    return _TYPESTORE
+    from rosbags.typesys import Stores, get_typestore
+    return get_typestore(Stores.ROS2_HUMBLE)
 
 
 def _header(stamp_ns, frame_id):
