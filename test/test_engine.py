@@ -86,6 +86,7 @@ def test_more_than_255_classes_gives_uint16(tmp_path):
     (np.zeros((5, 5, 3), np.float32), 'uint8'),
     (np.zeros((5, 5, 2), np.uint8), 'HxWx3'),
     ([[1, 2]], 'numpy'),
+    (np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (9000, 8000, 3)), 'exceeds'),   # 72 Mpx, no memory used
 ])
 def test_bad_images_are_refused_clearly(tiny_model, bad, match):
     with pytest.raises(ValueError, match=match):

@@ -174,6 +174,10 @@ def test_parameters_validated_and_model_reloaded(ros, tiny_model, tmp_path):
     res = node.set_parameters([Parameter('model_path', value=str(tmp_path / 'missing.onnx'))])[0]
     assert not res.successful and 'not found' in res.reason
     assert node.engine.model_path == tiny_model
+    junk = tmp_path / 'junk.onnx'
+    junk.write_bytes(b'\x08\x07 not an onnx graph' * 50)
+    res = node.set_parameters([Parameter('model_path', value=str(junk))])[0]
+    assert not res.successful and 'cannot load' in res.reason
     res = node.set_parameters([Parameter('input_size', value=[100, 64])])[0]
     assert not res.successful and '32' in res.reason
     res = node.set_parameters([Parameter('input_mode', value='compressed')])[0]
