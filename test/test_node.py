@@ -76,9 +76,10 @@ def ros():
         executor.add_node(node)
         executor.add_node(harness.node)
         nodes.extend([node, harness.node])
-        assert harness.wait_for(lambda: node.pub_labels.get_subscription_count() > 0
-                                and harness.image_pub.get_subscription_count() + harness.comp_pub
-                                .get_subscription_count() > 0), 'discovery failed'
+        # both ends of every connection matched (DDS discovery is not symmetric in time)
+        assert harness.wait_for(lambda: node.sub.get_publisher_count() > 0
+                                and all(s.get_publisher_count() > 0 for s in harness.node.subscriptions)
+                                and node.pub_labels.get_subscription_count() > 0), 'discovery failed'
         return node, harness
 
     yield start
@@ -106,6 +107,7 @@ def test_outputs_have_right_size_encoding_and_header(ros, tiny_model):
     assert labels.max() < 6
     # the node's labels equal the engine's on the same image
     assert np.array_equal(labels, node.engine.infer(_rgb(251, 333)).labels)
+    assert h.wait_for(lambda: h.received['label_info']), 'latched label_info never arrived'
     info = json.loads(h.received['label_info'][0].data)
     assert [c['name'] for c in info['classes']][:2] == ['floor', 'wall'] and info['label_encoding'] == 'mono8'
 
@@ -248,7 +250,10 @@ def test_node_process_with_params_file_large_images(tmp_path, tiny_model):
         assert len(h.received['color']) >= 20, f'{len(h.received["color"])} of {sent} frames came back'
         c = h.received['color'][-1]
         assert (c.width, c.height, c.encoding) == (640, 480, 'rgb8')
-        assert h.received['label_info'] and h.received['labels'][0].height == 480
+        assert h.received['labels'][0].height == 480
+        while time.monotonic() < end + 10 and not h.received['label_info']:
+            executor.spin_once(timeout_sec=0.05)
+        assert h.received['label_info'], 'latched label_info never arrived'
         executor.shutdown()
         h.node.destroy_node()
     finally:

@@ -102,6 +102,9 @@ def run(args):
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError('the node did not come up:\n' + _drain(proc))
             rclpy.spin_once(node, timeout_sec=0.1)
+        settle = time.monotonic() + 1.0   # discovery is not symmetric: let the node's side match our writer too
+        while time.monotonic() < settle:
+            rclpy.spin_once(node, timeout_sec=0.05)
         t0_bag, t0 = frames[0][3], time.monotonic()
         for _, _, raw, t_bag in frames:
             due = t0 + (t_bag - t0_bag) / 1e9 / args.rate
