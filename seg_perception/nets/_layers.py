@@ -196,6 +196,34 @@ def filter_mmseg_state_dict(model, state_dict, prefixes=('backbone.', 'decode_he
     return out
 
 
+class TransformerBlock(nn.Module):
+    """``x + attn(x)``, then ``x + mlp(x)``: TopFormer's and SeaFormer's block (no norms: the BNs live inside the
+    projections); ``attn`` is the family's attention module."""
+
+    def __init__(self, attn, dim, mlp_ratio, drop_path=0.0, act_layer=nn.ReLU6):
+        super().__init__()
+        self.attn = attn
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.attn(x))
+        return x + self.drop_path(self.mlp(x))
+
+
+class BasicLayer(nn.Module):
+    """A stack of transformer blocks under the official name ``transformer_blocks``."""
+
+    def __init__(self, blocks):
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.transformer_blocks:
+            x = block(x)
+        return x
+
+
 class EncoderDecoder(nn.Module):
     """mmseg's eval-time segmentor: ``decode_head(backbone(x))`` -> logits at 1/8 resolution. Subclasses build
     ``backbone`` and ``decode_head`` with the official module names, so official checkpoints map one to one."""

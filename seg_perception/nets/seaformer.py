@@ -7,7 +7,7 @@ Backbone (``SeaFormer``) and decode head (``LightHead``) with the module names o
 import torch
 import torch.nn as nn
 
-from ._layers import (ConvBN, ConvNormAct, DropPath, EncoderDecoder, HSigmoid, InvertedResidual, Mlp,
+from ._layers import (BasicLayer, ConvBN, ConvNormAct, EncoderDecoder, HSigmoid, InvertedResidual, TransformerBlock,
                       interpolate_linear_1d, resize_bilinear)
 from ._registry import register_model
 
@@ -121,30 +121,6 @@ class SeaAttention(nn.Module):
         return self.sigmoid(out) * detail
 
 
-class Block(nn.Module):
-    def __init__(self, dim, key_dim, num_heads, mlp_ratio=4.0, attn_ratio=2.0, drop_path=0.0, act_layer=nn.ReLU6):
-        super().__init__()
-        self.attn = SeaAttention(dim, key_dim, num_heads, attn_ratio, act_layer)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(x))
-        return x + self.drop_path(self.mlp(x))
-
-
-class BasicLayer(nn.Module):
-    def __init__(self, depth, dim, key_dim, num_heads, mlp_ratio, attn_ratio, drop_path, act_layer=nn.ReLU6):
-        super().__init__()
-        self.transformer_blocks = nn.ModuleList(
-            Block(dim, key_dim, num_heads, mlp_ratio, attn_ratio, drop_path[i], act_layer) for i in range(depth))
-
-    def forward(self, x):
-        for block in self.transformer_blocks:
-            x = block(x)
-        return x
-
-
 class SeaFormer(nn.Module):
     """SeaFormer backbone: stages ``smb1..smb5`` (1/4..1/64), transformer stages ``trans1..`` after the last
     len(depths) of them. Returns [smb2 output (1/8)] + the output of every transformer stage."""
@@ -158,8 +134,9 @@ class SeaFormer(nn.Module):
             self.add_module(f'smb{i + 1}', StackedMV2Block(cfg, stem=i == 0, in_channels=channels[i]))
         for i, depth in enumerate(depths):
             dpr = torch.linspace(0, drop_path_rate, depth).tolist()
-            self.add_module(f'trans{i + 1}', BasicLayer(depth, emb_dims[i], key_dims[i], num_heads, mlp_ratios[i],
-                                                        attn_ratio, dpr))
+            blocks = (TransformerBlock(SeaAttention(emb_dims[i], key_dims[i], num_heads, attn_ratio, nn.ReLU6),
+                                       emb_dims[i], mlp_ratios[i], drop_path) for drop_path in dpr)
+            self.add_module(f'trans{i + 1}', BasicLayer(blocks))
 
     def forward(self, x):
         outputs = []

@@ -7,8 +7,8 @@ decode head's logits at 1/8 of the input resolution, as the official segmentor d
 import torch
 import torch.nn as nn
 
-from ._layers import (ConvBN, ConvNormAct, DropPath, EncoderDecoder, ExportableAdaptiveAvgPool2d, HSigmoid,
-                      InvertedResidual, Mlp, resize_bilinear)
+from ._layers import (BasicLayer, ConvBN, ConvNormAct, EncoderDecoder, ExportableAdaptiveAvgPool2d, HSigmoid,
+                      InvertedResidual, TransformerBlock, resize_bilinear)
 from ._registry import register_model
 
 __all__ = ['TopFormer', 'model_cfgs']
@@ -83,32 +83,6 @@ class Attention(nn.Module):
         return self.proj(out)
 
 
-class Block(nn.Module):
-    """x + attn(x), then x + mlp(x) (no norms: the BNs live inside the projections)."""
-
-    def __init__(self, dim, key_dim, num_heads, mlp_ratio=2.0, attn_ratio=2.0, drop_path=0.0, act_layer=nn.ReLU6):
-        super().__init__()
-        self.attn = Attention(dim, key_dim, num_heads, attn_ratio, act_layer)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x):
-        x = x + self.drop_path(self.attn(x))
-        return x + self.drop_path(self.mlp(x))
-
-
-class BasicLayer(nn.Module):
-    def __init__(self, depth, dim, key_dim, num_heads, mlp_ratio, attn_ratio, drop_path, act_layer=nn.ReLU6):
-        super().__init__()
-        self.transformer_blocks = nn.ModuleList(
-            Block(dim, key_dim, num_heads, mlp_ratio, attn_ratio, drop_path[i], act_layer) for i in range(depth))
-
-    def forward(self, x):
-        for block in self.transformer_blocks:
-            x = block(x)
-        return x
-
-
 class PyramidPoolAgg(nn.Module):
     """Average-pool every tap to ((H32 - 1) // stride + 1, (W32 - 1) // stride + 1) and concatenate."""
 
@@ -150,7 +124,9 @@ class Topformer(nn.Module):
         self.tpm = TokenPyramidModule(cfgs, tap_indices)
         self.ppa = PyramidPoolAgg(c2t_stride)
         dpr = torch.linspace(0, drop_path_rate, depths).tolist()
-        self.trans = BasicLayer(depths, sum(channels), key_dim, num_heads, mlp_ratio, attn_ratio, dpr)
+        dim = sum(channels)
+        self.trans = BasicLayer(TransformerBlock(Attention(dim, key_dim, num_heads, attn_ratio, nn.ReLU6), dim,
+                                                 mlp_ratio, drop_path) for drop_path in dpr)
         self.SIM = nn.ModuleList(
             InjectionMultiSum(c, out_channels) if i in self.decode_out_indices else nn.Identity()
             for i, c in enumerate(channels))
