@@ -58,7 +58,7 @@ class TorchPredictor:
         self.names = list(ckpt.get('classes') or [str(i) for i in range(ckpt['num_classes'])])
         self.mean, self.std = ckpt.get('mean'), ckpt.get('std')
         if self.mean is None or self.std is None:
-            from .train import IMAGENET_MEAN, IMAGENET_STD
+            from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
             self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.input_size = ckpt.get('input_size') if input_size is None else (input_size if min(input_size) > 0
                                                                              else None)

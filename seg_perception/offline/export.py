@@ -41,9 +41,8 @@ import torch.nn.functional as F
 
 from ..classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
 from ..runtime import metadata as md
+from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)   # 0-255 RGB
-IMAGENET_STD = (58.395, 57.12, 57.375)
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 STRIDE = 32

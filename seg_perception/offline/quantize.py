@@ -27,6 +27,7 @@ import onnx
 
 from ..runtime import engine as eng
 from ..runtime import metadata as md
+from .datasets import read_rgb
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff', '.webp')
 DEFAULT_CALIB_COUNT = 64
@@ -44,13 +45,6 @@ def image_files(folder):
     if (folder / 'images').is_dir():
         folder = folder / 'images'
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def read_rgb(path):
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'cannot read image {path}')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def load_calibration_images(src, topic='/camera/image_raw', count=DEFAULT_CALIB_COUNT):

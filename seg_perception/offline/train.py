@@ -49,10 +49,9 @@ import torch.nn.functional as F
 import yaml
 
 from ..classes import IGNORE_INDEX
+from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 from .metrics import ConfusionMatrix
 
-IMAGENET_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_STD = [58.395, 57.12, 57.375]
 SIZE_DIVISOR = 32
 
 DEFAULTS = {

@@ -17,6 +17,9 @@ ONNX graph convention (``output_kind``):
 import json
 
 FORMAT_VERSION = '1'
+# the default normalisation (0-255 RGB) of training and export
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
 OUTPUT_KINDS = ('labels', 'logits')
 RESIZE_MODES = ('letterbox', 'resize')
 
