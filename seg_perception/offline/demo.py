@@ -68,7 +68,7 @@ def run(args):
     if not os.path.isfile(model):
         print(f'model not found: {model}', file=sys.stderr)
         return 2
-    frames = [m for m in bags.read_raw_messages(bag, [args.image_topic])]
+    frames = list(bags.read_raw_messages(bag, [args.image_topic]))
     if not frames:
         print(f'{bag} has no messages on {args.image_topic}', file=sys.stderr)
         return 2
