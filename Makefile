@@ -24,6 +24,7 @@ demo: $(VENV)/.ros
 	@echo "outputs: out/demo/summary.md, out/demo/frames/*.png"
 
 test: $(VENV)/.test
+	$(BIN)/ruff check seg_perception test launch setup.py
 	$(BIN)/python -m pytest -q test
 
 clean:

@@ -16,7 +16,8 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.py')),
-        ('share/' + package_name + '/config', glob('config/*')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        ('share/' + package_name + '/config/train', glob('config/train/*.yaml')),
         ('share/' + package_name + '/models', glob('models/*')),
         ('share/' + package_name + '/samples/scenes_sample', glob('samples/scenes_sample/*')),
     ],
@@ -25,7 +26,7 @@ setup(
     extras_require={
         'ros': ROS_WHEELS,
         'train': TRAIN,
-        'test': ['pytest', 'pytest-timeout'] + TRAIN,
+        'test': ['pytest', 'pytest-timeout', 'ruff'] + TRAIN,
     },
     zip_safe=True,
     maintainer='seg_perception developers',

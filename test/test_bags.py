@@ -1,9 +1,9 @@
-"""Round trips through rosbag2 (mcap and sqlite3) with seg_perception.offline.bags."""
+"""Round trips through rosbag2 (mcap and sqlite3) with seg_perception.offline.data.bags."""
 import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from seg_perception.offline import bags
+from seg_perception.offline.data import bags
 
 H, W = 6, 10
 
@@ -11,7 +11,7 @@ H, W = 6, 10
 def _frames(n=4, seed=0):
     rng = np.random.default_rng(seed)
     frames = []
-    for i in range(n):
+    for _ in range(n):
         frames.append({
             'image': rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
             'label': rng.integers(0, 6, (H, W), dtype=np.uint8),

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from seg_perception.classes import SCENE_CLASS_NAMES, SCENE_PALETTE
-from seg_perception.offline import datasets
-from seg_perception.offline.bags import write_bag
+from seg_perception.offline.data import datasets
+from seg_perception.offline.data.bags import write_bag
 
 H, W = 8, 12
 

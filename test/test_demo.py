@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip('rclpy', reason='ROS 2 rclpy not installed (pip install .[ros])')
 
-from seg_perception.offline.bags import write_bag  # noqa: E402
-from seg_perception.offline.render import render_frames  # noqa: E402
+from seg_perception.offline.data.bags import write_bag  # noqa: E402
+from seg_perception.offline.data.render import render_frames  # noqa: E402
 
 
 def test_demo_replays_a_rendered_bag_through_the_node(tmp_path, tiny_model):

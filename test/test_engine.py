@@ -2,8 +2,8 @@
 import numpy as np
 import onnx
 import pytest
-
 from onnx_models import make_tiny_model
+
 from seg_perception.runtime import engine as eng
 from seg_perception.runtime.engine import EngineError, SegmentationEngine
 

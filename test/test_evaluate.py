@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_train import tiny_config, write_scenes
 
 from seg_perception.offline import cli
-from seg_perception.offline import train as tr
-from seg_perception.offline.evaluate import evaluate
-
-from test_train import tiny_config, write_scenes
+from seg_perception.offline.evaluation.evaluate import evaluate
+from seg_perception.offline.training import train as tr
 
 SIZE = (64, 96)
 
@@ -24,7 +23,7 @@ def trained(tmp_path_factory):
     tr.train(tiny_config(data, root / 'run', iters=15, lr=1e-2, warmup_iters=0, val_data='none',
                          scale_range=[1.0, 1.0], log_interval=5))
     checkpoint = root / 'run' / 'last.pt'
-    from seg_perception.offline.export import build_metadata, export_model
+    from seg_perception.offline.deploy.export import build_metadata, export_model
     model, ckpt = tr.load_checkpoint(checkpoint)
     meta = build_metadata(ckpt['num_classes'], ckpt['input_size'], names=ckpt['classes'], palette=ckpt['palette'],
                           mean=ckpt['mean'], std=ckpt['std'], resize_mode='resize', arch=ckpt['arch'])
@@ -72,9 +71,9 @@ def test_limit_and_class_mismatch(trained, tmp_path):
 def test_rosbag_raw_and_compressed_topics(trained, tmp_path):
     """A labelled recording evaluates in one command; raw frames give the same numbers as the same frames read
     from files, jpeg frames run through the same path."""
-    from seg_perception.offline.bags import write_bag
-    from seg_perception.offline.datasets import open_dataset
-    from seg_perception.offline.render import render_frames, save_frame, write_classes_yaml
+    from seg_perception.offline.data.bags import write_bag
+    from seg_perception.offline.data.datasets import open_dataset
+    from seg_perception.offline.data.render import render_frames, save_frame, write_classes_yaml
 
     _, _, onnx_path = trained
     frames = list(render_frames(4, seed=5, width=SIZE[1], height=SIZE[0], seq_len=2))

@@ -1,4 +1,4 @@
-"""ONNX export (seg_perception.offline.export) and INT8 quantization (seg_perception.offline.quantize)."""
+"""ONNX export (seg_perception.offline.deploy.export) and INT8 quantization (seg_perception.offline.deploy.quantize)."""
 import hashlib
 
 import cv2
@@ -9,11 +9,12 @@ import torch
 import torch.nn as nn
 
 from seg_perception.classes import SCENE_CLASS_NAMES
-from seg_perception.offline import export as ex
-from seg_perception.offline import quantize as qz
 from seg_perception.offline.cli import main as cli_main
-from seg_perception.runtime import metadata as md
+from seg_perception.offline.deploy import export as ex
+from seg_perception.offline.deploy import quantize as qz
+from seg_perception.offline.deploy.onnx_graph import read_metadata
 from seg_perception.runtime import engine as eng
+from seg_perception.runtime import metadata as md
 from seg_perception.runtime.engine import SegmentationEngine
 
 SIZE = (64, 64)
@@ -132,7 +133,7 @@ def test_export_training_checkpoint_cli(tmp_path):
     assert cli_main(['export', '--checkpoint', str(ckpt), '--fixed-size', '--resize-mode', 'resize',
                      '-o', str(out)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ['model.onnx']
-    meta = ex.read_metadata(out)
+    meta = read_metadata(out)
     assert meta['names'] == names and meta['palette'] == palette
     assert meta['mean'] == [10.0, 20.0, 30.0] and meta['std'] == [2.0, 3.0, 4.0]
     assert meta['input_size'] == [64, 96] and meta['dynamic_hw'] is False and meta['resize_mode'] == 'resize'
@@ -176,7 +177,7 @@ def test_int8_export_keeps_metadata(exported, tmp_path):
     report = qz.quantize_and_compare(path, int8, data / 'images', count=8, eval_data=data, latency_runs=2)
     assert sorted(p.name for p in int8.parent.iterdir()) == ['model_int8.onnx']
     assert report['calibration_images'] == 8 and report['quantize_linear_nodes'] > 0
-    assert ex.read_metadata(int8) == ex.read_metadata(path)
+    assert read_metadata(int8) == read_metadata(path)
     proto = onnx.load(str(int8))
     assert {'QuantizeLinear', 'DequantizeLinear', 'Conv'} <= {n.op_type for n in proto.graph.node}
     assert [o.name for o in proto.graph.output] == ['labels', 'confidence']

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from seg_perception.nets import create_model
 from seg_perception.offline import cli
-from seg_perception.offline.flops import count_macs, count_params
+from seg_perception.offline.evaluation.flops import count_macs, count_params
 
 torch.set_num_threads(1)
 
@@ -43,7 +43,7 @@ class _Toy(nn.Module):
         x = self.act(self.bn(self.conv(x)))
         tokens = self.norm(x.flatten(2).transpose(1, 2))
         q = tokens.unsqueeze(1)
-        attn = F.scaled_dot_product_attention(q, q, q)
+        F.scaled_dot_product_attention(q, q, q)
         return self.fc(torch.matmul(tokens.transpose(1, 2), tokens) @ tokens.transpose(1, 2)[..., :8] * scale)
 
 

@@ -4,7 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from seg_perception.offline.metrics import ConfusionMatrix, compute_metrics, metrics_table, save_confusion_png
+from seg_perception.offline.evaluation.metrics import (
+    ConfusionMatrix,
+    compute_metrics,
+    metrics_table,
+    save_confusion_png,
+)
 
 # 3 classes, one ignored pixel (255)
 LABEL = np.array([[0, 0, 1, 1],

@@ -5,8 +5,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reference import REFERENCE, gen_weights, needs_reference
+
 from seg_perception.nets import create_model, load_official_checkpoint
 from seg_perception.nets._layers import adaptive_avg_pool2d, interpolate_linear_1d
 

@@ -11,13 +11,13 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy', reason='ROS 2 rclpy not installed (pip install .[ros])')
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from onnx_models import make_tiny_model  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from onnx_models import make_tiny_model  # noqa: E402
 from seg_perception.node import LATCHED_QOS, SegmentationNode  # noqa: E402
 from seg_perception.runtime.imgmsg import array_to_image_fields, rgb_to_compressed_bytes  # noqa: E402
 

@@ -10,7 +10,7 @@ pytest.importorskip('pybullet')
 
 from seg_perception.classes import BACKGROUND, FLOOR, OBSTACLE, PERSON, ROBOT, SCENE_CLASS_NAMES, WALL  # noqa: E402
 from seg_perception.offline import cli  # noqa: E402
-from seg_perception.offline.render import render_frames  # noqa: E402
+from seg_perception.offline.data.render import render_frames  # noqa: E402
 
 W, H = 64, 48
 

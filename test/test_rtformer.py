@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from reference import REFERENCE, gen_weights
+
 from seg_perception.nets import create_model, load_official_checkpoint
 from seg_perception.nets.rtformer import adaptive_max_pool2d_exact
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from seg_perception.classes import SCENE_CLASS_NAMES
-from seg_perception.offline.bags import TOPICS, iter_bag_pairs
-from seg_perception.offline.metrics import ConfusionMatrix
+from seg_perception.offline.data.bags import TOPICS, iter_bag_pairs
+from seg_perception.offline.evaluation.metrics import ConfusionMatrix
 from seg_perception.paths import DEFAULT_MODEL
 from seg_perception.runtime.engine import SegmentationEngine
 

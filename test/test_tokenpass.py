@@ -7,8 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from seg_perception.nets import create_model, list_models
-from seg_perception.nets.tokenpass import (TokenPassViT, gather_tokens, scatter_tokens, select_kept_tokens,
-                                           tokenpass_loss)
+from seg_perception.nets.tokenpass import (
+    TokenPassViT,
+    gather_tokens,
+    scatter_tokens,
+    select_kept_tokens,
+    tokenpass_loss,
+)
 
 torch.set_num_threads(1)
 
@@ -147,7 +152,7 @@ def test_token_buckets_change_compute_not_output():
 
 @pytest.mark.parametrize('threshold', [None, 0.0, 0.6, 1.0])
 def test_macs_agree_with_count_macs(pair, threshold):
-    flops = pytest.importorskip('seg_perception.offline.flops')
+    flops = pytest.importorskip('seg_perception.offline.evaluation.flops')
     tp, static = pair
     shape = (1, 3, 48, 80)
     if threshold is None:
@@ -194,7 +199,7 @@ def test_onnx_runtime_matches_torch_for_thresholds(pair, tmp_path):
 
 
 def test_export_module_adds_threshold_and_stats(pair, tmp_path):
-    export = pytest.importorskip('seg_perception.offline.export')
+    export = pytest.importorskip('seg_perception.offline.deploy.export')
     tp, _ = pair
     meta = export.build_metadata(6, (64, 64), arch='tokenpass_vit_mini')
     report = export.export_model(tp, tmp_path / 'tp.onnx', meta, (64, 64), exit_thresholds=(1.0, 0.6, 0.0))
@@ -233,9 +238,10 @@ def test_training_dict_loss_and_annealing():
 
 
 def test_bench_tokenpass_prints_halves(pair, tmp_path, capsys):
-    export = pytest.importorskip('seg_perception.offline.export')
+    export = pytest.importorskip('seg_perception.offline.deploy.export')
     pytest.importorskip('seg_perception.runtime.engine')
     import cv2
+
     from seg_perception.offline.cli import main
 
     tp, static = pair

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from seg_perception.classes import SCENE_PALETTE
-from seg_perception.offline import train as tr
-from seg_perception.offline.render import write_classes_yaml
+from seg_perception.offline.data.render import write_classes_yaml
+from seg_perception.offline.training import train as tr
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_FORMAT_KEYS = {'model', 'arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size'}

@@ -5,8 +5,8 @@ One file per model family (blocks, model, variants table, registered constructor
   * has ``checkpoint_filter_fn(state_dict) -> state_dict`` mapping an official checkpoint to our keys;
   * has ``checkpoint_format`` ('mmseg' or 'paddle').
 """
+from . import rtformer, seaformer, tokenpass, topformer  # noqa: F401,E402  (fills the registry)
 from ._registry import create_model, list_models, register_model
 from .checkpoint import load_official_checkpoint, read_checkpoint_file
-from . import topformer, seaformer, rtformer, tokenpass  # noqa: F401,E402  (fills the registry)
 
 __all__ = ['create_model', 'list_models', 'register_model', 'load_official_checkpoint', 'read_checkpoint_file']

@@ -7,8 +7,17 @@ Backbone (``SeaFormer``) and decode head (``LightHead``) with the module names o
 import torch
 import torch.nn as nn
 
-from ._layers import (BasicLayer, ConvBN, ConvNormAct, EncoderDecoder, HSigmoid, InvertedResidual, TransformerBlock,
-                      interpolate_linear_1d, resize_bilinear)
+from ._layers import (
+    BasicLayer,
+    ConvBN,
+    ConvNormAct,
+    EncoderDecoder,
+    HSigmoid,
+    InvertedResidual,
+    TransformerBlock,
+    interpolate_linear_1d,
+    resize_bilinear,
+)
 from ._registry import register_model
 
 __all__ = ['SeaFormerSeg', 'model_cfgs']

@@ -33,16 +33,16 @@ Run-time API
   * ``model.forward_with_stats(x, exit_threshold)`` -> ``(logits, kept_fraction, macs)``: kept_fraction
     float32 (S,) = fraction of patch tokens still active after each of the S aux heads (batch mean); macs
     float32 scalar = MACs per image actually spent, from the processed token counts (``macs_for_kept``).
-    ``seg_perception.offline.export`` exports this with the input ``exit_threshold`` (float32 scalar) and
+    ``seg_perception.offline.deploy.export`` exports this with the input ``exit_threshold`` (float32 scalar) and
     outputs ``logits``, ``kept_fraction``, ``macs``.
   * ``model.macs_for_kept(h, w, processed=None)``: MACs for an (h, w) input when block i processes
     ``processed[i]`` tokens (cls included); ``None`` is the static model (no aux heads). Same convention as
-    ``seg_perception.offline.flops.count_macs`` (mmcv style): patch embedding, qkv/proj/MLP linears with
+    ``seg_perception.offline.evaluation.flops.count_macs`` (mmcv style): patch embedding, qkv/proj/MLP linears with
     their biases, LayerNorms (2 per element) and GELU (1 per element), all prop. to n; the two attention
     matmuls (prop. to n^2); aux heads on every patch token; final norm and head. The functional x2
     upsampling, softmax and the stopping rule are not counted.
 
-Training API (``seg_perception.offline.train`` calls these when the model has them)
+Training API (``seg_perception.offline.training.train`` calls these when the model has them)
   * In train mode ``model(x)`` returns ``{'logits': (N, C, H/8, W/8), 'aux': [aux logits at 1/8, one per aux
     head]}``. The token-pass model trains with DoViT's annealed stopping: stopping uses the threshold
     ``model.train_threshold`` (1.0 at start = nothing stops).

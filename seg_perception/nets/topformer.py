@@ -7,8 +7,17 @@ decode head's logits at 1/8 of the input resolution, as the official segmentor d
 import torch
 import torch.nn as nn
 
-from ._layers import (BasicLayer, ConvBN, ConvNormAct, EncoderDecoder, ExportableAdaptiveAvgPool2d, HSigmoid,
-                      InvertedResidual, TransformerBlock, resize_bilinear)
+from ._layers import (
+    BasicLayer,
+    ConvBN,
+    ConvNormAct,
+    EncoderDecoder,
+    ExportableAdaptiveAvgPool2d,
+    HSigmoid,
+    InvertedResidual,
+    TransformerBlock,
+    resize_bilinear,
+)
 from ._registry import register_model
 
 __all__ = ['TopFormer', 'model_cfgs']

@@ -7,13 +7,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    'render': ('seg_perception.offline.render', 'render labelled scenes with pybullet (dataset and/or rosbag)'),
-    'train': ('seg_perception.offline.train', 'train a model from a YAML config'),
-    'evaluate': ('seg_perception.offline.evaluate', 'mIoU, per-class IoU and latency on a dataset or bag'),
-    'export': ('seg_perception.offline.export', 'export a model to ONNX with its metadata'),
-    'flops': ('seg_perception.offline.flops', 'count parameters and MACs of a model'),
-    'bench': ('seg_perception.offline.bench', 'benchmarks printed as tables'),
-    'demo': ('seg_perception.offline.demo', 'run the node on a bag and write what it publishes'),
+    'render': ('seg_perception.offline.data.render', 'render labelled scenes with pybullet (dataset and/or rosbag)'),
+    'train': ('seg_perception.offline.training.train', 'train a model from a YAML config'),
+    'evaluate': ('seg_perception.offline.evaluation.evaluate', 'mIoU, per-class IoU and latency on a dataset or bag'),
+    'export': ('seg_perception.offline.deploy.export', 'export a model to ONNX with its metadata'),
+    'flops': ('seg_perception.offline.evaluation.flops', 'count parameters and MACs of a model'),
+    'bench': ('seg_perception.offline.evaluation.bench', 'benchmarks printed as tables'),
+    'demo': ('seg_perception.offline.evaluation.demo', 'run the node on a bag and write what it publishes'),
 }
 
 

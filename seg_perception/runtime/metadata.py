@@ -1,6 +1,6 @@
 """The metadata every exported model carries in its ONNX ``metadata_props`` (all values are strings).
 
-Written by ``seg_perception.offline.export``, read by ``seg_perception.runtime.engine``; this module is the
+Written by ``seg_perception.offline.deploy.export``, read by ``seg_perception.runtime.engine``; this module is the
 one place that defines it.
 
 ONNX graph convention (``output_kind``):

@@ -35,7 +35,7 @@ plus ``name``, ``sequence``, ``frame``, ``layout``, ``clutter``, ``counts`` (obj
 
 Command line (``seg-perception render``), both outputs from one pass:
 
-``--out DIR``  dataset in the generic layout read by :mod:`seg_perception.offline.datasets` (``--split S``
+``--out DIR``  dataset in the generic layout read by :mod:`seg_perception.offline.data.datasets` (``--split S``
                puts the files one level deeper, ``images/S/NAME.png`` etc., so train/val can share DIR):
                ``images/NAME.png`` (RGB), ``masks/NAME.png`` (uint8 class ids), ``depth/NAME.png`` (uint16 mm,
                0 = no return), ``occupancy/NAME.png`` (uint8: 0 free, 100 occupied, 255 unknown; row = y cell),
@@ -63,8 +63,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_perception.classes import (BACKGROUND, FLOOR, IGNORE_INDEX, OBSTACLE, PERSON, ROBOT, SCENE_CLASS_NAMES,
-                                    SCENE_PALETTE, WALL)
+from seg_perception.classes import (
+    BACKGROUND,
+    FLOOR,
+    IGNORE_INDEX,
+    OBSTACLE,
+    PERSON,
+    ROBOT,
+    SCENE_CLASS_NAMES,
+    SCENE_PALETTE,
+    WALL,
+)
 
 OCC_SIZE_M = 10.0
 OCC_RESOLUTION = 0.05
@@ -128,6 +137,17 @@ def _quat_from_matrix(m):
         q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
     sign = -1.0 if q[3] < 0 else 1.0
     return [sign * float(v) for v in q]
+
+
+def _half_height(kind, dims):
+    """Half the height of a primitive part: box half-extents, sphere radius, cylinder/capsule radius + length."""
+    if kind == 'box':
+        return dims[2]
+    if kind == 'sphere':
+        return dims[0]
+    if kind == 'cylinder':
+        return dims[1] / 2
+    return dims[0] + dims[1] / 2
 
 
 def _rect(cx, cy, hx, hy):
@@ -263,8 +283,7 @@ class _Scene:
                 p.changeVisualShape(body, link, textureUniqueId=tex)
         polys = []
         for kind, dims, (lx, ly, lz), _ in parts:
-            half_height = {'box': lambda: dims[2], 'sphere': lambda: dims[0], 'cylinder': lambda: dims[1] / 2,
-                           'capsule': lambda: dims[0] + dims[1] / 2}[kind]()
+            half_height = _half_height(kind, dims)
             if lz - half_height > _FOOTPRINT_MAX_Z:
                 continue
             hx, hy = (dims[0], dims[1]) if kind == 'box' else (dims[0], dims[0])
@@ -562,21 +581,21 @@ class _Scene:
         else:
             body_c = _hsv_colour(rng, (0, 360), (0.3, 1.0), (0.3, 1.0))
             dark = [0.1, 0.1, 0.1, 1]
-            l, w, h = rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.4), rng.uniform(0.1, 0.3)
-            parts = [('box', [l, w, h], (0, 0, 0.12 + h), body_c)]
+            length, w, h = rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.4), rng.uniform(0.1, 0.3)
+            parts = [('box', [length, w, h], (0, 0, 0.12 + h), body_c)]
             for sx in (-1, 1):
                 for sy in (-1, 1):
-                    parts.append(('cylinder', [0.12, 0.08], (sx * l * 0.7, sy * (w + 0.04), 0.12), dark))
+                    parts.append(('cylinder', [0.12, 0.08], (sx * length * 0.7, sy * (w + 0.04), 0.12), dark))
             if kind == 'mobile':
                 mast = rng.uniform(0.3, 1.0)
-                parts.append(('cylinder', [0.05, mast], (l * 0.5, 0, 0.12 + 2 * h + mast / 2), dark))
-                parts.append(('box', [0.06, 0.12, 0.05], (l * 0.5, 0, 0.12 + 2 * h + mast), body_c))
+                parts.append(('cylinder', [0.05, mast], (length * 0.5, 0, 0.12 + 2 * h + mast / 2), dark))
+                parts.append(('box', [0.06, 0.12, 0.05], (length * 0.5, 0, 0.12 + 2 * h + mast), body_c))
             self._compound(parts, x, y, yaw, ROBOT)
 
     def step_to(self, frame):
         """Move walking agents to their position at ``frame``."""
         p = self.p
-        for idx, track, heading in self.movers:
+        for idx, track, _heading in self.movers:
             entry = self.footprints[idx]
             body = entry[0]
             pos, orn = p.getBasePositionAndOrientation(body)
@@ -796,7 +815,7 @@ def run(args):
             yield frame
 
     if args.bag:
-        from seg_perception.offline.bags import write_bag
+        from seg_perception.offline.data.bags import write_bag
         write_bag(args.bag, saved(frames), storage=args.storage, raw=not args.no_raw, jpeg=args.jpeg,
                   depth=args.depth, compress=not args.no_compression, jpeg_quality=args.jpeg_quality)
     else:

@@ -15,9 +15,9 @@ import time
 import cv2
 import numpy as np
 
-from ..paths import default_model_path, find_share_file
-from ..runtime.imgmsg import image_to_array
-from . import bags
+from ...paths import default_model_path, find_share_file
+from ...runtime.imgmsg import image_to_array
+from ..data import bags
 from .metrics import ConfusionMatrix, metrics_table
 
 DEFAULT_BAG = 'samples/scenes_sample'
@@ -172,7 +172,7 @@ def _write_outputs(out, bag, model, frames, inputs, received, sent_at, gt, diagn
         cv2.imwrite(os.path.join(out, 'labels', f'{i:04d}.png'), labels)
         if stamp in gt:
             if cm is None:
-                from ..runtime.engine import SegmentationEngine
+                from ...runtime.engine import SegmentationEngine
                 names = SegmentationEngine(model).names
                 cm = ConfusionMatrix(len(names))
             cm.update(labels, gt[stamp])

@@ -48,9 +48,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 
-from ..classes import IGNORE_INDEX
-from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-from .metrics import ConfusionMatrix
+from ...classes import IGNORE_INDEX
+from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from ..evaluation.metrics import ConfusionMatrix
 
 SIZE_DIVISOR = 32
 
@@ -286,7 +286,7 @@ def _worker_init(worker_id):
 
 
 def open_data(cfg, spec, split):
-    from .datasets import open_dataset
+    from ..data.datasets import open_dataset
 
     kwargs = {k: cfg[k] for k in ('image_topic', 'gt_topic') if cfg[k]}
     return open_dataset(spec, split=split, layout=cfg['layout'] or None, **kwargs)
@@ -371,7 +371,7 @@ def family_loss_for(model):
 
 def load_init_weights(model, path, log=print):
     """Load a checkpoint (ours or an official one) into ``model``, skipping keys whose shapes differ."""
-    from ..nets import read_checkpoint_file
+    from ...nets import read_checkpoint_file
 
     state = read_checkpoint_file(path)
     own = model.state_dict()
@@ -388,7 +388,7 @@ def load_init_weights(model, path, log=print):
 
 def load_checkpoint(path, device='cpu'):
     """(model in eval mode, checkpoint dict) from one of our training checkpoints."""
-    from ..nets import create_model
+    from ...nets import create_model
 
     ckpt = torch.load(str(path), map_location='cpu', weights_only=True)
     missing = [k for k in ('model', 'arch', 'num_classes') if k not in ckpt]
@@ -534,7 +534,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg['batch_size'])
         self.max_iters = cfg['epochs'] * self.steps_per_epoch if cfg['epochs'] > 0 else cfg['iters']
 
-        from ..nets import create_model
+        from ...nets import create_model
 
         torch.manual_seed(cfg['seed'])
         model = create_model(cfg['arch'], num_classes=self.num_classes)
@@ -687,7 +687,7 @@ class Trainer:
         return self._report(end, metrics, confusion, step_times)
 
     def _report(self, end, metrics, confusion, step_times):
-        from .metrics import save_confusion_png
+        from ..evaluation.metrics import save_confusion_png
 
         steady = step_times[min(len(step_times) - 1, 5):] if step_times else []
         report = {

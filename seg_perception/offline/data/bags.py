@@ -1,6 +1,6 @@
 """rosbag2 reading and writing with the ``rosbags`` library (no ROS installation, no torch).
 
-Writing: :func:`write_bag` turns frames (dicts as yielded by :func:`seg_perception.offline.render.render_frames`)
+Writing: :func:`write_bag` turns frames (dicts as yielded by :func:`seg_perception.offline.data.render.render_frames`)
 into a rosbag2 directory (mcap, zstd chunk compression by default, or sqlite3) with the topics listed in
 ``TOPICS``; every message of a frame carries the frame's stamp (10 Hz by default) in its header.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..runtime import imgmsg
+from ...runtime import imgmsg
 
 TOPICS = {
     'image': ('/camera/image_raw', 'sensor_msgs/msg/Image'),
@@ -39,7 +39,7 @@ CAMERA_FRAME = 'camera_optical_frame'
 BASE_FRAME = 'base_link'
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def typestore():
     """The rosbags type store used for (de)serialization (ROS 2 Humble message definitions)."""
     from rosbags.typesys import Stores, get_typestore

@@ -17,8 +17,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from ..nets import create_model
-from ..nets._layers import ExportableAdaptiveAvgPool2d
+from ...nets import create_model
+from ...nets._layers import ExportableAdaptiveAvgPool2d
 
 __all__ = ['count_macs', 'count_params', 'add_arguments', 'run']
 

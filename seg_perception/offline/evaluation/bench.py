@@ -13,7 +13,7 @@ Halves: by the frames' clutter level (the ``meta/<name>.json`` files ``seg-perce
 every frame has one, else by the token-pass model's mean kept fraction (more tokens kept = harder frame).
 
 ``--data`` is a rendered dataset folder (``images/``, ``masks/``, optional ``meta/``), or anything
-:func:`seg_perception.offline.datasets.open_dataset` opens (dataset YAML, rosbag2 with ``--image-topic`` and
+:func:`seg_perception.offline.data.datasets.open_dataset` opens (dataset YAML, rosbag2 with ``--image-topic`` and
 ``--gt-topic``; no clutter metadata there).
 
 To add a benchmark: write ``add_<name>_arguments(parser)`` and ``run_<name>(args)`` and list them in
@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
 def iter_labelled_frames(data, image_topic=None, gt_topic=None, split='val', limit=0):
     """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of anything ``open_dataset`` opens."""
-    from .datasets import open_dataset
+    from ..data.datasets import open_dataset
 
     kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
     dataset = open_dataset(str(data), split=split, **kwargs)
@@ -70,7 +70,7 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
 
     The token-pass model runs twice per frame: at ``threshold`` (None = its stored default) and at 1.0 (no
     stopping, same weights), so the mIoU change caused by stopping alone is reported too."""
-    from ..runtime.engine import SegmentationEngine
+    from ...runtime.engine import SegmentationEngine
 
     tp = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size)
     st = SegmentationEngine(static, providers=providers, intra_op_threads=threads, input_size=input_size)
@@ -109,7 +109,8 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
     static_macs = (st.static_macs or tp.static_macs) if stored_size else None
     return {
         'model': str(model), 'static': str(static), 'data': str(data), 'provider': tp.provider,
-        'threads': threads, 'exit_threshold': threshold, 'input_size': list(tp.net_hw or ()), 'split_by': 'clutter' if by_clutter else 'kept fraction',
+        'threads': threads, 'exit_threshold': threshold, 'input_size': list(tp.net_hw or ()),
+        'split_by': 'clutter' if by_clutter else 'kept fraction',
         'groups': {name: _group_summary(g, tp.num_classes, ignore_index, static_macs) for name, g in groups.items()},
     }
 

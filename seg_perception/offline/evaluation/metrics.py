@@ -8,7 +8,7 @@ counted.
 """
 import numpy as np
 
-from ..classes import IGNORE_INDEX
+from ...classes import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -39,16 +39,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
-from ..runtime import metadata as md
-from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from ...classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
+from ...runtime import metadata as md
+from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from .onnx_graph import OUTPUTS, set_metadata, with_logits_output
 
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 STRIDE = 32
 PARITY_RTOL = 1e-4
 EXPORTERS = ('torchscript', 'dynamo')
-OUTPUTS = ('labels', 'confidence')
 TOKEN_PASS_OUTPUTS = ('kept_fraction', 'macs')
 MAX_SINGLE_FILE_BYTES = 2 ** 31 - 1
 
@@ -134,65 +134,9 @@ def file_sha256(path):
 
 def static_macs(model, input_size):
     """MACs of one plain forward at ``input_size`` (``offline.flops.count_macs``; no token stopping)."""
-    from .flops import count_macs
+    from ..evaluation.flops import count_macs
     total, _ = count_macs(model, (1, 3, *input_size))
     return int(total)
-
-
-def read_metadata(onnx_model):
-    """Decoded seg_perception metadata of an ONNX file path or ModelProto."""
-    proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model),
-                                                                                  load_external_data=False)
-    source = 'model' if isinstance(onnx_model, onnx.ModelProto) else str(onnx_model)
-    return md.decode({p.key: p.value for p in proto.metadata_props}, source=source)
-
-
-def set_metadata(proto, meta):
-    """Replace ``proto``'s metadata_props with the encoded ``meta``."""
-    del proto.metadata_props[:]
-    for key, value in md.encode(meta).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def _producers(graph):
-    return {out: node for node in graph.node for out in node.output}
-
-
-def logits_tensor_name(proto):
-    """Name of the 1/8 logits tensor: the data input of the Resize that ``confidence`` is computed from."""
-    producers = _producers(proto.graph)
-    node = producers.get('confidence')
-    while node is not None and node.op_type != 'Resize':
-        node = producers.get(node.input[0])
-    if node is None:
-        raise ValueError('no Resize found upstream of the "confidence" output')
-    return node.input[0]
-
-
-def postprocess_node_names(proto):
-    """Names of the nodes between the final Resize and ``labels`` / ``confidence`` (the Resize included),
-    found by walking back from the outputs and stopping at Resize."""
-    producers = _producers(proto.graph)
-    names, stack = set(), [producers[o] for o in OUTPUTS if o in producers]
-    while stack:
-        node = stack.pop()
-        if node.name in names:
-            continue
-        names.add(node.name)
-        if node.op_type != 'Resize':
-            stack.extend(producers[i] for i in node.input if i in producers)
-    return sorted(names)
-
-
-def with_logits_output(proto):
-    """A copy of ``proto`` that also outputs its 1/8 logits as ``logits`` (parity checks only)."""
-    debug = onnx.ModelProto()
-    debug.CopyFrom(proto)
-    name = logits_tensor_name(debug)
-    debug.graph.node.append(onnx.helper.make_node('Identity', [name], ['logits'], name='parity_logits'))
-    debug.graph.output.append(onnx.helper.make_tensor_value_info('logits', onnx.TensorProto.FLOAT, None))
-    return debug
 
 
 def _example_inputs(model, size, seed, exit_threshold=1.0):
@@ -448,7 +392,7 @@ def add_arguments(parser):
 
 def _resolve(args):
     """Model, metadata and input size from the arguments, the checkpoint's info filling the gaps."""
-    from ..nets import create_model, load_official_checkpoint
+    from ...nets import create_model, load_official_checkpoint
     state, info, sha = None, {}, None
     if args.checkpoint:
         sha = file_sha256(args.checkpoint)

@@ -10,7 +10,8 @@ Layouts (``open_dataset`` detects them from a folder):
                becomes 255 and 1..150 become 0..149 ("reduce_zero_label").
 ``cityscapes`` ``leftImg8bit/{train,val,test}/CITY/*_leftImg8bit.png`` + ``gtFine/.../*_gtFine_labelTrainIds.png``
                (19 classes, 255 ignore); ``*_gtFine_labelIds.png`` is converted when trainIds are absent.
-``camvid``     SegNet layout ``{train,val,test}/`` + ``{train,val,test}annot/`` (11 classes; 11 = void -> 255).
+``camvid``     SegNet layout ``{train,val,test}/`` + ``{train,val,test}annot/``, or ``{split}/images`` +
+              ``{split}/labels`` (11 classes; 11 = void -> 255); split ``train+val`` joins splits.
 ``generic``    ``images/`` + ``masks/`` (same stem, mask .png) + ``classes.yaml`` (``names``, optional ``palette``,
                ``ignore_index``, ``label_map`` raw id -> train id); split subfolders ``images/SPLIT/`` +
                ``masks/SPLIT/`` or ``SPLIT/images`` + ``SPLIT/masks`` are used when present, else a
@@ -18,8 +19,8 @@ Layouts (``open_dataset`` detects them from a folder):
                ``seg-perception render --out`` writes this layout.
 ``rosbag``     :class:`BagDataset`: image/label pairs of a rosbag2 paired by header stamp.
 """
-import json
 import colorsys
+import json
 from pathlib import Path
 
 import cv2
@@ -226,15 +227,28 @@ class CamVidDataset(SegDataset):
     def __init__(self, root, split='val'):
         root = Path(root)
         pairs = []
-        for image in _files(root / split):
-            label = root / f'{split}annot' / image.relative_to(root / split)
-            if not label.exists():
-                label = label.with_suffix('.png')
-            if label.exists():
-                pairs.append((image, label))
+        for part in split.split('+'):
+            pairs += self._pairs(root, part)
         table = lookup_table({k: k for k in range(11)})
         super().__init__(_require(pairs, f'CamVid {split} in {root}'), [n for n, _ in CAMVID_CLASSES],
                          [c for _, c in CAMVID_CLASSES], label_table=table, root=root, split=split)
+
+    @staticmethod
+    def _pairs(root, split):
+        """(image, label) pairs of one split: SegNet's ``split/`` + ``splitannot/`` or ``split/images`` +
+        ``split/labels``; a label has the image's stem and any image suffix."""
+        if (root / split / 'images').is_dir():
+            images, labels = root / split / 'images', root / split / 'labels'
+        else:
+            images, labels = root / split, root / f'{split}annot'
+        pairs = []
+        for image in _files(images):
+            stem = labels / image.relative_to(images).with_suffix('')
+            label = next((stem.with_suffix(s) for s in ('.png', image.suffix) if stem.with_suffix(s).exists()),
+                         None)
+            if label is not None:
+                pairs.append((image, label))
+        return pairs
 
 
 def load_classes_yaml(path):
@@ -312,7 +326,7 @@ class BagDataset(SegDataset):
 
     def __init__(self, path, image_topic='/camera/image_raw', gt_topic='/ground_truth/labels', classes=None,
                  palette=None, ignore_index=IGNORE_INDEX, label_map=None, tolerance_ns=20_000_000):
-        from seg_perception.offline.bags import BagFrames
+        from seg_perception.offline.data.bags import BagFrames
         path = Path(path)
         if path.is_file():
             path = path.parent
@@ -356,7 +370,8 @@ def detect_layout(root):
         return 'ade20k'
     if (root / 'leftImg8bit').is_dir() and (root / 'gtFine').is_dir():
         return 'cityscapes'
-    if any((root / f'{s}annot').is_dir() for s in ('train', 'val', 'test')):
+    if not (root / 'classes.yaml').exists() and any(
+            (root / f'{s}annot').is_dir() or (root / s / 'labels').is_dir() for s in ('train', 'val', 'test')):
         return 'camvid'
     if (root / 'classes.yaml').exists() or (root / 'images').is_dir() or any(
             (root / s / 'images').is_dir() for s in ('train', 'val', 'test')):

@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 import onnx
 
-from ..runtime import engine as eng
-from ..runtime import metadata as md
-from .datasets import read_rgb
+from ...runtime import engine as eng
+from ..data.datasets import read_rgb
+from .onnx_graph import postprocess_node_names, read_metadata, set_metadata
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff', '.webp')
 DEFAULT_CALIB_COUNT = 64
@@ -56,7 +56,7 @@ def load_calibration_images(src, topic='/camera/image_raw', count=DEFAULT_CALIB_
         if not files:
             raise ValueError(f'no images in {src}')
         return [read_rgb(files[i]) for i in _evenly_spaced(len(files), count)]
-    from .bags import decode, read_raw_messages
+    from ..data.bags import decode, read_raw_messages
     total = sum(1 for _ in read_raw_messages(str(src), [topic]))
     if not total:
         raise ValueError(f'no messages on {topic} in {src}')
@@ -76,21 +76,20 @@ def engine_input(rgb, meta):
     return eng.preprocess(rgb, geometry, meta['mean'], meta['std'])
 
 
-def _read_meta(proto, source):
-    return md.decode({p.key: p.value for p in proto.metadata_props}, source=source)
-
-
 def quantize_model(fp32_path, int8_path, images, preprocess=True):
     """Write the static-INT8 (QDQ, per-channel) version of ``fp32_path`` to ``int8_path``, calibrated on
     ``images`` (RGB uint8 arrays). Returns a report dict."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export import postprocess_node_names, set_metadata
-
     source = onnx.load(str(fp32_path))
-    meta = _read_meta(source, str(fp32_path))
+    meta = read_metadata(source)
     input_names = [i.name for i in source.graph.input]
     feeds = []
     for rgb in images:
@@ -136,9 +135,9 @@ def quantize_model(fp32_path, int8_path, images, preprocess=True):
 
 
 def eval_pairs(spec, count=0, split=None):
-    """[(rgb, mask)] spread evenly over a dataset opened with :func:`seg_perception.offline.datasets.open_dataset`
+    """[(rgb, mask)] spread evenly over a dataset opened with :func:`seg_perception.offline.data.datasets.open_dataset`
     (a folder in any layout it detects, a dataset YAML or a rosbag2 path)."""
-    from .datasets import open_dataset
+    from ..data.datasets import open_dataset
     dataset = open_dataset(spec, split=split)
     if not len(dataset):
         raise ValueError(f'{spec}: empty dataset')
@@ -148,7 +147,7 @@ def eval_pairs(spec, count=0, split=None):
 def compare_models(fp32_path, int8_path, images, masks=None, threads=1, latency_runs=20):
     """fp32 vs int8 through the engine on ``images``: label agreement, mIoU of each when ``masks`` are
     given, and the median ORT run time of each (runs interleaved on the same inputs, same process)."""
-    from .metrics import ConfusionMatrix
+    from ..evaluation.metrics import ConfusionMatrix
     engines = {kind: eng.SegmentationEngine(path, providers=['CPUExecutionProvider'], intra_op_threads=threads)
                for kind, path in (('fp32', fp32_path), ('int8', int8_path))}
     num_classes = engines['fp32'].num_classes

@@ -6,7 +6,7 @@
         --gt-topic /camera/semantic
 
 ``--data`` is a dataset folder, a dataset YAML or a rosbag2 path (with ``--image-topic`` and ``--gt-topic``),
-opened by :func:`seg_perception.offline.datasets.open_dataset`.
+opened by :func:`seg_perception.offline.data.datasets.open_dataset`.
 
 An ``.onnx`` model runs through :class:`seg_perception.runtime.engine.SegmentationEngine`, the engine the ROS
 node runs, so the numbers are those of the robot (latency is the engine's ``latency_ms``; token-pass models
@@ -30,7 +30,7 @@ class OnnxPredictor:
     """An exported model through the runtime engine."""
 
     def __init__(self, path, providers=None, threads=None, exit_threshold=None):
-        from ..runtime.engine import SegmentationEngine
+        from ...runtime.engine import SegmentationEngine
 
         self.engine = SegmentationEngine(str(path), providers=providers, intra_op_threads=threads or 0)
         self.exit_threshold = exit_threshold
@@ -50,7 +50,7 @@ class TorchPredictor:
     def __init__(self, path, input_size=None, threads=None):
         import torch
 
-        from .train import load_checkpoint
+        from ..training.train import load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)
@@ -58,7 +58,7 @@ class TorchPredictor:
         self.names = list(ckpt.get('classes') or [str(i) for i in range(ckpt['num_classes'])])
         self.mean, self.std = ckpt.get('mean'), ckpt.get('std')
         if self.mean is None or self.std is None:
-            from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+            from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
             self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.input_size = ckpt.get('input_size') if input_size is None else (input_size if min(input_size) > 0
                                                                              else None)
@@ -66,7 +66,7 @@ class TorchPredictor:
         self.static_macs = None
 
     def __call__(self, image):
-        from .train import predict
+        from ..training.train import predict
 
         tic = time.perf_counter()
         labels = predict(self.model, image, self.input_size, self.mean, self.std)
@@ -95,7 +95,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``)."""
     from tqdm import tqdm
 
-    from .datasets import open_dataset
+    from ..data.datasets import open_dataset
 
     kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
     dataset = open_dataset(str(data), split=split, layout=layout, **kwargs)

@@ -1,0 +1,67 @@
+"""ONNX graph and metadata helpers shared by export and quantization.
+
+Owns: reading and writing seg_perception's ``metadata_props`` on an ONNX ModelProto (the schema itself is
+``runtime.metadata``), finding the 1/8 logits tensor and the post-processing tail (final Resize -> labels /
+confidence) of an exported graph. Imports onnx and ``runtime.metadata`` only.
+"""
+import onnx
+
+from ...runtime import metadata as md
+
+OUTPUTS = ('labels', 'confidence')
+
+
+def read_metadata(onnx_model):
+    """Decoded seg_perception metadata of an ONNX file path or ModelProto."""
+    proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model),
+                                                                                  load_external_data=False)
+    source = 'model' if isinstance(onnx_model, onnx.ModelProto) else str(onnx_model)
+    return md.decode({p.key: p.value for p in proto.metadata_props}, source=source)
+
+
+def set_metadata(proto, meta):
+    """Replace ``proto``'s metadata_props with the encoded ``meta``."""
+    del proto.metadata_props[:]
+    for key, value in md.encode(meta).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _producers(graph):
+    return {out: node for node in graph.node for out in node.output}
+
+
+def logits_tensor_name(proto):
+    """Name of the 1/8 logits tensor: the data input of the Resize that ``confidence`` is computed from."""
+    producers = _producers(proto.graph)
+    node = producers.get('confidence')
+    while node is not None and node.op_type != 'Resize':
+        node = producers.get(node.input[0])
+    if node is None:
+        raise ValueError('no Resize found upstream of the "confidence" output')
+    return node.input[0]
+
+
+def postprocess_node_names(proto):
+    """Names of the nodes between the final Resize and ``labels`` / ``confidence`` (the Resize included),
+    found by walking back from the outputs and stopping at Resize."""
+    producers = _producers(proto.graph)
+    names, stack = set(), [producers[o] for o in OUTPUTS if o in producers]
+    while stack:
+        node = stack.pop()
+        if node.name in names:
+            continue
+        names.add(node.name)
+        if node.op_type != 'Resize':
+            stack.extend(producers[i] for i in node.input if i in producers)
+    return sorted(names)
+
+
+def with_logits_output(proto):
+    """A copy of ``proto`` that also outputs its 1/8 logits as ``logits`` (parity checks only)."""
+    debug = onnx.ModelProto()
+    debug.CopyFrom(proto)
+    name = logits_tensor_name(debug)
+    debug.graph.node.append(onnx.helper.make_node('Identity', [name], ['logits'], name='parity_logits'))
+    debug.graph.output.append(onnx.helper.make_tensor_value_info('logits', onnx.TensorProto.FLOAT, None))
+    return debug
