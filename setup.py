@@ -6,6 +6,8 @@ package_name = 'seg_perception'
 
 ROS_WHEELS = ['ros-rclpy[fastrtps]', 'ros-sensor-msgs', 'ros-nav-msgs', 'ros-std-msgs', 'ros-geometry-msgs',
               'ros-diagnostic-msgs']
+# The same packages built for Jazzy (the LTS): PyPI names them ros-jazzy-*.
+ROS_JAZZY_WHEELS = ['ros-jazzy-' + name[len('ros-'):] for name in ROS_WHEELS]
 TRAIN = ['torch==2.13.0', 'onnx>=1.16', 'onnxscript', 'pybullet>=3.2', 'matplotlib', 'albumentations', 'tqdm']
 
 setup(
@@ -25,6 +27,7 @@ setup(
     install_requires=['numpy', 'opencv-python-headless', 'onnxruntime', 'pyyaml', 'rosbags'],
     extras_require={
         'ros': ROS_WHEELS,
+        'ros-jazzy': ROS_JAZZY_WHEELS,
         'train': TRAIN,
         'test': ['pytest', 'pytest-timeout', 'ruff'] + TRAIN,
     },
@@ -36,6 +39,7 @@ setup(
     entry_points={
         'console_scripts': [
             'segmentation_node = seg_perception.node:main',
+            'segmentation_lifecycle_node = seg_perception.node:lifecycle_main',
             'seg-perception = seg_perception.offline.cli:main',
         ],
     },

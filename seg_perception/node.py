@@ -10,6 +10,11 @@ Publishes, with the input's header:
   ``/diagnostics``             diagnostic_msgs/DiagnosticArray, every ``diagnostics_period`` seconds
 One worker thread runs inference on the newest frame; frames it could not take are counted as dropped.
 Images are only segmented while somebody subscribes to an output.
+
+Two nodes share one body (``SegmentationPipeline``): ``SegmentationNode`` (console script ``segmentation_node``,
+the default) builds everything at start; ``SegmentationLifecycleNode`` (``segmentation_lifecycle_node``) is the
+managed variant: configure loads and checks the model, activate creates the subscriptions, publishers and timers,
+deactivate destroys them, cleanup frees the ONNX Runtime session.
 """
 import json
 import os
@@ -20,10 +25,16 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.client import Client
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -75,10 +86,18 @@ PARAMETERS = {
 }
 
 
-class SegmentationNode(Node):
+class SegmentationPipeline:
+    """The node's body, mixed into an rclpy ``Node`` or ``LifecycleNode``.
 
-    def __init__(self, **kwargs):
-        super().__init__('segmentation_node', **kwargs)
+    Life cycle of its parts, the same for both nodes:
+      ``_init_pipeline()``   declares ``PARAMETERS``, validates them, sets up counters/stats (no I/O, no model);
+      ``_load_engine()``     builds the ONNX Runtime session from the parameters; ``_free_engine()`` drops it;
+      ``_create_io()``       creates subscriptions, publishers, timers and the worker thread;
+      ``_destroy_io()``      destroys all of them (subscriptions and timers first, then the worker, then the rest).
+    Create every ROS entity inside ``_create_io`` through ``self._io(...)`` so ``_destroy_io`` removes it.
+    """
+
+    def _init_pipeline(self):
         for name, (default, description, extra) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
         self._validate_static()
@@ -88,28 +107,57 @@ class SegmentationNode(Node):
         self._engine_lock = threading.Lock()
         self.engine = None
         self.engine_error = None
+        self._engine_wanted = False  # engine parameters changed at run time reload the model only when True
         self._last_kept = None
         self._last_macs = None
-
-        self.pub_labels = self.create_publisher(Image, 'segmentation/labels', OUTPUT_QOS)
-        self.pub_color = self.create_publisher(Image, 'segmentation/color', OUTPUT_QOS)
-        self.pub_conf = self.create_publisher(Image, 'segmentation/confidence', OUTPUT_QOS)
-        self.pub_info = self.create_publisher(String, 'segmentation/label_info', LATCHED_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-
-        self._load_engine(self._engine_settings({}))
+        self._io_entities = []
+        self.worker = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _io(self, entity):
+        """Register a subscription, publisher, timer, service or client made in ``_create_io``; returns it."""
+        self._io_entities.append(entity)
+        return entity
+
+    def _create_io(self):
+        """Publishers, subscription, timers and the inference worker. Add new ROS I/O here, through ``_io``."""
+        self.pub_labels = self._io(self.create_publisher(Image, 'segmentation/labels', OUTPUT_QOS))
+        self.pub_color = self._io(self.create_publisher(Image, 'segmentation/color', OUTPUT_QOS))
+        self.pub_conf = self._io(self.create_publisher(Image, 'segmentation/confidence', OUTPUT_QOS))
+        self.pub_info = self._io(self.create_publisher(String, 'segmentation/label_info', LATCHED_QOS))
+        self.pub_diag = self._io(self.create_publisher(DiagnosticArray, '/diagnostics', 10))
+        self._publish_label_info()
 
         self.worker = LatestFrameWorker(self._process, self._on_worker_error)
         qos_options = QoSOverridingOptions.with_default_policies()
         if self.get_parameter('input_mode').value == 'compressed':
-            self.sub = self.create_subscription(CompressedImage, 'image/compressed', self._on_image,
-                                                qos_profile_sensor_data, qos_overriding_options=qos_options)
+            self.sub = self._io(self.create_subscription(CompressedImage, 'image/compressed', self._on_image,
+                                                         qos_profile_sensor_data, qos_overriding_options=qos_options))
         else:
-            self.sub = self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data,
-                                                qos_overriding_options=qos_options)
-        self.diag_timer = self.create_timer(self.get_parameter('diagnostics_period').value, self._publish_diagnostics)
+            self.sub = self._io(self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data,
+                                                         qos_overriding_options=qos_options))
+        self.diag_timer = self._io(self.create_timer(self.get_parameter('diagnostics_period').value,
+                                                     self._publish_diagnostics))
         self.get_logger().info(f'listening on {self.sub.topic_name} ({self.get_parameter("input_mode").value})')
+
+    def _destroy_io(self):
+        """Destroy what ``_create_io`` made: inputs and timers first, then wait for the worker, then outputs."""
+        destroy = {Subscription: self.destroy_subscription, Timer: self.destroy_timer,
+                   Publisher: self.destroy_publisher, Service: self.destroy_service, Client: self.destroy_client}
+        inputs = [e for e in self._io_entities if isinstance(e, (Subscription, Timer))]
+        outputs = [e for e in self._io_entities if not isinstance(e, (Subscription, Timer))]
+        for entity in inputs:
+            destroy[next(t for t in destroy if isinstance(entity, t))](entity)
+        if self.worker is not None:
+            self.worker.stop()
+        for entity in outputs:
+            destroy[next(t for t in destroy if isinstance(entity, t))](entity)
+        self._io_entities = []
+
+    def _free_engine(self):
+        with self._engine_lock:
+            self.engine = None
+        self._engine_wanted = False
 
     # ------------------------------------------------------------------ parameters
     def _validate_static(self):
@@ -140,7 +188,7 @@ class SegmentationNode(Node):
                 return SetParametersResult(successful=False, reason=reason)
             if p.name in ENGINE_PARAMS:
                 overrides[p.name] = p.value
-        if overrides:
+        if overrides and self._engine_wanted:
             try:
                 self._load_engine(self._engine_settings(overrides), strict=True)
             except (EngineError, ValueError) as exc:
@@ -150,6 +198,7 @@ class SegmentationNode(Node):
     def _load_engine(self, settings, strict=False):
         """Build an engine from parameter values. At start-up a bad model leaves the node running without one
         (reported in diagnostics, fixable by setting model_path); at run time (strict) the change is refused."""
+        self._engine_wanted = True
         path = settings['model_path'] or default_model_path()
         input_size = tuple(settings['input_size'])
         try:
@@ -168,7 +217,13 @@ class SegmentationNode(Node):
         self.get_logger().info(
             f'model {os.path.basename(path)} ({engine.meta.get("arch", "?")}, {engine.num_classes} classes) '
             f'running on {engine.provider} (preference: {", ".join(settings["providers"])})')
-        self.pub_info.publish(String(data=json.dumps(self.label_info(engine, path))))
+        self._publish_label_info()
+
+    def _publish_label_info(self):
+        with self._engine_lock:
+            engine = self.engine
+        if engine is not None and self._io_entities:
+            self.pub_info.publish(String(data=json.dumps(self.label_info(engine, engine.model_path))))
 
     @staticmethod
     def label_info(engine, path):
@@ -281,15 +336,70 @@ class SegmentationNode(Node):
         self.pub_diag.publish(arr)
 
     def destroy_node(self):
-        self.worker.stop()
+        if self.worker is not None:
+            self.worker.stop()
         return super().destroy_node()
 
 
-def main(args=None):
+class SegmentationNode(SegmentationPipeline, Node):
+    """The plain node (the default): model and I/O built at start."""
+
+    def __init__(self, node_name: str = 'segmentation_node', **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._init_pipeline()
+        self._load_engine(self._engine_settings({}))
+        self._create_io()
+
+
+class SegmentationLifecycleNode(SegmentationPipeline, LifecycleNode):
+    """Managed variant: unconfigured at start; configure loads and checks the model (failure: stays unconfigured,
+    the reason logged), activate starts subscriptions and publishing, deactivate stops them, cleanup frees the
+    ONNX Runtime session."""
+
+    def __init__(self, node_name: str = 'segmentation_node', **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._init_pipeline()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._load_engine(self._engine_settings({}), strict=True)
+        except (EngineError, ValueError) as exc:
+            self._free_engine()
+            self.engine_error = str(exc)
+            self.get_logger().error(f'configure failed, staying unconfigured: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._create_io()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_io()
+        self.get_logger().info('deactivated: subscriptions and publishers removed')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._free_engine()
+        self.get_logger().info('cleaned up: model unloaded')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_io()
+        self._free_engine()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_io()
+        self._free_engine()
+        return TransitionCallbackReturn.SUCCESS
+
+
+def _spin(node_class, args=None):
     rclpy.init(args=args)
     node = None
     try:
-        node = SegmentationNode()
+        node = node_class()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -297,6 +407,14 @@ def main(args=None):
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+def main(args=None):
+    _spin(SegmentationNode, args)
+
+
+def lifecycle_main(args=None):
+    _spin(SegmentationLifecycleNode, args)
 
 
 if __name__ == '__main__':
