@@ -403,6 +403,11 @@ def _spin(node_class, args=None):
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Jazzy: a callback publishing while a signal shuts the context down raises RCLError out of spin
+        # (Kilted raises ExternalShutdownException); only a failure while the context is still up is a real one.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
