@@ -9,6 +9,7 @@ from test_train import tiny_config, write_scenes
 
 from seg_perception.offline import cli
 from seg_perception.offline.evaluation.evaluate import evaluate
+from seg_perception.offline.predict import load_checkpoint
 from seg_perception.offline.training import train as tr
 
 SIZE = (64, 96)
@@ -24,7 +25,7 @@ def trained(tmp_path_factory):
                          scale_range=[1.0, 1.0], log_interval=5))
     checkpoint = root / 'run' / 'last.pt'
     from seg_perception.offline.deploy.export import build_metadata, export_model
-    model, ckpt = tr.load_checkpoint(checkpoint)
+    model, ckpt = load_checkpoint(checkpoint)
     meta = build_metadata(ckpt['num_classes'], ckpt['input_size'], names=ckpt['classes'], palette=ckpt['palette'],
                           mean=ckpt['mean'], std=ckpt['std'], resize_mode='resize', arch=ckpt['arch'])
     onnx_path = root / 'model.onnx'

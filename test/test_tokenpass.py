@@ -12,7 +12,6 @@ from seg_perception.nets.tokenpass import (
     gather_tokens,
     scatter_tokens,
     select_kept_tokens,
-    tokenpass_loss,
 )
 
 torch.set_num_threads(1)
@@ -227,8 +226,8 @@ def test_training_dict_loss_and_annealing():
     assert all(a.shape == (2, 6, 8, 8) for a in out['aux'])
     with torch.no_grad():
         teacher = F.interpolate(static.eval()(x), scale_factor=2.0)  # any size: resized to the student's
-    loss = tokenpass_loss(out, target, teacher_logits=teacher, kd_weight=0.5)
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss, parts = tp.training_loss(out, target, teacher_logits=teacher, kd_weight=0.5)
+    assert loss.ndim == 0 and torch.isfinite(loss) and set(parts) == {'ce', 'aux0', 'aux1', 'aux2', 'kd'}
     loss.backward()
     for name in ('blocks.0.attn.qkv.weight', 'blocks.1.mlp.fc2.weight', 'aux_heads.0.fc.weight', 'head.weight'):
         assert tp.get_parameter(name).grad.abs().sum() > 0, name

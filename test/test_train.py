@@ -14,10 +14,13 @@ import yaml
 
 from seg_perception.classes import SCENE_PALETTE
 from seg_perception.offline.data.render import write_classes_yaml
+from seg_perception.offline.training import augment
+from seg_perception.offline.training import config as tc
 from seg_perception.offline.training import train as tr
+from seg_perception.runtime.metadata import IMAGENET_MEAN
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_FORMAT_KEYS = {'model', 'arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size'}
+TRAIN_FORMAT_KEYS = {'model', 'arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode'}
 
 
 def write_scenes(root, n=2, size=(64, 96), seed=0):
@@ -62,29 +65,29 @@ def losses(report):
 
 def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     with pytest.raises(ValueError, match="'lrr' \\(did you mean 'lr'\\?\\)"):
-        tr.check_config({'data': 'x', 'lrr': 0.1})
+        tc.check_config({'data': 'x', 'lrr': 0.1})
     for bad in ({'iters': 1.5}, {'crop_size': 'big'}, {'crop_size': [64]}, {'crop_size': [64, 9.5]},
                 {'deterministic': 'yes'}, {'lr': 'fast'}, {'resume': 3}, {'arch': 7}):
         with pytest.raises(TypeError, match=next(iter(bad))):
-            tr.check_config({'data': 'x', **bad})
+            tc.check_config({'data': 'x', **bad})
     with pytest.raises(ValueError, match='data'):
-        tr.check_config({})
+        tc.check_config({})
     with pytest.raises(ValueError, match='multiples of 32'):
-        tr.check_config({'data': 'x', 'input_size': [240, 320]})
+        tc.check_config({'data': 'x', 'input_size': [240, 320]})
     path = tmp_path / 'cfg.yaml'
     path.write_text(yaml.safe_dump({'data': 'd', 'lr': 1, 'crop_size': [64, 64]}))
-    cfg = tr.load_config(path, ['crop_size=[32, 64]', 'resume=true', 'layout=generic', 'out=runs/x'])
+    cfg = tc.load_config(path, ['crop_size=[32, 64]', 'resume=true', 'layout=generic', 'out=runs/x'])
     assert cfg['lr'] == 1.0 and isinstance(cfg['lr'], float)
     assert cfg['crop_size'] == [32, 64] and cfg['resume'] is True and cfg['layout'] == 'generic'
     with pytest.raises(ValueError, match='key=value'):
-        tr.load_config(path, ['lr0.1'])
+        tc.load_config(path, ['lr0.1'])
 
 
 @pytest.mark.parametrize('path', sorted((REPO / 'config' / 'train').glob('*.yaml')), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     from seg_perception.nets import list_models
 
-    cfg = tr.load_config(path)
+    cfg = tc.load_config(path)
     assert cfg['arch'] in list_models()
 
 
@@ -111,7 +114,7 @@ def test_checkpoint_format_and_exact_resume(scenes, tmp_path):
     ckpt = torch.load(tmp_path / 'b' / 'last.pt', map_location='cpu', weights_only=True)
     assert TRAIN_FORMAT_KEYS <= set(ckpt)
     assert ckpt['arch'] == 'topformer_tiny' and ckpt['num_classes'] == 6 and len(ckpt['classes']) == 6
-    assert ckpt['input_size'] == [64, 96] and ckpt['mean'] == tr.IMAGENET_MEAN and ckpt['iter'] == 3
+    assert ckpt['input_size'] == [64, 96] and ckpt['mean'] == IMAGENET_MEAN and ckpt['iter'] == 3
     assert all(isinstance(v, torch.Tensor) for v in ckpt['model'].values())
     assert ckpt['optimizer']['state'] and ckpt['scheduler']['iter'] == 3
 
@@ -135,14 +138,14 @@ def test_same_seed_same_losses(scenes, tmp_path):
 
 
 def test_sampler_streams_split_the_global_batch():
-    single = tr.InfiniteSampler(5, 4, seed=1)
-    ranks = [tr.InfiniteSampler(5, 2, seed=1, rank=r, world_size=2) for r in range(2)]
+    single = augment.InfiniteSampler(5, 4, seed=1)
+    ranks = [augment.InfiniteSampler(5, 2, seed=1, rank=r, world_size=2) for r in range(2)]
     take = lambda sampler, n: [next(it) for it in [iter(sampler)] for _ in range(n)]  # noqa: E731
     stream = take(single, 12)
     r0, r1 = take(ranks[0], 6), take(ranks[1], 6)
     assert [*r0[0:2], *r1[0:2], *r0[2:4], *r1[2:4], *r0[4:6], *r1[4:6]] == stream
     assert sorted(i for i, _ in stream[:5]) == list(range(5))
-    assert take(tr.InfiniteSampler(5, 4, seed=1, start_iter=2), 4) == stream[8:12]
+    assert take(augment.InfiniteSampler(5, 4, seed=1, start_iter=2), 4) == stream[8:12]
 
 
 @pytest.mark.parametrize('arch', ['rtformer_slim', 'tokenpass_vit_mini'])

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._base import SegmentationModel
+
 __all__ = [
     'ConvBN', 'ConvNormAct', 'HSigmoid', 'DropPath', 'InvertedResidual', 'Mlp',
     'adaptive_pool_matrix', 'adaptive_avg_pool2d', 'ExportableAdaptiveAvgPool2d', 'linear_resize_matrix',
@@ -224,7 +226,7 @@ class BasicLayer(nn.Module):
         return x
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(SegmentationModel):
     """mmseg's eval-time segmentor: ``decode_head(backbone(x))`` -> logits at 1/8 resolution. Subclasses build
     ``backbone`` and ``decode_head`` with the official module names, so official checkpoints map one to one."""
 

@@ -1,8 +1,12 @@
 """A plain dict of model constructors, filled by ``@register_model``."""
-_MODELS = {}
+from collections.abc import Callable
+
+import torch.nn as nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn):
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a constructor ``fn(num_classes=..., **kw) -> nn.Module`` under its function name."""
     if fn.__name__ in _MODELS:
         raise ValueError(f'model {fn.__name__!r} registered twice')
@@ -10,11 +14,14 @@ def register_model(fn):
     return fn
 
 
-def list_models():
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
     return sorted(_MODELS)
 
 
-def create_model(name, num_classes=150, **kwargs):
+def create_model(name: str, num_classes: int = 150, **kwargs) -> nn.Module:
+    """A fresh model ``name`` (a name from :func:`list_models`) with ``num_classes`` outputs; ``kwargs`` go to
+    its constructor. An unknown name is a ValueError listing the known ones."""
     try:
         fn = _MODELS[name]
     except KeyError:

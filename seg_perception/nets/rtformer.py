@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._base import SegmentationModel
+from ._layers import DropPath
 from ._registry import register_model
 
 __all__ = ['RTFormer', 'adaptive_max_pool2d_exact', 'model_cfgs', 'rtformer_slim', 'rtformer_base']
@@ -60,21 +62,6 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x):
         return x.mean(dim=(2, 3), keepdim=True)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample; identity in eval mode."""
-
-    def __init__(self, drop_prob=0.):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x):
-        if not self.training or self.drop_prob == 0.:
-            return x
-        keep = 1. - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
 
 
 def _bn_relu_conv(in_chs, out_chs, kernel_size=1, stride=1):
@@ -260,7 +247,7 @@ class SegHead(nn.Module):
         return self.conv2(self.relu(self.bn2(x)))
 
 
-class RTFormer(nn.Module):
+class RTFormer(SegmentationModel):
     """RTFormer. Eval: ``model(x)`` -> logits (N, num_classes, H/8, W/8). Train: (logits, aux_logits), both at 1/8,
     when built with the auxiliary head (``aux_head=True``, the official default), else logits only.
 

@@ -42,17 +42,18 @@ Run-time API
     matmuls (prop. to n^2); aux heads on every patch token; final norm and head. The functional x2
     upsampling, softmax and the stopping rule are not counted.
 
-Training API (``seg_perception.offline.training.train`` calls these when the model has them)
+Training API (the hooks of ``SegmentationModel``, which ``seg_perception.offline.training`` calls)
   * In train mode ``model(x)`` returns ``{'logits': (N, C, H/8, W/8), 'aux': [aux logits at 1/8, one per aux
     head]}``. The token-pass model trains with DoViT's annealed stopping: stopping uses the threshold
     ``model.train_threshold`` (1.0 at start = nothing stops).
-  * ``model.set_threshold_schedule(it, max_it)`` sets ``train_threshold = 1 - min(1, it / max_it) * (1 -
-    exit_conf)``; call it every iteration (token-pass models only).
+  * ``model.set_threshold_schedule(it, max_iters)`` sets ``train_threshold = 1 - min(1, it / max_iters) * (1 -
+    exit_conf)`` (the trainer calls it every iteration; a no-op for the static twin).
   * Attributes: ``aux_loss_weight`` (0.4), ``exit_conf`` (the deployment threshold, 0.96 by default).
-  * ``tokenpass_loss(outputs, target, ignore_index=255, teacher_logits=None, kd_weight=1.0,
-    kd_temperature=1.0, aux_loss_weight=0.4)`` -> scalar: CE(main) + aux_loss_weight * sum CE(aux), plus
-    kd_weight * T^2 * KL(teacher || student) at 1/8 when the static twin's 1/8 logits (eval mode, no grad)
-    are given. ``target``: (N, H, W) labels at the input resolution; logits are upsampled to it.
+  * ``model.training_loss(outputs, target, teacher_logits=None, aux_weight=None, kd_weight=0.0,
+    kd_temperature=1.0)`` -> (loss, parts): CE(main) + aux_loss_weight * sum CE(aux), plus kd_weight *
+    ``nets.losses.distill_loss`` (T^2 KL(teacher || student) at 1/8 over labelled pixels) when the static twin's
+    1/8 logits (eval mode, no grad) are given. ``target``: (N, H, W) labels at the input resolution; logits
+    are upsampled to it.
 
 TensorRT mode (``token_buckets``, e.g. ``(0.25, 0.5, 0.75, 1.0)``)
   The number of gathered tokens is rounded up to the smallest bucket (fraction of all tokens, cls included);
@@ -76,9 +77,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._base import SegmentationModel
 from ._registry import register_model
 
-__all__ = ['ViTSegmenter', 'TokenPassViT', 'tokenpass_loss', 'gather_tokens', 'scatter_tokens',
+__all__ = ['ViTSegmenter', 'TokenPassViT', 'gather_tokens', 'scatter_tokens',
            'select_kept_tokens']
 
 
@@ -186,7 +188,7 @@ class AuxHead(nn.Module):
         return self.fc(self.norm(x))
 
 
-class ViTSegmenter(nn.Module):
+class ViTSegmenter(SegmentationModel):
     """Static ViT segmenter (the token-pass model's twin). Eval: ``model(x)`` -> logits at 1/8."""
 
     checkpoint_format = 'mmseg'
@@ -296,9 +298,9 @@ class TokenPassViT(ViTSegmenter):
             raise ValueError(f'token_buckets {token_buckets} must be fractions in (0, 1] including 1.0')
         self.train_threshold = 1.0
 
-    def set_threshold_schedule(self, it, max_it):
+    def set_threshold_schedule(self, it: int, max_iters: int) -> None:
         """DoViT's annealing: the training threshold falls linearly from 1.0 to ``exit_conf``."""
-        self.train_threshold = 1.0 - min(1.0, it / max(1, max_it)) * (1.0 - self.exit_conf)
+        self.train_threshold = 1.0 - min(1.0, it / max(1, max_iters)) * (1.0 - self.exit_conf)
 
     def stop_rule(self, aux_logits, threshold):
         """(B, N, K) aux logits -> (B, N) bool: the patch tokens that stop at this head."""
@@ -359,32 +361,6 @@ class TokenPassViT(ViTSegmenter):
             processed += [torch.ones_like(ids[0], dtype=tokens.dtype).sum()] * (end - start)
         logits = self.decode(tokens, grid)
         return logits, aux_logits, torch.stack(kept_fraction), processed
-
-
-def tokenpass_loss(outputs, target, ignore_index=255, teacher_logits=None, kd_weight=1.0, kd_temperature=1.0,
-                   aux_loss_weight=0.4):
-    """Training loss for the train-mode dict of ``ViTSegmenter``/``TokenPassViT``.
-
-    CE(main) + aux_loss_weight * sum_s CE(aux_s) (logits upsampled to ``target`` (B, H, W), pixels equal to
-    ``ignore_index`` ignored), plus ``kd_weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))`` averaged
-    over 1/8 pixels when ``teacher_logits`` (the static twin's 1/8 logits) are given."""
-    def ce(logits):
-        logits = F.interpolate(logits, size=target.shape[-2:], mode='bilinear', align_corners=False)
-        return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)
-
-    loss = ce(outputs['logits'])
-    for aux in outputs.get('aux', ()):
-        loss = loss + aux_loss_weight * ce(aux)
-    if teacher_logits is not None and kd_weight > 0:
-        t = kd_temperature
-        if teacher_logits.shape[-2:] != outputs['logits'].shape[-2:]:
-            teacher_logits = F.interpolate(teacher_logits, size=outputs['logits'].shape[-2:], mode='bilinear',
-                                           align_corners=False)
-        student = F.log_softmax(outputs['logits'] / t, dim=1)
-        teacher = F.log_softmax(teacher_logits.detach().to(student.dtype) / t, dim=1)
-        kl = F.kl_div(student, teacher, reduction='none', log_target=True).sum(1).mean()
-        loss = loss + kd_weight * t * t * kl
-    return loss
 
 
 model_cfgs = dict(

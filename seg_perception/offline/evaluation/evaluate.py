@@ -10,9 +10,10 @@ opened by :func:`seg_perception.offline.data.datasets.open_dataset`.
 
 An ``.onnx`` model runs through :class:`seg_perception.runtime.engine.SegmentationEngine`, the engine the ROS
 node runs, so the numbers are those of the robot (latency is the engine's ``latency_ms``; token-pass models
-also report their kept-token fraction and MACs per frame). A training checkpoint (``.pt``) runs in torch: the
-image is resized to the checkpoint's ``input_size`` (``--input-size`` overrides it; ``0 0`` = whole image
-rounded to a multiple of 32), logits are upsampled bilinearly to the label size.
+also report their kept-token fraction and MACs per frame). A training checkpoint (``.pt``) runs in torch with
+the engine's geometry (:func:`seg_perception.offline.predict.predict`): the image is fitted to the checkpoint's
+``input_size`` by its ``resize_mode`` (``--input-size`` overrides the size; ``0 0`` = whole image rounded up to a
+multiple of 32 and padded), so a checkpoint scores what its export scores.
 
 Intersections and unions are summed over the whole dataset (see :mod:`.metrics`). Written to ``--out``:
 ``metrics.json``, ``report.md`` and ``confusion.png``; the Markdown table is printed in any case.
@@ -50,26 +51,25 @@ class TorchPredictor:
     def __init__(self, path, input_size=None, threads=None):
         import torch
 
-        from ..training.train import load_checkpoint
+        from ..predict import checkpoint_preprocessing, load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)
         self.model, ckpt = load_checkpoint(path)
         self.names = list(ckpt.get('classes') or [str(i) for i in range(ckpt['num_classes'])])
-        self.mean, self.std = ckpt.get('mean'), ckpt.get('std')
-        if self.mean is None or self.std is None:
-            from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.input_size = ckpt.get('input_size') if input_size is None else (input_size if min(input_size) > 0
-                                                                             else None)
-        self.description = f'torch {ckpt["arch"]} ({"whole image" if self.input_size is None else self.input_size})'
+        prep = checkpoint_preprocessing(ckpt)
+        self.mean, self.std, self.resize_mode = prep['mean'], prep['std'], prep['resize_mode']
+        self.input_size = prep['input_size'] if input_size is None else (input_size if min(input_size) > 0
+                                                                         else None)
+        self.description = (f'torch {ckpt["arch"]} ('
+                            f'{"whole image" if self.input_size is None else self.input_size}, {self.resize_mode})')
         self.static_macs = None
 
     def __call__(self, image):
-        from ..training.train import predict
+        from ..predict import predict
 
         tic = time.perf_counter()
-        labels = predict(self.model, image, self.input_size, self.mean, self.std)
+        labels = predict(self.model, image, self.input_size, self.mean, self.std, self.resize_mode)
         return {'labels': labels, 'latency_ms': 1000 * (time.perf_counter() - tic), 'kept_fraction': None,
                 'macs': None}
 

@@ -1,0 +1,84 @@
+"""Torch inference of training checkpoints, with the runtime engine's own geometry.
+
+:func:`predict` runs a model in torch on one image exactly as the exported ONNX file runs in
+:class:`seg_perception.runtime.engine.SegmentationEngine`: the engine's :func:`~seg_perception.runtime.engine.
+compute_geometry` (stretch or letterbox into the network size; with no size, the image's own size rounded UP
+to the stride and padded bottom/right) and :func:`~seg_perception.runtime.engine.preprocess` (resize,
+normalise, pad), the export graph's post-processing (1/8 logits upsampled bilinearly to the network input,
+argmax) and the engine's :func:`~seg_perception.runtime.engine.restore` (crop the padding, nearest resize to the
+image). A checkpoint and its export therefore score the same.
+
+:func:`checkpoint_preprocessing` is the one reading of the preprocessing a checkpoint was trained with (input
+size, mean/std, resize mode), used by evaluation and export alike.
+
+May import torch, ``seg_perception.nets`` and ``seg_perception.runtime``; used by training (validation),
+evaluation (``evaluate --model ckpt.pt``) and deployment (export).
+"""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..runtime.engine import compute_geometry, preprocess, restore
+from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+
+# what checkpoints of this project's trainer held before they recorded it: the trainer always stretched
+TRAINER_RESIZE_MODE = 'resize'
+# what a model from elsewhere (official or bare weights) gets when nothing says otherwise
+DEFAULT_RESIZE_MODE = 'letterbox'
+
+
+def normalize(image: np.ndarray, mean, std) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) normalised on the 0-255 scale."""
+    x = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def checkpoint_preprocessing(info: dict) -> dict:
+    """``{'input_size', 'mean', 'std', 'resize_mode'}`` a model was trained with, from a checkpoint dict (or
+    the info of one). Missing mean/std are ImageNet's; a missing resize mode is 'resize' for our trainer's
+    checkpoints (they carry 'arch'; it always stretched) and 'letterbox' otherwise; a missing input size is
+    None (the caller must supply one)."""
+    mode = info.get('resize_mode') or (TRAINER_RESIZE_MODE if 'arch' in info else DEFAULT_RESIZE_MODE)
+    if mode not in RESIZE_MODES:
+        raise ValueError(f'resize_mode {mode!r} not in {RESIZE_MODES}')
+    size = info.get('input_size')
+    return {'input_size': [int(v) for v in size] if size else None,
+            'mean': [float(v) for v in info.get('mean') or IMAGENET_MEAN],
+            'std': [float(v) for v in info.get('std') or IMAGENET_STD],
+            'resize_mode': mode}
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tuple[nn.Module, dict]:
+    """(model in eval mode, checkpoint dict) from one of our training checkpoints."""
+    from ..nets import create_model
+    from ..nets.checkpoint import torch_load_weights
+    from .cli import UserError
+
+    ckpt = torch_load_weights(path)
+    missing = [k for k in ('model', 'arch', 'num_classes') if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f'{path}: not a seg_perception checkpoint (missing {missing})')
+    model = create_model(ckpt['arch'], num_classes=ckpt['num_classes'])
+    model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: np.ndarray, input_size, mean, std, resize_mode: str = TRAINER_RESIZE_MODE,
+            device: str | torch.device = 'cpu', stride: int = 32) -> np.ndarray:
+    """Labels (H, W) (uint8, uint16 above 255 classes) for one RGB uint8 image, as the engine computes them
+    from the model's export: fit into ``input_size`` [H, W] by ``resize_mode`` (``None``: the image's size
+    rounded up to ``stride``, padded), forward in eval mode, 1/8 logits upsampled bilinearly to the network
+    input, argmax, padding cropped and the labels resized (nearest) to the image."""
+    net_hw = tuple(int(v) for v in input_size) if input_size else None
+    geometry = compute_geometry(image.shape[:2], net_hw, resize_mode, stride, dynamic=True)
+    x = torch.from_numpy(preprocess(image, geometry, mean, std)).to(device)
+    logits = model(x)
+    logits = F.interpolate(logits.float(), size=geometry.net_hw, mode='bilinear', align_corners=False)
+    labels = logits.argmax(1)[0].cpu().numpy()
+    labels = labels.astype(np.uint8 if logits.shape[1] <= 255 else np.uint16)
+    return restore(labels, geometry, cv2.INTER_NEAREST)

@@ -1,0 +1,130 @@
+"""Training batches: the augmentation pipeline and the deterministic, resumable sample stream.
+
+Each sample is fitted to ``input_size`` as the runtime engine will fit it (``resize_mode``: stretched, or
+letterboxed with the image padded in the mean colour and the label in the ignore index), randomly rescaled by
+``scale_range``, padded (label 255) and cropped to ``crop_size``, flipped, colour-jittered (albumentations) and
+normalised with ``mean``/``std`` on the 0-255 scale.
+
+Determinism: the data stream is a function of (seed, iteration) only. :class:`InfiniteSampler` yields
+``(index, augmentation seed)`` pairs from per-epoch permutations, split across processes by rank (the role of a
+DistributedSampler, plus exact resumption mid-epoch).
+"""
+import random
+
+import cv2
+import numpy as np
+import torch
+
+from ...classes import IGNORE_INDEX
+from ...runtime.engine import compute_geometry
+from ..predict import normalize
+
+
+def build_train_transform(cfg: dict):
+    """(Resize to input_size in 'resize' mode), random scale, pad (image: mean colour, label: 255), random crop,
+    flip, jitter."""
+    import albumentations as A
+
+    (in_h, in_w), (crop_h, crop_w), (lo, hi) = cfg['input_size'], cfg['crop_size'], cfg['scale_range']
+    fill = tuple(int(round(v)) for v in cfg['mean'])
+    fit = [A.Resize(in_h, in_w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)] \
+        if cfg['resize_mode'] == 'resize' else []
+    return A.Compose([
+        *fit,
+        A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0),
+        A.PadIfNeeded(crop_h, crop_w, position='top_left', border_mode=cv2.BORDER_CONSTANT, fill=fill,
+                      fill_mask=IGNORE_INDEX),
+        A.RandomCrop(crop_h, crop_w),
+        A.HorizontalFlip(p=cfg['hflip']),
+        A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=cfg['photometric']),
+    ], seed=cfg['seed'])
+
+
+def letterbox(image: np.ndarray, label: np.ndarray, input_size, fill) -> tuple[np.ndarray, np.ndarray]:
+    """Image and label letterboxed into ``input_size`` with the engine's geometry and interpolation; the image
+    is padded with ``fill`` (the mean colour: 0 once normalised, as in the engine), the label with the ignore
+    index."""
+    geometry = compute_geometry(image.shape[:2], tuple(input_size), 'letterbox')
+    (ch, cw), (oy, ox) = geometry.content_hw, geometry.offset_yx
+    if (ch, cw) != tuple(image.shape[:2]):
+        interp = cv2.INTER_AREA if ch * cw < image.shape[0] * image.shape[1] else cv2.INTER_LINEAR
+        image = cv2.resize(image, (cw, ch), interpolation=interp)
+        label = cv2.resize(label, (cw, ch), interpolation=cv2.INTER_NEAREST)
+    out_image = np.empty((*geometry.net_hw, 3), np.uint8)
+    out_image[:] = np.asarray(fill, np.uint8)
+    out_label = np.full(geometry.net_hw, IGNORE_INDEX, label.dtype)
+    out_image[oy:oy + ch, ox:ox + cw] = image
+    out_label[oy:oy + ch, ox:ox + cw] = label
+    return out_image, out_label
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Augmented view of a dataset; items are addressed by ``(index, augmentation seed)`` pairs."""
+
+    def __init__(self, dataset, cfg: dict):
+        self.dataset = dataset
+        self.transform = build_train_transform(cfg)
+        self.mean, self.std = cfg['mean'], cfg['std']
+        self.letterbox_size = cfg['input_size'] if cfg['resize_mode'] == 'letterbox' else None
+        self.fill = tuple(int(round(v)) for v in cfg['mean'])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, seed = key
+        image, label = self.dataset[index]
+        if self.letterbox_size is not None:
+            image, label = letterbox(image, label, self.letterbox_size, self.fill)
+        self.transform.set_random_seed(seed)
+        sample = self.transform(image=image, mask=label)
+        return normalize(sample['image'], self.mean, self.std), torch.from_numpy(sample['mask'].astype(np.int64))
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """Endless ``(index, augmentation seed)`` stream for one process.
+
+    The global stream concatenates per-epoch permutations seeded by ``seed + epoch``; global step ``s`` takes
+    positions ``[s*B*W, (s+1)*B*W)`` and rank ``r`` the ``r``-th block of ``B`` (``B`` per-process batch,
+    ``W`` processes). Starting at ``start_iter`` resumes exactly where a run stopped."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start_iter: int = 0):
+        if size < 1:
+            raise ValueError('the training set is empty')
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.start_iter = rank, world_size, start_iter
+
+    def __iter__(self):
+        global_batch = self.batch_size * self.world_size
+        position = self.start_iter * global_batch
+        epoch, perm = None, None
+        while True:
+            step_start = position + self.rank * self.batch_size
+            for p in range(step_start, step_start + self.batch_size):
+                if p // self.size != epoch:
+                    epoch = p // self.size
+                    generator = torch.Generator().manual_seed(self.seed + epoch)
+                    perm = torch.randperm(self.size, generator=generator).tolist()
+                yield perm[p % self.size], mix_seed(self.seed, p)
+            position += global_batch
+
+
+def mix_seed(*values: int) -> int:
+    """One 32-bit seed from several integers (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker: seed numpy and random from the worker's torch seed."""
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def open_data(cfg: dict, spec: str, split: str):
+    """The dataset ``spec`` (folder, dataset YAML or rosbag2) opened with the config's layout and topics."""
+    from ..data.datasets import open_dataset
+
+    kwargs = {k: cfg[k] for k in ('image_topic', 'gt_topic') if cfg[k]}
+    return open_dataset(spec, split=split, layout=cfg['layout'] or None, **kwargs)
