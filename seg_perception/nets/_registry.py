@@ -1,4 +1,5 @@
 """A plain dict of model constructors, filled by ``@register_model``."""
+import difflib
 from collections.abc import Callable
 
 import torch.nn as nn
@@ -25,5 +26,7 @@ def create_model(name: str, num_classes: int = 150, **kwargs) -> nn.Module:
     try:
         fn = _MODELS[name]
     except KeyError:
-        raise ValueError(f'unknown model {name!r}; known: {", ".join(list_models())}') from None
+        close = difflib.get_close_matches(str(name), list_models(), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ''
+        raise ValueError(f'unknown model {name!r}; {hint}known: {", ".join(list_models())}') from None
     return fn(num_classes=num_classes, **kwargs)

@@ -2,10 +2,14 @@
 restricted unpickler that admits only numpy arrays and plain containers (no Paddle needed)."""
 import codecs
 import collections
+import os
 import pickle
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -34,7 +38,28 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 'are allowed)') from None
 
 
-def read_pdparams(path):
+def torch_load_weights(path, what='seg_perception checkpoint'):
+    """``torch.load(path, weights_only=True)`` on CPU. A missing path raises FileNotFoundError; a file torch
+    cannot read that way (not a torch file, or one holding arbitrary objects) raises UserError
+    "PATH: not a WHAT". Never falls back to unrestricted unpickling."""
+    import stat
+
+    from ..errors import UserError
+    path = str(path)
+    mode = os.stat(path).st_mode  # FileNotFoundError names the path
+    if not stat.S_ISREG(mode):
+        raise UserError(f'{path}: not a {what} (not a regular file)')
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)  # pickle-protocol notes on non-torch pickles
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, KeyError, RuntimeError, ... for foreign files
+        kind = ('it holds objects other than tensors and plain containers'
+                if isinstance(exc, pickle.UnpicklingError) else 'torch cannot read it')
+        raise UserError(f'{path}: not a {what} ({kind})') from None
+
+
+def read_pdparams(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a PaddlePaddle ``.pdparams`` file (a pickled dict of numpy arrays) without Paddle."""
     with open(path, 'rb') as f:
         obj = _RestrictedUnpickler(f, encoding='latin1').load()
@@ -44,13 +69,13 @@ def read_pdparams(path):
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in obj.items()}
 
 
-def read_checkpoint_file(path):
+def read_checkpoint_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Return a flat {key: tensor} dict from an mmseg ``.pth`` (``{'state_dict': ...}`` or bare) or a
     ``.pdparams`` file."""
     path = str(path)
     if path.endswith('.pdparams'):
         return read_pdparams(path)
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    obj = torch_load_weights(path, 'torch checkpoint')
     for wrapper in ('state_dict', 'model'):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
@@ -60,7 +85,7 @@ def read_checkpoint_file(path):
     return dict(obj)
 
 
-def load_official_checkpoint(model, path):
+def load_official_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load an official checkpoint file unchanged into ``model``.
 
     The model's ``checkpoint_filter_fn`` maps official names to ours (and raises on official keys it cannot

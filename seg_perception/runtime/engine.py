@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import metadata as md
+from .model_file import ModelFileError, check_model_file
 
 LOG = logging.getLogger('seg_perception.engine')
 
@@ -130,8 +131,10 @@ class SegmentationEngine:
         """``input_size`` (H, W) overrides the metadata's size for dynamic models; ``(0, 0)`` or 'native'
         runs a dynamic model at each image's own size (rounded up to its stride)."""
         self.model_path = str(model_path)
-        if not os.path.isfile(self.model_path):
-            raise EngineError(f'model file not found: {self.model_path}')
+        try:
+            check_model_file(self.model_path)  # before any parser sees the file
+        except ModelFileError as exc:
+            raise EngineError(str(exc)) from None
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = int(inter_op_threads)

@@ -158,15 +158,25 @@ def write_bag(path, frames, storage='mcap', raw=True, jpeg=False, depth=False, c
 
 def _open_reader(path):
     from rosbags.rosbag2 import Reader
-    reader = Reader(Path(path))
-    reader.open()
+    from rosbags.rosbag2.errors import ReaderError
+
+    from ...errors import UserError
+    if not Path(path).exists():
+        raise UserError(f'{path}: not found (give a rosbag2 folder)')
+    try:
+        reader = Reader(Path(path))
+        reader.open()
+    except (ReaderError, OSError) as exc:
+        raise UserError(f'{path}: not a readable rosbag2 folder ({exc})') from None
     return reader
 
 
 def _connections(reader, topic):
+    from ...errors import UserError
     found = [c for c in reader.connections if c.topic == topic]
     if not found:
-        raise KeyError(f'topic {topic!r} not in bag; it has {sorted({c.topic for c in reader.connections})}')
+        raise UserError(f'{reader.path}: no topic {topic!r} in this bag; its topics: '
+                        f'{", ".join(sorted({c.topic for c in reader.connections}))}')
     return found
 
 

@@ -376,7 +376,11 @@ def detect_layout(root):
     if (root / 'classes.yaml').exists() or (root / 'images').is_dir() or any(
             (root / s / 'images').is_dir() for s in ('train', 'val', 'test')):
         return 'generic'
-    raise ValueError(f'cannot tell the dataset layout of {root}')
+    from ...errors import UserError
+    if not root.exists():
+        raise UserError(f'{root}: not found (give a dataset folder, a dataset YAML or a rosbag2 folder)')
+    raise UserError(f'{root}: not a dataset or a rosbag2 (expected images/ + masks/ + classes.yaml, an ADE20K, '
+                    'Cityscapes or CamVid folder, or a bag folder with metadata.yaml)')
 
 
 def open_dataset(spec, split=None, layout=None, **kw):

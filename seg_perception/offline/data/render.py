@@ -74,6 +74,7 @@ from seg_perception.classes import (
     SCENE_PALETTE,
     WALL,
 )
+from seg_perception.errors import UserError
 
 OCC_SIZE_M = 10.0
 OCC_RESOLUTION = 0.05
@@ -758,11 +759,11 @@ def add_arguments(parser):
     parser.add_argument('--split', default='', help='dataset: write into images/SPLIT/, masks/SPLIT/, ... '
                         '(e.g. train, val; use a different --seed per split)')
     parser.add_argument('--bag', help='rosbag2 directory to write')
-    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
-    parser.add_argument('--frames', type=int, default=100)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--width', type=int, default=320)
-    parser.add_argument('--height', type=int, default=240)
+    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='rosbag2 storage of --bag')
+    parser.add_argument('--frames', type=int, default=100, help='frames to render')
+    parser.add_argument('--seed', type=int, default=0, help='random seed (the same seed renders the same frames)')
+    parser.add_argument('--width', type=int, default=320, help='image width in pixels')
+    parser.add_argument('--height', type=int, default=240, help='image height in pixels')
     parser.add_argument('--clutter', default='0,1', help='lo,hi range of the per-sequence clutter level in [0, 1]')
     parser.add_argument('--seq-len', type=int, default=10, help='frames per scene')
     parser.add_argument('--layouts', default=','.join(LAYOUTS), help='comma list of ' + ', '.join(LAYOUTS))
@@ -777,20 +778,25 @@ def add_arguments(parser):
     parser.add_argument('--no-compression', action='store_true', help='bag: no zstd chunk compression (mcap)')
 
 
-def _pair(text):
-    lo, hi = (float(v) for v in text.split(','))
+def _pair(text, flag='range'):
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise UserError(f'{flag} {text!r} is not a lo,hi pair of numbers (e.g. 0,1)') from None
     return lo, hi
 
 
 def run(args):
     if not args.out and not args.bag:
-        print('nothing to do: give --out DIR and/or --bag PATH')
-        return 2
+        raise UserError('nothing to do: give --out DIR and/or --bag PATH')
+    for flag in ('clutter', 'fov', 'cam_height', 'pitch'):
+        _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
+    if args.bag and Path(args.bag).exists():
+        raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
     layouts = tuple(s.strip() for s in args.layouts.split(',') if s.strip())
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:
-        print(f'unknown layouts: {sorted(unknown)}')
-        return 2
+        raise UserError(f'--layouts: unknown {", ".join(sorted(unknown))} (known: {", ".join(LAYOUTS)})')
     frames = render_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
                            clutter=_pair(args.clutter), seq_len=args.seq_len, layouts=layouts,
                            fov_range=_pair(args.fov), height_range=_pair(args.cam_height),

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
+from ...errors import UserError
 from ...runtime import metadata as md
 from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 from .onnx_graph import OUTPUTS, set_metadata, with_logits_output
@@ -326,17 +327,18 @@ def format_report(report):
 def read_training_checkpoint(path):
     """(state_dict, info) from one of our trainer's checkpoints (a dict with 'model' and optional 'arch',
     'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size') or from a bare state dict."""
-    obj = torch.load(str(path), map_location='cpu', weights_only=True)
+    from ...nets.checkpoint import torch_load_weights
+    obj = torch_load_weights(path)
     if not isinstance(obj, dict):
-        raise ValueError(f'{path}: expected a checkpoint dict, got {type(obj).__name__}')
+        raise UserError(f'{path}: not a seg_perception checkpoint (a {type(obj).__name__}, not a dict)')
     if isinstance(obj.get('model'), dict):
         info = {k: obj[k] for k in ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size')
                 if obj.get(k) is not None}
         return obj['model'], info
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}
-    raise ValueError(f'{path}: neither a training checkpoint (no "model" state dict) nor a bare state dict; '
-                     'use --official for an official checkpoint')
+    raise UserError(f'{path}: not a seg_perception checkpoint (no "model" state dict, not a bare state dict); '
+                    'use --official for an official checkpoint')
 
 
 def read_classes_file(path):
@@ -373,8 +375,8 @@ def add_arguments(parser):
     parser.add_argument('--token-buckets', type=float, nargs='+', metavar='FRACTION',
                         help='token-pass: pad the kept tokens up to these fractions of all tokens, so TensorRT '
                              'sees a few fixed shapes (e.g. 0.25 0.5 0.75 1.0)')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET)
-    parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset version')
+    parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript', help='torch.onnx exporter')
     parser.add_argument('--tolerance', type=float, default=PARITY_RTOL, help='relative ORT vs PyTorch tolerance')
     parser.add_argument('-o', '--output', required=True, help='the .onnx file to write')
     group = parser.add_argument_group('int8 (ONNX Runtime static quantization, QDQ, per-channel)')
@@ -426,9 +428,8 @@ def _resolve(args):
 def run(args):
     try:
         model, meta, input_size = _resolve(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f'error: {exc}')
-        return 2
+    except (ValueError, KeyError) as exc:  # arguments that do not fit the checkpoint; missing files go as they are
+        raise UserError(exc.args[0] if exc.args else str(exc)) from None
     try:
         report = export_model(model, args.output, meta, input_size, dynamic=not args.fixed_size, opset=args.opset,
                               exporter=args.exporter, tolerance=args.tolerance)

@@ -21,52 +21,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 
 from ...runtime import engine as eng
-from ..data.datasets import read_rgb
+from ..data.images import evenly_spaced, load_images
 from .onnx_graph import postprocess_node_names, read_metadata, set_metadata
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff', '.webp')
 DEFAULT_CALIB_COUNT = 64
 
 
-def _evenly_spaced(n, count):
-    if count <= 0 or count >= n:
-        return list(range(n))
-    return sorted({int(round(v)) for v in np.linspace(0, n - 1, count)})
-
-
-def image_files(folder):
-    """Sorted image files of ``folder`` (or of ``folder/images`` for a dataset folder)."""
-    folder = Path(folder)
-    if (folder / 'images').is_dir():
-        folder = folder / 'images'
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def load_calibration_images(src, topic='/camera/image_raw', count=DEFAULT_CALIB_COUNT):
-    """``count`` RGB uint8 images spread evenly over ``src``: a folder of images / a dataset folder, or a
-    rosbag2 path (messages of ``topic``, Image or CompressedImage)."""
-    src = Path(src)
-    if src.is_dir() and not (src / 'metadata.yaml').exists():
-        files = image_files(src)
-        if not files:
-            raise ValueError(f'no images in {src}')
-        return [read_rgb(files[i]) for i in _evenly_spaced(len(files), count)]
-    from ..data.bags import decode, read_raw_messages
-    total = sum(1 for _ in read_raw_messages(str(src), [topic]))
-    if not total:
-        raise ValueError(f'no messages on {topic} in {src}')
-    wanted = set(_evenly_spaced(total, count))
-    images = []
-    for i, (_, msgtype, raw, _) in enumerate(read_raw_messages(str(src), [topic])):
-        if i in wanted:
-            image = decode(raw, msgtype)[2]
-            images.append(cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image)
-    return images
+    """``count`` RGB uint8 images spread evenly over ``src``: what ``render`` writes, a folder of images, a
+    dataset folder or YAML, or a rosbag2 path (messages of ``topic``); see :func:`..data.images.load_images`."""
+    return load_images(src, count=count, topic=topic)
 
 
 def engine_input(rgb, meta):
@@ -141,7 +109,7 @@ def eval_pairs(spec, count=0, split=None):
     dataset = open_dataset(spec, split=split)
     if not len(dataset):
         raise ValueError(f'{spec}: empty dataset')
-    return [dataset[i] for i in _evenly_spaced(len(dataset), count)]
+    return [dataset[i] for i in evenly_spaced(len(dataset), count)]
 
 
 def compare_models(fp32_path, int8_path, images, masks=None, threads=1, latency_runs=20):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import UserError
 from .metrics import ConfusionMatrix
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
@@ -75,7 +76,7 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
     tp = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size)
     st = SegmentationEngine(static, providers=providers, intra_op_threads=threads, input_size=input_size)
     if not tp.has_exit_threshold:
-        raise ValueError(f'{model}: not a token-pass model (no exit_threshold input)')
+        raise UserError(f'{model}: not a token-pass model (no exit_threshold input)')
     if threshold is None:
         threshold = float(tp.meta.get('exit_threshold', 1.0))
     if tp.names != st.names:

@@ -11,13 +11,15 @@ Matrix products inside a counted module (the addmm of ``nn.Linear``, the bin sum
 module) are not counted again. ``count_macs`` works for any ``nn.Module``.
 """
 import collections
+import difflib
 
 import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from ...nets import create_model
+from ...errors import UserError
+from ...nets import create_model, list_models
 from ...nets._layers import ExportableAdaptiveAvgPool2d
 
 __all__ = ['count_macs', 'count_params', 'add_arguments', 'run']
@@ -142,12 +144,17 @@ def count_params(model):
 
 def add_arguments(parser):
     parser.add_argument('--arch', required=True, help='registered model name (see seg_perception.nets)')
-    parser.add_argument('--num-classes', type=int, default=150)
-    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 512))
+    parser.add_argument('--num-classes', type=int, default=150, help='classes of the segmentation head')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 512),
+                        help='input height and width')
     parser.add_argument('--details', action='store_true', help='also print MACs per category')
 
 
 def run(args):
+    if args.arch not in list_models():
+        close = difflib.get_close_matches(args.arch, list_models(), n=1)
+        raise UserError(f'--arch {args.arch}: unknown model' + (f"; did you mean '{close[0]}'?" if close else '')
+                        + f' (known: {", ".join(list_models())})')
     model = create_model(args.arch, num_classes=args.num_classes)
     h, w = args.input_size
     total, details = count_macs(model, (1, 3, h, w))

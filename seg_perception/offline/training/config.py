@@ -113,6 +113,16 @@ def _type_name(key):
     return type(DEFAULTS[key]).__name__
 
 
+def config_keys_help() -> str:
+    """Every config key with its type and default, one per line (for ``seg-perception train --help``)."""
+    width = max(len(k) for k in DEFAULTS)
+    types = {key: _type_name(key) for key in DEFAULTS}
+    type_width = max(len(t) for t in types.values())
+    lines = ['config keys (YAML or key=value; type, default):']
+    lines += [f'  {key:<{width}}  {types[key]:<{type_width}}  {value!r}' for key, value in DEFAULTS.items()]
+    return '\n'.join(lines)
+
+
 def check_config(cfg: dict) -> dict:
     """Return ``cfg`` merged over DEFAULTS; unknown keys (ValueError, with a close-match hint), wrong types
     (TypeError) and impossible values (ValueError) are refused."""

@@ -45,11 +45,12 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ...errors import UserError
 from ...nets import SegmentationModel
 from ..evaluation.metrics import ConfusionMatrix
 from ..predict import load_checkpoint, predict
 from .augment import InfiniteSampler, TrainDataset, mix_seed, open_data, worker_init
-from .config import check_config, load_config
+from .config import check_config, config_keys_help, load_config
 
 # --------------------------------------------------------------------------------------------------- model
 
@@ -425,13 +426,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('config', help='flat YAML config (see config/train/)')
     parser.add_argument('overrides', nargs='*', metavar='key=value',
                         help='override config keys, values parsed as YAML (e.g. lr=0.001 crop_size=[192,256])')
+    parser.epilog = config_keys_help()
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
-    except (ValueError, TypeError, OSError) as exc:
-        print(f'seg-perception train: {exc}')
-        return 2
+    except (ValueError, TypeError) as exc:  # config mistakes; a missing file reaches the CLI as it is
+        raise UserError(str(exc)) from None
     report = train(cfg)
     return 0 if report is None or report['finished'] else 1
