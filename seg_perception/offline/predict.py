@@ -54,9 +54,9 @@ def checkpoint_preprocessing(info: dict) -> dict:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tuple[nn.Module, dict]:
     """(model in eval mode, checkpoint dict) from one of our training checkpoints."""
+    from ..errors import UserError
     from ..nets import create_model
     from ..nets.checkpoint import torch_load_weights
-    from .cli import UserError
 
     ckpt = torch_load_weights(path)
     missing = [k for k in ('model', 'arch', 'num_classes') if not isinstance(ckpt, dict) or k not in ckpt]

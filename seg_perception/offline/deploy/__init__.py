@@ -3,5 +3,6 @@
 Owns ONNX export with metadata and parity checks (``export``), the ONNX graph and metadata helpers both
 export and quantization use (``onnx_graph``) and static int8 quantization (``quantize``). May import torch, onnx,
 onnxruntime, ``seg_perception.nets``, ``seg_perception.runtime`` (metadata schema, engine), ``offline.data``
-(calibration frames) and ``offline.evaluation`` (metrics, MAC counting); never training.
+(calibration frames), ``offline.predict`` (the preprocessing a checkpoint was trained with) and
+``offline.evaluation`` (metrics, MAC counting); never training.
 """

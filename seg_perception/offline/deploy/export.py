@@ -326,13 +326,14 @@ def format_report(report):
 
 def read_training_checkpoint(path):
     """(state_dict, info) from one of our trainer's checkpoints (a dict with 'model' and optional 'arch',
-    'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size') or from a bare state dict."""
+    'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode') or from a bare state dict."""
     from ...nets.checkpoint import torch_load_weights
     obj = torch_load_weights(path)
     if not isinstance(obj, dict):
         raise UserError(f'{path}: not a seg_perception checkpoint (a {type(obj).__name__}, not a dict)')
     if isinstance(obj.get('model'), dict):
-        info = {k: obj[k] for k in ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size')
+        info = {k: obj[k] for k in ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size',
+                                    'resize_mode')
                 if obj.get(k) is not None}
         return obj['model'], info
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -364,7 +365,10 @@ def add_arguments(parser):
     parser.add_argument('--num-classes', type=int, help='default: the checkpoint\'s, else the --classes count')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                         help='network input size the engine resizes to (default: the checkpoint\'s)')
-    parser.add_argument('--resize-mode', choices=md.RESIZE_MODES, default='letterbox')
+    parser.add_argument('--resize-mode', choices=md.RESIZE_MODES,
+                        help="how the engine fits images into the input size (default: the training checkpoint's; "
+                             "'resize' for our checkpoints that predate recording it; 'letterbox' for official or "
+                             "bare weights)")
     parser.add_argument('--classes', help='YAML with the class names (and optional palette)')
     parser.add_argument('--mean', type=float, nargs=3, help='0-255 RGB mean (default: checkpoint, else ImageNet)')
     parser.add_argument('--std', type=float, nargs=3, help='0-255 RGB std (default: checkpoint, else ImageNet)')
@@ -395,6 +399,7 @@ def add_arguments(parser):
 def _resolve(args):
     """Model, metadata and input size from the arguments, the checkpoint's info filling the gaps."""
     from ...nets import create_model, load_official_checkpoint
+    from ..predict import checkpoint_preprocessing
     state, info, sha = None, {}, None
     if args.checkpoint:
         sha = file_sha256(args.checkpoint)
@@ -404,7 +409,8 @@ def _resolve(args):
                                     else (info.get('classes'), info.get('palette'), None))
     arch = args.arch or info.get('arch')
     num_classes = args.num_classes or info.get('num_classes') or (len(names) if names else None)
-    input_size = args.input_size or info.get('input_size')
+    prep = checkpoint_preprocessing(info)   # what training used; explicit flags override it
+    input_size = args.input_size or prep['input_size']
     missing = [flag for flag, value in (('--arch', arch), ('--num-classes', num_classes),
                                         ('--input-size', input_size)) if not value]
     if missing:
@@ -416,8 +422,8 @@ def _resolve(args):
     elif state is not None:
         model.load_state_dict(state, strict=True)
     meta = build_metadata(int(num_classes), input_size, names=names, palette=palette,
-                          mean=args.mean or info.get('mean'), std=args.std or info.get('std'),
-                          resize_mode=args.resize_mode, arch=arch, checkpoint_sha256=sha,
+                          mean=args.mean or prep['mean'], std=args.std or prep['std'],
+                          resize_mode=args.resize_mode or prep['resize_mode'], arch=arch, checkpoint_sha256=sha,
                           ignore_index=IGNORE_INDEX if ignore_index is None else ignore_index,
                           description=args.description)
     if args.exit_threshold is not None:
