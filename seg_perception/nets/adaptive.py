@@ -1,0 +1,339 @@
+"""Adaptive TopFormer: a TopFormer-tiny trunk and early head for the whole frame, and a deeper head that reuses
+the trunk's features on the uncertain tiles only (issue 9, options a + b: multi-exit with shared computation,
+applied per region). The per-frame cost follows how much of the frame the early head is unsure about.
+
+Model
+  * Trunk + early head: exactly TopFormer-tiny (``backbone`` / ``decode_head`` with TopFormer's module names, so
+    a trained ``topformer_tiny`` checkpoint initialises them key for key). Its logits at 1/8 are the "cheap path".
+  * Deep head (``deep``): on windows of the 1/8 feature map, input = the trunk's fused 1/8 features (the sum of
+    the injection modules' outputs that the early head reads), the 1/8 token-pyramid tap, the 1/4 tap folded to
+    1/8 (pixel unshuffle: boundary detail) and the early logits; a 1x1 projection, ``deep_depth`` MobileNetV2
+    blocks, a 1x1 fuse and a classifier. Everything is local, so the deep head only needs the window.
+  * Tiles: the 1/8 map (zero-padded up to a multiple of ``tile``) is cut into tile x tile cells (8 x 8 cells =
+    64 x 64 pixels); the deep head sees each tile with ``halo`` cells of context on each side (zeros outside the
+    frame) and writes the tile's centre. "The full model" = the deep head on every tile (``forward(x)`` in eval
+    mode, and training).
+
+The knob: ``refine_threshold`` (a run-time input, float32 scalar, like the token-pass model's exit threshold)
+  A cell is uncertain when the early head's max softmax probability is below ``refine_threshold``; a tile is
+  refined when more than ``min_uncertain`` (2 %) of its cells are uncertain, and every tile is refined when
+  ``refine_threshold >= 1``. So 0.0 = never refine (output == TopFormer-tiny's), 1.0 = always refine (output ==
+  the full model's), 0.9 the default (``refine_conf``; on the sample bag such tiles are ~42 % of tiles and hold
+  ~98 % of the early head's errors). Higher = more tiles = more cost.
+
+Gather / scatter and TensorRT
+  The refined tiles' windows are gathered from the padded feature map (data-dependent index), batched through
+  the deep head and their centres scattered back into the early logits; unrefined tiles keep the early logits.
+  The number of gathered windows is at least 1 (a masked slot when no tile is refined: ONNX Runtime's Gather
+  dies with SIGFPE on an empty index) and, with ``tile_buckets`` (fractions of all tiles, e.g. ``(0.125, 0.25,
+  0.5, 1.0)``), rounded up to the smallest bucket, so the deep head sees a few fixed batch sizes per input size.
+  Masked slots are computed and discarded (``torch.where``): buckets change the cost, never the output.
+
+Run-time API (eval mode)
+  * ``model(x, refine_threshold=None)`` -> logits (N, C, H/8, W/8); ``None`` = the full model.
+  * ``model.forward_with_stats(x, refine_threshold)`` -> ``(logits, refined_fraction (1,), macs ())``:
+    fraction of tiles refined (batch mean; masked bucket slots not included) and the MACs per image actually
+    spent (trunk + early head + deep head on every gathered window, masked slots included). Exported with the
+    input ``refine_threshold`` and outputs ``refined_fraction``, ``macs`` (``knob_name``, ``stats_outputs``).
+  * ``model.trunk_macs(h, w)`` (the cheap path), ``model.window_macs`` (the deep head on one window):
+    the counting rules of ``seg_perception.offline.evaluation.flops.count_macs`` (convolutions with their bias,
+    BatchNorm 2 per element, activations 1 per output element, pooling 1 per input element, the attention
+    matmuls), measured once per module at construction on a probe input and kept as per-scale coefficients,
+    so ``macs`` is exact at every input size (all strided convolutions halve with ceil).
+
+Training: train mode returns ``{'logits': full model (deep head on every tile), 'aux': [early logits]}``;
+the inherited ``training_loss`` is CE(full) + ``aux_loss_weight`` (1.0: the early head decides and answers for
+most tiles, so it trains as hard as the deep head) * CE(early), plus distillation of the full model's logits.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._base import SegmentationModel
+from ._layers import (
+    ConvNormAct,
+    ExportableAdaptiveAvgPool2d,
+    InvertedResidual,
+    filter_mmseg_state_dict,
+    resize_bilinear,
+)
+from ._registry import register_model
+from .topformer import Attention as TopFormerAttention
+from .topformer import SimpleHead, Topformer
+from .topformer import model_cfgs as topformer_cfgs
+
+__all__ = ['AdaptiveTopFormer', 'DeepHead', 'model_cfgs', 'select_tiles']
+
+
+class DeepHead(nn.Module):
+    """The deep path on a batch of windows: 1x1 projection, MobileNetV2 blocks, 1x1 fuse, classifier."""
+
+    def __init__(self, in_channels, channels, depth, expand_ratio, kernel_size, num_classes, dropout_ratio=0.1):
+        super().__init__()
+        self.proj = ConvNormAct(in_channels, channels, act_layer=nn.ReLU)
+        self.blocks = nn.Sequential(*(InvertedResidual(channels, channels, kernel_size, 1, expand_ratio)
+                                      for _ in range(depth)))
+        self.fuse = ConvNormAct(channels, channels, act_layer=nn.ReLU)
+        self.dropout = nn.Dropout2d(dropout_ratio)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x):
+        return self.conv_seg(self.dropout(self.fuse(self.blocks(self.proj(x)))))
+
+
+def select_tiles(selected, bucket_fractions=None):
+    """Which tiles the deep head processes. ``selected`` (B, T) bool -> ``ids`` (B, k) with each image's
+    selected tiles first (original order) and ``valid`` (B, k) marking them. k = the batch's largest count,
+    at least 1 (a masked slot), rounded up to a bucket (fractions of T) when ``bucket_fractions`` are given."""
+    total = selected.shape[1]
+    position = torch.arange(total, device=selected.device)
+    order = torch.argsort((~selected).long() * total + position, dim=1)
+    need = selected.sum(1).amax(0).clamp(min=1)
+    if bucket_fractions is not None:
+        all_tiles = torch.ones_like(position).sum()
+        sizes = torch.ceil(torch.tensor(bucket_fractions, device=selected.device) * all_tiles).long()
+        need = torch.where(sizes >= need, sizes, all_tiles).amin(0)
+    ids = order.index_select(1, torch.arange(need, device=selected.device))
+    return ids, selected.gather(1, ids)
+
+
+def _module_macs(module, inputs, output):
+    """(MACs, what they scale with) of one module call, by the rules of ``offline.evaluation.flops``:
+    ('area', tensor) = proportional to that tensor's H*W, ('n2', n) = to n^2, or None."""
+    x = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None
+    if isinstance(module, nn.Conv2d):
+        per = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        per += 1 if module.bias is not None else 0
+        return output.numel() * per, ('area', output)
+    if isinstance(module, nn.BatchNorm2d):
+        return 2 * x.numel(), ('area', x)
+    if isinstance(module, (nn.ReLU, nn.ReLU6)):
+        return output.numel(), ('area', output)
+    if isinstance(module, ExportableAdaptiveAvgPool2d):
+        return x.numel(), ('area', x)
+    if isinstance(module, TopFormerAttention):   # q k^T and attn v (its projections are counted as convs)
+        n = x.shape[-2] * x.shape[-1]
+        return x.shape[0] * module.num_heads * n * n * (module.key_dim + module.d), ('n2', n)
+    if isinstance(module, (nn.Linear, nn.LayerNorm, nn.GroupNorm, nn.Upsample, nn.modules.pooling._AvgPoolNd,
+                           nn.modules.pooling._MaxPoolNd)):
+        raise TypeError(f'{type(module).__name__}: no MAC rule here; add one (see offline/evaluation/flops.py)')
+    return None
+
+
+def _probe_macs(root, run):
+    """Call ``run()`` with hooks on every module of ``root``; returns the (MACs, scale) of each call."""
+    records, handles = [], []
+
+    def hook(module, inputs, output):
+        found = _module_macs(module, inputs, output)
+        if found is not None:
+            records.append(found)
+
+    for m in root.modules():
+        handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
+class AdaptiveTopFormer(SegmentationModel):
+    """TopFormer trunk + early head on the whole frame, deep head on the uncertain tiles. See the module doc."""
+
+    checkpoint_format = 'mmseg'
+    knob_name = 'refine_threshold'
+    stats_outputs = ('refined_fraction', 'macs')
+    aux_loss_weight = 1.0
+    _PROBE_HW = (128, 192)   # multiples of 64: every scale of the trunk (1/2 .. 1/64) divides it
+
+    def __init__(self, trunk='tiny', num_classes=150, deep_channels=96, deep_depth=2, deep_expand=3,
+                 deep_kernel=5, tile=8, halo=2, min_uncertain=0.02, refine_conf=0.9, tile_buckets=None,
+                 drop_path_rate=0.1):
+        super().__init__()
+        cfg = topformer_cfgs[trunk]
+        if tile < 1 or halo < 0:
+            raise ValueError(f'tile {tile} must be >= 1 and halo {halo} >= 0')
+        self.tile_buckets = tuple(tile_buckets) if tile_buckets else None
+        if self.tile_buckets and (max(self.tile_buckets) != 1.0 or min(self.tile_buckets) <= 0):
+            raise ValueError(f'tile_buckets {tile_buckets} must be fractions in (0, 1] including 1.0')
+        self.num_classes = num_classes
+        self.tile, self.halo = int(tile), int(halo)
+        self.min_uncertain = float(min_uncertain)
+        self.refine_conf = float(refine_conf)
+        self.backbone = Topformer(cfg['cfgs'], cfg['tap_indices'], cfg['channels'], cfg['out_channels'],
+                                  cfg['num_heads'], drop_path_rate=drop_path_rate)
+        self.decode_head = SimpleHead(cfg['head_channels'], num_classes, is_dw=cfg['head_is_dw'])
+        channels = cfg['channels']
+        deep_in = cfg['out_channels'] + channels[1] + 4 * channels[0] + num_classes
+        self.deep = DeepHead(deep_in, deep_channels, deep_depth, deep_expand, deep_kernel, num_classes)
+        self._calibrate_macs()
+
+    # ------------------------------------------------------------------ MAC accounting
+
+    def _calibrate_macs(self):
+        """Per-scale MAC coefficients of the trunk + early head, and the MACs of the deep head on one window."""
+        was_training = self.training
+        self.eval()
+        try:
+            h, w = self._PROBE_HW
+            records = _probe_macs(self, lambda: self.trunk(torch.zeros(1, 3, h, w)))   # the deep head is idle
+            coef = {}
+            for macs, (kind, ref) in records:
+                if kind == 'n2':
+                    key, unit = 'n2', ref * ref
+                else:
+                    level = (h // ref.shape[-2]).bit_length() - 1
+                    if ref.shape[-2] << level != h or ref.shape[-1] << level != w:
+                        raise ValueError(f'probe: a {tuple(ref.shape)} map is not a power-of-2 scale of {h}x{w}')
+                    key, unit = level, ref.shape[-2] * ref.shape[-1]
+                if macs % unit:
+                    raise ValueError(f'probe: {macs} MACs are not a multiple of the scale unit {unit}')
+                coef[key] = coef.get(key, 0) + macs // unit
+            self._trunk_coef = coef
+            size = self.tile + 2 * self.halo
+            window = torch.zeros(1, self.deep.proj.conv.in_channels, size, size)
+            self.window_macs = int(sum(m for m, _ in _probe_macs(self.deep, lambda: self.deep(window))))
+        finally:
+            self.train(was_training)
+
+    def trunk_macs(self, h, w):
+        """MACs of the trunk + early head for one (h, w) input (ints, or traced sizes inside an export)."""
+        total = 0
+        for key, c in self._trunk_coef.items():
+            if key == 'n2':
+                n = ((h + 63) // 64) * ((w + 63) // 64)   # TopFormer's pooled token grid: ceil(H/64) x ceil(W/64)
+                total = total + c * n * n
+            else:
+                s = 1 << key
+                total = total + c * (((h + s - 1) // s) * ((w + s - 1) // s))
+        return total
+
+    def num_tiles(self, h, w):
+        """Tiles of an (h, w) input (the 1/8 map padded up to whole tiles)."""
+        t = 8 * self.tile
+        return ((h + t - 1) // t) * ((w + t - 1) // t)
+
+    # ------------------------------------------------------------------ forward
+
+    def trunk(self, x):
+        """-> (early logits at 1/8, deep-head input features at 1/8). Same arithmetic as TopFormer.forward."""
+        bb = self.backbone
+        taps = bb.tpm(x)
+        global_tokens = bb.trans(bb.ppa(taps)).split(bb.channels, dim=1)
+        features = [bb.SIM[i](taps[i], global_tokens[i]) for i in bb.decode_out_indices]
+        fused = features[0]
+        for f in features[1:]:
+            fused = fused + resize_bilinear(f, fused.shape[-2:])
+        head = self.decode_head
+        early = head.conv_seg(head.dropout(head.linear_fuse(fused)))
+        return early, torch.cat([fused, taps[1], F.pixel_unshuffle(taps[0], 2), early], dim=1)
+
+    def _grid(self, early):
+        h8, w8 = early.shape[-2], early.shape[-1]
+        pad_h, pad_w = (self.tile - h8 % self.tile) % self.tile, (self.tile - w8 % self.tile) % self.tile
+        return h8, w8, pad_h, pad_w, (h8 + pad_h) // self.tile, (w8 + pad_w) // self.tile
+
+    def _padded_features(self, features, pad_h, pad_w):
+        m = self.halo
+        return F.pad(features, (m, m + pad_w, m, m + pad_h))
+
+    def _crop(self, deep):
+        m, t = self.halo, self.tile
+        return deep[:, :, m:m + t, m:m + t]
+
+    def full(self, early, features):
+        """The deep head on every tile (dense windows with F.unfold) -> logits at 1/8."""
+        b, k = early.shape[0], early.shape[1]
+        h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
+        size, t = self.tile + 2 * self.halo, self.tile
+        windows = F.unfold(self._padded_features(features, pad_h, pad_w), size, stride=t)
+        windows = windows.reshape(b, features.shape[1], size, size, ty * tx).permute(0, 4, 1, 2, 3)
+        out = self._crop(self.deep(windows.reshape(b * ty * tx, features.shape[1], size, size)))
+        out = out.reshape(b, ty, tx, k, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, k, ty * t, tx * t)
+        return out[:, :, :h8, :w8]
+
+    def refine(self, early, features, threshold):
+        """The adaptive forward -> (logits at 1/8, selected (B, T) bool, gathered windows per image)."""
+        b, k = early.shape[0], early.shape[1]
+        h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
+        size, t, c = self.tile + 2 * self.halo, self.tile, features.shape[1]
+        if not torch.is_tensor(threshold):
+            threshold = torch.tensor(float(threshold))
+        threshold = threshold.to(early.dtype)
+        conf = F.pad(early.softmax(dim=1).amax(dim=1), (0, pad_w, 0, pad_h), value=1.0)
+        uncertain = (conf < threshold).to(early.dtype)
+        counts = uncertain.reshape(b, ty, t, tx, t).sum(dim=(2, 4)).reshape(b, ty * tx)
+        selected = (counts > self.min_uncertain * t * t) | (threshold >= 1.0)
+        ids, valid = select_tiles(selected, self.tile_buckets)
+        row, col = ids // tx, ids % tx
+        # window pixels in the halo-padded map (width wp), tile pixels in the tile-padded map (width tx * t)
+        wp = tx * t + 2 * self.halo
+        offsets = torch.arange(size, device=ids.device)
+        window_off = (offsets[:, None] * wp + offsets[None, :]).reshape(-1)
+        tile_off = (offsets[:t, None] * (tx * t) + offsets[None, :t]).reshape(-1)
+        window_idx = ((row * t * wp + col * t)[:, :, None] + window_off).reshape(b, -1)
+        tile_idx = ((row * t * (tx * t) + col * t)[:, :, None] + tile_off).reshape(b, -1)
+        padded = self._padded_features(features, pad_h, pad_w).flatten(2)
+        windows = padded.gather(2, window_idx[:, None].expand(-1, c, -1))
+        n = ids.shape[1]
+        windows = windows.reshape(b, c, n, size, size).permute(0, 2, 1, 3, 4).reshape(b * n, c, size, size)
+        deep = self._crop(self.deep(windows)).reshape(b, n, k, t * t).permute(0, 2, 1, 3).reshape(b, k, n * t * t)
+        canvas = F.pad(early, (0, pad_w, 0, pad_h)).flatten(2)
+        index = tile_idx[:, None].expand(-1, k, -1)
+        keep = valid[:, None, :, None].expand(-1, 1, -1, t * t).reshape(b, 1, n * t * t)
+        deep = torch.where(keep, deep, canvas.gather(2, index))
+        logits = canvas.scatter(2, index, deep).reshape(b, k, ty * t, tx * t)[:, :, :h8, :w8]
+        return logits, selected, torch.ones_like(ids[0]).sum()
+
+    def forward(self, x, refine_threshold=None):
+        early, features = self.trunk(x)
+        if self.training:
+            return {'logits': self.full(early, features), 'aux': [early]}
+        if refine_threshold is None:
+            return self.full(early, features)
+        return self.refine(early, features, refine_threshold)[0]
+
+    def forward_with_stats(self, x, refine_threshold=None):
+        """-> (logits (N, C, H/8, W/8), refined_fraction float32 (1,), macs float32 () per image)."""
+        early, features = self.trunk(x)
+        h, w = x.shape[-2], x.shape[-1]
+        if refine_threshold is None:
+            logits = self.full(early, features)
+            fraction, windows = torch.ones(1), self.num_tiles(h, w)
+        else:
+            logits, selected, windows = self.refine(early, features, refine_threshold)
+            fraction = selected.float().mean(1).mean(0).reshape(1)
+        macs = self.trunk_macs(h, w) + windows * self.window_macs
+        macs = macs if torch.is_tensor(macs) else torch.tensor(macs)
+        return logits, fraction, macs.to(torch.float32).reshape(())
+
+    def checkpoint_filter_fn(self, state_dict):
+        """An official TopFormer checkpoint of the trunk's variant fills ``backbone`` and ``decode_head``
+        (the deep head stays as initialised: train it)."""
+        return filter_mmseg_state_dict(self, state_dict)
+
+
+model_cfgs = {
+    # the trunk is TopFormer-tiny in both; the deep heads differ (MACs per 12x12 window: see `flops`)
+    'tiny': dict(trunk='tiny', deep_channels=96, deep_depth=2, deep_expand=3, deep_kernel=5),
+    'small': dict(trunk='tiny', deep_channels=128, deep_depth=3, deep_expand=4, deep_kernel=5),
+}
+
+
+def _create(variant, num_classes, **kwargs):
+    return AdaptiveTopFormer(num_classes=num_classes, **{**model_cfgs[variant], **kwargs})
+
+
+@register_model
+def adaptive_topformer_tiny(num_classes=150, **kwargs):
+    """TopFormer-tiny trunk + a light deep head on uncertain 64x64-pixel tiles."""
+    return _create('tiny', num_classes, **kwargs)
+
+
+@register_model
+def adaptive_topformer_small(num_classes=150, **kwargs):
+    """TopFormer-tiny trunk + a heavier deep head (3 blocks of 128 channels)."""
+    return _create('small', num_classes, **kwargs)
