@@ -29,7 +29,7 @@ setup(
         'ros': ROS_WHEELS,
         'ros-jazzy': ROS_JAZZY_WHEELS,
         'train': TRAIN,
-        'test': ['pytest', 'pytest-timeout', 'ruff'] + TRAIN,
+        'test': ['pytest', 'pytest-timeout', 'ruff', 'hypothesis'] + TRAIN,
     },
     zip_safe=True,
     maintainer='seg_perception developers',

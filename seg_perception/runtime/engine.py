@@ -45,7 +45,8 @@ class SegResult:
     latency_ms: float           # whole infer(): pre + model + post
     model_ms: float             # ONNX Runtime run only
     kept_fraction: np.ndarray = None  # token-pass models: fraction of tokens active after each stage
-    macs: float = None          # token-pass models: MACs actually spent on this frame
+    macs: float = None          # token-pass / adaptive models: MACs actually spent on this frame
+    refined_fraction: float = None  # adaptive TopFormer: fraction of tiles the deep head refined
 
 
 def select_providers(preferred, available=None):
@@ -175,16 +176,18 @@ class SegmentationEngine:
             raise EngineError(f'{self.model_path}: output_kind {self.meta["output_kind"]!r} needs outputs '
                               f'{missing} (graph has {outputs})')
         self.has_exit_threshold = 'exit_threshold' in inputs
-        self._outputs = list(need) + [n for n in ('kept_fraction', 'macs') if n in outputs]
+        self.has_refine_threshold = 'refine_threshold' in inputs
+        self._outputs = list(need) + [n for n in ('kept_fraction', 'refined_fraction', 'macs') if n in outputs]
 
     @property
     def static_macs(self):
         return self.meta.get('static_macs')
 
-    def infer(self, rgb, exit_threshold=None):
+    def infer(self, rgb, exit_threshold=None, refine_threshold=None):
         """Segment one HxWx3 uint8 RGB image (a 2-D array is taken as grey). Raises ValueError for input
         the engine cannot use (empty, wrong dtype or shape, too large). ``exit_threshold`` (token-pass models):
-        None = the model's stored default (1.0 = no early stop if it has none)."""
+        None = the model's stored default (1.0 = no early stop if it has none). ``refine_threshold`` (adaptive
+        TopFormer): None = the model's stored default; 0 = never refine, 1 = refine every tile."""
         t0 = time.perf_counter()
         rgb = self._check_image(rgb)
         geometry = compute_geometry(rgb.shape[:2], self.net_hw, self.meta['resize_mode'],
@@ -194,6 +197,10 @@ class SegmentationEngine:
             if exit_threshold is None:
                 exit_threshold = self.meta.get('exit_threshold', 1.0)
             feeds['exit_threshold'] = np.asarray(exit_threshold, np.float32)
+        if self.has_refine_threshold:
+            if refine_threshold is None:
+                refine_threshold = self.meta.get('refine_threshold', 1.0)
+            feeds['refine_threshold'] = np.asarray(refine_threshold, np.float32)
         t1 = time.perf_counter()
         outs = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
         t2 = time.perf_counter()
@@ -205,10 +212,12 @@ class SegmentationEngine:
         conf = restore(conf.astype(np.float32, copy=False), geometry, cv2.INTER_LINEAR)
         kept = outs.get('kept_fraction')
         macs = outs.get('macs')
+        refined = outs.get('refined_fraction')
         return SegResult(labels=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3,
                          model_ms=(t2 - t1) * 1e3,
                          kept_fraction=None if kept is None else np.asarray(kept, np.float32).reshape(-1),
-                         macs=None if macs is None else float(np.asarray(macs).reshape(-1)[0]))
+                         macs=None if macs is None else float(np.asarray(macs).reshape(-1)[0]),
+                         refined_fraction=None if refined is None else float(np.asarray(refined).reshape(-1)[0]))
 
     @staticmethod
     def _from_logits(logits, net_hw):

@@ -29,7 +29,7 @@ import yaml
 
 from seg_perception.classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff', '.webp')  # what cv2.imread reads
 
 ADE20K_CLASSES = (
     'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed', 'windowpane', 'grass', 'cabinet',

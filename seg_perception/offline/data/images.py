@@ -8,9 +8,8 @@ import cv2
 import numpy as np
 
 from ...errors import UserError
-from .datasets import detect_layout, is_bag, open_dataset, read_rgb
+from .datasets import IMAGE_SUFFIXES, detect_layout, is_bag, open_dataset, read_rgb
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff', '.webp')
 DEFAULT_TOPIC = '/camera/image_raw'
 
 

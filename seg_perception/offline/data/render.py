@@ -76,10 +76,11 @@ from seg_perception.classes import (
 )
 from seg_perception.errors import UserError
 
+from .bags import DEFAULT_START_NS as BAG_START_NS  # the one bag start time
+
 OCC_SIZE_M = 10.0
 OCC_RESOLUTION = 0.05
 NEAR, FAR = 0.05, 60.0
-BAG_START_NS = 1_700_000_000 * 10**9
 FRAME_PERIOD_NS = 100_000_000
 LAYOUTS = ('room', 'corridor', 'open')
 _FLOOR_HALF = 20.0

@@ -27,8 +27,6 @@ import numpy as np
 from ...errors import UserError
 from .metrics import ConfusionMatrix
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
-
 
 def iter_labelled_frames(data, image_topic=None, gt_topic=None, split='val', limit=0):
     """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of anything ``open_dataset`` opens."""
