@@ -77,6 +77,10 @@ PARAMETERS = {
     'exit_threshold': (-1.0, 'Token-pass models: tokens whose confidence passes this stop early (lower = '
                              'cheaper); 1.0 = no early stop; -1 = the value stored in the model.',
                        {'floating_point_range': _float_range(-1, 1)}),
+    'refine_threshold': (-1.0, 'Adaptive TopFormer: tiles whose early-head confidence falls below this go '
+                               'through the deep head (lower = cheaper); 0 = never refine, 1 = refine every tile; '
+                               '-1 = the value stored in the model.',
+                         {'floating_point_range': _float_range(-1, 1)}),
     'diagnostics_period': (1.0, 'Seconds between /diagnostics messages.',
                            {'floating_point_range': _float_range(0.1, 60)}),
     'stats_window': (10.0, 'Seconds of history behind latency percentiles and rates.',
@@ -271,7 +275,9 @@ class SegmentationPipeline:
             return
         rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         threshold = self.get_parameter('exit_threshold').value
-        result = engine.infer(rgb, exit_threshold=None if threshold < 0 else threshold)
+        refine = self.get_parameter('refine_threshold').value
+        result = engine.infer(rgb, exit_threshold=None if threshold < 0 else threshold,
+                              refine_threshold=None if refine < 0 else refine)
         header = msg.header
         if 'labels' in wanted:
             enc = 'mono8' if result.labels.dtype == np.uint8 else 'mono16'
@@ -291,6 +297,8 @@ class SegmentationPipeline:
         if result.kept_fraction is not None:
             self._last_kept = result.kept_fraction
             self.stats.add('kept_fraction', float(result.kept_fraction[-1]))
+        if result.refined_fraction is not None:
+            self.stats.add('refined_fraction', result.refined_fraction)
         if result.macs is not None:
             self.stats.add('gmacs', result.macs / 1e9)
 
@@ -312,11 +320,17 @@ class SegmentationPipeline:
         if kept.size:
             values['kept_fraction_mean'] = f'{kept.mean():.3f}'
             values['kept_fraction_last_per_stage'] = ' '.join(f'{v:.3f}' for v in self._last_kept)
+        refined = self.stats.values('refined_fraction')
+        if refined.size:
+            values['refined_tiles_fraction_mean'] = f'{refined.mean():.3f}'
+            values['refined_frames_fraction'] = f'{(refined > 0).mean():.3f}'
         gmacs = self.stats.values('gmacs')
         if gmacs.size:
             values['gmacs_per_frame_mean'] = f'{gmacs.mean():.3f}'
             if self.engine and self.engine.static_macs:
                 values['gmacs_static_model'] = f'{self.engine.static_macs / 1e9:.3f}'
+            if self.engine and self.engine.meta.get('cheap_macs'):
+                values['gmacs_cheap_path'] = f'{self.engine.meta["cheap_macs"] / 1e9:.3f}'
         if self.engine is None:
             level, message = DiagnosticStatus.ERROR, f'no model: {self.engine_error}'
         elif c['errors'] or (c['received'] > 10 and c['dropped'] > 0.5 * c['received']):

@@ -201,6 +201,10 @@ class SegmentationEngine:
             if refine_threshold is None:
                 refine_threshold = self.meta.get('refine_threshold', 1.0)
             feeds['refine_threshold'] = np.asarray(refine_threshold, np.float32)
+        if self.has_refine_threshold:
+            if refine_threshold is None:
+                refine_threshold = self.meta.get('refine_threshold', 1.0)
+            feeds['refine_threshold'] = np.asarray(refine_threshold, np.float32)
         t1 = time.perf_counter()
         outs = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
         t2 = time.perf_counter()
@@ -212,6 +216,7 @@ class SegmentationEngine:
         conf = restore(conf.astype(np.float32, copy=False), geometry, cv2.INTER_LINEAR)
         kept = outs.get('kept_fraction')
         macs = outs.get('macs')
+        refined = outs.get('refined_fraction')
         refined = outs.get('refined_fraction')
         return SegResult(labels=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3,
                          model_ms=(t2 - t1) * 1e3,

@@ -6,13 +6,15 @@ one place that defines it.
 ONNX graph convention (``output_kind``):
   * input ``images``: float32 (N, 3, H, W), RGB, already normalised with ``mean``/``std`` (0-255 scale);
     H and W are dynamic when ``dynamic_hw`` is 'true' (any multiple of ``stride``), else fixed to ``input_size``.
-  * optional input ``exit_threshold``: float32 scalar (token-pass models; >= 1.0 means no token stops).
+  * optional input ``exit_threshold``: float32 scalar (token-pass models; >= 1.0 means no token stops), or
+    ``refine_threshold``: float32 scalar (adaptive TopFormer; 0 = never refine, >= 1.0 = refine every tile).
   * ``output_kind == 'labels'``: outputs ``labels`` int64 (N, H, W) and ``confidence`` float32 (N, H, W)
     (max softmax probability), both at the network input size (logits upsampled bilinearly inside the graph).
   * ``output_kind == 'logits'``: output ``logits`` float32 (N, C, h, w) at any resolution; the engine
     upsamples and takes softmax/argmax.
   * optional extra outputs (token-pass models): ``kept_fraction`` float32 (S,) fraction of tokens still
-    active after each stopping stage, ``macs`` float32 scalar: MACs spent on this input.
+    active after each stopping stage, ``macs`` float32 scalar: MACs spent on this input; adaptive TopFormer:
+    ``refined_fraction`` float32 (1,) fraction of tiles the deep head refined, ``macs``.
 """
 import json
 
@@ -41,6 +43,8 @@ _FIELDS = {
     'description': (False, False),
     'static_macs': (True, False),     # MACs of one forward at input_size without any token stopping
     'exit_threshold': (True, False),  # token-pass models: the default exit threshold (what training used)
+    'refine_threshold': (True, False),  # adaptive TopFormer: the default refine threshold (0 never .. 1 always)
+    'cheap_macs': (True, False),      # adaptive TopFormer: MACs of the never-refine path at input_size
 }
 
 

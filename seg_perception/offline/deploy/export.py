@@ -59,7 +59,18 @@ class ParityError(RuntimeError):
 
 
 def is_token_pass(model):
+    """Adaptive-cost models (token-pass ViT, adaptive TopFormer): a knob input and per-frame stats outputs."""
     return hasattr(model, 'forward_with_stats')
+
+
+def knob_name(model):
+    """The run-time input of an adaptive-cost model: ``exit_threshold`` (token pass) or the model's own."""
+    return getattr(model, 'knob_name', 'exit_threshold')
+
+
+def stats_outputs(model):
+    """The per-frame outputs after labels and confidence: ('kept_fraction', 'macs') or the model's own."""
+    return tuple(getattr(model, 'stats_outputs', TOKEN_PASS_OUTPUTS))
 
 
 def postprocess(logits, size):
@@ -153,7 +164,8 @@ def _reference(model, inputs):
     with torch.no_grad():
         if is_token_pass(model):
             logits, kept, macs = model.forward_with_stats(*inputs)
-            extra = {'kept_fraction': kept.float().reshape(-1), 'macs': macs.float().reshape(())}
+            fraction_name, macs_name = stats_outputs(model)
+            extra = {fraction_name: kept.float().reshape(-1), macs_name: macs.float().reshape(())}
         else:
             logits, extra = model(*inputs), {}
         labels, confidence = postprocess(logits, inputs[0].shape[-2:])
@@ -208,7 +220,7 @@ def check_parity(model, onnx_model, sizes, tolerance=PARITY_RTOL, exit_threshold
             row['label_agreement'] = float((got['labels'] == ref['labels']).mean()) \
                 if got['labels'].shape == ref['labels'].shape else 0.0
             ok = row['confidence_rel'] <= tolerance and row['logits_rel'] <= tolerance
-            for key in TOKEN_PASS_OUTPUTS:
+            for key in stats_outputs(model):
                 if key in ref:
                     row[f'{key}_max_abs'], row[f'{key}_rel'] = _rel_diff(got.get(key, np.nan), ref[key])
                     ok = ok and row[f'{key}_rel'] <= tolerance
@@ -227,8 +239,9 @@ def format_parity_row(row):
             + f': confidence max|d| {row["confidence_max_abs"]:.2e} (rel {row["confidence_rel"]:.2e}), '
             f'logits max|d| {row["logits_max_abs"]:.2e} (rel {row["logits_rel"]:.2e}), '
             f'labels agree {100 * row["label_agreement"]:.3f}%')
-    if 'kept_fraction_max_abs' in row:
-        text += f', kept_fraction max|d| {row["kept_fraction_max_abs"]:.2e}, macs rel {row["macs_rel"]:.2e}'
+    for key in ('kept_fraction', 'refined_fraction'):
+        if f'{key}_max_abs' in row:
+            text += f', {key} max|d| {row[f"{key}_max_abs"]:.2e}, macs rel {row["macs_rel"]:.2e}'
     return text + ('' if row['ok'] else ' FAILED')
 
 
@@ -246,7 +259,7 @@ def _to_proto(wrapper, inputs, input_names, output_names, dynamic, opset, export
         from torch.export import Dim
         shapes = {'images': {2: Dim.DYNAMIC, 3: Dim.DYNAMIC} if dynamic else None}
         if len(inputs) > 1:
-            shapes['exit_threshold'] = None
+            shapes[input_names[1]] = None
         program = torch.onnx.export(wrapper, inputs, None, dynamo=True, opset_version=max(opset, DYNAMO_MIN_OPSET),
                                     input_names=input_names, output_names=output_names, dynamic_shapes=shapes,
                                     external_data=False, verbose=False)
@@ -273,11 +286,14 @@ def export_model(model, path, meta, input_size, dynamic=True, opset=DEFAULT_OPSE
     token_pass = is_token_pass(model)
     if token_pass and getattr(model, 'exit_conf', None) is not None:
         meta.setdefault('exit_threshold', float(model.exit_conf))   # the node's default threshold
+    if token_pass and getattr(model, 'refine_conf', None) is not None:
+        meta.setdefault('refine_threshold', float(model.refine_conf))
+        meta.setdefault('cheap_macs', int(model.trunk_macs(*input_size)))   # the never-refine path
     md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
 
     inputs = _example_inputs(model, input_size, seed)
-    input_names = ['images'] + (['exit_threshold'] if token_pass else [])
-    output_names = list(OUTPUTS) + (list(TOKEN_PASS_OUTPUTS) if token_pass else [])
+    input_names = ['images'] + ([knob_name(model)] if token_pass else [])
+    output_names = list(OUTPUTS) + (list(stats_outputs(model)) if token_pass else [])
     start = time.perf_counter()
     proto = _to_proto(LabelsGraph(model).eval(), inputs, input_names, output_names, dynamic, opset, exporter)
     export_s = time.perf_counter() - start
@@ -379,6 +395,12 @@ def add_arguments(parser):
     parser.add_argument('--token-buckets', type=float, nargs='+', metavar='FRACTION',
                         help='token-pass: pad the kept tokens up to these fractions of all tokens, so TensorRT '
                              'sees a few fixed shapes (e.g. 0.25 0.5 0.75 1.0)')
+    parser.add_argument('--refine-threshold', type=float,
+                        help='adaptive TopFormer: default refine threshold stored in the model (default: its '
+                             'refine_conf; 0 = never refine, 1 = always)')
+    parser.add_argument('--tile-buckets', type=float, nargs='+', metavar='FRACTION',
+                        help='adaptive TopFormer: pad the refined tiles up to these fractions of all tiles '
+                             '(e.g. 0.125 0.25 0.5 1.0), so TensorRT sees a few fixed shapes')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset version')
     parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript', help='torch.onnx exporter')
     parser.add_argument('--tolerance', type=float, default=PARITY_RTOL, help='relative ORT vs PyTorch tolerance')
@@ -416,6 +438,8 @@ def _resolve(args):
     if missing:
         raise ValueError(f'give {", ".join(missing)} (not found in a training checkpoint)')
     model_kwargs = {'token_buckets': tuple(args.token_buckets)} if args.token_buckets else {}
+    if args.tile_buckets:
+        model_kwargs['tile_buckets'] = tuple(args.tile_buckets)
     model = create_model(arch, num_classes=int(num_classes), **model_kwargs)
     if args.checkpoint and args.official:
         load_official_checkpoint(model, args.checkpoint)
@@ -428,6 +452,8 @@ def _resolve(args):
                           description=args.description)
     if args.exit_threshold is not None:
         meta['exit_threshold'] = float(args.exit_threshold)
+    if args.refine_threshold is not None:
+        meta['refine_threshold'] = float(args.refine_threshold)
     return model, meta, input_size
 
 

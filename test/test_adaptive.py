@@ -1,0 +1,229 @@
+"""Adaptive TopFormer (issue 9): cheap path == TopFormer-tiny, always-refine == the full model, tile
+gather/scatter, buckets, MACs against count_macs, ONNX Runtime choosing the same tiles as torch, engine, training."""
+import numpy as np
+import pytest
+import torch
+
+from seg_perception.nets import create_model, list_models
+from seg_perception.nets.adaptive import AdaptiveTopFormer, select_tiles
+from seg_perception.offline.evaluation.flops import count_macs
+
+torch.set_num_threads(1)
+
+SIZE = (192, 256)   # 1/8 map 24x32 -> 3x4 tiles of 8x8 cells
+
+
+def _model(seed=0, **kw):
+    """Random weights; the early classifier scaled up so cell confidences vary smoothly over the frame."""
+    torch.manual_seed(seed)
+    model = create_model('adaptive_topformer_tiny', num_classes=6, **kw).eval()
+    with torch.no_grad():
+        model.decode_head.conv_seg.weight.normal_(0, 5.0)
+    return model
+
+
+def _image(seed=0, size=SIZE, batch=1):
+    """Half smooth, half noisy: the early head is sure of some tiles and not of others."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, *size, generator=g) * 0.2
+    x[..., size[1] // 2:] = torch.randn(batch, 3, size[0], size[1] - size[1] // 2, generator=g) * 2.0
+    return x
+
+
+def _cell_confidences(model, x):
+    with torch.no_grad():
+        early, _ = model.trunk(x)
+    return early.softmax(1).amax(1).flatten()
+
+
+def _partial_threshold(model, x, margin=1e-4):
+    """A threshold that refines some tiles but not all, not within ``margin`` of any cell's confidence."""
+    conf = _cell_confidences(model, x)
+    for q in np.linspace(0.005, 0.95, 64):
+        t = float(torch.quantile(conf, float(q)))
+        t = t + margin * 3
+        if (conf - t).abs().min() <= margin:
+            continue
+        with torch.no_grad():
+            _, fraction, _ = model.forward_with_stats(x, t)
+        if 0 < float(fraction) < 1:
+            return t
+    pytest.fail('no threshold refines part of the frame')
+
+
+@pytest.fixture(scope='module')
+def model():
+    return _model()
+
+
+def test_registered_and_trunk_is_topformer_tiny():
+    assert {'adaptive_topformer_tiny', 'adaptive_topformer_small'} <= set(list_models())
+    m = create_model('adaptive_topformer_tiny', num_classes=6)
+    tiny_keys = set(create_model('topformer_tiny', num_classes=6).state_dict())
+    assert tiny_keys == {k for k in m.state_dict() if not k.startswith('deep.')}
+
+
+def test_never_refine_equals_topformer_tiny_exactly(model):
+    tiny = create_model('topformer_tiny', num_classes=6).eval()
+    tiny.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('deep.')})
+    x = _image(1)
+    with torch.no_grad():
+        logits, fraction, macs = model.forward_with_stats(x, 0.0)
+        assert torch.equal(logits, tiny(x))
+    assert float(fraction) == 0.0
+    # one masked window still runs (never an empty gather)
+    assert float(macs) == pytest.approx(model.trunk_macs(*SIZE) + model.window_macs, rel=1e-7)
+
+
+@pytest.mark.parametrize('threshold', [1.0, 1.5])
+def test_always_refine_equals_full_model_exactly(model, threshold):
+    x = _image(2)
+    with torch.no_grad():
+        full = model(x)
+        logits, fraction, _ = model.forward_with_stats(x, threshold)
+    assert torch.equal(logits, full)
+    assert float(fraction) == 1.0
+
+
+def test_partial_refinement_takes_full_model_on_refined_tiles_only(model):
+    x = _image(3)
+    t = _partial_threshold(model, x)
+    with torch.no_grad():
+        early, features = model.trunk(x)
+        full = model.full(early, features)
+        logits, selected, _ = model.refine(early, features, t)
+    tile = model.tile
+    refined = selected[0].reshape(SIZE[0] // 8 // tile, SIZE[1] // 8 // tile)
+    mask = refined.repeat_interleave(tile, 0).repeat_interleave(tile, 1)
+    assert 0 < refined.sum() < refined.numel()
+    assert torch.equal(logits[0][:, mask], full[0][:, mask])
+    assert torch.equal(logits[0][:, ~mask], early[0][:, ~mask])
+    # the rule: a tile is refined when more than min_uncertain of its cells are below the threshold
+    conf = early.softmax(1).amax(1)[0]
+    counts = (conf < t).float().reshape(refined.shape[0], tile, refined.shape[1], tile).sum((1, 3))
+    assert torch.equal(refined, counts > model.min_uncertain * tile * tile)
+
+
+def test_buckets_change_cost_not_output():
+    plain, bucketed = _model(0), _model(0, tile_buckets=(0.25, 0.5, 1.0))
+    x = _image(4)
+    for t in (0.0, _partial_threshold(plain, x), 1.0):
+        with torch.no_grad():
+            a, fa, ma = plain.forward_with_stats(x, t)
+            b, fb, mb = bucketed.forward_with_stats(x, t)
+        assert torch.equal(a, b) and torch.equal(fa, fb)
+        assert float(mb) >= float(ma)
+    ids, valid = select_tiles(torch.zeros(1, 12, dtype=torch.bool), (0.25, 0.5, 1.0))
+    assert ids.shape == (1, 3) and not valid.any()          # no tile: one bucket of masked slots
+    ids, valid = select_tiles(torch.tensor([[True] * 4 + [False] * 8]), (0.25, 0.5, 1.0))
+    assert ids.shape == (1, 6) and valid.sum() == 4 and ids[0, :4].tolist() == [0, 1, 2, 3]
+
+
+def test_batch_equals_images_one_by_one(model):
+    x = torch.cat([_image(5), _image(6) * 0.1])
+    t = _partial_threshold(model, x[:1])
+    with torch.no_grad():
+        batch = model(x, t)
+        single = torch.cat([model(x[i:i + 1], t) for i in range(2)])
+    assert torch.allclose(batch, single, atol=1e-5)
+
+
+class _OnImage(torch.nn.Module):
+    """count_macs feeds zeros: this runs the model on ``zeros + x`` so it counts the run on ``x``."""
+
+    def __init__(self, model, x):
+        super().__init__()
+        self.model = model
+        self.register_buffer('x', x)
+
+    def forward(self, zeros, **kwargs):
+        return self.model(zeros + self.x, **kwargs)
+
+
+@pytest.mark.parametrize('size', [SIZE, (160, 224)])
+def test_reported_macs_equal_counted_macs(model, size):
+    x = _image(7, size)
+    for t in (0.0, _partial_threshold(model, x), 1.0, None):
+        with torch.no_grad():
+            _, fraction, macs = model.forward_with_stats(x, t)
+        knob = {} if t is None else {'refine_threshold': t}
+        counted, _ = count_macs(_OnImage(model, x).eval(), (1, 3, *size), **knob)
+        assert float(macs) == pytest.approx(counted, rel=1e-7), (t, float(fraction))
+    assert model.trunk_macs(*size) == count_macs(create_model('topformer_tiny', num_classes=6), (1, 3, *size))[0]
+
+
+@pytest.fixture(scope='module')
+def exported(model, tmp_path_factory):
+    from seg_perception.offline.deploy.export import build_metadata, export_model
+
+    path = tmp_path_factory.mktemp('adaptive') / 'adaptive.onnx'
+    report = export_model(model, path, build_metadata(6, SIZE, arch='adaptive_topformer_tiny'), SIZE)
+    return path, report
+
+
+def test_export_inputs_outputs_and_metadata(model, exported):
+    import onnx
+
+    from seg_perception.runtime import metadata as md
+
+    path, report = exported
+    assert report['inputs'] == ['images', 'refine_threshold']
+    assert report['outputs'] == ['labels', 'confidence', 'refined_fraction', 'macs']
+    meta = md.decode({p.key: p.value for p in onnx.load(str(path)).metadata_props})
+    assert meta['refine_threshold'] == pytest.approx(model.refine_conf)
+    assert meta['cheap_macs'] == model.trunk_macs(*SIZE)
+    assert meta['static_macs'] == count_macs(model, (1, 3, *SIZE))[0]
+
+
+def test_onnx_runtime_chooses_the_same_tiles_as_torch(model, exported):
+    from seg_perception.offline.deploy.export import check_parity
+
+    path, _ = exported
+    x = _image(0)      # check_parity's inputs are random; choose thresholds on an image of ours too
+    thresholds = (0.0, _partial_threshold(model, x), 1.0)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for t in thresholds:
+        labels, conf, fraction, macs = session.run(None, {'images': x.numpy(), 'refine_threshold':
+                                                          np.asarray(t, np.float32)})
+        with torch.no_grad():
+            logits, ref_fraction, ref_macs = model.forward_with_stats(x, t)
+        ref_labels = torch.nn.functional.interpolate(logits, size=SIZE, mode='bilinear').argmax(1)
+        assert fraction[0] == pytest.approx(float(ref_fraction), abs=0) and macs == pytest.approx(float(ref_macs))
+        assert (labels == ref_labels.numpy()).mean() > 0.999
+    rows = check_parity(model, path, [SIZE, (224, 320)], exit_thresholds=thresholds)
+    assert all(r['ok'] for r in rows)
+
+
+def test_engine_runs_the_knob_and_reports_stats(exported):
+    from seg_perception.runtime.engine import SegmentationEngine
+
+    path, _ = exported
+    engine = SegmentationEngine(path, intra_op_threads=1)
+    assert engine.has_refine_threshold and not engine.has_exit_threshold
+    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    never, always = engine.infer(rgb, refine_threshold=0.0), engine.infer(rgb, refine_threshold=1.0)
+    default = engine.infer(rgb)
+    assert never.refined_fraction == 0.0 and always.refined_fraction == 1.0
+    assert 0.0 <= default.refined_fraction <= 1.0
+    assert never.macs < default.macs + 1 and default.macs <= always.macs
+    assert always.macs == pytest.approx(engine.static_macs, rel=1e-6)
+    assert never.labels.shape == rgb.shape[:2]
+
+
+def test_training_output_loss_and_gradients():
+    m = _model(8).train()
+    x, target = torch.randn(2, 3, 64, 96), torch.randint(0, 6, (2, 64, 96))
+    target[:, :4] = 255
+    out = m(x)
+    assert set(out) == {'logits', 'aux'} and out['logits'].shape == (2, 6, 8, 12) and len(out['aux']) == 1
+    loss, parts = m.training_loss(out, target)
+    assert torch.isfinite(loss) and {'ce', 'aux0'} <= set(parts)
+    loss.backward()
+    assert m.deep.conv_seg.weight.grad.abs().sum() > 0 and m.decode_head.conv_seg.weight.grad.abs().sum() > 0
+    assert m.backbone.tpm.stem[0].c.weight.grad.abs().sum() > 0
+
+
+def test_bad_configuration_is_refused():
+    with pytest.raises(ValueError, match='tile_buckets'):
+        AdaptiveTopFormer(num_classes=6, tile_buckets=(0.25, 0.5))
