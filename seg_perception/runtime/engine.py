@@ -201,10 +201,6 @@ class SegmentationEngine:
             if refine_threshold is None:
                 refine_threshold = self.meta.get('refine_threshold', 1.0)
             feeds['refine_threshold'] = np.asarray(refine_threshold, np.float32)
-        if self.has_refine_threshold:
-            if refine_threshold is None:
-                refine_threshold = self.meta.get('refine_threshold', 1.0)
-            feeds['refine_threshold'] = np.asarray(refine_threshold, np.float32)
         t1 = time.perf_counter()
         outs = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
         t2 = time.perf_counter()
