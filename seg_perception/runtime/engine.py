@@ -49,7 +49,8 @@ class SegResult:
     refined_fraction: float = None  # adaptive TopFormer: fraction of tiles the deep head refined
 
 
-def select_providers(preferred, available=None):
+def select_providers(preferred: list[str] | tuple[str, ...] | None,
+                     available: list[str] | None = None) -> list[str]:
     """Keep the preferred execution providers that this onnxruntime build has, in order; CPU always last."""
     available = list(ort.get_available_providers() if available is None else available)
     chosen = [p for p in (preferred or DEFAULT_PROVIDERS) if p in available]
@@ -58,7 +59,8 @@ def select_providers(preferred, available=None):
     return chosen
 
 
-def compute_geometry(src_hw, net_hw, mode, stride=32, dynamic=False):
+def compute_geometry(src_hw: tuple[int, int], net_hw: tuple[int, int] | None, mode: str, stride: int = 32,
+                     dynamic: bool = False) -> Geometry:
     """Network input size and placement for an image of ``src_hw``.
 
     ``dynamic`` models run at the image's own size rounded up to ``stride`` (padding bottom/right) when
@@ -78,7 +80,7 @@ def compute_geometry(src_hw, net_hw, mode, stride=32, dynamic=False):
     return Geometry((h, w), (nh, nw), (ch, cw), ((nh - ch) // 2, (nw - cw) // 2))
 
 
-def preprocess(rgb, geometry, mean, std):
+def preprocess(rgb: np.ndarray, geometry: Geometry, mean, std) -> np.ndarray:
     """HxWx3 uint8 RGB -> (1, 3, H, W) float32, normalised; letterbox padding becomes 0 after normalising."""
     ch, cw = geometry.content_hw
     if (ch, cw) != tuple(rgb.shape[:2]):
@@ -94,7 +96,7 @@ def preprocess(rgb, geometry, mean, std):
     return blob
 
 
-def restore(array, geometry, interpolation):
+def restore(array: np.ndarray, geometry: Geometry, interpolation: int) -> np.ndarray:
     """Crop the content out of a network-size (H, W) map and resize it to the original image size."""
     oy, ox = geometry.offset_yx
     ch, cw = geometry.content_hw
@@ -113,14 +115,14 @@ def softmax_max_argmax(logits):
     return labels.astype(np.int32), (1.0 / denom).astype(np.float32)
 
 
-def colorize(labels, palette):
+def colorize(labels: np.ndarray, palette) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (e.g. 255 ignore) are black."""
     lut = np.zeros((max(256, len(palette)), 3), np.uint8)
     lut[:len(palette)] = np.asarray(palette, np.uint8)
     return lut[labels]
 
 
-def overlay(rgb, color, alpha):
+def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
     """Blend a colour mask over the input image (alpha = weight of the mask)."""
     return cv2.addWeighted(color, float(alpha), rgb, 1.0 - float(alpha), 0.0)
 
@@ -128,7 +130,9 @@ def overlay(rgb, color, alpha):
 class SegmentationEngine:
     """Loads a seg_perception ONNX model and turns RGB images of any size into labels and confidence."""
 
-    def __init__(self, model_path, providers=None, intra_op_threads=0, inter_op_threads=0, input_size=None):
+    def __init__(self, model_path: str | os.PathLike, providers: list[str] | tuple[str, ...] | None = None,
+                 intra_op_threads: int = 0, inter_op_threads: int = 0,
+                 input_size: tuple[int, int] | list[int] | str | None = None):
         """``input_size`` (H, W) overrides the metadata's size for dynamic models; ``(0, 0)`` or 'native'
         runs a dynamic model at each image's own size (rounded up to its stride)."""
         self.model_path = str(model_path)
@@ -180,10 +184,11 @@ class SegmentationEngine:
         self._outputs = list(need) + [n for n in ('kept_fraction', 'refined_fraction', 'macs') if n in outputs]
 
     @property
-    def static_macs(self):
+    def static_macs(self) -> float | None:
         return self.meta.get('static_macs')
 
-    def infer(self, rgb, exit_threshold=None, refine_threshold=None):
+    def infer(self, rgb: np.ndarray, exit_threshold: float | None = None,
+              refine_threshold: float | None = None) -> SegResult:
         """Segment one HxWx3 uint8 RGB image (a 2-D array is taken as grey). Raises ValueError for input
         the engine cannot use (empty, wrong dtype or shape, too large). ``exit_threshold`` (token-pass models):
         None = the model's stored default (1.0 = no early stop if it has none). ``refine_threshold`` (adaptive
