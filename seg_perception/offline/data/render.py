@@ -50,6 +50,7 @@ Command line (``seg-perception render``), both outputs from one pass:
                /ground_truth/labels           sensor_msgs/msg/Image mono8 class ids
                /ground_truth/occupancy        nav_msgs/msg/OccupancyGrid
 """
+import argparse
 import contextlib
 import functools
 import json
@@ -755,7 +756,7 @@ def save_frame(out_dir, frame, split=''):
     (out / 'meta' / f'{name}.json').write_text(json.dumps({k: frame[k] for k in keys}, indent=1))
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', help='dataset folder to write (images/, masks/, depth/, occupancy/, meta/)')
     parser.add_argument('--split', default='', help='dataset: write into images/SPLIT/, masks/SPLIT/, ... '
                         '(e.g. train, val; use a different --seed per split)')
@@ -787,7 +788,7 @@ def _pair(text, flag='range'):
     return lo, hi
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     if not args.out and not args.bag:
         raise UserError('nothing to do: give --out DIR and/or --bag PATH')
     for flag in ('clutter', 'fov', 'cam_height', 'pitch'):

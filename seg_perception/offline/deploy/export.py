@@ -26,6 +26,7 @@ Command line (``seg-perception export``)::
 
 Python API: :func:`export_model` (any ``nn.Module``), :func:`build_metadata`, :func:`check_parity`.
 """
+import argparse
 import hashlib
 import io
 import time
@@ -112,9 +113,9 @@ def default_classes(num_classes):
     return [f'class_{i}' for i in range(num_classes)], rgb.astype(int).tolist()
 
 
-def build_metadata(num_classes, input_size, names=None, palette=None, mean=None, std=None,
+def build_metadata(num_classes: int, input_size, names=None, palette=None, mean=None, std=None,
                    resize_mode='letterbox', arch=None, checkpoint_sha256=None, ignore_index=IGNORE_INDEX,
-                   description=None):
+                   description: str | None = None) -> dict:
     """Metadata dict (before :func:`export_model` adds ``output_kind``, ``dynamic_hw``, ``stride`` and
     ``static_macs``); missing names / palette / mean / std take the defaults."""
     default_names, default_palette = default_classes(num_classes)
@@ -267,8 +268,9 @@ def _to_proto(wrapper, inputs, input_names, output_names, dynamic, opset, export
     raise ValueError(f'unknown exporter {exporter!r}; choose from {EXPORTERS}')
 
 
-def export_model(model, path, meta, input_size, dynamic=True, opset=DEFAULT_OPSET, exporter='torchscript',
-                 check=True, tolerance=PARITY_RTOL, exit_thresholds=(1.0, 0.8), seed=0):
+def export_model(model: nn.Module, path: str | Path, meta: dict, input_size, dynamic: bool = True,
+                 opset=DEFAULT_OPSET, exporter='torchscript',
+                 check=True, tolerance=PARITY_RTOL, exit_thresholds=(1.0, 0.8), seed=0) -> dict:
     """Export ``model`` (eval forward -> 1/8 logits; token-pass models via ``forward_with_stats``) to ``path``.
 
     ``meta``: the metadata dict (see :func:`build_metadata`); ``output_kind``, ``dynamic_hw``, ``stride``
@@ -374,7 +376,7 @@ def read_classes_file(path):
     return [str(n) for n in data], palette, ignore_index
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', help='model name (seg_perception.nets.list_models()); default: the checkpoint\'s')
     parser.add_argument('--checkpoint', help='our training checkpoint (.pt), or an official one with --official')
     parser.add_argument('--official', action='store_true', help='--checkpoint is an official mmseg/paddle file')
@@ -457,7 +459,7 @@ def _resolve(args):
     return model, meta, input_size
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     try:
         model, meta, input_size = _resolve(args)
     except (ValueError, KeyError) as exc:  # arguments that do not fit the checkpoint; missing files go as they are

@@ -19,6 +19,7 @@ every frame has one, else by the token-pass model's mean kept fraction (more tok
 To add a benchmark: write ``add_<name>_arguments(parser)`` and ``run_<name>(args)`` and list them in
 ``BENCHMARKS``.
 """
+import argparse
 import json
 from pathlib import Path
 
@@ -182,12 +183,12 @@ BENCHMARKS = {
 }
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest='benchmark', metavar='BENCHMARK', required=True)
     for name, (help_text, add, run_fn) in BENCHMARKS.items():
         sub.add_parser(name, help=help_text, description=help_text).set_defaults(bench_run=run_fn)
         add(sub.choices[name])
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     return args.bench_run(args)

@@ -12,7 +12,7 @@ from . import replay
 DEFAULT_BAG = 'samples/scenes_sample'
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--bag', default=None, help=f'rosbag2 folder (default: the shipped {DEFAULT_BAG})')
     parser.add_argument('--model', default=None, help='ONNX model (default: the shipped default model)')
     parser.add_argument('--image-topic', default=None, help='camera topic (default: found from the bag)')
@@ -30,7 +30,7 @@ def replay_argv(args) -> list:
         ['--image-topic', args.image_topic] if args.image_topic else [])
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     parser = argparse.ArgumentParser(prog='seg-perception replay')
     replay.add_arguments(parser)
     return replay.run(parser.parse_args(replay_argv(args)))

@@ -18,6 +18,7 @@ multiple of 32 and padded), so a checkpoint scores what its export scores.
 Intersections and unions are summed over the whole dataset (see :mod:`.metrics`). Written to ``--out``:
 ``metrics.json``, ``report.md`` and ``confusion.png``; the Markdown table is printed in any case.
 """
+import argparse
 import json
 import time
 from pathlib import Path
@@ -176,7 +177,7 @@ def markdown_report(report):
     return metrics_table(report, rows)
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='exported .onnx model or training checkpoint (.pt)')
     parser.add_argument('--data', required=True, help='dataset folder, dataset YAML or rosbag2 path')
     parser.add_argument('--layout', default=None, help='dataset layout (default: detect)')
@@ -193,7 +194,7 @@ def add_arguments(parser):
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
     report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,
                       gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,

@@ -10,6 +10,7 @@ style, with BatchNorm counted) and extends it to functional matrix products:
 Matrix products inside a counted module (the addmm of ``nn.Linear``, the bin sums of an exportable pooling
 module) are not counted again. ``count_macs`` works for any ``nn.Module``.
 """
+import argparse
 import collections
 import difflib
 
@@ -117,7 +118,7 @@ class _MacCounter(TorchDispatchMode):
         return out
 
 
-def count_macs(model, input_shape, **forward_kwargs):
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], **forward_kwargs) -> tuple[int, dict]:
     """Run ``model`` once on zeros of ``input_shape`` (eval mode, no grad) and count MACs.
 
     Returns (total, details): details maps 'conv', 'matmul', 'attention', 'linear', 'bias', 'norm',
@@ -142,7 +143,7 @@ def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', required=True, help='registered model name (see seg_perception.nets)')
     parser.add_argument('--num-classes', type=int, default=150, help='classes of the segmentation head')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 512),
@@ -150,7 +151,7 @@ def add_arguments(parser):
     parser.add_argument('--details', action='store_true', help='also print MACs per category')
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     if args.arch not in list_models():
         close = difflib.get_close_matches(args.arch, list_models(), n=1)
         raise UserError(f'--arch {args.arch}: unknown model' + (f"; did you mean '{close[0]}'?" if close else '')

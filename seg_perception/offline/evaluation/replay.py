@@ -20,6 +20,7 @@ header stamp, else the nearest within ``--sync-tolerance-ms``.
 Written to ``--out``: ``report.md``, ``report.json`` (the same numbers), PNG plots and ``overlay.mp4`` /
 ``strip.png`` (see :mod:`.replay_report`).
 """
+import argparse
 import dataclasses
 import os
 import sys
@@ -368,7 +369,7 @@ def run_offline(topics: BagTopics, models: list, source: FrameSource, writer, pr
 
 
 # ----------------------------------------------------------------------------------------------- command
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bag', help='rosbag2 folder (sqlite3 or mcap) or a single .mcap/.db3 file')
     parser.add_argument('--model', action='append', default=None, metavar='M.onnx',
                         help='ONNX model; repeat to compare several on the same frames (default: the shipped model)')
@@ -434,7 +435,7 @@ def _check_args(args):
             raise UserError(f"replay needs {name}: pip install 'seg_perception[replay]'") from None
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ...paths import default_model_path
     from . import replay_report
 
