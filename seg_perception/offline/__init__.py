@@ -1,11 +1,13 @@
 """Offline side (torch): the ``seg-perception`` command and the pipeline behind it.
 
     data/        rendering, rosbag IO, dataset readers
-    training/    config schema, losses, training loop
+    training/    config schema, training batches, training loop
+    predict.py   torch inference of checkpoints with the runtime engine's geometry
     deploy/      ONNX export, graph and metadata helpers, int8 quantization
     evaluation/  metrics, evaluate, benchmarks, MAC counting, the node demo
     cli.py       one sub-command per job
 
-Import rule: data <- training, deploy, evaluation; evaluation <- deploy; nothing here is imported by the robot
-side (``seg_perception.runtime``, ``seg_perception.node``).
+Import rule (``A <- B``: B imports A): data, predict <- training, deploy, evaluation; evaluation <- deploy; no
+cycles; nothing here is imported by the robot side (``seg_perception.runtime``, ``seg_perception.node``) or by
+``seg_perception.nets``. ``test/test_layout.py`` checks it.
 """
