@@ -105,8 +105,8 @@ class SegmentationPipeline:
         for name, (default, description, extra) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
         self._validate_static()
-        self.counters = dict.fromkeys(('received', 'processed', 'published', 'rejected', 'errors',
-                                       'idle_no_subscribers', 'no_model'), 0)
+        # the node's own counters; what happened to each frame is counted by the worker (see frame_counts)
+        self.counters = {'published': 0}
         self.stats = RollingStats(self.get_parameter('stats_window').value)
         self._engine_lock = threading.Lock()
         self.engine = None
@@ -241,7 +241,6 @@ class SegmentationPipeline:
 
     # ------------------------------------------------------------------ frames
     def _on_image(self, msg):
-        self.counters['received'] += 1
         self.stats.add('input')
         self.worker.submit((msg, time.monotonic()))
 
@@ -249,13 +248,13 @@ class SegmentationPipeline:
         self.get_logger().warning(text, throttle_duration_sec=self.get_parameter('log_throttle').value)
 
     def _on_worker_error(self, exc, item):
+        """The outcome of a frame whose processing raised: 'rejected' (bad input) or 'errors' (anything else)."""
         if isinstance(exc, (ImageFormatError, ValueError)):
-            self.counters['rejected'] += 1
             self._warn(f'frame rejected: {exc}')
-        else:
-            self.counters['errors'] += 1
-            self.get_logger().error(f'inference failed: {type(exc).__name__}: {exc}',
-                                    throttle_duration_sec=self.get_parameter('log_throttle').value)
+            return 'rejected'
+        self.get_logger().error(f'inference failed: {type(exc).__name__}: {exc}',
+                                throttle_duration_sec=self.get_parameter('log_throttle').value)
+        return 'errors'
 
     def _wanted_outputs(self):
         return {name for name, pub in (('labels', self.pub_labels), ('color', self.pub_color),
@@ -266,13 +265,11 @@ class SegmentationPipeline:
         with self._engine_lock:
             engine = self.engine
         if engine is None:
-            self.counters['no_model'] += 1
             self._warn(f'no model loaded ({self.engine_error}); frame not segmented')
-            return
+            return 'no_model'
         wanted = self._wanted_outputs()
         if not wanted:
-            self.counters['idle_no_subscribers'] += 1
-            return
+            return 'idle_no_subscribers'
         rgb = compressed_to_rgb(msg) if isinstance(msg, CompressedImage) else image_to_rgb(msg)
         threshold = self.get_parameter('exit_threshold').value
         refine = self.get_parameter('refine_threshold').value
@@ -290,7 +287,7 @@ class SegmentationPipeline:
             if self.get_parameter('overlay').value:
                 color = overlay(rgb, color, self.get_parameter('overlay_alpha').value)
             self.pub_color.publish(Image(header=header, **array_to_image_fields(color, 'rgb8')))
-        self.counters['processed'] += 1
+        self.counters['published'] += 1
         self.stats.add('output')
         self.stats.add('latency_ms', result.latency_ms)
         self.stats.add('age_ms', (time.monotonic() - t_received) * 1e3)
@@ -301,10 +298,22 @@ class SegmentationPipeline:
             self.stats.add('refined_fraction', result.refined_fraction)
         if result.macs is not None:
             self.stats.add('gmacs', result.macs / 1e9)
+        return 'processed'
 
     # ------------------------------------------------------------------ diagnostics
+    def frame_counts(self) -> dict:
+        """Frame counters, one consistent snapshot: received = processed + dropped + rejected + errors +
+        idle_no_subscribers + no_model + in_flight (in_flight: waiting or being segmented, at most 2, 0 when
+        the input stops), plus the node's own counters (published: frames whose outputs went out)."""
+        snap = self.worker.snapshot() if self.worker is not None else {}
+        counts = {'received': snap.get('submitted', 0)}
+        counts.update({k: snap.get(k, 0) for k in ('processed', 'dropped', 'rejected', 'errors',
+                                                    'idle_no_subscribers', 'no_model', 'in_flight')})
+        counts.update(self.counters)
+        return counts
+
     def diagnostic_status(self):
-        c = dict(self.counters, dropped=self.worker.dropped)
+        c = self.frame_counts()
         lat = self.stats.percentiles('latency_ms')
         age = self.stats.percentiles('age_ms', (50,))
         values = {
@@ -351,7 +360,11 @@ class SegmentationPipeline:
 
     def destroy_node(self):
         if self.worker is not None:
-            self.worker.stop()
+            if self.worker.stop(timeout=1.5):
+                self.get_logger().info('shutdown: inference worker joined')
+            else:
+                self.get_logger().warning('shutdown: inference worker still busy after 1.5 s; not waiting for it')
+            self.worker = None
         return super().destroy_node()
 
 

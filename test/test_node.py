@@ -133,11 +133,11 @@ def test_bad_frames_are_counted_and_do_not_kill_the_node(ros, tiny_model):
     h.image_pub.publish(bad)
     empty = Image(height=0, width=0, encoding='rgb8', step=0, data=b'')
     h.image_pub.publish(empty)
-    assert h.wait_for(lambda: node.counters['rejected'] >= 1)
+    assert h.wait_for(lambda: node.frame_counts()['rejected'] >= 1)
     time.sleep(0.3)
     h.publish(_rgb(30, 40), 'rgb8')
     assert h.wait_for(lambda: h.received['labels'])
-    assert node.counters['errors'] == 0 and node.counters['rejected'] + node.worker.dropped >= 3
+    assert node.frame_counts()['errors'] == 0 and node.frame_counts()['rejected'] + node.worker.dropped >= 3
 
 
 def test_compressed_input_and_corrupt_frames(ros, tiny_model):
@@ -145,7 +145,7 @@ def test_compressed_input_and_corrupt_frames(ros, tiny_model):
     msg = CompressedImage(format='jpeg', data=rgb_to_compressed_bytes(_rgb(60, 80), 'jpeg'))
     msg.header.frame_id = 'cam_c'
     h.comp_pub.publish(CompressedImage(format='jpeg', data=b'\xff\xd8 not a jpeg'))
-    assert h.wait_for(lambda: node.counters['rejected'] == 1)
+    assert h.wait_for(lambda: node.frame_counts()['rejected'] == 1)
     h.comp_pub.publish(msg)
     assert h.wait_for(lambda: h.received['color'])
     c = h.received['color'][0]
@@ -163,10 +163,10 @@ def test_unsubscribed_outputs_are_not_computed(ros, tiny_model):
     assert not h.received['color'] and not h.received['confidence']
     h.node.destroy_subscription(next(s for s in h.node.subscriptions if s.topic_name.endswith('labels')))
     assert h.wait_for(lambda: node.pub_labels.get_subscription_count() == 0)
-    before = node.counters['processed']
+    before = node.frame_counts()['processed']
     h.publish(_rgb(40, 40), 'rgb8')
-    assert h.wait_for(lambda: node.counters['idle_no_subscribers'] >= 1)
-    assert node.counters['processed'] == before
+    assert h.wait_for(lambda: node.frame_counts()['idle_no_subscribers'] >= 1)
+    assert node.frame_counts()['processed'] == before
 
 
 def test_parameters_validated_and_model_reloaded(ros, tiny_model, tmp_path):
@@ -194,7 +194,7 @@ def test_missing_model_keeps_node_alive_and_reports_error(ros, tmp_path, tiny_mo
     node, h = ros(model_path=str(tmp_path / 'nope.onnx'))
     assert node.engine is None
     h.publish(_rgb(20, 20), 'rgb8')
-    assert h.wait_for(lambda: node.counters['no_model'] >= 1)
+    assert h.wait_for(lambda: node.frame_counts()['no_model'] >= 1)
     assert h.wait_for(lambda: any(s.level == DiagnosticStatus.ERROR for m in h.received['diagnostics'] for s in m.status
                                   if 'segmentation' in s.name), timeout=5)
     assert node.set_parameters([Parameter('model_path', value=tiny_model)])[0].successful
@@ -207,7 +207,7 @@ def test_diagnostics_report_rates_latency_and_drops(ros, tiny_model):
     for i in range(10):
         h.publish(_rgb(120, 160, seed=i), 'rgb8')
         time.sleep(0.03)
-    assert h.wait_for(lambda: node.counters['processed'] >= 3)
+    assert h.wait_for(lambda: node.frame_counts()['processed'] >= 3)
 
     def latest():
         for m in reversed(h.received['diagnostics']):
@@ -268,18 +268,18 @@ def test_token_pass_model_threshold_is_live_and_reported(ros):
     node, h = ros(model_path=model, diagnostics_period=0.2, exit_threshold=1.0)
     frame = _rgb(120, 160, seed=5)
     h.publish(frame, 'rgb8')
-    assert h.wait_for(lambda: node.counters['processed'] == 1)
+    assert h.wait_for(lambda: node.frame_counts()['processed'] == 1)
     assert np.all(node._last_kept == 1.0)
     assert node.set_parameters([Parameter('exit_threshold', value=0.0)])[0].successful
     h.publish(frame, 'rgb8')
-    assert h.wait_for(lambda: node.counters['processed'] == 2)
+    assert h.wait_for(lambda: node.frame_counts()['processed'] == 2)
     assert np.all(node._last_kept == 0.0)
 
     def reported():
         for m in reversed(h.received['diagnostics']):
             for s in m.status:
                 values = {kv.key: kv.value for kv in s.values}
-                if 'gmacs_per_frame_mean' in values:
+                if 'gmacs_per_frame_mean' in values and values['frames_processed'] == '2':  # both frames in
                     return values
         return None
     # a diagnostics message from after the second frame (one may have gone out between the two frames)

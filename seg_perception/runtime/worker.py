@@ -1,4 +1,5 @@
-"""A single inference worker that always takes the newest frame: no backlog, every replaced frame counted."""
+"""A single inference worker that always takes the newest frame: no backlog, every frame accounted for."""
+import collections
 import threading
 
 
@@ -6,17 +7,22 @@ class LatestFrameWorker:
     """Runs ``process(item)`` on a background thread for the newest submitted item.
 
     ``submit`` never blocks: if the worker is busy, the pending item is replaced and ``dropped`` grows by one.
-    Exceptions from ``process`` go to ``on_error(exc, item)`` and the worker keeps running."""
+    Exceptions from ``process`` go to ``on_error(exc, item)`` and the worker keeps running. Both may return the
+    name of the item's outcome (e.g. 'processed', 'rejected'), counted in ``outcomes`` in the same step that
+    marks the worker idle, so :meth:`snapshot` always satisfies
+    ``submitted == dropped + sum(outcomes) + in_flight`` (in_flight: pending + being processed, at most 2)."""
 
     def __init__(self, process, on_error, name='inference'):
         self._process = process
         self._on_error = on_error
         self._cond = threading.Condition()
         self._pending = None
+        self._busy = False
         self._running = True
         self.submitted = 0
         self.dropped = 0
         self.processed = 0
+        self.outcomes = collections.Counter()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -36,21 +42,33 @@ class LatestFrameWorker:
                 if not self._running:
                     return
                 item, self._pending = self._pending, None
+                self._busy = True
             try:
-                self._process(item)
+                outcome = self._process(item)
             except Exception as exc:  # the worker must survive anything one frame does
-                self._on_error(exc, item)
+                outcome = self._on_error(exc, item)
             with self._cond:
                 self.processed += 1
+                self._busy = False
+                if outcome:
+                    self.outcomes[outcome] += 1
                 self._cond.notify_all()
 
-    def wait_idle(self, timeout=None):
-        """Block until nothing is pending (for tests and replay); True if idle."""
+    def snapshot(self) -> dict:
+        """Consistent counts: ``submitted``, ``dropped``, ``in_flight`` and one entry per outcome."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending is None, timeout)
+            return {'submitted': self.submitted, 'dropped': self.dropped,
+                    'in_flight': int(self._pending is not None) + int(self._busy), **self.outcomes}
 
-    def stop(self, timeout=5.0):
+    def wait_idle(self, timeout=None):
+        """Block until nothing is pending or being processed (for tests and replay); True if idle."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+
+    def stop(self, timeout=5.0) -> bool:
+        """Stop taking frames and join the thread (the frame in progress finishes); True if it ended in time."""
         with self._cond:
             self._running = False
             self._cond.notify_all()
         self._thread.join(timeout)
+        return not self._thread.is_alive()
