@@ -16,6 +16,7 @@ the default) builds everything at start; ``SegmentationLifecycleNode`` (``segmen
 managed variant: configure loads and checks the model, activate creates the subscriptions, publishers and timers,
 deactivate destroys them, cleanup frees the ONNX Runtime session.
 """
+import copy
 import json
 import os
 import threading
@@ -26,19 +27,29 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.client import Client
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.publisher import Publisher
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSPolicyKind,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from rclpy.service import Service
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from .label_info import LabelInfo, make_label_info
 from .paths import default_model_path
+from .runtime.costmap import resolve_min_confidence
 from .runtime.engine import EngineError, SegmentationEngine, colorize, overlay
 from .runtime.imgmsg import ImageFormatError, array_to_image_fields, compressed_to_rgb, image_to_rgb
 from .runtime.stats import RollingStats
@@ -49,6 +60,10 @@ ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_thread
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 OUTPUT_QOS = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+# Every input and output QoS is overridable the ROS 2 way: read-only parameters
+# qos_overrides.<fully qualified topic>.<publisher|subscription>.<history|depth|reliability|durability>.
+QOS_OVERRIDES = QoSOverridingOptions([QoSPolicyKind.HISTORY, QoSPolicyKind.DEPTH, QoSPolicyKind.RELIABILITY,
+                                      QoSPolicyKind.DURABILITY])
 
 
 def _float_range(lo, hi):
@@ -87,6 +102,10 @@ PARAMETERS = {
                      {'floating_point_range': _float_range(1, 600)}),
     'log_throttle': (5.0, 'Minimum seconds between repeated warnings of one kind.',
                      {'floating_point_range': _float_range(0, 3600)}),
+    'costmap.min_confidence': (-1.0, 'Labels below this confidence are not trusted: their costmap cells stay '
+                                     'unknown, never free; also vision_msgs/LabelInfo.threshold. -1 = the model\'s '
+                                     'metadata value (costmap_min_confidence), else 0.5.',
+                               {'floating_point_range': _float_range(-1, 1)}),
 }
 
 
@@ -123,23 +142,45 @@ class SegmentationPipeline:
         self._io_entities.append(entity)
         return entity
 
+    def _output(self, msg_type, topic, qos):
+        """A publisher made in ``_create_io``: registered through ``_io``, its QoS overridable by parameters."""
+        return self._io(self._overridable(self.create_publisher, msg_type, topic, qos))
+
+    def _overridable(self, create, msg_type, topic, qos, callback=None):
+        """A publisher (``create_publisher``) or subscription (``create_subscription``, with ``callback``) whose
+        QoS parameters may override ``qos``. rclpy overrides the profile object in place, so it gets a copy (the
+        module's shared profiles stay as they are). A bad override is logged, naming the parameter and value, and
+        the topic keeps its default QoS instead of the node failing to start."""
+        args = (msg_type, topic) if callback is None else (msg_type, topic, callback)
+        try:
+            return create(*args, copy.copy(qos), qos_overriding_options=QOS_OVERRIDES)
+        except (RuntimeError, InvalidParameterTypeException, InvalidQosOverridesError) as exc:
+            self.get_logger().error(f'QoS override refused ({exc}); {topic} keeps its default QoS')
+            return create(*args, copy.copy(qos))
+
     def _create_io(self):
-        """Publishers, subscription, timers and the inference worker. Add new ROS I/O here, through ``_io``."""
-        self.pub_labels = self._io(self.create_publisher(Image, 'segmentation/labels', OUTPUT_QOS))
-        self.pub_color = self._io(self.create_publisher(Image, 'segmentation/color', OUTPUT_QOS))
-        self.pub_conf = self._io(self.create_publisher(Image, 'segmentation/confidence', OUTPUT_QOS))
-        self.pub_info = self._io(self.create_publisher(String, 'segmentation/label_info', LATCHED_QOS))
-        self.pub_diag = self._io(self.create_publisher(DiagnosticArray, '/diagnostics', 10))
+        """Publishers, subscription, timers and the inference worker. Add new ROS I/O here, through ``_io``
+        (publishers through ``_output``)."""
+        self.pub_labels = self._output(Image, 'segmentation/labels', OUTPUT_QOS)
+        self.pub_color = self._output(Image, 'segmentation/color', OUTPUT_QOS)
+        self.pub_conf = self._output(Image, 'segmentation/confidence', OUTPUT_QOS)
+        self.pub_info = self._output(String, 'segmentation/label_info', LATCHED_QOS)
+        if LabelInfo is not None:
+            self.pub_label_info = self._output(LabelInfo, 'segmentation/vision_info', LATCHED_QOS)
+        else:
+            self.pub_label_info = None
+            self.get_logger().info('vision_msgs is not installed: vision_msgs/LabelInfo is not published on '
+                                   'segmentation/vision_info (the JSON class list is on segmentation/label_info)')
+        self.pub_diag = self._output(DiagnosticArray, '/diagnostics', 10)
         self._publish_label_info()
 
         self.worker = LatestFrameWorker(self._process, self._on_worker_error)
-        qos_options = QoSOverridingOptions.with_default_policies()
         if self.get_parameter('input_mode').value == 'compressed':
-            self.sub = self._io(self.create_subscription(CompressedImage, 'image/compressed', self._on_image,
-                                                         qos_profile_sensor_data, qos_overriding_options=qos_options))
+            self.sub = self._io(self._overridable(self.create_subscription, CompressedImage, 'image/compressed',
+                                                  qos_profile_sensor_data, self._on_image))
         else:
-            self.sub = self._io(self.create_subscription(Image, 'image', self._on_image, qos_profile_sensor_data,
-                                                         qos_overriding_options=qos_options))
+            self.sub = self._io(self._overridable(self.create_subscription, Image, 'image', qos_profile_sensor_data,
+                                                  self._on_image))
         self.diag_timer = self._io(self.create_timer(self.get_parameter('diagnostics_period').value,
                                                      self._publish_diagnostics))
         self.get_logger().info(f'listening on {self.sub.topic_name} ({self.get_parameter("input_mode").value})')
@@ -197,6 +238,9 @@ class SegmentationPipeline:
                 self._load_engine(self._engine_settings(overrides), strict=True)
             except (EngineError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f'model not changed: {exc}')
+        for p in params:
+            if p.name == 'costmap.min_confidence':   # LabelInfo.threshold follows it
+                self._publish_label_info(min_confidence=p.value)
         return SetParametersResult(successful=True)
 
     def _load_engine(self, settings, strict=False):
@@ -223,11 +267,20 @@ class SegmentationPipeline:
             f'running on {engine.provider} (preference: {", ".join(settings["providers"])})')
         self._publish_label_info()
 
-    def _publish_label_info(self):
+    def _publish_label_info(self, min_confidence=None):
+        """The JSON class list and vision_msgs/LabelInfo, whose threshold is the confidence below which labels
+        are not trusted (the costmap leaves their cells unknown): ``costmap.min_confidence`` (or
+        ``min_confidence``, the value being set) resolved against the model's default."""
         with self._engine_lock:
             engine = self.engine
         if engine is not None and self._io_entities:
             self.pub_info.publish(String(data=json.dumps(self.label_info(engine, engine.model_path))))
+            if self.pub_label_info is not None:
+                if min_confidence is None:
+                    min_confidence = self.get_parameter('costmap.min_confidence').value
+                msg = make_label_info(engine.names, resolve_min_confidence(min_confidence, engine.meta))
+                msg.header.stamp = self.get_clock().now().to_msg()
+                self.pub_label_info.publish(msg)
 
     @staticmethod
     def label_info(engine, path):
