@@ -1,4 +1,4 @@
-# make demo : set up .venv (runtime + ROS 2 wheels) and run the node on the shipped model and sample bag
+# make demo : set up .venv (runtime + ROS 2 wheels) and replay the sample bag through the node (replay --live)
 # make test : set up .venv (everything, torch CPU included) and run the whole test suite, then its ROS part again
 #             on Jazzy wheels and on Kilted with vision_msgs + tf2_msgs (make test-distros; cached venvs)
 PYTHON ?= python3
@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(VENV)/.ros: $(BIN)/python setup.py
-	$(PIP) install --quiet -e '.[ros]'
+	$(PIP) install --quiet -e '.[ros,replay]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.ros setup.py
@@ -22,7 +22,7 @@ $(VENV)/.test: $(VENV)/.ros setup.py
 
 demo: $(VENV)/.ros
 	$(BIN)/seg-perception demo --out out/demo
-	@echo "outputs: out/demo/summary.md, out/demo/frames/*.png"
+	@echo "report: out/demo/report.md (numbers, plots, strip.png; every frame in out/demo/overlay.mp4)"
 
 test: $(VENV)/.test
 	$(BIN)/ruff check seg_perception test launch setup.py

@@ -29,6 +29,7 @@ setup(
         'ros': ROS_WHEELS,
         'ros-jazzy': ROS_JAZZY_WHEELS,
         'train': TRAIN,
+        'replay': ['matplotlib', 'tqdm'],   # seg-perception replay / demo (report plots, progress bar)
         'test': ['pytest', 'pytest-timeout', 'ruff', 'hypothesis'] + TRAIN,
     },
     zip_safe=True,

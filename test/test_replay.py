@@ -91,6 +91,14 @@ def test_offline_two_models_mcap_raw(mcap_bag, tmp_path, capfd):
     assert 0 < tp['kept_fraction_mean'] <= 1
     md = (out / 'report.md').read_text()
     assert '| topformer_tiny_scenes | topformer_tiny |' in md and '| tokenpass_vit_mini_scenes |' in md
+    # costmap metrics: CameraInfo + /tf pose + ground-truth occupancy on every frame
+    assert report['topics']['occupancy'] == '/ground_truth/occupancy' and report['occupancy']['frames_skipped'] == 0
+    for name in ('topformer_tiny_scenes', 'tokenpass_vit_mini_scenes'):
+        scores = report['occupancy']['models'][name]
+        assert scores['frames'] == FRAMES and scores['visible_cells'] > 0
+        assert 0 <= scores['false_free_rate'] <= 1 and 0 <= scores['free_recall'] <= 1
+        assert f'| {name} | {FRAMES} |' in md
+        assert (out / 'costmap' / name / 'occupancy' / '0000.png').is_file()
     assert f'{100 * top["metrics"]["mIoU"]:.1f}' in md
     for name in ('latency.png', 'cost_vs_difficulty.png', 'iou_per_class.png', 'miou_per_frame.png',
                  'confusion_topformer_tiny_scenes.png', 'confusion_tokenpass_vit_mini_scenes.png', 'strip.png'):
@@ -195,7 +203,7 @@ def test_live_compressed_through_the_node_with_record(sqlite_bag, tiny_model, tm
     labels identical to the offline engine's, outputs recorded to a new bag."""
     out, record = tmp_path / 'live', tmp_path / 'outputs_bag'
     proc = subprocess.run([sys.executable, '-m', 'seg_perception.offline.cli', 'replay', str(sqlite_bag),
-                           '--model', tiny_model, '--live', '--rate', '2', '--record', str(record), '--out', str(out),
+                           '--model', tiny_model, '--live', '--record', str(record), '--out', str(out),
                            '--no-video', '--timeout', '60'],
                           env=_subprocess_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -203,7 +211,8 @@ def test_live_compressed_through_the_node_with_record(sqlite_bag, tiny_model, tm
     live, = report['live']
     assert live['ok'] and not live['problems'], live
     assert live['frames_sent'] == FRAMES
-    assert live['labels_received'] + live['frames_dropped'] == FRAMES and live['labels_received'] >= FRAMES - 1
+    # the node segments the newest frame: under load (its first, cold inference) it may skip some, never lose count
+    assert live['labels_received'] + live['frames_dropped'] == FRAMES and live['labels_received'] >= FRAMES // 2
     assert live['stamps_kept'] and live['stamps_matched'] == live['labels_received']
     assert live['labels_equal_offline'] == live['labels_compared'] == live['labels_received']
     assert live['age_ms']['p50'] > 0 and live['output_rate_hz'] > 0

@@ -36,6 +36,7 @@ IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
 OCCUPANCY = 'nav_msgs/msg/OccupancyGrid'
+TF = 'tf2_msgs/msg/TFMessage'
 COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8')
 LABEL_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1')
 LABEL_WORDS = ('label', 'semantic', 'segment', 'ground_truth', 'groundtruth')
@@ -53,6 +54,7 @@ class BagTopics:
     gt: str = None
     camera_info: str = None
     occupancy: str = None
+    tf: list = dataclasses.field(default_factory=list)      # /tf, /tf_static: camera pose (costmap, live node)
     notes: list = dataclasses.field(default_factory=list)   # how topics were chosen
 
     @property
@@ -63,7 +65,7 @@ class BagTopics:
         return ', '.join(f'{t} ({self.types[t]})' for t in sorted(self.types))
 
     def used(self):
-        return [t for t in (self.image, self.gt, self.camera_info, self.occupancy) if t]
+        return [t for t in (self.image, self.gt, self.camera_info, self.occupancy, *self.tf) if t]
 
     def skipped(self):
         """{topic: {'type', 'messages', 'known_type'}} of the topics the replay does not use."""
@@ -166,6 +168,7 @@ def resolve_topics(bag, image_topic=None, gt_topic=None, camera_info_topic=None,
         info.occupancy = _pick('occupancy grid', grids, '--occupancy-topic', path)
         if info.occupancy:
             info.notes.append(f'ground-truth occupancy {info.occupancy} found by type')
+    info.tf = [t for t in ('/tf', '/tf_static') if types.get(t) == TF]
     return info
 
 
@@ -326,6 +329,7 @@ class ModelRun:
         row = {'stamp_ns': frame.stamp_ns, 'latency_ms': result.latency_ms, 'model_ms': result.model_ms,
                'difficulty': level, 'gmacs': None if result.macs is None else result.macs / 1e9,
                'kept_fraction': None if result.kept_fraction is None else float(result.kept_fraction[-1]),
+               'refined_fraction': None if result.refined_fraction is None else float(result.refined_fraction),
                'mIoU': None, 'pixel_accuracy': None}
         if frame.label is not None:
             if frame.label.shape != result.labels.shape:
@@ -350,11 +354,49 @@ def model_names(paths):
     return [s if stems.count(s) == 1 else f'{s}#{i + 1}' for i, s in enumerate(stems)]
 
 
-def run_offline(topics: BagTopics, models: list, source: FrameSource, writer, progress=True):
-    """Every frame through every model (same frames, same order); ``writer`` gets the frames for the video."""
+class CostmapScores:
+    """Each model's costmap (the node's own GroundCostmap, through :class:`.occupancy.OccupancyEvaluator`) against
+    the bag's ground-truth occupancy, on frames that have CameraInfo, occupancy and a base_link -> camera
+    transform on /tf (what ``seg-perception render`` writes)."""
+
+    def __init__(self, topics: BagTopics, models: list, out: Path, tolerance_ns: int):
+        from .occupancy import OccupancyEvaluator, camera_poses
+        poses = {}
+        for topic in topics.tf:
+            poses.update(camera_poses(topics.path, topic))
+        self.stamps = sorted(poses)
+        self.poses = [poses[s] for s in self.stamps]
+        self.tolerance_ns = tolerance_ns
+        self.note = None if poses else f'no base_link -> camera transform on {" or ".join(topics.tf) or "/tf"}'
+        self.evaluators = [OccupancyEvaluator(m.engine.names, meta=m.engine.meta, max_png=6,
+                                              out_dir=out / 'costmap' / m.name.replace('#', '_')) for m in models]
+        self.skipped = 0
+
+    def add(self, frame: Frame, results: list):
+        k = _nearest(self.stamps, [frame.stamp_ns], self.tolerance_ns)[0]
+        if frame.camera_info is None or frame.occupancy is None or k is None:
+            self.skipped += 1
+            return
+        for evaluator, result in zip(self.evaluators, results):
+            evaluator.add_frame(result.labels, result.confidence, frame.camera_info, self.poses[k], frame.occupancy,
+                                frame.stamp_ns, frame.image)
+
+    def summary(self, models: list) -> dict:
+        keys = ('obstacle_recall', 'obstacle_recall_1cell', 'false_free_rate', 'free_recall', 'occupied_iou')
+        rows = {m.name: e.summary() for m, e in zip(models, self.evaluators)}
+        lines = ['| model | frames | min confidence | ' + ' | '.join(k.replace('_', ' ') + ' %' for k in keys) + ' |',
+                 '|---|---:|---:|' + '---:|' * len(keys)]
+        for name, r in rows.items():
+            lines.append(f'| {name} | {r["frames"]} | {r["min_confidence"]:.2f} | ' + ' | '.join(
+                '-' if r[k] is None else f'{100 * r[k]:.1f}' for k in keys) + ' |')
+        return {'models': rows, 'frames_skipped': self.skipped, 'note': self.note, 'table': '\n'.join(lines)}
+
+
+def run_offline(topics: BagTopics, models: list, source: FrameSource, writer, costmaps=None, progress=True):
+    """Every frame through every model (same frames, same order); ``writer`` gets the frames for the video,
+    ``costmaps`` (a :class:`CostmapScores`, optional) the results for the costmap metrics."""
     from tqdm import tqdm
 
-    occupancy_eval = None
     for frame in tqdm(source, total=len(source), desc='replay', unit='frame', disable=not progress,
                       dynamic_ncols=True):
         if frame.index == 0:
@@ -363,9 +405,8 @@ def run_offline(topics: BagTopics, models: list, source: FrameSource, writer, pr
         level = difficulty(frame)
         results = [m.step(frame, level) for m in models]
         writer.add(frame, results)
-        if occupancy_eval is not None:
-            occupancy_eval.add(frame, results)
-    return occupancy_eval
+        if costmaps is not None:
+            costmaps.add(frame, results)
 
 
 # ----------------------------------------------------------------------------------------------- command
@@ -455,10 +496,14 @@ def run(args: argparse.Namespace) -> int:
     for line in topics.notes:
         print(line, file=sys.stderr)
     writer = replay_report.OverlayWriter(out, models, len(source), source_rate_hz(source), video=not args.no_video)
+    costmaps = None
+    if topics.occupancy and topics.camera_info:
+        costmaps = CostmapScores(topics, models, out, int(args.sync_tolerance_ms * 1e6))
     try:
-        occupancy = run_offline(topics, models, source, writer)
+        run_offline(topics, models, source, writer, costmaps)
     finally:
         writer.close()
+    occupancy = costmaps.summary(models) if costmaps is not None else None
     live = None
     if args.live:
         from . import replay_live

@@ -25,7 +25,7 @@ import time
 
 from ...paths import find_share_file
 from ..data import bags
-from .replay import COMPRESSED, ModelRun, label_digest, model_names
+from .replay import COMPRESSED, TF, ModelRun, label_digest, model_names
 
 OUTPUTS = {  # output -> (topic, message type)
     'labels': ('segmentation/labels', 'sensor_msgs/msg/Image'),
@@ -73,7 +73,7 @@ class Session:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         self.context = Context()
@@ -86,6 +86,12 @@ class Session:
                                                                     qos_profile_sensor_data)}
         if topics.camera_info:
             self.publishers[topics.camera_info] = self.node.create_publisher(CameraInfo, topics.camera_info, 10)
+        tf_cls = _message_class(TF)
+        for topic in topics.tf if tf_cls is not None else ():   # the camera pose, for the node's costmap
+            static = topic == '/tf_static'
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL if static else DurabilityPolicy.VOLATILE)
+            self.publishers[topic] = self.node.create_publisher(tf_cls, topic, qos)
         self.received = []          # (output, cdr bytes, monotonic receive time, publisher gid)
         self.diagnostics = []
         wanted = ['labels'] + (['color', 'costmap'] if record else [])
@@ -154,6 +160,7 @@ def run_live(args, topics, source, models, out):
     for model in models:
         domain, session, others = choose_domain(args, topics)
         log_path = os.path.join(out, f'node_{model.name}.log')
+        played = list(session.publishers)
         try:
             with open(log_path, 'w') as log:
                 proc = subprocess.Popen(node_command(model, topics, args), env=dds_env(domain), stdout=log,
@@ -164,7 +171,7 @@ def run_live(args, topics, source, models, out):
                     _stop(proc)
         finally:
             session.close()
-        result.update(domain_id=domain, rate=args.rate, node_log=os.path.basename(log_path),
+        result.update(domain_id=domain, rate=args.rate, node_log=os.path.basename(log_path), played=played,
                       isolation=f'its own domain, discovery {os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")}, '
                                 'outputs checked to come from the started node by publisher GID')
         if others:
@@ -211,7 +218,7 @@ def _drive(args, topics, source, model, session, proc, tqdm):
                       if name.endswith(NODE_NAME)}
 
     sent_at, frame_ids, count = {}, {}, len(source)
-    wanted = [t for t in (topics.image, topics.camera_info) if t]
+    wanted = list(session.publishers)
     bar = tqdm(total=count, desc=f'live {model.name}', unit='frame', dynamic_ncols=True)
     t0 = t0_bag = None
     for topic, msgtype, raw, t_bag in bags.read_raw_messages(topics.path, wanted):

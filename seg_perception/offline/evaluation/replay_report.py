@@ -135,6 +135,7 @@ def model_summary(m):
     static = m.engine.static_macs
     gmacs = [r['gmacs'] for r in rows if r['gmacs'] is not None]
     kept = [r['kept_fraction'] for r in rows if r['kept_fraction'] is not None]
+    refined = [r['refined_fraction'] for r in rows if r['refined_fraction'] is not None]
     return {
         'name': m.name, 'path': m.path, 'arch': m.engine.meta.get('arch', ''), 'provider': m.engine.provider,
         'classes': list(m.engine.names), 'frames': len(rows), 'frames_scored': len(scored),
@@ -144,6 +145,7 @@ def model_summary(m):
         'gmacs_static': None if static is None else float(static) / 1e9,
         'gmacs_per_frame': percentiles(gmacs),
         'kept_fraction_mean': float(np.mean(kept)) if kept else None,
+        'refined_fraction_mean': float(np.mean(refined)) if refined else None,
         'per_frame': rows,
         'confusion_matrix': m.confusion.matrix.tolist() if scored else None,
     }
@@ -164,14 +166,21 @@ def _cost(s):
     return _f(s['gmacs_static'], '{:.3f} (static)')
 
 
+def _adaptive(s):
+    """Token-pass: mean share of tokens kept to the last stage; adaptive TopFormer: mean share of tiles refined."""
+    if s['kept_fraction_mean'] is not None:
+        return f'kept {s["kept_fraction_mean"]:.3f}'
+    return '-' if s['refined_fraction_mean'] is None else f'refined {s["refined_fraction_mean"]:.3f}'
+
+
 def models_table(summaries):
-    lines = ['| model | arch | mIoU | pixel acc. | latency p50 / p90 / p99 (ms) | GMACs per frame | kept fraction '
-             '| provider |', '|---|---|---:|---:|---|---|---:|---|']
+    lines = ['| model | arch | mIoU | pixel acc. | latency p50 / p90 / p99 (ms) | GMACs per frame | kept / refined '
+             'fraction | provider |', '|---|---|---:|---:|---|---|---:|---|']
     for s in summaries:
         met = s['metrics'] or {}
         lines.append(f'| {s["name"]} | {s["arch"]} | {_f(met.get("mIoU"), scale=100)} | '
                      f'{_f(met.get("aAcc"), scale=100)} | {_lat(s["latency_ms"])} | {_cost(s)} | '
-                     f'{_f(s["kept_fraction_mean"], "{:.3f}")} | {s["provider"]} |')
+                     f'{_adaptive(s)} | {s["provider"]} |')
     return '\n'.join(lines)
 
 
@@ -367,8 +376,8 @@ def markdown(report, has_gt):
         live = report['live']
         lines += ['', '## Live: the node in its own process', '',
                   f'Each model ran in `segmentation_node` started for this replay, in DDS domain '
-                  f'{live[0]["domain_id"]} ({live[0]["isolation"]}); the bag\'s camera'
-                  f'{" and CameraInfo" if report["topics"]["camera_info"] else ""} messages were published at '
+                  f'{live[0]["domain_id"]} ({live[0]["isolation"]}); the bag\'s '
+                  f'{", ".join("`" + t + "`" for t in live[0]["played"])} messages were published at '
                   f'{live[0]["rate"]}x the recorded speed. Age: image published -> labels received.', '',
                   live_table(live)]
         for r in live:
@@ -376,8 +385,16 @@ def markdown(report, has_gt):
                 lines.append(f'- **{r["model"]}: {problem}**')
             if r.get('record'):
                 lines.append(f'- {r["model"]}: outputs recorded to `{r["record"]}` ({r["record_topics"]})')
-    if report['occupancy']:
-        lines += ['', '## Costmap against ground-truth occupancy', '', report['occupancy']['table']]
+    occ = report['occupancy']
+    if occ:
+        lines += ['', '## Costmap against ground-truth occupancy', '']
+        if occ['note'] and not any(r['frames'] for r in occ['models'].values()):
+            lines.append(f'Not scored: {occ["note"]}.')
+        else:
+            lines += [occ['table'], '', 'The node\'s costmap (`runtime/costmap.py`) from each model\'s labels and '
+                      'confidence, scored on the camera\'s visible ground (see `seg-perception occupancy --help`); '
+                      f'frames without CameraInfo, occupancy or camera pose: {occ["frames_skipped"]}. '
+                      'Side by side (costmap | ground truth | image): `costmap/<model>/occupancy/`.']
     files = report['files']
     lines += ['', '## Plots', '']
     for key in ('latency', 'cost_vs_difficulty', 'iou_per_class', 'miou_per_frame'):
