@@ -368,7 +368,7 @@ class SegmentationPipeline:
     def diagnostic_status(self):
         c = self.frame_counts()
         lat = self.stats.percentiles('latency_ms')
-        age = self.stats.percentiles('age_ms', (50,))
+        age = self.stats.percentiles('age_ms', (50, 99))
         values = {
             'model': os.path.basename(self.engine.model_path) if self.engine else '',
             'provider': self.engine.provider if self.engine else '',
@@ -376,6 +376,7 @@ class SegmentationPipeline:
             'output_rate_hz': f'{self.stats.rate("output"):.2f}',
             'latency_p50_ms': f'{lat[50]:.2f}', 'latency_p90_ms': f'{lat[90]:.2f}',
             'latency_p99_ms': f'{lat[99]:.2f}', 'input_to_output_p50_ms': f'{age[50]:.2f}',
+            'input_to_output_p99_ms': f'{age[99]:.2f}',
         }
         values.update({f'frames_{k}': str(v) for k, v in c.items()})
         kept = self.stats.values('kept_fraction')

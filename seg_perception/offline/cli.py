@@ -28,6 +28,8 @@ COMMANDS = {
                'replay a bag through one or more models (offline, or --live through the node): report + plots'),
     'occupancy': ('seg_perception.offline.evaluation.occupancy',
                   'the camera costmap against ground-truth occupancy of a rendered bag (safety metrics, PNGs)'),
+    'soak': ('seg_perception.offline.evaluation.soak',
+             'the node under 4x overload for minutes: memory growth, output age, counters (pass/fail)'),
 }
 
 # one example per sub-command, for the top-level help (a test checks every command has one)
@@ -43,6 +45,7 @@ EXAMPLES = {
     'replay': 'seg-perception replay samples/scenes_sample --model models/topformer_tiny_scenes.onnx '
               '--model models/tokenpass_vit_mini_scenes.onnx --out out/replay',
     'occupancy': 'seg-perception occupancy data/costmap_eval_bag --out out/occupancy',
+    'soak': 'seg-perception soak --minutes 10',
 }
 
 DESCRIPTION = """\
