@@ -38,7 +38,7 @@ def test_demo_replays_a_rendered_bag_through_the_node(tmp_path, tiny_model):
     assert live['stamps_kept'] and live['labels_equal_offline'] == live['labels_received']
     assert report['models'][0]['metrics']['num_pixels'] > 0 and 0 <= report['models'][0]['metrics']['mIoU'] <= 1
     assert 0 <= live['mIoU'] <= 1
-    assert int(live['node_diagnostics']['frames_received']) == 6
+    assert int(live['node_diagnostics']['frames_received']) == 6 + live['warmup_frames'] == 8
     strip = cv2.imread(str(out / 'strip.png'))
     assert strip.shape[1] == 3 * 320             # input | model over input | ground truth
     md = (out / 'report.md').read_text()

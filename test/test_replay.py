@@ -217,10 +217,12 @@ def test_live_compressed_through_the_node_with_record(sqlite_bag, tiny_model, tm
     assert live['labels_equal_offline'] == live['labels_compared'] == live['labels_received']
     assert live['age_ms']['p50'] > 0 and live['output_rate_hz'] > 0
     assert 150 <= live['domain_id'] <= 232 and live['domain_id'] != int(os.environ['ROS_DOMAIN_ID'])
-    assert int(live['node_diagnostics']['frames_received']) == FRAMES
+    assert live['warmup_frames'] == 2
+    assert int(live['node_diagnostics']['frames_received']) == FRAMES + live['warmup_frames']
     assert 0 <= live['mIoU'] <= 1
     md = (out / 'report.md').read_text()
     assert 'Live: the node in its own process' in md and f'DDS domain {live["domain_id"]}' in md
+    assert len(live['age_per_frame_ms']) == FRAMES and cv2.imread(str(out / 'live_age.png')) is not None
     topics = {}
     for topic, *_ in bags.read_raw_messages(str(record)):
         topics[topic] = topics.get(topic, 0) + 1

@@ -438,6 +438,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--rate', type=float, default=1.0, help='--live: playback speed (1 = as recorded)')
     parser.add_argument('--record', default=None, metavar='OUT_BAG',
                         help='--live: write what the node publishes (labels, colour, costmap) to this new bag')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='--live: send the first frame this many times before the bag (not counted), so the '
+                             'node\'s cold first inferences do not drop frames of the measurement')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='--live: ROS_DOMAIN_ID for the node and the player (default: a random free one)')
     parser.add_argument('--timeout', type=float, default=120.0,
@@ -461,6 +464,8 @@ def _check_args(args):
         raise UserError(f'--rate must be positive, got {args.rate}')
     if args.limit < 0:
         raise UserError(f'--limit must be 0 (all) or positive, got {args.limit}')
+    if args.warmup < 0:
+        raise UserError(f'--warmup must be 0 or positive, got {args.warmup}')
     if args.threads < 0:
         raise UserError(f'--threads must be 0 (ORT default) or positive, got {args.threads}')
     if (args.record or args.domain_id is not None) and not args.live:
@@ -469,11 +474,12 @@ def _check_args(args):
         raise UserError(f'--domain-id must be in [0, 232], got {args.domain_id}')
     if args.record and Path(args.record).exists():
         raise UserError(f'{args.record}: exists; --record writes a new bag, choose another path')
+    import importlib.util
     for name in ('matplotlib', 'tqdm'):
-        try:
-            __import__(name)
-        except ImportError:
-            raise UserError(f"replay needs {name}: pip install 'seg_perception[replay]'") from None
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"replay needs {name}: pip install 'seg_perception[replay]'")
+    if args.live and importlib.util.find_spec('rclpy') is None:
+        raise UserError("--live needs the ROS 2 Python packages: pip install 'seg_perception[ros]' or source ROS 2")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ with the model's name.
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -217,6 +218,8 @@ def _drive(args, topics, source, model, session, proc, tqdm):
         node_gids |= {gid for name, gid in session.publishers_of(session.node.resolve_topic_name(OUTPUTS[output][0]))
                       if name.endswith(NODE_NAME)}
 
+    warm = _warm_up(session, topics, args.warmup, deadline)
+    result['warmup_frames'] = len(warm)
     sent_at, frame_ids, count = {}, {}, len(source)
     wanted = list(session.publishers)
     bar = tqdm(total=count, desc=f'live {model.name}', unit='frame', dynamic_ncols=True)
@@ -238,8 +241,26 @@ def _drive(args, topics, source, model, session, proc, tqdm):
     bar.close()
     session.spin_for(max(3.0, 5.0 / args.rate), until=lambda: _labels_count(session) >= len(sent_at))
     session.spin_for(1.5)    # one more diagnostics period after the last output
-    _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, args.rate)
+    _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, args.rate, warm)
     return result
+
+
+def _warm_up(session, topics, count, deadline):
+    """Send the bag's first camera frame ``count`` times, stamped 1 ms apart just before it, each once the previous
+    one's labels came back (at most 10 s each), so the node's first, cold inferences stay out of the measurement.
+    Returns the warm-up stamps (their outputs are left out)."""
+    first = next((raw for _, _, raw, _ in bags.read_raw_messages(topics.path, [topics.image])), None)
+    stamps = set()
+    for k in range(count if first else 0):
+        raw = bytearray(first)
+        stamp = bags.header_stamp(first) - (count - k) * 1_000_000
+        struct.pack_into('<iI' if raw[1] == 1 else '>iI', raw, 4, stamp // 10**9, stamp % 10**9)
+        stamps.add(stamp)
+        before = _labels_count(session)
+        session.publishers[topics.image].publish(bytes(raw))
+        session.spin_for(max(0.0, min(10.0, deadline - time.monotonic())),
+                         until=lambda n=before: _labels_count(session) > n)
+    return stamps
 
 
 def _labels_count(session):
@@ -250,11 +271,13 @@ def _frame_id(raw, msgtype):
     return bags.typestore().deserialize_cdr(raw, msgtype).header.frame_id
 
 
-def _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, rate):
-    labels, ages, times, kept = {}, [], [], 0
+def _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, rate, warm):
+    labels, ages, times, kept, age_at = {}, [], [], 0, {}
     for output, raw, t_recv, gid in session.received:
         if gid is not None and gid not in node_gids:
             result['foreign_messages'] += 1
+            continue
+        if bags.header_stamp(raw) in warm:
             continue
         bag_ns = t0_bag + int((t_recv - t0) * rate * 1e9)
         result['_recorded'].append((output, raw, bag_ns))
@@ -266,11 +289,13 @@ def _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, rate):
         if stamp in sent_at and msg.header.frame_id == frame_ids[stamp]:
             kept += 1
             ages.append((t_recv - sent_at[stamp]) * 1e3)
+            age_at[stamp] = ages[-1]
             labels[stamp] = bags.decode_image(msg)
     from .replay_report import percentiles
     n = len(times)
     result.update(labels_received=n, frames_dropped=len(sent_at) - len(labels), stamps_matched=kept,
                   stamps_kept=n > 0 and kept == n, age_ms=percentiles(ages),
+                  age_per_frame_ms=[age_at.get(s) for s in sent_at],   # in sending order; None = dropped
                   output_rate_hz=(n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else None)
     result['_labels'] = labels
     if result['foreign_messages']:

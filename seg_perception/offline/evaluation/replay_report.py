@@ -238,6 +238,23 @@ def plot_latency(summaries, path):
     plt.close(fig)
 
 
+def plot_live_age(live, path):
+    """Age (image published -> labels received) per frame sent, one line per model; dropped frames marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    for k, r in enumerate(live):
+        ages = r.get('age_per_frame_ms') or []
+        ax.plot(range(len(ages)), [np.nan if a is None else a for a in ages], marker='.', lw=1, color=f'C{k}',
+                label=f'{r["model"]} ({r["frames_dropped"]} dropped)')
+        dropped = [i for i, a in enumerate(ages) if a is None]
+        ax.scatter(dropped, [0] * len(dropped), marker='x', color=f'C{k}')
+    ax.set(xlabel='frame sent', ylabel='age (ms)', title='Live: image published -> labels received (x: dropped)')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_iou(summaries, path):
     plt = _plt()
     scored = [s for s in summaries if s['metrics']]
@@ -323,6 +340,9 @@ def write_report(out, args, topics, source, models, writer, live, occupancy):
     summaries = [model_summary(m) for m in models]
     has_gt = any(s['metrics'] for s in summaries)
     files = write_plots(out, summaries, has_gt)
+    if live and any(r.get('age_per_frame_ms') for r in live):
+        files['live_age'] = 'live_age.png'
+        plot_live_age(live, os.path.join(out, files['live_age']))
     files['strip'] = 'strip.png'
     if writer.video_file:
         files['video'] = writer.video_file
@@ -378,7 +398,9 @@ def markdown(report, has_gt):
                   f'Each model ran in `segmentation_node` started for this replay, in DDS domain '
                   f'{live[0]["domain_id"]} ({live[0]["isolation"]}); the bag\'s '
                   f'{", ".join("`" + t + "`" for t in live[0]["played"])} messages were published at '
-                  f'{live[0]["rate"]}x the recorded speed. Age: image published -> labels received.', '',
+                  f'{live[0]["rate"]}x the recorded speed, after {live[0].get("warmup_frames", 0)} warm-up copies '
+                  'of the first frame (left out here; in the node\'s counters). Age: image published -> labels '
+                  'received.', '',
                   live_table(live)]
         for r in live:
             for problem in r['problems']:
@@ -397,7 +419,7 @@ def markdown(report, has_gt):
                       'Side by side (costmap | ground truth | image): `costmap/<model>/occupancy/`.']
     files = report['files']
     lines += ['', '## Plots', '']
-    for key in ('latency', 'cost_vs_difficulty', 'iou_per_class', 'miou_per_frame'):
+    for key in ('latency', 'live_age', 'cost_vs_difficulty', 'iou_per_class', 'miou_per_frame'):
         if key in files:
             lines.append(f'![{key}]({files[key]})')
     lines += [f'![{k}]({v})' for k, v in files.items() if k.startswith('confusion')]
