@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', default='out/demo', help='report folder')
     parser.add_argument('--rate', type=float, default=1.0, help='playback speed (1 = as recorded)')
     parser.add_argument('--timeout', type=float, default=120.0,
-                        help='give up on a node that does not start or finish within this many seconds')
+                        help='give up on a node that does not come up within this many seconds')
 
 
 def replay_argv(args) -> list:

@@ -425,13 +425,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', default=None, help='report folder (default: out/replay/<bag name>)')
     parser.add_argument('--limit', type=int, default=0, help='replay the first N camera frames only (0 = all)')
     parser.add_argument('--threads', type=int, default=1,
-                        help='ONNX Runtime intra-op threads, offline and for the live node (0 = its default)')
+                        help='ONNX Runtime intra-op threads, offline and in the live node (0 = ONNX Runtime\'s choice)')
     parser.add_argument('--providers', default=None,
                         help='comma list of ONNX Runtime execution providers (default: the engine\'s)')
     parser.add_argument('--exit-threshold', type=float, default=None,
                         help="token-pass models' stopping threshold (default: the model's own)")
     parser.add_argument('--sync-tolerance-ms', type=float, default=20.0,
-                        help='pair side messages (ground truth, CameraInfo, occupancy) with a frame within this')
+                        help='pair side messages (ground truth, CameraInfo, occupancy) with a frame within this (ms)')
     parser.add_argument('--no-video', action='store_true', help='skip overlay.mp4 (strip.png is always written)')
     parser.add_argument('--live', action='store_true',
                         help='also run the real node in its own process and DDS domain on the bag')
@@ -444,7 +444,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--domain-id', type=int, default=None,
                         help='--live: ROS_DOMAIN_ID for the node and the player (default: a random free one)')
     parser.add_argument('--timeout', type=float, default=120.0,
-                        help='--live: give up on a node that does not start or finish within this many seconds')
+                        help='--live: give up on a node that does not come up (or answer its warm-up frames) '
+                             'within this many seconds')
 
 
 def prepare_out(out):
