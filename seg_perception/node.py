@@ -19,6 +19,7 @@ deactivate destroys them, cleanup frees the ONNX Runtime session.
 import copy
 import json
 import os
+import sys
 import threading
 import time
 
@@ -27,7 +28,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.client import Client
-from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
@@ -47,6 +48,7 @@ from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from .errors import UserError
 from .label_info import LabelInfo, make_label_info
 from .paths import default_model_path
 from .runtime.costmap import resolve_min_confidence
@@ -208,7 +210,7 @@ class SegmentationPipeline:
     def _validate_static(self):
         mode = self.get_parameter('input_mode').value
         if mode not in ('raw', 'compressed'):
-            raise ValueError(f"input_mode must be 'raw' or 'compressed', got {mode!r}")
+            raise UserError(f"input_mode must be 'raw' or 'compressed', got {mode!r}")
 
     def _engine_settings(self, overrides):
         values = {name: self.get_parameter(name).value for name in ENGINE_PARAMS}
@@ -413,7 +415,7 @@ class SegmentationPipeline:
         self.pub_diag.publish(arr)
 
     def destroy_node(self):
-        if self.worker is not None:
+        if getattr(self, 'worker', None) is not None:  # None also when __init__ failed before _create_io
             if self.worker.stop(timeout=1.5):
                 self.get_logger().info('shutdown: inference worker joined')
             else:
@@ -476,12 +478,17 @@ class SegmentationLifecycleNode(SegmentationPipeline, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
 
-def _spin(node_class, args=None):
+def _spin(node_class, args=None) -> int:
+    """Run a node until shutdown; 0, or 2 after one line on stderr for a start-up mistake of the user's (a
+    parameter of the wrong type or out of its range, an unknown input_mode)."""
     rclpy.init(args=args)
     node = None
     try:
         node = node_class()
         rclpy.spin(node)
+    except (UserError, InvalidParameterTypeException, InvalidParameterValueException) as exc:
+        print(f'segmentation_node: error: {" ".join(str(exc).split())}', file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
@@ -493,15 +500,16 @@ def _spin(node_class, args=None):
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    return 0
 
 
-def main(args=None):
-    _spin(SegmentationNode, args)
+def main(args=None) -> int:
+    return _spin(SegmentationNode, args)
 
 
-def lifecycle_main(args=None):
-    _spin(SegmentationLifecycleNode, args)
+def lifecycle_main(args=None) -> int:
+    return _spin(SegmentationLifecycleNode, args)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -226,3 +226,16 @@ def test_signal_shuts_down_within_2s_and_a_restart_works_at_once(tmp_path, tiny_
                 proc.kill()
                 proc.communicate()
         rclpy.shutdown(context=ctx)
+
+
+@pytest.mark.parametrize('param, words', [
+    ('input_mode:=bogus', "input_mode must be 'raw' or 'compressed', got 'bogus'"),
+    ('overlay_alpha:=5.0', 'overlay_alpha out of range'),
+])
+def test_start_up_parameter_mistake_is_one_line_exit_2(param, words):
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    proc = subprocess.run([sys.executable, '-m', 'seg_perception.node', '--ros-args', '-p', param], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('segmentation_node: error: ') and words in lines[0], lines
