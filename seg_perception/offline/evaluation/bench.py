@@ -158,8 +158,9 @@ def add_tokenpass_arguments(parser):
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences of each model first')
     parser.add_argument('--limit', type=int, default=0, help='first N frames only')
     parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
-    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
-    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic (default: /camera/image_raw)')
+    parser.add_argument('--gt-topic', default=None,
+                        help='rosbag: ground-truth label topic (default: /ground_truth/labels)')
     parser.add_argument('--split', default='val', help='dataset split for open_dataset (default: val)')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                         help="network input for both models (multiples of 32; default: the models' own)")

@@ -182,8 +182,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', required=True, help='dataset folder, dataset YAML or rosbag2 path')
     parser.add_argument('--layout', default=None, help='dataset layout (default: detect)')
     parser.add_argument('--split', default='val', help='dataset split (default: val)')
-    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
-    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic (default: /camera/image_raw)')
+    parser.add_argument('--gt-topic', default=None,
+                        help='rosbag: ground-truth label topic (default: /ground_truth/labels)')
     parser.add_argument('--out', default=None, help='folder for metrics.json, report.md and confusion.png')
     parser.add_argument('--limit', type=int, default=0, help='evaluate the first N images only')
     parser.add_argument('--threads', type=int, default=None, help='intra-op threads (onnxruntime or torch)')
