@@ -64,7 +64,9 @@ def test_logits_model_matches_labels_model(tmp_path):
     rgb = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     ra, rb = a.infer(rgb), b.infer(rgb)
     assert (ra.labels == rb.labels).mean() > 0.99
-    assert np.abs(ra.confidence - rb.confidence).max() < 1e-3
+    # logits models: the coarse max softmax interpolated (runtime/upsample.py), near that of upsampled logits
+    diff = np.abs(ra.confidence - rb.confidence)
+    assert diff.mean() < 0.03, diff.mean()
 
 
 def test_input_size_override_and_native(tiny_model):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from . import bench_engine, bench_node
 from .metrics import ConfusionMatrix
 
 
@@ -181,6 +182,14 @@ def run_tokenpass(args):
 BENCHMARKS = {
     'tokenpass': ('token-pass model vs its static twin: MACs, latency, mIoU on easy and cluttered frames',
                   add_tokenpass_arguments, run_tokenpass),
+    'engine': ('network latency per model, size and threads: ONNX Runtime fp32 / int8 vs PyTorch eager, GFLOP/s',
+               bench_engine.add_engine_arguments, bench_engine.run_engine),
+    'peak': ('this machine\'s float32 matrix-multiply GFLOP/s (ONNX Runtime MatMul, numpy)',
+             bench_engine.add_peak_arguments, bench_engine.run_peak),
+    'peer': ('full-resolution labels: official-style in-graph upsampling vs logits + LogitsUpsampler',
+             bench_engine.add_peer_arguments, bench_engine.run_peer),
+    'node': ('the node\'s overhead (callback -> published) vs the bare engine, and end to end over rclpy',
+             bench_node.add_node_arguments, bench_node.run_node),
 }
 
 

@@ -1,0 +1,85 @@
+"""Turn a ``labels``-head model file into a ``logits``-head one by ONNX graph surgery (no checkpoint needed).
+
+A ``labels`` model (``output_kind: labels``) upsamples its 1/8 logits to the network input size inside the
+graph, then takes argmax and max softmax. At 150 classes that tail costs several times the network, and the
+engine then resizes the labels to the camera with nearest neighbour. A ``logits`` model stops at the 1/8
+logits; the engine's :class:`seg_perception.runtime.upsample.LogitsUpsampler` turns them into labels at the
+camera's own resolution, equal to bilinear-upsample-then-argmax, for a fraction of the cost.
+
+The surgery removes the post-processing nodes (:func:`onnx_graph.postprocess_node_names`), outputs the logits
+tensor as ``logits`` (other outputs such as ``kept_fraction`` / ``macs`` stay), drops initializers nobody uses
+any more and sets ``output_kind`` to ``logits``. The weights are untouched, so the logits are bit-identical.
+
+    python -m seg_perception.offline.deploy.logits_head models/topformer_tiny_scenes.onnx -o out.onnx
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import onnx
+
+from .onnx_graph import OUTPUTS, logits_tensor_name, postprocess_node_names, read_metadata, set_metadata
+
+
+def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of a ``labels`` model whose outputs are ``logits`` (N, C, h, w) plus its non-label outputs."""
+    meta = read_metadata(proto)
+    if meta['output_kind'] == 'logits':
+        raise ValueError('the model already outputs logits')
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    graph = out.graph
+    logits = logits_tensor_name(out)
+    drop = set(postprocess_node_names(out))
+    extra = [o for o in graph.output if o.name not in OUTPUTS]
+    while True:   # a tail node whose output something else still reads (a shared Constant) stays
+        needed = {name for n in graph.node if n.name not in drop for name in n.input} | {o.name for o in extra}
+        still = {n.name for n in graph.node if n.name in drop and set(n.output) & needed}
+        if not still:
+            break
+        drop -= still
+    kept_nodes = [n for n in graph.node if n.name not in drop]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    graph.node.append(onnx.helper.make_node('Identity', [logits], ['logits'], name='logits_output'))
+    num_classes = len(meta['names'])
+    del graph.output[:]
+    graph.output.append(onnx.helper.make_tensor_value_info('logits', onnx.TensorProto.FLOAT,
+                                                           [1, num_classes, None, None]))
+    graph.output.extend(extra)
+    used = {name for node in graph.node for name in node.input}
+    kept_inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    set_metadata(out, dict(meta, output_kind='logits'))
+    onnx.checker.check_model(out)
+    return out
+
+
+def convert_file(src: str, dst: str) -> dict:
+    """Convert ``src`` to a logits model at ``dst`` (may be the same path)."""
+    proto = onnx.load(str(src))
+    converted = to_logits_model(proto)
+    onnx.save_model(converted, str(dst), save_as_external_data=False)
+    return {'src': str(src), 'dst': str(dst), 'bytes': Path(dst).stat().st_size,
+            'removed_nodes': len(proto.graph.node) + 1 - len(converted.graph.node)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m seg_perception.offline.deploy.logits_head',
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument('model', help='a seg_perception model with labels/confidence outputs')
+    parser.add_argument('-o', '--output', required=True, help='the logits model to write (may be the input)')
+    args = parser.parse_args(argv)
+    try:
+        report = convert_file(args.model, args.output)
+    except (ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        print(f'error: {args.model}: {exc}')
+        return 2
+    print(f'wrote {report["dst"]} ({report["bytes"] / 1e6:.2f} MB, {report["removed_nodes"]} post-processing '
+          'nodes removed, outputs logits at 1/8)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""What the ``seg-perception bench`` sub-commands share: timing (median of repeats after warm-up, candidates
+interleaved so they see the same machine load), Markdown tables, ``--markdown FILE`` output.
+
+Benchmarks are commands, never timed asserts: compare ratios taken inside one run, not milliseconds across
+runs or machines."""
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7) -> dict:
+    """``{name: fn}`` -> ``{name: median ms}``: every fn runs ``warmup`` times, then the fns take turns
+    ``repeat`` rounds (so a burst of load hits all of them alike)."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(max(1, repeat)):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def markdown_table(headers: list, rows: list) -> str:
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+    lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+    return '\n'.join(lines)
+
+
+def fmt(value, digits: int = 2) -> str:
+    return 'n/a' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
+
+
+def ratio(a, b, digits: int = 2) -> str:
+    return 'n/a' if a is None or not b else f'{a / b:.{digits}f}'
+
+
+def machine_line() -> str:
+    """One line naming the machine (CPU model, cores) and the ONNX Runtime / numpy versions."""
+    import os
+
+    import onnxruntime as ort
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f'{cpu}, {os.cpu_count()} logical CPUs, {platform.machine()}, Python {platform.python_version()}, '
+            f'ONNX Runtime {ort.__version__}, numpy {np.__version__}')
+
+
+def add_common_arguments(parser, warmup: int = 2, repeat: int = 7) -> None:
+    parser.add_argument('--warmup', type=int, default=warmup, help='untimed runs of each candidate first')
+    parser.add_argument('--repeat', type=int, default=repeat,
+                        help='timed rounds (candidates interleaved); the table shows the median')
+    parser.add_argument('--markdown', default=None, help='also write the tables to this Markdown file')
+
+
+def command_line(args) -> str:
+    """The ``seg-perception bench`` command that reproduces ``args`` (every option spelled out)."""
+    words = ['seg-perception', 'bench', args.benchmark]
+    for key, value in vars(args).items():
+        if key in ('benchmark', 'bench_run', 'markdown') or value is None or value is False:
+            continue
+        words.append('--' + key.replace('_', '-'))
+        if value is not True:
+            words.extend(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+    return ' '.join(words)
+
+
+def emit(args, title: str, body: str) -> None:
+    """Print ``body`` under ``title``; with ``--markdown`` also write it (with the command and machine)."""
+    text = f'## {title}\n\n{body}\n\nMachine: {machine_line()}\n'
+    print(text)
+    if getattr(args, 'markdown', None):
+        command = command_line(args)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(f'{text}\nCommand: `{command}`\n')

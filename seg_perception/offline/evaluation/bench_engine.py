@@ -1,0 +1,325 @@
+"""``seg-perception bench engine | peak | peer``: the network's latency and throughput, and full-resolution labels.
+
+``bench engine``: per model, network size and thread count, the network (image tensor in, 1/8 logits out) in
+ONNX Runtime fp32, ONNX Runtime int8 (static QDQ) and PyTorch eager on the same architecture with the same
+thread count, interleaved; GMACs (``flops.count_macs``), achieved GFLOP/s (2 MACs / latency) and its share of
+this machine's measured matrix-multiply peak (``bench peak``). Models: a shipped ``.onnx`` file (its
+``_int8`` twin when there is one; PyTorch runs the same architecture with random weights: latency does not
+depend on the weights) or a zoo name (``topformer_tiny``, ``seaformer_small:150``, ``rtformer_slim:19``;
+random weights, exported with a plain ``torch.onnx.export`` and quantized on sample frames, cached under
+``~/.cache/seg_perception/bench``).
+
+``bench peak``: float32 matrix multiply (1024^3) GFLOP/s in ONNX Runtime (MatMul, 1 and 2 threads) and numpy.
+
+``bench peer``: labels at full resolution. "official-style" is the export the official code and our exporter
+made until now: the 1/8 logits upsampled bilinearly to the input size inside the graph, then argmax and max
+softmax. "ours": the graph stops at the 1/8 logits and :class:`seg_perception.runtime.upsample.LogitsUpsampler`
+produces labels and confidence; both are compared with the exact "bilinear upsample, then argmax" labels.
+6 classes: the shipped TopFormer-tiny on the sample bag's frames (real logits). 150 classes: TopFormer-tiny with
+random weights for the graph timings; since random weights give no real class structure, the upsampler's time
+and agreement are measured on synthetic region-structured logits of the same shape (stated in the table).
+A second table runs the shipped model as deployed (camera 640x480, network 256x320): the old file (labels at
+256x320, enlarged by nearest neighbour) against the logits file (labels straight at 640x480).
+"""
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UserError
+from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, ratio
+from .bench_models import SHIPPED, labels_bytes, load_bench_model, sample_frames, zoo_files
+
+DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
+MATMUL_N = 1024
+
+
+def parse_size(text: str) -> tuple:
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise UserError(f'size {text!r}: expected HxW, e.g. 480x640') from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise UserError(f'size {text!r}: H and W must be positive multiples of 32')
+    return h, w
+
+
+def _session(source, threads: int):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(source, sess_options=opts, providers=['CPUExecutionProvider'])
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+# ------------------------------------------------------------------------------------------------ peak
+
+def matmul_peak(threads_list=(1, 2), n: int = MATMUL_N, repeat: int = 7) -> dict:
+    """GFLOP/s of an n^3 float32 matrix multiply: ONNX Runtime MatMul per thread count, and numpy (its BLAS,
+    default threads). Returns ``{'ort': {threads: gflops}, 'numpy': gflops}``."""
+    import onnx
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node('MatMul', ['a', 'b'], ['c'])], 'matmul',
+                              [helper.make_tensor_value_info('a', TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info('c', TensorProto.FLOAT, [n, n])],
+                              [onnx.numpy_helper.from_array(b, 'b')])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    proto.ir_version = 8
+    flop = 2.0 * n ** 3
+    candidates = {('ort', t): (lambda s=_session(proto.SerializeToString(), t): s.run(None, {'a': a}))
+                  for t in threads_list}
+    candidates[('numpy', 0)] = lambda: a @ b
+    ms = interleaved_medians(candidates, warmup=2, repeat=repeat)
+    return {'ort': {t: flop / ms[('ort', t)] / 1e6 for t in threads_list}, 'numpy': flop / ms[('numpy', 0)] / 1e6}
+
+
+def peak_table(peak: dict) -> str:
+    rows = [[f'ONNX Runtime MatMul {MATMUL_N}^3', t, fmt(g, 1)] for t, g in peak['ort'].items()]
+    rows.append([f'numpy matmul {MATMUL_N}^3 (its BLAS, default threads)', 'default', fmt(peak['numpy'], 1)])
+    return markdown_table(['what', 'threads', 'GFLOP/s'], rows)
+
+
+def add_peak_arguments(parser) -> None:
+    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='ONNX Runtime thread counts')
+    add_common_arguments(parser)
+
+
+def run_peak(args) -> int:
+    emit(args, 'Matrix-multiply peak', peak_table(matmul_peak(tuple(args.threads), repeat=args.repeat)))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup=2, repeat=7) -> dict:
+    """Rows of network latency (see the module doc) and the matmul peak they are compared with."""
+    import torch
+
+    from .flops import count_macs
+    peak = matmul_peak(tuple(threads_list), repeat=repeat)
+    rows = []
+    for spec in specs:
+        bm = load_bench_model(spec, int8=int8)
+        for size in sizes:
+            macs, _ = count_macs(bm.torch_model, (1, 3, *size))
+            x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+            xt = torch.from_numpy(x)
+            for threads in threads_list:
+                candidates = {'ort': (lambda s=_session(bm.fp32, threads), x=x: s.run(None, {'images': x}))}
+                if bm.int8:
+                    candidates['int8'] = lambda s=_session(bm.int8, threads), x=x: s.run(None, {'images': x})
+                if torch_eager:
+                    def eager(model=bm.torch_model, threads=threads, xt=xt):
+                        torch.set_num_threads(threads)
+                        with torch.inference_mode():
+                            model(xt)
+                    candidates['torch'] = eager
+                ms = interleaved_medians(candidates, warmup, repeat)
+                gflops = 2 * macs / ms['ort'] / 1e6
+                rows.append({'model': bm.name, 'size': list(size), 'threads': threads, 'gmacs': macs / 1e9,
+                             'ort_ms': ms['ort'], 'int8_ms': ms.get('int8'), 'torch_ms': ms.get('torch'),
+                             'gflops': gflops, 'peak_gflops': peak['ort'][threads]})
+                print(f'  {bm.name} {size[0]}x{size[1]} threads={threads}: ' +
+                      ', '.join(f'{k} {v:.1f} ms' for k, v in ms.items()), flush=True)
+    return {'rows': rows, 'peak': peak}
+
+
+def engine_table(report: dict) -> str:
+    rows = []
+    for r in report['rows']:
+        rows.append([r['model'], f'{r["size"][0]}x{r["size"][1]}', r['threads'], fmt(r['gmacs'], 3),
+                     fmt(r['ort_ms']), fmt(r['int8_ms']), ratio(r['ort_ms'], r['int8_ms']),
+                     fmt(r['torch_ms']), ratio(r['torch_ms'], r['ort_ms']), fmt(r['gflops'], 1),
+                     f'{100 * r["gflops"] / r["peak_gflops"]:.0f} %'])
+    head = ['model', 'size', 'threads', 'GMACs', 'ORT fp32 ms', 'ORT int8 ms', 'int8 speed-up',
+            'PyTorch eager ms', 'ORT speed-up vs eager', 'ORT fp32 GFLOP/s', 'of MatMul peak']
+    return (markdown_table(head, rows) + '\n\nNetwork only (image tensor in, 1/8 logits out), median after warm-up, '
+            'candidates interleaved; GFLOP/s = 2 x MACs / ORT fp32 latency.\n\n' + peak_table(report['peak']))
+
+
+def add_engine_arguments(parser) -> None:
+    parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
+                        help='.onnx files and/or zoo names arch[:classes] (e.g. seaformer_small:150)')
+    parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'],
+                        help='network input sizes HxW (also try 720x1280 512x1024)')
+    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='intra-op thread counts')
+    parser.add_argument('--no-int8', action='store_true', help='skip the int8 column')
+    parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch eager column')
+    add_common_arguments(parser, repeat=5)
+
+
+def run_engine(args) -> int:
+    sizes = [parse_size(s) for s in args.sizes]
+    report = bench_engine(args.models, sizes, args.threads, int8=not args.no_int8, torch_eager=not args.no_torch,
+                          warmup=args.warmup, repeat=args.repeat)
+    emit(args, 'Network latency: ONNX Runtime fp32 / int8 vs PyTorch eager', engine_table(report))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ peer
+
+def synthetic_logits(num_classes: int, coarse_hw: tuple, regions: int = 24, seed: int = 0, stride: int = 8):
+    """(C, h, w) float32 logits with the structure of a trained model's: a full-resolution image split into
+    ``regions`` Voronoi regions, each with a class and a confusable runner-up, averaged down by ``stride``
+    (so boundary cells mix classes) plus smooth low-resolution noise on every class."""
+    import cv2
+    rng = np.random.default_rng(seed)
+    h, w = coarse_hw
+    big_h, big_w = h * stride, w * stride
+    centres = rng.uniform(0, 1, (regions, 2)) * (big_h, big_w)
+    yy, xx = np.mgrid[0:big_h, 0:big_w]
+    owner = np.argmin((yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2, 0)
+    classes = rng.choice(num_classes, size=(regions, 2), replace=num_classes < 2 * regions)
+    logits = np.zeros((num_classes, h, w), np.float32)
+    for r in range(regions):
+        share = cv2.resize((owner == r).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        logits[classes[r, 0]] += 8 * share
+        logits[classes[r, 1]] += 5 * share
+    noise = rng.standard_normal((num_classes, h // 4 + 2, w // 4 + 2)).astype(np.float32)
+    logits += 1.5 * np.stack([cv2.resize(n, (w, h), interpolation=cv2.INTER_CUBIC) for n in noise])
+    return logits
+
+
+def exact_labels(logits: np.ndarray, upsampler) -> tuple:
+    """The reference labels and max softmax: every class interpolated bilinearly, then argmax."""
+    from ...runtime.upsample import bilinear_logits
+    full = bilinear_logits(logits, upsampler.rows, upsampler.cols)
+    labels = full.argmax(axis=0)
+    full -= np.take_along_axis(full, labels[None], 0)
+    return labels, 1.0 / np.exp(full).sum(axis=0)
+
+
+def _peer_row(name, classes, size, threads, logits_sess, labels_sess, x, logits_for_upsampler, note, warmup,
+              repeat):
+    from ...runtime.upsample import LogitsUpsampler
+    coarse = logits_for_upsampler.shape[1:]
+    up = LogitsUpsampler.for_resize(coarse, size)
+    ms = interleaved_medians({
+        'net': lambda: logits_sess.run(None, {'images': x}),
+        'official': lambda: labels_sess.run(None, {'images': x}),
+        'upsample': lambda: up(logits_for_upsampler),
+    }, warmup, repeat)
+    ours, conf = up(logits_for_upsampler)
+    ref, ref_conf = exact_labels(logits_for_upsampler, up)
+    return {'model': name, 'classes': classes, 'size': list(size), 'threads': threads, 'net_ms': ms['net'],
+            'official_ms': ms['official'], 'ours_ms': ms['net'] + ms['upsample'], 'upsample_ms': ms['upsample'],
+            'agreement': float((ours == ref).mean()), 'conf_mad': float(np.abs(conf - ref_conf).mean()),
+            'ambiguous': up.counters['ambiguous_fraction'], 'logits': note}
+
+
+def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
+    import cv2
+
+    from ...runtime.engine import SegmentationEngine, compute_geometry, preprocess
+    calib = sample_frames(frames)
+    rows = []
+    # 6 classes: the shipped, trained model on real frames
+    meta6 = SegmentationEngine(str(SHIPPED)).meta
+    logits6, labels6 = SHIPPED.read_bytes(), labels_bytes(SHIPPED)
+    for size in sizes:
+        for threads in threads_list:
+            net, off = _session(logits6, threads), _session(labels6, threads)
+            per_frame = []
+            for rgb in calib:
+                x = preprocess(rgb, compute_geometry(rgb.shape[:2], size, 'resize'), meta6['mean'], meta6['std'])
+                logits = net.run(None, {'images': x})[0][0]
+                per_frame.append(_peer_row('topformer_tiny_scenes (trained)', 6, size, threads, net, off, x, logits,
+                                           'real (sample bag frames)', warmup, repeat))
+            row = dict(per_frame[0])
+            for key in ('net_ms', 'official_ms', 'ours_ms', 'upsample_ms', 'agreement', 'conf_mad', 'ambiguous'):
+                row[key] = float(np.median([r[key] for r in per_frame])) if key.endswith('ms') else \
+                    float(np.mean([r[key] for r in per_frame]))
+            row['agreement_min'] = min(r['agreement'] for r in per_frame)
+            rows.append(row)
+    # 150 classes: TopFormer-tiny graphs (random weights), synthetic structured logits for the upsampler
+    model, fp32, _, labels = zoo_files('topformer_tiny', 150, int8=False)
+    del model
+    for size in sizes:
+        for threads in threads_list:
+            net, off = _session(str(fp32), threads), _session(str(labels), threads)
+            x = preprocess(cv2.resize(calib[0], size[::-1]), compute_geometry(size, size, 'resize'),
+                           meta6['mean'], meta6['std'])
+            shape = net.run(None, {'images': x})[0].shape[2:]
+            per_seed = [_peer_row('topformer_tiny (ADE-size head)', 150, size, threads, net, off, x,
+                                  synthetic_logits(150, shape, seed=s), 'synthetic (24 regions)', warmup, repeat)
+                        for s in range(frames)]
+            row = dict(per_seed[0])
+            for key in ('net_ms', 'official_ms', 'ours_ms', 'upsample_ms'):
+                row[key] = float(np.median([r[key] for r in per_seed]))
+            for key in ('agreement', 'conf_mad', 'ambiguous'):
+                row[key] = float(np.mean([r[key] for r in per_seed]))
+            row['agreement_min'] = min(r['agreement'] for r in per_seed)
+            rows.append(row)
+    return {'rows': rows, 'deployed': bench_deployed(warmup, repeat)}
+
+
+def bench_deployed(warmup=2, repeat=7, threads=1) -> dict:
+    """The shipped model as the node runs it on 640x480 frames: labels file vs logits file, through the engine."""
+    import tempfile
+
+    from ...runtime.engine import SegmentationEngine, compute_geometry
+    frames = sample_frames(4)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, 'labels.onnx').write_bytes(labels_bytes(SHIPPED))
+        old = SegmentationEngine(str(Path(tmp, 'labels.onnx')), intra_op_threads=threads)
+        new = SegmentationEngine(str(SHIPPED), intra_op_threads=threads)
+        times = {'old': [], 'new': []}
+        agree = {'old': [], 'new': []}
+        for rgb in frames:
+            ms = interleaved_medians({'old': lambda rgb=rgb: old.infer(rgb), 'new': lambda rgb=rgb: new.infer(rgb)},
+                                     warmup, repeat)
+            for k in ms:
+                times[k].append(ms[k])
+            r_old, r_new = old.infer(rgb), new.infer(rgb)
+            geometry = compute_geometry(rgb.shape[:2], new.net_hw, new.meta['resize_mode'])
+            ref, _ = exact_labels(r_new.logits, new._upsampler(r_new.logits.shape[1:], geometry))
+            agree['old'].append((r_old.labels == ref).mean())
+            agree['new'].append((r_new.labels == ref).mean())
+    return {'threads': threads, 'camera': list(frames[0].shape[:2]), 'net': list(new.net_hw),
+            **{f'{k}_ms': float(np.median(v)) for k, v in times.items()},
+            **{f'{k}_agreement': float(np.mean(v)) for k, v in agree.items()}}
+
+
+def peer_table(report: dict) -> str:
+    rows = []
+    for r in report['rows']:
+        rows.append([r['model'], r['classes'], f'{r["size"][0]}x{r["size"][1]}', r['threads'], fmt(r['net_ms']),
+                     fmt(r['official_ms']), ratio(r['official_ms'], r['net_ms']), fmt(r['ours_ms']),
+                     ratio(r['ours_ms'], r['net_ms']),
+                     f'{100 * r["agreement"]:.3f} (min {100 * r["agreement_min"]:.3f})',
+                     f'{100 * r["ambiguous"]:.1f} %', fmt(r['conf_mad'], 4), r['logits']])
+    head = ['model', 'classes', 'size', 'threads', 'network to 1/8 logits ms', 'official-style ms', 'x network',
+            'ours ms', 'x network', 'ours = exact labels %', 'pixels refined', 'confidence mean abs diff',
+            'logits for ours']
+    d = report['deployed']
+    deployed = markdown_table(
+        ['file', 'engine ms (pre + network + post)', 'labels = exact bilinear at camera size %'],
+        [['topformer_tiny_scenes, labels head (256x320 labels, nearest to camera)', fmt(d['old_ms']),
+          f'{100 * d["old_agreement"]:.2f}'],
+         ['topformer_tiny_scenes, logits head + LogitsUpsampler (labels at camera size)', fmt(d['new_ms']),
+          f'{100 * d["new_agreement"]:.2f}']])
+    return (markdown_table(head, rows) + '\n\n"official-style": 1/8 logits upsampled to the input size in the graph, '
+            'argmax and max softmax (ONNX Runtime); "ours": the same graph ending at the 1/8 logits, then '
+            '`LogitsUpsampler` (labels exact by construction, confidence = interpolated coarse max softmax). '
+            'x network = time / network-to-logits time.\n\n'
+            f'Deployed: camera {d["camera"][0]}x{d["camera"][1]}, network {d["net"][0]}x{d["net"][1]}, '
+            f'{d["threads"]} thread, sample-bag frames:\n\n' + deployed)
+
+
+def add_peer_arguments(parser) -> None:
+    parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'], help='input sizes HxW')
+    parser.add_argument('--threads', type=int, nargs='+', default=[2], help='intra-op thread counts')
+    parser.add_argument('--frames', type=int, default=4, help='frames (6 classes) / synthetic seeds (150)')
+    add_common_arguments(parser, repeat=5)
+
+
+def run_peer(args) -> int:
+    report = bench_peer([parse_size(s) for s in args.sizes], args.threads, args.warmup, args.repeat, args.frames)
+    emit(args, 'Full-resolution labels: official-style export vs ours', peer_table(report))
+    return 0

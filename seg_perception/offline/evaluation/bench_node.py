@@ -1,0 +1,190 @@
+"""``seg-perception bench node``: the node's own overhead and the transport, on real rclpy + DDS.
+
+One process, two nodes on one executor: the real :class:`seg_perception.node.SegmentationNode` (in its own
+namespace, all three image outputs subscribed) and a driver that publishes a camera frame, waits until labels,
+colour and confidence for it have arrived, then sends the next (no frame is ever dropped or queued). Per frame:
+
+* node: arrival in the image callback -> all outputs published (the node's ``age_ms`` statistic), and the
+  engine's share of it (``latency_ms``: pre-processing + network + post-processing);
+* bare engine: ``SegmentationEngine.infer`` on the same frame, same model and threads, called directly while the
+  node is idle;
+* end to end: driver's publish -> labels received by the driver (DDS, executor and the node together);
+* the node's per-frame steps timed alone on the same frame: message -> array, confidence -> mono8, colour mask,
+  array -> message fields (what the node does around ``infer``).
+
+Frames: the sample bag's 640x480 frames, and the same frames resized to the other ``--sizes``.
+"""
+import os
+import threading
+import time
+
+import numpy as np
+
+from ...errors import UserError
+from .bench_common import emit, fmt, markdown_table, ratio
+from .bench_models import SHIPPED, sample_frames
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def _steps(engine, rgb, result) -> dict:
+    """Time the node's own steps around ``infer`` on one frame (ms each)."""
+    from sensor_msgs.msg import Image
+
+    from ...runtime.engine import colorize
+    from ...runtime.imgmsg import array_to_image_fields, image_to_rgb
+    msg = Image(**array_to_image_fields(rgb, 'rgb8'))
+    out = {}
+    t = time.perf_counter()
+    image_to_rgb(msg)
+    out['msg_to_array'] = time.perf_counter() - t
+    t = time.perf_counter()
+    conf = np.clip(result.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out['confidence_mono8'] = time.perf_counter() - t
+    t = time.perf_counter()
+    color = colorize(result.labels, engine.palette)
+    out['colorize'] = time.perf_counter() - t
+    t = time.perf_counter()
+    for arr, enc in ((result.labels, 'mono8'), (conf, 'mono8'), (color, 'rgb8')):
+        Image(**array_to_image_fields(arr, enc))
+    out['to_messages'] = time.perf_counter() - t
+    return {k: v * 1e3 for k, v in out.items()}
+
+
+def bench_node(model, sizes, frames=12, threads=1, warmup=3, timeout=30.0) -> dict:
+    import cv2
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from ...node import SegmentationNode
+    from ...runtime.engine import SegmentationEngine
+    from ...runtime.imgmsg import array_to_image_fields
+    base = sample_frames(frames)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    namespace = f'/seg_bench_{os.getpid()}'
+    rows = []
+    try:
+        node = SegmentationNode(context=ctx, namespace=namespace, parameter_overrides=[
+            Parameter('model_path', value=str(model)), Parameter('intra_op_threads', value=threads),
+            Parameter('stats_window', value=600.0), Parameter('providers', value=['CPUExecutionProvider'])])
+        driver = rclpy.create_node('seg_bench_driver', context=ctx)
+        arrived, lock = {}, threading.Lock()
+        done = threading.Condition(lock)
+
+        def on_output(msg, name):
+            now = time.perf_counter()
+            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            with done:
+                arrived.setdefault(key, {})[name] = now
+                done.notify_all()
+
+        for name in ('labels', 'color', 'confidence'):
+            driver.create_subscription(Image, f'{namespace}/segmentation/{name}',
+                                       lambda m, n=name: on_output(m, n), 10)
+        pub = driver.create_publisher(Image, f'{namespace}/image', qos_profile_sensor_data)
+        executor.add_node(node)
+        executor.add_node(driver)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        end = time.monotonic() + timeout
+        while not (node.sub.get_publisher_count() and pub.get_subscription_count()
+                   and all(p.get_subscription_count() for p in (node.pub_labels, node.pub_color, node.pub_conf))):
+            if time.monotonic() > end:
+                raise UserError('the benchmark driver and the node did not discover each other in '
+                                f'{timeout:.0f} s (check ROS_DOMAIN_ID / DDS settings)')
+            time.sleep(0.02)
+        bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
+        stamp = 0
+        for size in sizes:
+            images = [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
+                      if f.shape[:2] != tuple(size) else f for f in base]
+            e2e, e2e_all, bare_ms, steps = [], [], [], []
+            ages_before = len(node.stats.values('age_ms'))
+            for i, rgb in enumerate([images[0]] * warmup + images):
+                stamp += 1
+                msg = Image(**array_to_image_fields(rgb, 'rgb8'))
+                msg.header.stamp.sec, msg.header.frame_id = stamp, 'camera'
+                key = (stamp, 0)
+                t0 = time.perf_counter()
+                pub.publish(msg)
+                with done:
+                    if not done.wait_for(lambda k=key: len(arrived.get(k, {})) == 3, timeout=timeout):
+                        raise UserError(f'no outputs from the node for a {size[1]}x{size[0]} frame in {timeout:.0f} s')
+                    received = arrived.pop(key)
+                result = bare.infer(rgb)
+                if i >= warmup:
+                    e2e.append((received['labels'] - t0) * 1e3)
+                    e2e_all.append((max(received.values()) - t0) * 1e3)
+                    bare_ms.append(result.latency_ms)
+                    steps.append(_steps(bare, rgb, result))
+            ages = node.stats.values('age_ms')[ages_before + warmup:]
+            engine_in_node = node.stats.values('latency_ms')[ages_before + warmup:]
+            rows.append({'size': list(size), 'frames': len(e2e), 'node_ms': _median(ages),
+                         'node_engine_ms': _median(engine_in_node), 'bare_ms': _median(bare_ms),
+                         'e2e_ms': _median(e2e), 'e2e_all_ms': _median(e2e_all),
+                         **{k: _median([s[k] for s in steps]) for k in steps[0]}})
+            r = rows[-1]
+            print(f'  {size[1]}x{size[0]}: node {r["node_ms"]:.1f} ms, bare engine {r["bare_ms"]:.1f} ms, '
+                  f'end to end {r["e2e_ms"]:.1f} ms', flush=True)
+    finally:
+        executor.shutdown()
+        for n in executor.get_nodes():
+            n.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    return {'model': str(model), 'threads': threads, 'rows': rows}
+
+
+def node_table(report: dict) -> str:
+    rows = []
+    for r in report['rows']:
+        rows.append([f'{r["size"][1]}x{r["size"][0]}', r['frames'], fmt(r['bare_ms']), fmt(r['node_engine_ms']),
+                     fmt(r['node_ms']), ratio(r['node_ms'], r['bare_ms']), fmt(r['e2e_ms']), fmt(r['e2e_all_ms']),
+                     fmt(r['e2e_all_ms'] - r['node_ms'] if r['e2e_all_ms'] and r['node_ms'] else None),
+                     fmt(r['msg_to_array']), fmt(r['confidence_mono8']), fmt(r['colorize']), fmt(r['to_messages'])])
+    head = ['camera', 'frames', 'bare engine ms', 'engine in node ms', 'node arrival -> published ms',
+            'node / bare', 'end to end: labels ms', 'end to end: all 3 ms', 'transport + executor ms',
+            'msg -> array ms', 'confidence -> mono8 ms', 'colour mask ms', 'arrays -> 3 messages ms']
+    return (markdown_table(head, rows) + f'\n\nModel `{os.path.basename(report["model"])}`, '
+            f'{report["threads"]} ONNX Runtime thread(s), medians over the frames; one process, the node and the '
+            'driver on one rclpy executor over Fast DDS; end to end = driver publish -> labels (all three outputs) '
+            'received; transport + executor = end to end (all 3) - node arrival -> published.')
+
+
+def add_node_arguments(parser) -> None:
+    parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
+    parser.add_argument('--sizes', nargs='+', default=['480x640', '720x1280'], help='camera sizes HxW')
+    parser.add_argument('--frames', type=int, default=12, help='frames per size (from the sample bag)')
+    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed frames first (per size)')
+    parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
+
+
+def _camera_size(text):
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise UserError(f'size {text!r}: expected HxW, e.g. 480x640') from None
+    if h <= 0 or w <= 0:
+        raise UserError(f'size {text!r}: H and W must be positive')
+    return h, w
+
+
+def run_node(args) -> int:
+    try:
+        import rclpy  # noqa: F401
+    except ImportError:
+        raise UserError('bench node needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
+    if not os.path.isfile(args.model):
+        raise UserError(f'model {args.model}: no such file')
+    report = bench_node(args.model, [_camera_size(s) for s in args.sizes], args.frames, args.threads, args.warmup)
+    emit(args, 'Node overhead and transport', node_table(report))
+    return 0
+

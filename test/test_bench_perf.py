@@ -1,0 +1,65 @@
+"""``seg-perception bench engine | peak | peer | node`` run and print their tables (tiny sizes: these are
+commands that measure, not timed tests), and bad arguments are refused in one line."""
+import pytest
+
+from seg_perception.offline import cli
+from seg_perception.offline.evaluation import bench_models
+
+
+@pytest.fixture
+def bench_cache(tmp_path, monkeypatch):
+    """A fresh export cache."""
+    monkeypatch.setattr(bench_models, 'CACHE', tmp_path / 'cache')
+    return tmp_path
+
+
+def test_bench_peak(capsys):
+    assert cli.main(['bench', 'peak', '--threads', '1', '--repeat', '1', '--warmup', '0']) == 0
+    out = capsys.readouterr().out
+    assert '| ONNX Runtime MatMul 1024^3 | 1 |' in out and 'Machine:' in out
+
+
+def test_bench_engine_table_and_markdown(bench_cache, capsys):
+    md = bench_cache / 'engine.md'
+    shipped = str(bench_models.SHIPPED)     # has an int8 twin; PyTorch runs its architecture
+    assert cli.main(['bench', 'engine', '--models', shipped, '--sizes', '64x96', '--threads', '1',
+                     '--repeat', '1', '--warmup', '0', '--markdown', str(md)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith('| topformer_tiny_scenes | 64x96 | 1 |'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert all(c not in ('n/a', '') for c in cells), row          # int8 and PyTorch eager both ran
+    assert float(cells[3]) > 0 and float(cells[9]) > 0             # GMACs, GFLOP/s
+    text = md.read_text()
+    assert 'Network latency' in text and f'Command: `seg-perception bench engine --models {shipped}' in text
+
+
+def test_bench_peer_reports_exact_labels(bench_cache, capsys):
+    """Also the zoo path: TopFormer-tiny with 150 classes exported (logits and official-style) and cached."""
+    assert cli.main(['bench', 'peer', '--sizes', '64x64', '--threads', '1', '--frames', '1', '--repeat', '1',
+                     '--warmup', '0']) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith('| topformer_tiny')]
+    assert len(rows) == 4, out    # 6 and 150 classes + the two deployed files
+    for row in rows[:2]:
+        assert '| 100.000 (min 100.000) |' in row
+    assert len(list((bench_cache / 'cache').glob('topformer_tiny_150_*.onnx'))) == 2
+
+
+def test_bench_node_over_rclpy(tiny_logits_model, capsys):
+    pytest.importorskip('rclpy')
+    assert cli.main(['bench', 'node', '--model', tiny_logits_model, '--sizes', '48x64', '--frames', '2',
+                     '--warmup', '1']) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith('| 64x48 | 2 |'))
+    assert 'n/a' not in row
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['bench', 'engine', '--sizes', '100x100'], 'multiples of 32'),
+    (['bench', 'engine', '--models', 'nonet'], 'neither an .onnx file'),
+    (['bench', 'node', '--model', 'missing.onnx'], 'no such file'),
+])
+def test_bad_arguments_are_one_line(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err

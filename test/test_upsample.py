@@ -1,0 +1,80 @@
+"""LogitsUpsampler: labels equal to "bilinear upsample of the logits, then argmax" (PyTorch's own), at any output
+size and for letterboxed inputs, with 6 and 150 classes; the engine gives logits models' labels at camera size."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seg_perception.offline.evaluation.bench_engine import exact_labels, synthetic_logits
+from seg_perception.runtime.engine import SegmentationEngine, compute_geometry
+from seg_perception.runtime.upsample import LogitsUpsampler, bilinear_logits
+
+
+def _torch_labels(logits, out_hw):
+    up = F.interpolate(torch.from_numpy(logits)[None], size=out_hw, mode='bilinear', align_corners=False)[0]
+    return up.argmax(0).numpy(), torch.softmax(up, 0).max(0).values.numpy()
+
+
+@pytest.mark.parametrize('classes, coarse, out', [
+    (6, (32, 40), (480, 640)),      # the shipped model's 1/8 logits to a 640x480 camera (15x, not a power of 2)
+    (6, (30, 40), (240, 320)),      # 8x
+    (150, (64, 64), (512, 512)),    # ADE-style head at 512x512
+    (150, (60, 80), (481, 643)),    # odd camera sizes
+    (19, (16, 32), (100, 200)),     # non-integer scale below 8
+])
+def test_labels_equal_torch_bilinear_then_argmax(classes, coarse, out):
+    logits = synthetic_logits(classes, coarse, regions=12, seed=classes)
+    up = LogitsUpsampler.for_resize(coarse, out)
+    labels, conf = up(logits)
+    ref, ref_conf = _torch_labels(logits, out)
+    assert labels.shape == out and labels.dtype == np.uint8
+    assert np.array_equal(labels, ref)
+    assert 0 < up.counters['ambiguous_fraction'] < 0.6      # only boundary cells were interpolated
+    assert np.abs(conf - ref_conf).mean() < 0.05 and conf.min() >= 0 and conf.max() <= 1
+
+
+def test_noisy_logits_every_cell_ambiguous_still_exact():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (150, 12, 16)).astype(np.float32)
+    up = LogitsUpsampler.for_resize((12, 16), (96, 128))
+    labels, _ = up(logits, np.uint16)
+    assert labels.dtype == np.uint16
+    assert np.array_equal(labels, _torch_labels(logits, (96, 128))[0])
+    assert up.counters['max_candidates'] > 8     # the catch-all group ran too
+
+
+def test_reference_matches_torch_and_uniform_logits_need_no_refinement():
+    logits = synthetic_logits(6, (8, 10), regions=3, seed=1)
+    up = LogitsUpsampler.for_resize((8, 10), (70, 90))
+    ref = F.interpolate(torch.from_numpy(logits)[None], size=(70, 90), mode='bilinear', align_corners=False)[0]
+    assert np.abs(bilinear_logits(logits, up.rows, up.cols) - ref.numpy()).max() < 1e-4
+    flat = np.zeros((6, 8, 10), np.float32)
+    flat[2] = 5
+    labels, conf = up(flat)
+    assert np.all(labels == 2) and up.counters['ambiguous_cells'] == 0 and np.allclose(conf, conf[0, 0])
+
+
+def test_letterbox_geometry_samples_the_content_only():
+    """A 180x320 image letterboxed into 256x320 (content at row 38): its pixels are the network pixels of the
+    content band, so the labels equal torch's upsampling to 256x320, cropped to that band."""
+    g = compute_geometry((180, 320), (256, 320), 'letterbox')
+    assert g.content_hw == (180, 320) and g.offset_yx == (38, 0)
+    logits = synthetic_logits(6, (32, 40), regions=10, seed=4)
+    up = LogitsUpsampler.for_geometry((32, 40), g.net_hw, g.content_hw, g.offset_yx, g.src_hw)
+    labels, _ = up(logits)
+    ref, _ = _torch_labels(logits, (256, 320))
+    assert np.array_equal(labels, ref[38:38 + 180])
+    g = compute_geometry((360, 640), (256, 320), 'letterbox')    # and scaled: exact against the reference
+    up = LogitsUpsampler.for_geometry((32, 40), g.net_hw, g.content_hw, g.offset_yx, g.src_hw)
+    assert np.array_equal(up(logits)[0], exact_labels(logits, up)[0])
+
+
+def test_engine_logits_model_labels_at_camera_size(tiny_logits_model):
+    engine = SegmentationEngine(tiny_logits_model)
+    rgb = np.random.default_rng(2).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    result = engine.infer(rgb)
+    assert result.labels.shape == (120, 200) and result.confidence.shape == (120, 200)
+    assert result.logits is not None and result.logits.shape[0] == engine.num_classes
+    g = compute_geometry((120, 200), engine.net_hw, engine.meta['resize_mode'])
+    up = engine._upsampler(result.logits.shape[1:], g)
+    assert np.array_equal(result.labels, exact_labels(result.logits, up)[0])
