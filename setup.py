@@ -16,6 +16,8 @@ setup(
     packages=find_packages(exclude=['test']),
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        # where `ros2 run`/launch_ros look; each runs bin/<same name> (see scripts/segmentation_node)
+        ('lib/' + package_name, ['scripts/segmentation_node', 'scripts/segmentation_lifecycle_node']),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.py')),
         ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),

@@ -27,3 +27,14 @@ def tiny_model(tmp_path_factory):
 def tiny_logits_model(tmp_path_factory):
     return make_tiny_model(str(tmp_path_factory.mktemp('models') / 'tiny_logits.onnx'), output_kind='logits',
                            dynamic=False, resize_mode='letterbox', input_size=(64, 96))
+
+
+@pytest.fixture(scope='session')
+def ros2cli_venv():
+    """Path of a venv with the real ros2 CLI, launch, launch_ros and colcon (test/ros2cli_env.py): built once
+    (~70-200 s) and cached in ~/.cache/seg_perception/ros2cli-venv/<key>; skipped only without cmake/g++/make."""
+    import ros2cli_env
+    reason = ros2cli_env.missing_tools()
+    if reason:
+        pytest.skip(reason)
+    return ros2cli_env.ros2cli_venv()
