@@ -145,6 +145,29 @@ def test_frames_without_ground_truth_are_replayed_and_counted(frames, tiny_model
     assert report['frames_without']['gt'] == FRAMES // 2 and report['models'][0]['frames_scored'] == FRAMES // 2
 
 
+def test_undecodable_frames_are_left_out_and_counted(frames, tiny_model, tmp_path, capfd):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    ts = bags.typestore()
+    bag = tmp_path / 'broken_jpeg'
+    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as writer:
+        cam = writer.add_connection('/cam/image/compressed', 'sensor_msgs/msg/CompressedImage', typestore=ts)
+        for i, f in enumerate(frames[:4]):
+            t = bags.DEFAULT_START_NS + i * 100_000_000
+            msg = bags.compressed_msg(f['image'], t)
+            if i == 2:
+                msg = ts.types['sensor_msgs/msg/CompressedImage'](header=msg.header, format='jpeg',
+                                                                  data=np.frombuffer(b'not a jpeg', np.uint8))
+            writer.write(cam, t, ts.serialize_cdr(msg, 'sensor_msgs/msg/CompressedImage'))
+    out = tmp_path / 'report'
+    code, _, err = run_cli(['replay', bag, '--model', tiny_model, '--out', out, '--no-video'], capfd)
+    assert code == 0, err
+    report = json.loads((out / 'report.json').read_text())
+    assert report['frames'] == 3 and len(report['models'][0]['per_frame']) == 3
+    (reason, count), = report['frames_unusable'].items()
+    assert count == 1 and 'could not decode' in reason
+    assert 'Left out' in (out / 'report.md').read_text()
+
+
 def _two_camera_bag(path, frames):
     """Two colour cameras, labels, and a topic of a type the reader does not know."""
     from rosbags.rosbag2 import StoragePlugin, Writer

@@ -229,14 +229,33 @@ class FrameSource:
         finally:
             reader.close()
         self.unmatched = {side: sum(m is None for m in match) for side, match in self.matches.items()}
+        self.unusable = {}      # reason -> messages left out (filled while iterating)
 
     def __len__(self):
         return len(self.stamps)
 
+    def _decode_image(self, raw, msgtype, bag_ns):
+        """(stamp, bag time, frame_id, RGB or grey uint8 image), or None for a frame no model can use (counted by
+        reason in ``unusable``, as the node counts such frames as rejected)."""
+        try:
+            stamp, frame_id, image = bags.decode(raw, msgtype)
+        except ValueError as exc:    # unsupported encoding, truncated data, undecodable jpeg/png
+            reason = str(exc)
+        else:
+            if image.dtype == np.uint8 and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+                return stamp, bag_ns, frame_id, image
+            reason = f'{image.dtype} {"x".join(map(str, image.shape))} image (needs 8-bit RGB or grey)'
+        self.unusable[reason] = self.unusable.get(reason, 0) + 1
+        return None
+
     def _decode_side(self, side, raw, msgtype):
-        if side == 'gt':
-            return bags.decode(raw, msgtype)[2]
-        return bags.typestore().deserialize_cdr(raw, msgtype)
+        """A ground-truth image or deserialized message; None (counted in ``unusable``) if it cannot be read."""
+        try:
+            return bags.decode(raw, msgtype)[2] if side == 'gt' else bags.typestore().deserialize_cdr(raw, msgtype)
+        except ValueError as exc:
+            reason = f'{side}: {exc}'
+            self.unusable[reason] = self.unusable.get(reason, 0) + 1
+            return None
 
     def __iter__(self):
         topic_side = {getattr(self.topics, s): s for s in self.matches}
@@ -257,8 +276,7 @@ class FrameSource:
                     break
                 if conn.topic == self.topics.image:
                     if image_count < len(self):
-                        stamp, frame_id, image = bags.decode(raw, conn.msgtype)
-                        pending[image_count] = (stamp, timestamp, frame_id, image)
+                        pending[image_count] = self._decode_image(raw, conn.msgtype, timestamp)
                     image_count += 1
                 else:
                     side = topic_side[conn.topic]
@@ -269,13 +287,14 @@ class FrameSource:
                 while next_frame in pending and all(
                         self.matches[s][next_frame] is None or self.matches[s][next_frame] in held[s]
                         for s in self.matches):
-                    yield self._frame(next_frame, pending.pop(next_frame), held, users)
+                    frame = self._frame(next_frame, pending.pop(next_frame), held, users)
                     next_frame += 1
+                    if frame is not None:
+                        yield frame
         finally:
             reader.close()
 
     def _frame(self, index, item, held, users):
-        stamp, bag_ns, frame_id, image = item
         sides = {}
         for side in self.matches:
             m = self.matches[side][index]
@@ -285,6 +304,9 @@ class FrameSource:
             users[side][m] -= 1
             if not users[side][m]:
                 del held[side][m]
+        if item is None:
+            return None
+        stamp, bag_ns, frame_id, image = item
         return Frame(index, stamp, bag_ns, frame_id, image, label=sides.get('gt'),
                      camera_info=sides.get('camera_info'), occupancy=sides.get('occupancy'))
 
@@ -399,7 +421,7 @@ def run_offline(topics: BagTopics, models: list, source: FrameSource, writer, co
 
     for frame in tqdm(source, total=len(source), desc='replay', unit='frame', disable=not progress,
                       dynamic_ncols=True):
-        if frame.index == 0:
+        if not models[0].per_frame:
             for m in models:
                 m.warm_up(frame.image)
         level = difficulty(frame)
@@ -510,6 +532,9 @@ def run(args: argparse.Namespace) -> int:
         run_offline(topics, models, source, writer, costmaps)
     finally:
         writer.close()
+    if not models[0].per_frame:
+        raise UserError(f'{args.bag}: no usable frame on {topics.image} ('
+                        + '; '.join(f'{n} x {reason}' for reason, n in source.unusable.items()) + ')')
     occupancy = costmaps.summary(models) if costmaps is not None else None
     live = None
     if args.live:

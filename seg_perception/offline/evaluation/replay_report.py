@@ -348,7 +348,7 @@ def write_report(out, args, topics, source, models, writer, live, occupancy):
         files['video'] = writer.video_file
     skipped = topics.skipped()
     report = {
-        'bag': topics.path, 'frames': len(source),
+        'bag': topics.path, 'frames': len(summaries[0]['per_frame']), 'frames_unusable': source.unusable,
         'topics': {'image': topics.image, 'image_type': topics.image_type, 'gt': topics.gt,
                    'camera_info': topics.camera_info, 'occupancy': topics.occupancy},
         'topic_notes': topics.notes,
@@ -378,6 +378,9 @@ def markdown(report, has_gt):
              f'{"`" + t["camera_info"] + "`" if t["camera_info"] else "none"}; occupancy: '
              f'{"`" + t["occupancy"] + "`" if t["occupancy"] else "none"}. Engine threads: '
              f'{report["threads"] or "ONNX Runtime default"}.']
+    if report['frames_unusable']:
+        lines.append('Left out (no model can use them; the node rejects such frames too): ' + '; '.join(
+            f'{n} x {reason}' for reason, n in report['frames_unusable'].items()) + '.')
     missing = {k: v for k, v in report['frames_without'].items() if v}
     if missing:
         lines.append('Frames with no matching message: ' + ', '.join(f'{k} {v}' for k, v in missing.items()) + '.')
