@@ -36,7 +36,7 @@ def test_make_label_info():
 
 def test_node_without_vision_msgs_starts_and_says_so_once(tiny_model, capfd):
     if LabelInfo is not None:
-        pytest.skip('vision_msgs is installed here: the node publishes LabelInfo (test_ros2_topic_echo_...)')
+        pytest.skip('vision_msgs is installed here: the node publishes LabelInfo (test_ros2cli_topic_echo_...)')
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     node = SegmentationNode(context=ctx, parameter_overrides=[Parameter('model_path', value=tiny_model)])
@@ -85,7 +85,7 @@ def _interface_fields(text):
 
 
 @pytest.mark.timeout(1200)   # the first run builds the cached ros2cli venv
-def test_ros2_topic_echo_shows_the_classes_and_interface_show_agrees(ros2, tiny_model):
+def test_ros2cli_topic_echo_shows_the_classes_and_interface_show_agrees(ros2, tiny_model):
     node = ros2.start(os.path.join(ros2.venv, 'bin', 'python'), '-m', 'seg_perception.node', '--ros-args',
                       '-p', f'model_path:={tiny_model}', '-r', '__ns:=/labels_test', cwd=ROOT)
     try:
