@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 
 from .runtime.pose import FrameTree, quat_to_matrix, transform_matrix
 
@@ -83,7 +84,6 @@ class TfPoseSource:
         if self.backend == 'tf2_msgs':
             return self._tree.lookup(robot_frame, camera_frame)
         if self.backend == 'tf2_ros':
-            from rclpy.time import Time
             try:
                 ts = self._buffer.lookup_transform(robot_frame, camera_frame, Time())
             except tf2_ros.TransformException:
