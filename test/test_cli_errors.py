@@ -34,6 +34,8 @@ def files(tmp_path_factory):
     (d / 'typo.yaml').write_text(f'data: {BAG}\nval_intervall: 10\n')
     (d / 'good.yaml').write_text(f'data: {BAG}\nimage_topic: /camera/image_raw\nout: {run}\n')
     (d / 'empty.yaml').write_text(f'data: {empty}\nout: {d / "fresh"}\n')
+    (d / 'evil.yaml').write_text(f'data: !!python/object/apply:os.system ["touch {d}/pwned"]\n')
+    (d / 'broken.yaml').write_text('root: [unclosed\n')
     (d / 'existing_bag').mkdir()
     (d / 'existing_bag' / 'keep.txt').write_text('x')
     return d
@@ -48,6 +50,7 @@ MISTAKES = [
     ('train', ['{d}/missing.yaml'], ['missing.yaml', 'not found']),
     ('train', ['{d}/typo.yaml'], ['val_intervall', "did you mean 'val_interval'"]),
     ('train', ['{d}/good.yaml', 'lr=fast'], ['lr']),
+    ('train', ['{d}/evil.yaml'], ['python/object/apply']),
     ('train', ['{d}/good.yaml', 'iters'], ['iters', 'key=value']),
     ('train', ['{d}/good.yaml'], ['last.pt', 'exist']),
     ('train', ['{d}/empty.yaml'], ['empty_dataset', 'no image']),
@@ -56,6 +59,7 @@ MISTAKES = [
     ('evaluate', ['--model', str(MODEL), '--data', str(BAG), '--image-topic', '/cam'],
      ['/cam', '/camera/image_raw']),
     ('evaluate', ['--model', str(MODEL), '--data', '{d}/empty_dataset'], ['empty_dataset', 'no image']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/broken.yaml'], ['broken.yaml']),
     ('evaluate', ['--model', '{d}/missing.onnx', '--data', str(BAG)], ['missing.onnx', 'not found']),
     ('evaluate', ['--model', '{d}/notes.onnx', '--data', str(BAG)], ['notes.onnx', 'not an ONNX']),
     ('evaluate', ['--model', '{d}/notes.pt', '--data', str(BAG)], ['notes.pt', 'not a seg_perception checkpoint']),
@@ -112,6 +116,7 @@ def test_mistake_is_one_line_exit_2(command, args, words, files, capfd, monkeypa
     assert len(lines) == 1 and 'Traceback' not in err, (err, out)
     for word in words:
         assert word.format(d=files).lower() in lines[0].lower(), (word, lines[0])
+    assert not (files / 'pwned').exists(), 'a config value was evaluated'
 
 
 @pytest.mark.parametrize('command', list(cli.COMMANDS))

@@ -6,7 +6,8 @@ has an entry in EXAMPLES (shown by ``seg-perception --help``).
 
 User mistakes end as one line on stderr and exit code 2, never a traceback: code that finds one raises
 ``UserError`` (``from seg_perception.errors import UserError``); missing files and folders
-(``FileNotFoundError`` and its kin) and unusable model files (``EngineError``) are treated the same way.
+(``FileNotFoundError`` and its kin), unusable model files (``EngineError``) and YAML files that do not parse
+(or ask for Python objects: YAML is only ever read with ``safe_load``) are treated the same way.
 Anything else is a programming error and keeps its traceback.
 """
 import argparse
@@ -80,8 +81,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _user_error_types():
+    import yaml
+
     from ..runtime.engine import EngineError
-    return (UserError, EngineError) + USER_OS_ERRORS
+    return (UserError, EngineError, yaml.YAMLError) + USER_OS_ERRORS
 
 
 def user_error_message(exc):

@@ -393,7 +393,8 @@ def open_dataset(spec, split=None, layout=None, **kw):
     spec = Path(spec)
     options = {}
     if spec.suffix in ('.yaml', '.yml') and spec.is_file():
-        options = yaml.safe_load(spec.read_text()) or {}
+        with open(spec) as f:  # a file stream: YAML errors name the file
+            options = yaml.safe_load(f) or {}
         root = Path(options.pop('root', '.'))
         spec = root if root.is_absolute() else spec.parent / root
         layout = layout or options.pop('layout', None)
