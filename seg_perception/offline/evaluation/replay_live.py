@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from ...launch_support import large_data_env
 from ...paths import find_share_file
 from ..data import bags
 from .replay import COMPRESSED, TF, ModelRun, label_digest, model_names
@@ -41,11 +42,9 @@ def dds_env(domain_id):
     env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
     env['ROS_DOMAIN_ID'] = str(domain_id)
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    if not any(env.get(k) for k in ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
-                                    'FASTDDS_BUILTIN_TRANSPORTS')):
-        profile = find_share_file('config', 'fastdds_large_data.xml')
-        if profile:
-            env['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
+    profile = find_share_file('config', 'fastdds_large_data.xml')
+    if profile:   # the variable name the installed Fast DDS reads (Jazzy's 2.x: FASTRTPS_...), unless one is set
+        env.update(large_data_env(profile, env))
     return env
 
 
