@@ -8,6 +8,7 @@ from test_train import tiny_config, write_scenes
 
 from seg_perception.offline import cli
 from seg_perception.offline.data.datasets import open_dataset
+from seg_perception.offline.deploy.logits_head import convert_file
 from seg_perception.offline.deploy.onnx_graph import read_metadata
 from seg_perception.offline.evaluation.evaluate import evaluate
 from seg_perception.offline.predict import checkpoint_preprocessing, load_checkpoint, predict
@@ -20,7 +21,8 @@ EVAL_SIZE = (90, 120)     # neither the network size nor a multiple of the strid
 
 @pytest.fixture(scope='module')
 def letterboxed(tmp_path_factory):
-    """(eval dataset, checkpoint, export made without --resize-mode) of a model trained letterboxed."""
+    """(eval dataset, checkpoint, {output kind: export made without --resize-mode}) of a model trained
+    letterboxed; the 'logits' file is the 'labels' one with its tail cut off (deploy.logits_head)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('predict')
     data = write_scenes(root / 'train', n=3, size=TRAIN_SIZE)
@@ -30,11 +32,14 @@ def letterboxed(tmp_path_factory):
     checkpoint = root / 'run' / 'last.pt'
     onnx_path = root / 'model.onnx'
     assert cli.main(['export', '--checkpoint', str(checkpoint), '-o', str(onnx_path)]) == 0
-    return write_scenes(root / 'eval', n=3, size=EVAL_SIZE, seed=7), checkpoint, onnx_path
+    convert_file(str(onnx_path), str(root / 'model_logits.onnx'))
+    exports = {'labels': onnx_path, 'logits': root / 'model_logits.onnx'}
+    return write_scenes(root / 'eval', n=3, size=EVAL_SIZE, seed=7), checkpoint, exports
 
 
 def test_export_takes_preprocessing_from_checkpoint(letterboxed, tmp_path):
-    _, checkpoint, onnx_path = letterboxed
+    _, checkpoint, exports = letterboxed
+    onnx_path = exports['labels']
     ckpt = torch.load(checkpoint, weights_only=True)
     assert ckpt['resize_mode'] == 'letterbox' and ckpt['input_size'] == list(TRAIN_SIZE)
     meta = read_metadata(onnx_path)
@@ -58,9 +63,11 @@ def test_checkpoints_without_resize_mode_were_stretched():
         checkpoint_preprocessing({'resize_mode': 'crop'})
 
 
+@pytest.mark.parametrize('kind', ['labels', 'logits'])
 @pytest.mark.parametrize('mode', ['letterbox', 'resize', 'whole image'])
-def test_torch_labels_equal_engine_labels(letterboxed, mode):
-    data, checkpoint, onnx_path = letterboxed
+def test_torch_labels_equal_engine_labels(letterboxed, mode, kind):
+    data, checkpoint, exports = letterboxed
+    onnx_path = exports[kind]
     model, ckpt = load_checkpoint(checkpoint)
     prep = checkpoint_preprocessing(ckpt)
     input_size = None if mode == 'whole image' else prep['input_size']
@@ -71,21 +78,21 @@ def test_torch_labels_equal_engine_labels(letterboxed, mode):
     agreement, mismatch_mode = [], []
     for i in range(len(dataset)):
         image, _ = dataset[i]
-        ours = predict(model, image, input_size, prep['mean'], prep['std'], resize_mode)
+        ours = predict(model, image, input_size, prep['mean'], prep['std'], resize_mode, output_kind=kind)
         theirs = engine.infer(image).labels
         assert ours.shape == theirs.shape == EVAL_SIZE and ours.dtype == theirs.dtype
         agreement.append(float((ours == theirs).mean()))
         other = 'resize' if resize_mode == 'letterbox' else 'letterbox'
-        mismatch_mode.append(float((predict(model, image, prep['input_size'], prep['mean'], prep['std'], other)
-                                    == theirs).mean()))
+        mismatch_mode.append(float((predict(model, image, prep['input_size'], prep['mean'], prep['std'], other,
+                                            output_kind=kind) == theirs).mean()))
     assert min(agreement) >= 0.999, agreement
     if input_size is not None:   # the other geometry is measurably worse: the test can fail
         assert np.mean(mismatch_mode) < np.mean(agreement) - 0.005, (agreement, mismatch_mode)
 
 
 def test_checkpoint_and_export_score_the_same(letterboxed):
-    data, checkpoint, onnx_path = letterboxed
-    from_onnx = evaluate(onnx_path, data, threads=1, warmup=0, progress=False)
+    data, checkpoint, exports = letterboxed
+    from_onnx = evaluate(exports['labels'], data, threads=1, warmup=0, progress=False)
     from_torch = evaluate(checkpoint, data, threads=1, warmup=0, progress=False)
     assert 'letterbox' in from_torch['runner']
     assert from_torch['mIoU'] == pytest.approx(from_onnx['mIoU'], abs=1e-3)

@@ -4,9 +4,11 @@
 :class:`seg_perception.runtime.engine.SegmentationEngine`: the engine's :func:`~seg_perception.runtime.engine.
 compute_geometry` (stretch or letterbox into the network size; with no size, the image's own size rounded UP
 to the stride and padded bottom/right) and :func:`~seg_perception.runtime.engine.preprocess` (resize,
-normalise, pad), the export graph's post-processing (1/8 logits upsampled bilinearly to the network input,
-argmax) and the engine's :func:`~seg_perception.runtime.engine.restore` (crop the padding, nearest resize to the
-image). A checkpoint and its export therefore score the same.
+normalise, pad), then the post-processing of the exported file's ``output_kind``: 'labels' (``export --head
+labels``): the graph's 1/8 logits upsampled bilinearly to the network input and argmax, then the engine's
+:func:`~seg_perception.runtime.engine.restore` (crop the padding, nearest resize to the image); 'logits'
+(``--head logits``): the engine's :class:`~seg_perception.runtime.upsample.LogitsUpsampler`, straight from the
+1/8 logits to the image. A checkpoint and its export therefore score the same.
 
 :func:`checkpoint_preprocessing` is the one reading of the preprocessing a checkpoint was trained with (input
 size, mean/std, resize mode), used by evaluation and export alike.
@@ -23,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..runtime.engine import compute_geometry, preprocess, restore
-from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_KINDS, RESIZE_MODES
+from ..runtime.upsample import LogitsUpsampler
 
 # what checkpoints of this project's trainer held before they recorded it: the trainer always stretched
 TRAINER_RESIZE_MODE = 'resize'
@@ -69,16 +72,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tup
 
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, input_size, mean, std, resize_mode: str = TRAINER_RESIZE_MODE,
-            device: str | torch.device = 'cpu', stride: int = 32) -> np.ndarray:
+            device: str | torch.device = 'cpu', stride: int = 32, output_kind: str = 'labels') -> np.ndarray:
     """Labels (H, W) (uint8, uint16 above 255 classes) for one RGB uint8 image, as the engine computes them
-    from the model's export: fit into ``input_size`` [H, W] by ``resize_mode`` (``None``: the image's size
-    rounded up to ``stride``, padded), forward in eval mode, 1/8 logits upsampled bilinearly to the network
-    input, argmax, padding cropped and the labels resized (nearest) to the image."""
+    from the model's export of ``output_kind``: fit into ``input_size`` [H, W] by ``resize_mode`` (``None``: the
+    image's size rounded up to ``stride``, padded), forward in eval mode; 'labels': 1/8 logits upsampled
+    bilinearly to the network input, argmax, padding cropped and the labels resized (nearest) to the image;
+    'logits': the engine's LogitsUpsampler from the 1/8 logits straight to the image."""
+    if output_kind not in OUTPUT_KINDS:
+        raise ValueError(f'output_kind {output_kind!r} not in {OUTPUT_KINDS}')
     net_hw = tuple(int(v) for v in input_size) if input_size else None
     geometry = compute_geometry(image.shape[:2], net_hw, resize_mode, stride, dynamic=True)
     x = torch.from_numpy(preprocess(image, geometry, mean, std)).to(device)
-    logits = model(x)
-    logits = F.interpolate(logits.float(), size=geometry.net_hw, mode='bilinear', align_corners=False)
-    labels = logits.argmax(1)[0].cpu().numpy()
-    labels = labels.astype(np.uint8 if logits.shape[1] <= 255 else np.uint16)
+    logits = model(x).float()
+    label_dtype = np.uint8 if logits.shape[1] <= 255 else np.uint16
+    if output_kind == 'logits':
+        coarse = logits[0].cpu().numpy()
+        upsampler = LogitsUpsampler.for_geometry(coarse.shape[1:], geometry.net_hw, geometry.content_hw,
+                                                 geometry.offset_yx, geometry.src_hw)
+        return upsampler(coarse, label_dtype)[0]
+    logits = F.interpolate(logits, size=geometry.net_hw, mode='bilinear', align_corners=False)
+    labels = logits.argmax(1)[0].cpu().numpy().astype(label_dtype)
     return restore(labels, geometry, cv2.INTER_NEAREST)
