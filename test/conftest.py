@@ -5,12 +5,14 @@ import sys
 
 import pytest
 
-# One DDS domain per test session, discovery kept on this machine, large images through shared memory.
+from seg_perception.launch_support import large_data_env
+
+# One DDS domain per test session, discovery kept on this machine, large images through shared memory (the
+# profile under the variable name the installed Fast DDS reads: FASTRTPS_* for Fast DDS 2.x, i.e. Jazzy).
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
-                      os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                   'config', 'fastdds_large_data.xml'))
+os.environ.update(large_data_env(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                              'config', 'fastdds_large_data.xml')))
 
 sys.path.insert(0, os.path.dirname(__file__))
 
