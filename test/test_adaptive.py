@@ -157,7 +157,7 @@ def exported(model, tmp_path_factory):
     from seg_perception.offline.deploy.export import build_metadata, export_model
 
     path = tmp_path_factory.mktemp('adaptive') / 'adaptive.onnx'
-    report = export_model(model, path, build_metadata(6, SIZE, arch='adaptive_topformer_tiny'), SIZE)
+    report = export_model(model, path, build_metadata(6, SIZE, arch='adaptive_topformer_tiny'), SIZE, check=False)
     return path, report
 
 
@@ -227,3 +227,48 @@ def test_training_output_loss_and_gradients():
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match='tile_buckets'):
         AdaptiveTopFormer(num_classes=6, tile_buckets=(0.25, 0.5))
+
+
+def _labelled_folder(root, count=4, size=SIZE):
+    import cv2
+
+    for sub in ('images', 'masks', 'meta'):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        image = (_image(i, size)[0].permute(1, 2, 0).numpy() * 40 + 120).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / 'images' / f'{i:03d}.png'), image)
+        cv2.imwrite(str(root / 'masks' / f'{i:03d}.png'), rng.integers(0, 6, size, dtype=np.uint8))
+        (root / 'meta' / f'{i:03d}.json').write_text(f'{{"clutter": {i / count}}}')
+    return root
+
+
+def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tmp_path, capsys):
+    import json
+
+    from seg_perception.offline.cli import main
+    from seg_perception.offline.deploy.export import build_metadata, export_model
+    from seg_perception.offline.evaluation.evaluate import evaluate
+
+    path, _ = exported
+    tiny = create_model('topformer_tiny', num_classes=6).eval()
+    tiny.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith('deep.')})
+    export_model(tiny, tmp_path / 'tiny.onnx', build_metadata(6, SIZE, arch='topformer_tiny'), SIZE, check=False)
+    data = _labelled_folder(tmp_path / 'data')
+    assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'), '--data',
+                 str(data), '--thresholds', '0', '1', '--warmup', '0', '--plot', str(tmp_path / 'curve.png'),
+                 '--json', str(tmp_path / 'bench.json')]) == 0
+    out = capsys.readouterr().out
+    assert '| easy half | 2 |' in out and '| cluttered half | 2 |' in out and 'halves split by clutter' in out
+    report = json.loads((tmp_path / 'bench.json').read_text())
+    groups = report['groups']['all']
+    never, always, static = groups['adaptive refine_threshold=0'], groups['adaptive refine_threshold=1'], \
+        groups['tiny']
+    assert never['miou'] == static['miou']           # the cheap path is TopFormer-tiny: same labels
+    assert never['refined_tiles'] == 0.0 and always['refined_tiles'] == 1.0 and always['refined_frames'] == 1.0
+    assert never['gmacs'] < always['gmacs'] and (tmp_path / 'curve.png').stat().st_size > 0
+    metrics = evaluate(path, data, split='', refine_threshold=1.0, progress=False, threads=1)
+    assert metrics['refined_fraction'] == 1.0 and metrics['refined_frames_fraction'] == 1.0
+    assert set(metrics['groups']) == {'easy half', 'cluttered half'}
+    assert metrics['groups']['easy half']['frames'] == 2
+    assert 'cluttered half (2 frames, by clutter)' in metrics['table']

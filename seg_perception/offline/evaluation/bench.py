@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from . import bench_engine, bench_node
+from . import bench_adaptive, bench_engine, bench_node
 from .metrics import ConfusionMatrix
 
 
@@ -190,6 +190,11 @@ BENCHMARKS = {
              bench_engine.add_peer_arguments, bench_engine.run_peer),
     'node': ('the node\'s overhead (callback -> published) vs the bare engine, and end to end over rclpy',
              bench_node.add_node_arguments, bench_node.run_node),
+    'adaptive': ('adaptive model over its knob vs static models: MACs, latency, refined fraction, mIoU per '
+                 'complexity group, chart', bench_adaptive.add_adaptive_arguments, bench_adaptive.run_adaptive),
+    'adaptive-cost': ('adaptive architecture\'s paths in ONNX Runtime (random weights): cheap path, every tile, '
+                      'deep head per window count, static zoo models', bench_adaptive.add_adaptive_cost_arguments,
+                      bench_adaptive.run_adaptive_cost),
 }
 
 

@@ -31,19 +31,20 @@ from .metrics import ConfusionMatrix, metrics_table, save_confusion_png
 class OnnxPredictor:
     """An exported model through the runtime engine."""
 
-    def __init__(self, path, providers=None, threads=None, exit_threshold=None):
+    def __init__(self, path, providers=None, threads=None, exit_threshold=None, refine_threshold=None):
         from ...runtime.engine import SegmentationEngine
 
         self.engine = SegmentationEngine(str(path), providers=providers, intra_op_threads=threads or 0)
         self.exit_threshold = exit_threshold
+        self.refine_threshold = refine_threshold
         self.names = list(self.engine.meta['names'])
         self.description = f'onnx ({self.engine.provider})'
         self.static_macs = self.engine.meta.get('static_macs')
 
     def __call__(self, image):
-        result = self.engine.infer(image, exit_threshold=self.exit_threshold)
+        result = self.engine.infer(image, exit_threshold=self.exit_threshold, refine_threshold=self.refine_threshold)
         return {'labels': result.labels, 'latency_ms': result.latency_ms, 'kept_fraction': result.kept_fraction,
-                'macs': result.macs}
+                'macs': result.macs, 'refined_fraction': result.refined_fraction}
 
 
 class TorchPredictor:
@@ -72,15 +73,15 @@ class TorchPredictor:
         tic = time.perf_counter()
         labels = predict(self.model, image, self.input_size, self.mean, self.std, self.resize_mode)
         return {'labels': labels, 'latency_ms': 1000 * (time.perf_counter() - tic), 'kept_fraction': None,
-                'macs': None}
+                'macs': None, 'refined_fraction': None}
 
 
-def open_predictor(path, providers=None, threads=None, exit_threshold=None, input_size=None):
+def open_predictor(path, providers=None, threads=None, exit_threshold=None, input_size=None, refine_threshold=None):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'model {path} not found')
     if path.suffix == '.onnx':
-        return OnnxPredictor(path, providers, threads, exit_threshold)
+        return OnnxPredictor(path, providers, threads, exit_threshold, refine_threshold)
     return TorchPredictor(path, input_size, threads)
 
 
@@ -92,15 +93,20 @@ def _percentiles(values):
 
 
 def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=None, out=None, limit=0,
-             providers=None, threads=None, exit_threshold=None, input_size=None, warmup=2, progress=True):
-    """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``)."""
+             providers=None, threads=None, exit_threshold=None, input_size=None, warmup=2, progress=True,
+             refine_threshold=None):
+    """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``).
+
+    Adaptive-cost models also get ``groups``: frames, GMACs, latency, refined / kept fraction and mIoU of the
+    easy and the cluttered half (by the renderer's clutter level when every frame has one, else by the
+    model's own refined or kept fraction)."""
     from tqdm import tqdm
 
     from ..data.datasets import open_dataset
 
     kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
     dataset = open_dataset(str(data), split=split, layout=layout, **kwargs)
-    predictor = open_predictor(model, providers, threads, exit_threshold, input_size)
+    predictor = open_predictor(model, providers, threads, exit_threshold, input_size, refine_threshold)
     classes = [str(c) for c in dataset.classes]
     if len(predictor.names) != len(classes):
         raise ValueError(f'the model predicts {len(predictor.names)} classes {predictor.names}, the dataset has '
@@ -109,7 +115,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
     confusion = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
-    latencies, kept, macs = [], [], []
+    latencies, kept, macs, refined, per_frame = [], [], [], [], []
     for _ in range(warmup):
         predictor(dataset[0][0])
     for i in tqdm(range(count), desc='evaluate', disable=not progress, dynamic_ncols=True):
@@ -122,8 +128,16 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         latencies.append(result['latency_ms'])
         if result['kept_fraction'] is not None:
             kept.append(np.atleast_1d(np.asarray(result['kept_fraction'], np.float64)))
+        if result['refined_fraction'] is not None:
+            refined.append(result['refined_fraction'])
         if result['macs'] is not None:
             macs.append(float(result['macs']))
+            frame = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
+            frame.update(labels, label)
+            cost = result['refined_fraction'] if result['refined_fraction'] is not None else \
+                float(np.mean(result['kept_fraction'])) if result['kept_fraction'] is not None else None
+            per_frame.append({'confusion': frame.matrix, 'macs': float(result['macs']), 'ms': result['latency_ms'],
+                              'clutter': dataset.sample_meta(i).get('clutter'), 'fraction': cost})
 
     metrics = confusion.compute(classes)
     report = {
@@ -138,6 +152,10 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         'kept_fraction_per_stage': None,
         'gmacs_per_frame': None,
         'exit_threshold': exit_threshold,
+        'refine_threshold': refine_threshold,
+        'refined_fraction': None,
+        'refined_frames_fraction': None,
+        'groups': None,
         'confusion_matrix': confusion.matrix.tolist(),
     }
     if kept:
@@ -148,6 +166,11 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         report['gmacs_per_frame'] = float(np.mean(macs)) / 1e9
         if predictor.static_macs:
             report['macs_vs_static'] = float(np.mean(macs)) / float(predictor.static_macs)
+    if refined:
+        report['refined_fraction'] = float(np.mean(refined))
+        report['refined_frames_fraction'] = float(np.mean(np.asarray(refined) > 0))
+    if len(per_frame) >= 2:
+        report['groups'] = complexity_groups(per_frame, classes, getattr(dataset, 'ignore_index', 255))
     table = markdown_report(report)
     if out:
         out = Path(out)
@@ -162,6 +185,26 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     return report
 
 
+def complexity_groups(frames, classes, ignore_index):
+    """Cost and accuracy of the easy and the cluttered half of ``frames`` (dicts with 'confusion', 'macs',
+    'ms', 'clutter', 'fraction'): halves by clutter when every frame has one, else by 'fraction'."""
+    by_clutter = all(f['clutter'] is not None for f in frames)
+    key = np.array([f['clutter'] if by_clutter else (f['fraction'] or 0.0) for f in frames], np.float64)
+    order = np.argsort(key, kind='stable')
+    half = len(frames) // 2
+    groups = {}
+    for name, members in (('easy half', order[:half]), ('cluttered half', order[half:])):
+        confusion = ConfusionMatrix(len(classes), ignore_index)
+        confusion.matrix = sum(frames[i]['confusion'] for i in members)
+        fractions = [frames[i]['fraction'] for i in members if frames[i]['fraction'] is not None]
+        groups[name] = {'frames': len(members), 'split_by': 'clutter' if by_clutter else 'cost fraction',
+                        'gmacs_per_frame': float(np.mean([frames[i]['macs'] for i in members])) / 1e9,
+                        'latency_ms_mean': float(np.mean([frames[i]['ms'] for i in members])),
+                        'fraction': float(np.mean(fractions)) if fractions else None,
+                        'mIoU': confusion.compute(classes)['mIoU']}
+    return groups
+
+
 def markdown_report(report):
     rows = []
     lat = report['latency_ms']
@@ -173,6 +216,14 @@ def markdown_report(report):
     if report['gmacs_per_frame'] is not None:
         ratio = f' ({100 * report["macs_vs_static"]:.1f} % of static)' if 'macs_vs_static' in report else ''
         rows.append(('GMACs per frame', f'{report["gmacs_per_frame"]:.3f}{ratio}'))
+    if report.get('refined_fraction') is not None:
+        rows.append(('tiles refined (mean) / frames with any', f'{report["refined_fraction"]:.3f} / '
+                                                                f'{report["refined_frames_fraction"]:.3f}'))
+    for name, g in (report.get('groups') or {}).items():
+        miou = f'{100 * g["mIoU"]:.1f}' if g['mIoU'] is not None else 'n/a'
+        fraction = f', refined/kept {g["fraction"]:.3f}' if g['fraction'] is not None else ''
+        rows.append((f'{name} ({g["frames"]} frames, by {g["split_by"]})',
+                     f'{g["gmacs_per_frame"]:.3f} GMACs, {g["latency_ms_mean"]:.1f} ms mean{fraction}, mIoU {miou}'))
     rows.append(('images', str(report['images'])))
     return metrics_table(report, rows)
 
@@ -190,6 +241,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=None, help='intra-op threads (onnxruntime or torch)')
     parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
     parser.add_argument('--exit-threshold', type=float, default=None, help='token-pass: stopping threshold')
+    parser.add_argument('--refine-threshold', type=float, default=None,
+                        help="adaptive TopFormer: refine threshold (0 = never refine, 1 = always; default: the "
+                             "model's stored one)")
     parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
                         help='checkpoints: network input size (default: the checkpoint\'s; 0 0 = whole image)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
@@ -200,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,
                       gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,
                       threads=args.threads, exit_threshold=args.exit_threshold, input_size=args.input_size,
-                      warmup=args.warmup)
+                      warmup=args.warmup, refine_threshold=args.refine_threshold)
     print(report['table'])
     if args.out:
         print(f'\nwritten: {Path(args.out) / "metrics.json"}, report.md, confusion.png')

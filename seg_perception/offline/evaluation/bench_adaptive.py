@@ -1,0 +1,320 @@
+"""``seg-perception bench adaptive``: an adaptive model over its knob's range against static models, on the
+same frames in one run, per complexity group::
+
+    seg-perception bench adaptive --model adaptive.onnx --static topformer_tiny.onnx topformer_small.onnx \\
+        --data data/bench640 --input-size 480 640 --thresholds 0 0.8 0.9 0.95 1 [--plot curve.png]
+
+Every model runs through the runtime engine (the node's inference path), frame by frame, the candidates
+interleaved so they see the same machine load. The adaptive model (an ``.onnx`` with a ``refine_threshold``
+or ``exit_threshold`` input) runs once per knob value; the static models (any exported model, e.g. the zoo
+models and the token-pass ViT at its default threshold) once each. Reported per group (all frames, the easy
+half, the cluttered half): MACs per frame (the model's ``macs`` output, else its ``static_macs`` metadata at the
+stored size, else n/a), ONNX Runtime latency (p50 and mean of ``model_ms``), the latency ratio to the first and
+to the last static model (e.g. TopFormer-tiny and the larger model), the fraction of tiles (regions) and of
+frames that took the deep path, and mIoU. Halves: the renderer's clutter level (``meta/*.json``) when every
+frame has one, else the fraction of tiles the adaptive model refines at its default knob.
+
+``--plot FILE`` draws mIoU against mean latency: the adaptive model's curve over the knob, one point per static
+model, and the straight line joining the first and last static models.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UserError
+from .metrics import ConfusionMatrix
+
+
+def fmt(value, digits=2):
+    return 'n/a' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
+
+
+def ratio(a, b, digits=2):
+    return 'n/a' if a is None or not b else f'{a / b:.{digits}f}'
+
+
+def markdown_table(headers, rows):
+    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
+    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
+
+
+def machine_line():
+    import os
+    import platform
+
+    import onnxruntime as ort
+    return f'{platform.machine()}, {os.cpu_count()} logical CPUs, ONNX Runtime {ort.__version__}'
+
+
+def interleaved_medians(candidates, warmup=2, repeat=7):
+    """``{name: fn}`` -> ``{name: median ms}``: warm-up runs, then the candidates take turns ``repeat`` times."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(max(1, repeat)):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def _knob(engine):
+    if engine.has_refine_threshold:
+        return 'refine_threshold'
+    if engine.has_exit_threshold:
+        return 'exit_threshold'
+    return None
+
+
+def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, limit=0, providers=None,
+                   image_topic=None, gt_topic=None, split='val', input_size=None):
+    """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
+    returns a report dict (see :func:`adaptive_table`)."""
+    from ...runtime.engine import SegmentationEngine
+    from .bench import iter_labelled_frames
+
+    adaptive = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size)
+    knob = _knob(adaptive)
+    if knob is None:
+        raise UserError(f'{model}: not an adaptive model (no refine_threshold or exit_threshold input)')
+    default = float(adaptive.meta.get(knob, 1.0))
+    thresholds = sorted(set([float(t) for t in (thresholds or ())] + [default]))
+    engines = {f'{Path(model).stem} {knob}={t:g}': (adaptive, {knob: t}) for t in thresholds}
+    default_name = f'{Path(model).stem} {knob}={default:g}'
+    for path in statics:
+        engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads, input_size=input_size)
+        if engine.names != adaptive.names:
+            raise UserError(f'{path} predicts {engine.names}, {model} predicts {adaptive.names}')
+        engines[Path(path).stem] = (engine, {})
+    frames = []
+    for rgb, label, clutter in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+        if not frames:
+            for engine, kwargs in engines.values():
+                for _ in range(warmup):
+                    engine.infer(rgb, **kwargs)
+        runs = {}
+        for name, (engine, kwargs) in engines.items():
+            result = engine.infer(rgb, **kwargs)
+            runs[name] = {'labels': result.labels, 'ms': result.model_ms, 'macs': result.macs,
+                          'refined': result.refined_fraction}
+        frames.append({'label': label, 'clutter': clutter, 'runs': runs})
+    if not frames:
+        raise UserError(f'{data}: no labelled frames')
+    by_clutter = all(f['clutter'] is not None for f in frames)
+    difficulty = np.array([f['clutter'] if by_clutter else (f['runs'][default_name]['refined'] or 0.0)
+                           for f in frames], np.float64)
+    order = np.argsort(difficulty, kind='stable')
+    half = len(frames) // 2
+    groups = {'all': frames}
+    if half:
+        groups['easy half'] = [frames[i] for i in order[:half]]
+        groups['cluttered half'] = [frames[i] for i in order[half:]]
+    ignore_index = adaptive.meta.get('ignore_index', 255)
+    summary = {}
+    for group, members in groups.items():
+        summary[group] = {}
+        for name, (engine, _) in engines.items():
+            confusion = ConfusionMatrix(adaptive.num_classes, ignore_index)
+            for f in members:
+                confusion.update(f['runs'][name]['labels'], f['label'])
+            ms = np.array([f['runs'][name]['ms'] for f in members], np.float64)
+            macs = [f['runs'][name]['macs'] for f in members if f['runs'][name]['macs'] is not None]
+            refined = [f['runs'][name]['refined'] for f in members if f['runs'][name]['refined'] is not None]
+            stored_size = input_size is None or tuple(input_size) == tuple(engine.meta['input_size'])
+            static = engine.static_macs if stored_size else None   # metadata MACs hold at the stored size
+            summary[group][name] = {
+                'frames': len(members), 'miou': confusion.compute()['mIoU'],
+                'ms_p50': float(np.percentile(ms, 50)), 'ms_mean': float(ms.mean()),
+                'gmacs': (float(np.mean(macs)) if macs else static) / 1e9 if (macs or static) else None,
+                'refined_tiles': float(np.mean(refined)) if refined else None,
+                'refined_frames': float(np.mean(np.asarray(refined) > 0)) if refined else None,
+            }
+    return {'model': str(model), 'statics': [str(s) for s in statics], 'data': str(data), 'knob': knob,
+            'thresholds': thresholds, 'default': default, 'threads': threads, 'provider': adaptive.provider,
+            'input_size': list(adaptive.net_hw or ()), 'split_by': 'clutter' if by_clutter else 'refined fraction',
+            'static_names': [Path(s).stem for s in statics], 'groups': summary}
+
+
+def adaptive_table(report):
+    """Markdown table of :func:`bench_adaptive`'s report (one row per model / knob value and group)."""
+    statics = report['static_names']
+    bases = list(dict.fromkeys(statics[:1] + statics[-1:]))   # the first and the last static model
+    headers = (['group', 'frames', 'model', 'GMACs/frame', 'ms p50', 'ms mean']
+               + [f'latency / {b}' for b in bases] + ['tiles refined', 'frames refined', 'mIoU'])
+    rows = []
+    for group, models in report['groups'].items():
+        for name, g in models.items():
+            rows.append([group, g['frames'], name, fmt(g['gmacs'], 3), fmt(g['ms_p50']), fmt(g['ms_mean'])]
+                        + [ratio(g['ms_mean'], models[b]['ms_mean']) for b in bases]
+                        + [fmt(g['refined_tiles'], 3), fmt(g['refined_frames'], 3),
+                           fmt(100 * g['miou'] if g['miou'] is not None else None, 1)])
+    note = (f'\n\n{report["knob"]} default {report["default"]:g}; network input {report["input_size"] or "native"}; '
+            f'{report["provider"]} with {report["threads"]} thread(s); halves split by {report["split_by"]}; '
+            'latency = ONNX Runtime run time (mean ratios within this run); tiles refined = mean fraction of '
+            'tiles through the deep head; frames refined = fraction of frames with at least one.')
+    return markdown_table(headers, rows) + note
+
+
+def plot_curve(report, path):
+    """mIoU vs mean latency (all frames): the adaptive curve over the knob, static points, and the line
+    joining the first and the last static model."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    models = report['groups']['all']
+    statics = report['static_names']
+    curve = [(g['ms_mean'], 100 * (g['miou'] or 0.0), name) for name, g in models.items() if name not in statics]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot([c[0] for c in curve], [c[1] for c in curve], marker='o', label=f'adaptive ({report["knob"]})')
+    for ms, miou, name in curve:
+        ax.annotate(name.rsplit('=', 1)[-1], (ms, miou), textcoords='offset points', xytext=(4, -10), fontsize=8)
+    for name in statics:
+        g = models[name]
+        ax.scatter([g['ms_mean']], [100 * (g['miou'] or 0.0)], marker='s', label=name)
+    if len(statics) >= 2:
+        a, b = models[statics[0]], models[statics[-1]]
+        ax.plot([a['ms_mean'], b['ms_mean']], [100 * (a['miou'] or 0), 100 * (b['miou'] or 0)], '--', color='gray',
+                label='static line')
+    ax.set_xlabel(f'mean ONNX Runtime latency (ms, {report["threads"]} thread(s))')
+    ax.set_ylabel('mIoU (%)')
+    ax.set_title('accuracy vs latency (all frames)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_adaptive_arguments(parser):
+    parser.add_argument('--model', required=True, help='adaptive .onnx (refine_threshold or exit_threshold input)')
+    parser.add_argument('--static', nargs='*', default=[],
+                        help='static .onnx models to compare with, smallest first and the larger model last '
+                             '(latency ratios are taken to the first and the last)')
+    parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
+    parser.add_argument('--thresholds', type=float, nargs='*', default=[0.0, 1.0],
+                        help="knob values to run besides the model's stored default (0 = never refine, "
+                             '1 = always)')
+    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed inferences of each candidate first')
+    parser.add_argument('--limit', type=int, default=0, help='first N frames only (0: all)')
+    parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
+    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--split', default='val', help='dataset split for open_dataset')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+                        help="network input for every model (multiples of 32; default: the models' own)")
+    parser.add_argument('--plot', default=None, help='write the mIoU-vs-latency chart to this PNG')
+    parser.add_argument('--json', default=None, help='also write the report to this JSON file')
+
+
+def run_adaptive(args):
+    providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
+    start = time.perf_counter()
+    report = bench_adaptive(args.model, args.static, args.data, args.thresholds, args.threads, args.warmup,
+                            args.limit, providers, args.image_topic, args.gt_topic, args.split,
+                            tuple(args.input_size) if args.input_size else None)
+    print(adaptive_table(report))
+    print(f'\nMachine: {machine_line()}; {time.perf_counter() - start:.0f} s')
+    if args.plot:
+        print(f'chart: {plot_curve(report, args.plot)}')
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------ bench adaptive-cost (random weights)
+
+def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny', 'topformer_base'),
+                        input_size=(480, 640), windows=(1, 4, 8, 16, 32, 48, 80), threads=1, warmup=2, repeat=7,
+                        num_classes=6):
+    """ONNX Runtime latency of an adaptive architecture's paths at ``input_size`` (weights do not change the
+    cost, so random ones are used): the whole graph at refine_threshold 0 (cheap path + one masked window)
+    and 1 (every tile), the deep head alone on N windows, and static zoo models. Returns rows
+    ``(name, GMACs, median ms)``; every candidate is timed interleaved with the others."""
+    import io
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from ...nets import create_model
+    from ..deploy.export import build_metadata, export_model
+    from .flops import count_macs
+
+    torch.manual_seed(0)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+    opts.log_severity_level = 3
+
+    def session(source):
+        return ort.InferenceSession(source, opts, providers=['CPUExecutionProvider'])
+
+    h, w = input_size
+    images = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+    model = create_model(arch, num_classes=num_classes).eval()
+    candidates, macs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (arch, *statics):
+            net = model if name == arch else create_model(name, num_classes=num_classes).eval()
+            path = f'{tmp}/{name}.onnx'
+            export_model(net, path, build_metadata(num_classes, input_size, arch=name), input_size, check=False)
+            sess = session(path)
+            if name == arch:
+                for t in (0.0, 1.0):
+                    feeds = {'images': images, 'refine_threshold': np.asarray(t, np.float32)}
+                    what = 'cheap path + 1 masked window' if t == 0 else 'every tile'
+                    label = f'{arch}, refine_threshold={t:g} ({what})'
+                    macs[label] = float(sess.run(['macs'], feeds)[0])
+                    candidates[label] = (lambda s=sess, f=feeds: s.run(None, f))
+            else:
+                macs[name] = float(count_macs(net, (1, 3, h, w))[0])
+                candidates[name] = (lambda s=sess: s.run(None, {'images': images}))
+    size = model.tile + 2 * model.halo
+    cin = model.deep.proj.conv.in_channels
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model.deep, torch.zeros(2, cin, size, size), buffer, dynamo=False, opset_version=17,
+                          input_names=['windows'], output_names=['logits'],
+                          dynamic_axes={'windows': {0: 'n'}, 'logits': {0: 'n'}})
+    deep = session(buffer.getvalue())
+    tiles = model.num_tiles(h, w)
+    for n in windows:
+        if n > tiles:
+            continue
+        batch = np.random.default_rng(n).standard_normal((n, cin, size, size)).astype(np.float32)
+        label = f'deep head alone, {n} of {tiles} windows'
+        macs[label] = float(n * model.window_macs)
+        candidates[label] = (lambda b=batch: deep.run(None, {'windows': b}))
+    times = interleaved_medians(candidates, warmup=warmup, repeat=repeat)
+    return [(name, macs[name] / 1e9, times[name]) for name in candidates], tiles
+
+
+def add_adaptive_cost_arguments(parser):
+    parser.add_argument('--arch', default='adaptive_topformer_tiny', help='adaptive architecture (nets)')
+    parser.add_argument('--static', nargs='*', default=['topformer_tiny', 'topformer_base'],
+                        help='static zoo architectures to time beside it (the first is the ratio reference)')
+    parser.add_argument('--input-size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
+    parser.add_argument('--windows', type=int, nargs='*', default=[1, 4, 8, 16, 32, 48, 80],
+                        help='deep-head batch sizes (windows) to time')
+    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed runs of each candidate first')
+    parser.add_argument('--repeat', type=int, default=7, help='timed rounds (candidates interleaved); median shown')
+
+
+def run_adaptive_cost(args):
+    rows, tiles = bench_adaptive_cost(args.arch, args.static, tuple(args.input_size), args.windows, args.threads,
+                                      args.warmup, args.repeat)
+    reference = next((ms for name, _, ms in rows if args.static and name == args.static[0]), None)
+    table = markdown_table(['what', 'GMACs', 'ms (median)', f'/ {args.static[0]}' if args.static else 'ratio'],
+                           [[name, fmt(g, 3), fmt(ms), ratio(ms, reference)] for name, g, ms in rows])
+    print(f'{table}\n\n{args.input_size[0]}x{args.input_size[1]} input ({tiles} tiles), random weights, '
+          f'{args.threads} thread(s), median of {args.repeat} interleaved rounds.\nMachine: {machine_line()}')
+    return 0
