@@ -22,8 +22,9 @@ The knob: ``refine_threshold`` (a run-time input, float32 scalar, like the token
   ~98 % of the early head's errors). Higher = more tiles = more cost.
 
 Gather / scatter and TensorRT
-  The refined tiles' windows are gathered from the padded feature map (data-dependent index), batched through
-  the deep head and their centres scattered back into the early logits; unrefined tiles keep the early logits.
+  The refined tiles' windows are gathered from each source map (data-dependent index, zeros outside the frame;
+  the deep input is concatenated on the windows only), batched through the deep head and their centres
+  scattered back into the early logits; unrefined tiles keep the early logits.
   The number of gathered windows is at least 1 (a masked slot when no tile is refined: ONNX Runtime's Gather
   dies with SIGFPE on an empty index) and, with ``tile_buckets`` (fractions of all tiles, e.g. ``(0.125, 0.25,
   0.5, 1.0)``), rounded up to the smallest bucket, so the deep head sees a few fixed batch sizes per input size.
@@ -62,7 +63,7 @@ from .topformer import Attention as TopFormerAttention
 from .topformer import SimpleHead, Topformer
 from .topformer import model_cfgs as topformer_cfgs
 
-__all__ = ['AdaptiveTopFormer', 'DeepHead', 'model_cfgs', 'select_tiles']
+__all__ = ['AdaptiveTopFormer', 'DeepHead', 'gather_windows', 'model_cfgs', 'select_tiles']
 
 
 class DeepHead(nn.Module):
@@ -95,6 +96,20 @@ def select_tiles(selected, bucket_fractions=None):
         need = torch.where(sizes >= need, sizes, all_tiles).amin(0)
     ids = order.index_select(1, torch.arange(need, device=selected.device))
     return ids, selected.gather(1, ids)
+
+
+def gather_windows(x, top, left, size):
+    """Square windows of ``x`` (B, C, H, W): ``top``/``left`` (B, k) corners (may lie outside the map) ->
+    (B * k, C, size, size), zeros outside the map (as zero padding would give)."""
+    b, c, h, w = x.shape
+    offsets = torch.arange(size, device=x.device)
+    rows, cols = top[:, :, None] + offsets, left[:, :, None] + offsets          # (B, k, size)
+    inside = ((rows >= 0) & (rows < h))[:, :, :, None] & ((cols >= 0) & (cols < w))[:, :, None, :]
+    index = rows.clamp(0, h - 1)[:, :, :, None] * w + cols.clamp(0, w - 1)[:, :, None, :]
+    k = top.shape[1]
+    out = x.flatten(2).gather(2, index.reshape(b, 1, -1).expand(-1, c, -1)).reshape(b, c, k, size, size)
+    out = torch.where(inside[:, None], out, torch.zeros_like(out))
+    return out.permute(0, 2, 1, 3, 4).reshape(b * k, c, size, size)
 
 
 def _module_macs(module, inputs, output):
@@ -219,7 +234,11 @@ class AdaptiveTopFormer(SegmentationModel):
     # ------------------------------------------------------------------ forward
 
     def trunk(self, x):
-        """-> (early logits at 1/8, deep-head input features at 1/8). Same arithmetic as TopFormer.forward."""
+        """-> (early logits at 1/8, the deep head's sources). Same arithmetic as TopFormer.forward.
+
+        Sources: the fused 1/8 features, the 1/8 tap, the 1/4 tap and the early logits; the deep head reads
+        ``cat([fused, tap8, pixel_unshuffle(tap4, 2), early])`` (:meth:`deep_input`), which the adaptive path
+        builds on the gathered windows only (no full-map copy when few tiles are refined)."""
         bb = self.backbone
         taps = bb.tpm(x)
         global_tokens = bb.trans(bb.ppa(taps)).split(bb.channels, dim=1)
@@ -229,37 +248,39 @@ class AdaptiveTopFormer(SegmentationModel):
             fused = fused + resize_bilinear(f, fused.shape[-2:])
         head = self.decode_head
         early = head.conv_seg(head.dropout(head.linear_fuse(fused)))
-        return early, torch.cat([fused, taps[1], F.pixel_unshuffle(taps[0], 2), early], dim=1)
+        return early, (fused, taps[1], taps[0], early)
+
+    @staticmethod
+    def deep_input(fused, tap8, tap4, early):
+        return torch.cat([fused, tap8, F.pixel_unshuffle(tap4, 2), early], dim=1)
 
     def _grid(self, early):
         h8, w8 = early.shape[-2], early.shape[-1]
         pad_h, pad_w = (self.tile - h8 % self.tile) % self.tile, (self.tile - w8 % self.tile) % self.tile
         return h8, w8, pad_h, pad_w, (h8 + pad_h) // self.tile, (w8 + pad_w) // self.tile
 
-    def _padded_features(self, features, pad_h, pad_w):
-        m = self.halo
-        return F.pad(features, (m, m + pad_w, m, m + pad_h))
 
     def _crop(self, deep):
         m, t = self.halo, self.tile
         return deep[:, :, m:m + t, m:m + t]
 
-    def full(self, early, features):
+    def full(self, early, sources):
         """The deep head on every tile (dense windows with F.unfold) -> logits at 1/8."""
         b, k = early.shape[0], early.shape[1]
         h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
-        size, t = self.tile + 2 * self.halo, self.tile
-        windows = F.unfold(self._padded_features(features, pad_h, pad_w), size, stride=t)
+        size, t, m = self.tile + 2 * self.halo, self.tile, self.halo
+        features = self.deep_input(*sources)
+        windows = F.unfold(F.pad(features, (m, m + pad_w, m, m + pad_h)), size, stride=t)
         windows = windows.reshape(b, features.shape[1], size, size, ty * tx).permute(0, 4, 1, 2, 3)
         out = self._crop(self.deep(windows.reshape(b * ty * tx, features.shape[1], size, size)))
         out = out.reshape(b, ty, tx, k, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, k, ty * t, tx * t)
         return out[:, :, :h8, :w8]
 
-    def refine(self, early, features, threshold):
+    def refine(self, early, sources, threshold):
         """The adaptive forward -> (logits at 1/8, selected (B, T) bool, gathered windows per image)."""
         b, k = early.shape[0], early.shape[1]
         h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
-        size, t, c = self.tile + 2 * self.halo, self.tile, features.shape[1]
+        size, t = self.tile + 2 * self.halo, self.tile
         if not torch.is_tensor(threshold):
             threshold = torch.tensor(float(threshold))
         threshold = threshold.to(early.dtype)
@@ -269,17 +290,16 @@ class AdaptiveTopFormer(SegmentationModel):
         selected = (counts > self.min_uncertain * t * t) | (threshold >= 1.0)
         ids, valid = select_tiles(selected, self.tile_buckets)
         row, col = ids // tx, ids % tx
-        # window pixels in the halo-padded map (width wp), tile pixels in the tile-padded map (width tx * t)
-        wp = tx * t + 2 * self.halo
-        offsets = torch.arange(size, device=ids.device)
-        window_off = (offsets[:, None] * wp + offsets[None, :]).reshape(-1)
-        tile_off = (offsets[:t, None] * (tx * t) + offsets[None, :t]).reshape(-1)
-        window_idx = ((row * t * wp + col * t)[:, :, None] + window_off).reshape(b, -1)
+        top, left = row * t - self.halo, col * t - self.halo
+        fused, tap8, tap4, _ = sources
+        windows = self.deep_input(gather_windows(fused, top, left, size), gather_windows(tap8, top, left, size),
+                                  gather_windows(tap4, 2 * top, 2 * left, 2 * size),
+                                  gather_windows(early, top, left, size))
+        # tile pixels in the tile-padded 1/8 map (width tx * t)
+        offsets = torch.arange(t, device=ids.device)
+        tile_off = (offsets[:, None] * (tx * t) + offsets[None, :]).reshape(-1)
         tile_idx = ((row * t * (tx * t) + col * t)[:, :, None] + tile_off).reshape(b, -1)
-        padded = self._padded_features(features, pad_h, pad_w).flatten(2)
-        windows = padded.gather(2, window_idx[:, None].expand(-1, c, -1))
         n = ids.shape[1]
-        windows = windows.reshape(b, c, n, size, size).permute(0, 2, 1, 3, 4).reshape(b * n, c, size, size)
         deep = self._crop(self.deep(windows)).reshape(b, n, k, t * t).permute(0, 2, 1, 3).reshape(b, k, n * t * t)
         canvas = F.pad(early, (0, pad_w, 0, pad_h)).flatten(2)
         index = tile_idx[:, None].expand(-1, k, -1)
@@ -289,22 +309,22 @@ class AdaptiveTopFormer(SegmentationModel):
         return logits, selected, torch.ones_like(ids[0]).sum()
 
     def forward(self, x, refine_threshold=None):
-        early, features = self.trunk(x)
+        early, sources = self.trunk(x)
         if self.training:
-            return {'logits': self.full(early, features), 'aux': [early]}
+            return {'logits': self.full(early, sources), 'aux': [early]}
         if refine_threshold is None:
-            return self.full(early, features)
-        return self.refine(early, features, refine_threshold)[0]
+            return self.full(early, sources)
+        return self.refine(early, sources, refine_threshold)[0]
 
     def forward_with_stats(self, x, refine_threshold=None):
         """-> (logits (N, C, H/8, W/8), refined_fraction float32 (1,), macs float32 () per image)."""
-        early, features = self.trunk(x)
+        early, sources = self.trunk(x)
         h, w = x.shape[-2], x.shape[-1]
         if refine_threshold is None:
-            logits = self.full(early, features)
+            logits = self.full(early, sources)
             fraction, windows = torch.ones(1), self.num_tiles(h, w)
         else:
-            logits, selected, windows = self.refine(early, features, refine_threshold)
+            logits, selected, windows = self.refine(early, sources, refine_threshold)
             fraction = selected.float().mean(1).mean(0).reshape(1)
         macs = self.trunk_macs(h, w) + windows * self.window_macs
         macs = macs if torch.is_tensor(macs) else torch.tensor(macs)
