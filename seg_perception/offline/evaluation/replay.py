@@ -6,9 +6,10 @@
 Offline (always): every camera frame of the bag goes through :class:`seg_perception.runtime.engine
 .SegmentationEngine` of each model (the node's engine, same preprocessing), one frame at a time, in bag order;
 with ground-truth labels in the bag it scores mIoU, per-class IoU and pixel accuracy (summed over the bag, see
-:mod:`.metrics`) and per-frame mIoU. ``--live`` then starts the real node (``segmentation_node``) in its own
-process and DDS domain once per model, plays the bag's camera (and CameraInfo) messages onto their topics at the
-recorded speed (``--rate``) and measures what the node publishes (see :mod:`.replay_live`).
+:mod:`.metrics`) and per-frame mIoU; with CameraInfo, ground-truth occupancy and the camera pose on /tf it
+scores each model's costmap (:mod:`.occupancy`). ``--live`` then starts the real node (``segmentation_node``)
+in its own process and DDS domain once per model, plays the bag's camera, CameraInfo and /tf messages onto their
+topics at the recorded speed (``--rate``) and measures what the node publishes (see :mod:`.replay_live`).
 
 Bags users bring: the camera topic is found from the bag when not given (raw ``sensor_msgs/Image`` in a colour
 encoding, or ``CompressedImage``; a raw topic and its ``/compressed`` twin count as one camera, raw preferred);
@@ -414,7 +415,7 @@ class CostmapScores:
         return {'models': rows, 'frames_skipped': self.skipped, 'note': self.note, 'table': '\n'.join(lines)}
 
 
-def run_offline(topics: BagTopics, models: list, source: FrameSource, writer, costmaps=None, progress=True):
+def run_offline(models: list, source: FrameSource, writer, costmaps=None, progress=True):
     """Every frame through every model (same frames, same order); ``writer`` gets the frames for the video,
     ``costmaps`` (a :class:`CostmapScores`, optional) the results for the costmap metrics."""
     from tqdm import tqdm
@@ -490,7 +491,7 @@ def _check_args(args):
     if args.warmup < 0:
         raise UserError(f'--warmup must be 0 or positive, got {args.warmup}')
     if args.threads < 0:
-        raise UserError(f'--threads must be 0 (ORT default) or positive, got {args.threads}')
+        raise UserError(f'--threads must be 0 (ONNX Runtime\'s choice) or positive, got {args.threads}')
     if (args.record or args.domain_id is not None) and not args.live:
         raise UserError('--record and --domain-id need --live')
     if args.domain_id is not None and not 0 <= args.domain_id <= 232:
@@ -529,7 +530,7 @@ def run(args: argparse.Namespace) -> int:
     if topics.occupancy and topics.camera_info:
         costmaps = CostmapScores(topics, models, out, int(args.sync_tolerance_ms * 1e6))
     try:
-        run_offline(topics, models, source, writer, costmaps)
+        run_offline(models, source, writer, costmaps)
     finally:
         writer.close()
     if not models[0].per_frame:

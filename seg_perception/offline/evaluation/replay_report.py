@@ -406,6 +406,9 @@ def markdown(report, has_gt):
                   'received.', '',
                   live_table(live)]
         for r in live:
+            if r.get('other_participants'):
+                lines.append(f'- {r["model"]}: other participants seen in domain {r["domain_id"]} before the node '
+                             f'started: {", ".join(r["other_participants"])}')
             for problem in r['problems']:
                 lines.append(f'- **{r["model"]}: {problem}**')
             if r.get('record'):
