@@ -391,6 +391,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--mean', type=float, nargs=3, help='0-255 RGB mean (default: checkpoint, else ImageNet)')
     parser.add_argument('--std', type=float, nargs=3, help='0-255 RGB std (default: checkpoint, else ImageNet)')
     parser.add_argument('--fixed-size', action='store_true', help='fixed H/W (default: dynamic)')
+    parser.add_argument('--head', choices=('labels', 'logits'), default='labels',
+                        help='labels: upsampling + argmax inside the graph (labels at the network size); logits: '
+                             'the graph ends at the 1/8 logits and the engine makes labels at the camera size, '
+                             'exactly bilinear-then-argmax, for less (runtime/upsample.py; the shipped models)')
     parser.add_argument('--description', help='free text stored in the metadata')
     parser.add_argument('--exit-threshold', type=float,
                         help='token-pass: default exit threshold stored in the model (default: its exit_conf)')
@@ -471,6 +475,10 @@ def run(args: argparse.Namespace) -> int:
         print(f'error: {exc}')
         return 1
     print(format_report(report))
+    if args.head == 'logits':   # parity was checked on the labels graph; the surgery keeps the weights as they are
+        from .logits_head import convert_file
+        convert_file(args.output, args.output)
+        print(f'  converted to a logits model (outputs logits at 1/8): {args.output}')
     if not args.int8:
         return 0
     if not args.calib:

@@ -6,9 +6,10 @@ engine then resizes the labels to the camera with nearest neighbour. A ``logits`
 logits; the engine's :class:`seg_perception.runtime.upsample.LogitsUpsampler` turns them into labels at the
 camera's own resolution, equal to bilinear-upsample-then-argmax, for a fraction of the cost.
 
-The surgery removes the post-processing nodes (:func:`onnx_graph.postprocess_node_names`), outputs the logits
-tensor as ``logits`` (other outputs such as ``kept_fraction`` / ``macs`` stay), drops initializers nobody uses
-any more and sets ``output_kind`` to ``logits``. The weights are untouched, so the logits are bit-identical.
+The surgery outputs the logits tensor (:func:`onnx_graph.logits_tensor_name`) as ``logits`` (other outputs such
+as ``kept_fraction`` / ``macs`` stay), keeps only the nodes and initializers those outputs need (the Resize /
+argmax / softmax tail goes) and sets ``output_kind`` to ``logits``. The weights are untouched, so the logits
+are bit-identical.
 
     python -m seg_perception.offline.deploy.logits_head models/topformer_tiny_scenes.onnx -o out.onnx
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from .onnx_graph import OUTPUTS, logits_tensor_name, postprocess_node_names, read_metadata, set_metadata
+from .onnx_graph import OUTPUTS, logits_tensor_name, read_metadata, set_metadata
 
 
 def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -30,15 +31,16 @@ def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(proto)
     graph = out.graph
     logits = logits_tensor_name(out)
-    drop = set(postprocess_node_names(out))
     extra = [o for o in graph.output if o.name not in OUTPUTS]
-    while True:   # a tail node whose output something else still reads (a shared Constant) stays
-        needed = {name for n in graph.node if n.name not in drop for name in n.input} | {o.name for o in extra}
-        still = {n.name for n in graph.node if n.name in drop and set(n.output) & needed}
-        if not still:
-            break
-        drop -= still
-    kept_nodes = [n for n in graph.node if n.name not in drop]
+    # keep only the nodes the new outputs need (the tail goes; a Constant the tail shared with others stays)
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
+    keep, stack = set(), [logits] + [o.name for o in extra]
+    while stack:
+        i = producer.get(stack.pop())
+        if i is not None and i not in keep:
+            keep.add(i)
+            stack.extend(graph.node[i].input)
+    kept_nodes = [node for i, node in enumerate(graph.node) if i in keep]
     del graph.node[:]
     graph.node.extend(kept_nodes)
     graph.node.append(onnx.helper.make_node('Identity', [logits], ['logits'], name='logits_output'))
@@ -76,8 +78,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         print(f'error: {args.model}: {exc}')
         return 2
-    print(f'wrote {report["dst"]} ({report["bytes"] / 1e6:.2f} MB, {report["removed_nodes"]} post-processing '
-          'nodes removed, outputs logits at 1/8)')
+    print(f'wrote {report["dst"]} ({report["bytes"] / 1e6:.2f} MB, {report["removed_nodes"]} nodes '
+          'removed, outputs logits at 1/8)')
     return 0
 
 
