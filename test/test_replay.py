@@ -168,6 +168,36 @@ def test_undecodable_frames_are_left_out_and_counted(frames, tiny_model, tmp_pat
     assert 'Left out' in (out / 'report.md').read_text()
 
 
+def test_repeated_header_stamps_pair_by_bag_time(frames, tiny_model, tmp_path, capfd):
+    """A driver that leaves header stamps at 0: frames pair with their labels by bag time, and the live player
+    stamps the messages it sends with that time."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from seg_perception.offline.evaluation.replay_live import restamp
+    ts = bags.typestore()
+    bag = tmp_path / 'zero_stamps'
+    with Writer(bag, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        cam = writer.add_connection('/cam/image_raw', 'sensor_msgs/msg/Image', typestore=ts)
+        gt = writer.add_connection('/cam/labels', 'sensor_msgs/msg/Image', typestore=ts)
+        for i, f in enumerate(frames[:4]):
+            t = bags.DEFAULT_START_NS + i * 100_000_000
+            writer.write(cam, t, ts.serialize_cdr(bags.image_msg(f['image'], 'rgb8', 0), 'sensor_msgs/msg/Image'))
+            writer.write(gt, t + 1_000_000, ts.serialize_cdr(bags.image_msg(f['label'], 'mono8', 0),
+                                                             'sensor_msgs/msg/Image'))
+    source = replay.FrameSource(replay.resolve_topics(bag))
+    assert source.restamped
+    got = list(source)
+    assert [f.stamp_ns for f in got] == [bags.DEFAULT_START_NS + i * 100_000_000 for i in range(4)]
+    for f, original in zip(got, frames):
+        assert np.array_equal(f.label, original['label']) and np.array_equal(f.image, original['image'])
+    raw = ts.serialize_cdr(bags.image_msg(frames[0]['image'], 'rgb8', 0), 'sensor_msgs/msg/Image')
+    assert bags.header_stamp(restamp(raw, got[1].stamp_ns)) == got[1].stamp_ns
+    out = tmp_path / 'report'
+    assert run_cli(['replay', bag, '--model', tiny_model, '--out', out, '--no-video'], capfd)[0] == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['restamped'] and report['models'][0]['frames_scored'] == 4
+
+
 def _two_camera_bag(path, frames):
     """Two colour cameras, labels, and a topic of a type the reader does not know."""
     from rosbags.rosbag2 import StoragePlugin, Writer

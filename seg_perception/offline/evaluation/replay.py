@@ -209,7 +209,9 @@ class FrameSource:
     """Camera frames of a bag with their ground truth, CameraInfo and occupancy, streamed in bag order.
 
     A first pass reads only header stamps (to pair side messages with frames); the second decodes each frame
-    and only the side messages some frame uses, holding them until their last frame is out."""
+    and only the side messages some frame uses, holding them until their last frame is out. When the camera's
+    header stamps repeat (drivers that leave them at 0), frames and side messages are paired by bag time instead
+    and each frame takes its bag time as its stamp (``restamped``; the live player stamps the messages so too)."""
 
     SIDES = ('gt', 'camera_info', 'occupancy')
 
@@ -220,13 +222,15 @@ class FrameSource:
             images = _stamps(reader, topics.image)
             if limit and limit > 0:
                 images = images[:limit]
-            self.stamps = [s for s, _ in images]
-            self.bag_times = [t for _, t in images]
+            self.restamped = len({s for s, _ in images}) < len(images)
+            key = 1 if self.restamped else 0
+            self.stamps = [pair[key] for pair in images]
             self.matches = {}
             for side in self.SIDES:
                 topic = getattr(topics, side)
                 if topic:
-                    self.matches[side] = _nearest([s for s, _ in _stamps(reader, topic)], self.stamps, tolerance_ns)
+                    self.matches[side] = _nearest([pair[key] for pair in _stamps(reader, topic)], self.stamps,
+                                                  tolerance_ns)
         finally:
             reader.close()
         self.unmatched = {side: sum(m is None for m in match) for side, match in self.matches.items()}
@@ -308,6 +312,7 @@ class FrameSource:
         if item is None:
             return None
         stamp, bag_ns, frame_id, image = item
+        stamp = bag_ns if self.restamped else stamp
         return Frame(index, stamp, bag_ns, frame_id, image, label=sides.get('gt'),
                      camera_info=sides.get('camera_info'), occupancy=sides.get('occupancy'))
 

@@ -216,7 +216,7 @@ def _drive(args, topics, source, model, session, proc, tqdm):
         node_gids |= {gid for name, gid in session.publishers_of(session.node.resolve_topic_name(OUTPUTS[output][0]))
                       if name.endswith(NODE_NAME)}
 
-    warm = _warm_up(session, topics, args.warmup, deadline)
+    warm = _warm_up(session, topics, source, args.warmup, deadline)
     result['warmup_frames'] = len(warm)
     sent_at, frame_ids, count = {}, {}, len(source)
     wanted = list(session.publishers)
@@ -230,6 +230,8 @@ def _drive(args, topics, source, model, session, proc, tqdm):
         due = t0 + (t_bag - t0_bag) / 1e9 / args.rate
         session.spin_for(due - time.monotonic())
         if topic == topics.image:
+            if source.restamped:     # repeated header stamps: the frame's bag time, as the offline pass used
+                raw = restamp(raw, t_bag)
             stamp = bags.header_stamp(raw)
             sent_at[stamp] = time.monotonic()
             frame_ids[stamp] = _frame_id(raw, msgtype)
@@ -243,19 +245,24 @@ def _drive(args, topics, source, model, session, proc, tqdm):
     return result
 
 
-def _warm_up(session, topics, count, deadline):
+def restamp(raw: bytes, stamp_ns: int) -> bytes:
+    """A serialized message whose first field is a std_msgs/Header, with its header stamp set to ``stamp_ns``."""
+    out = bytearray(raw)
+    struct.pack_into('<iI' if out[1] == 1 else '>iI', out, 4, stamp_ns // 10**9, stamp_ns % 10**9)
+    return bytes(out)
+
+
+def _warm_up(session, topics, source, count, deadline):
     """Send the bag's first camera frame ``count`` times, stamped 1 ms apart just before it, each once the previous
     one's labels came back (at most 10 s each), so the node's first, cold inferences stay out of the measurement.
     Returns the warm-up stamps (their outputs are left out)."""
     first = next((raw for _, _, raw, _ in bags.read_raw_messages(topics.path, [topics.image])), None)
     stamps = set()
     for k in range(count if first else 0):
-        raw = bytearray(first)
-        stamp = bags.header_stamp(first) - (count - k) * 1_000_000
-        struct.pack_into('<iI' if raw[1] == 1 else '>iI', raw, 4, stamp // 10**9, stamp % 10**9)
+        stamp = source.stamps[0] - (count - k) * 1_000_000
         stamps.add(stamp)
         before = _labels_count(session)
-        session.publishers[topics.image].publish(bytes(raw))
+        session.publishers[topics.image].publish(restamp(first, stamp))
         session.spin_for(max(0.0, min(10.0, deadline - time.monotonic())),
                          until=lambda n=before: _labels_count(session) > n)
     return stamps

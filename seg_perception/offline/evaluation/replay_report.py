@@ -349,6 +349,7 @@ def write_report(out, args, topics, source, models, writer, live, occupancy):
     skipped = topics.skipped()
     report = {
         'bag': topics.path, 'frames': len(summaries[0]['per_frame']), 'frames_unusable': source.unusable,
+        'restamped': source.restamped,
         'topics': {'image': topics.image, 'image_type': topics.image_type, 'gt': topics.gt,
                    'camera_info': topics.camera_info, 'occupancy': topics.occupancy},
         'topic_notes': topics.notes,
@@ -378,6 +379,9 @@ def markdown(report, has_gt):
              f'{"`" + t["camera_info"] + "`" if t["camera_info"] else "none"}; occupancy: '
              f'{"`" + t["occupancy"] + "`" if t["occupancy"] else "none"}. Engine threads: '
              f'{report["threads"] or "ONNX Runtime default"}.']
+    if report['restamped']:
+        lines.append('The camera\'s header stamps repeat: frames and side messages were paired by bag time, and each '
+                     'frame carries its bag time as its stamp (live: in the messages sent to the node too).')
     if report['frames_unusable']:
         lines.append('Left out (no model can use them; the node rejects such frames too): ' + '; '.join(
             f'{n} x {reason}' for reason, n in report['frames_unusable'].items()) + '.')
