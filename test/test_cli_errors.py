@@ -74,6 +74,7 @@ MISTAKES = [
     ('bench', ['tokenpass', '--model', str(TOKENPASS), '--static', str(MODEL), '--data', '{d}/nowhere'],
      ['nowhere', 'not found']),
     ('bench', ['nosuchbench'], ['nosuchbench']),
+    ('bench', ['tokenpas'], ["did you mean 'tokenpass'"]),
     ('replay', ['{d}/nowhere'], ['nowhere', 'not found']),
     ('replay', ['{d}'], ['not a', 'bag']),
     ('replay', [str(BAG), '--image-topic', '/cam'], ['/cam', '/camera/image_raw']),

@@ -13,6 +13,7 @@ Anything else is a programming error and keeps its traceback.
 import argparse
 import difflib
 import importlib
+import re
 import sys
 
 from ..errors import UserError
@@ -77,6 +78,12 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:  # a misspelt sub-command or choice: suggest the nearest
+            choices = re.findall(r"'([^']*)'", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 

@@ -50,7 +50,7 @@ def add_arguments(parser):
     parser.add_argument('--max-rss-growth', type=float, default=0.05,
                         help='largest accepted growth of the node\'s resident memory after the warm-up (fraction)')
     parser.add_argument('--max-age-ratio', type=float, default=2.0,
-                        help='largest accepted output age p99 as a multiple of the node\'s inference time')
+                        help='largest accepted output age p99 as a multiple of the node\'s inference time p99')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='ROS_DOMAIN_ID for the node and this process (default: a random one in 150-232)')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
