@@ -46,7 +46,7 @@ import torch.distributed as dist
 import yaml
 
 from ...errors import UserError
-from ...nets import SegmentationModel
+from ...nets import SegmentationModel, create_model
 from ..evaluation.metrics import ConfusionMatrix
 from ..predict import load_checkpoint, predict
 from .augment import InfiniteSampler, TrainDataset, mix_seed, open_data, worker_init
@@ -196,8 +196,6 @@ class Trainer:
         self.palette = palette
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg['batch_size'])
         self.max_iters = cfg['epochs'] * self.steps_per_epoch if cfg['epochs'] > 0 else cfg['iters']
-
-        from ...nets import create_model
 
         torch.manual_seed(cfg['seed'])
         model = create_model(cfg['arch'], num_classes=self.num_classes)
