@@ -30,6 +30,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.client import Client
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.publisher import Publisher
@@ -57,6 +58,7 @@ from .runtime.imgmsg import ImageFormatError, array_to_image_fields, compressed_
 from .runtime.stats import RollingStats
 from .runtime.worker import LatestFrameWorker
 
+RCLError = _rclpy.RCLError
 # Parameters that rebuild the engine when changed at run time.
 ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'input_size')
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
@@ -481,7 +483,11 @@ class SegmentationLifecycleNode(SegmentationPipeline, LifecycleNode):
 def _spin(node_class, args=None) -> int:
     """Run a node until shutdown; 0, or 2 after one line on stderr for a start-up mistake of the user's (a
     parameter of the wrong type or out of its range, an unknown input_mode)."""
-    rclpy.init(args=args)
+    try:
+        rclpy.init(args=args)
+    except RCLError as exc:  # rcl refuses the command line: a params file that is missing or not valid YAML, ...
+        print(f'segmentation_node: error: {" ".join(str(exc).split())}', file=sys.stderr)
+        return 2
     node = None
     try:
         node = node_class()
