@@ -239,3 +239,13 @@ def test_start_up_parameter_mistake_is_one_line_exit_2(param, words):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('segmentation_node: error: ') and words in lines[0], lines
+
+
+def test_missing_params_file_is_an_error_line_exit_2(tmp_path):
+    """rcl itself logs one '[ERROR] [rcl]: Failed to parse global arguments' line before ours."""
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    proc = subprocess.run([sys.executable, '-m', 'seg_perception.node', '--ros-args', '--params-file',
+                           str(tmp_path / 'nope.yaml')], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith('segmentation_node: error: ')]
+    assert len(ours) == 1 and 'nope.yaml' in ours[0], proc.stderr
