@@ -48,14 +48,15 @@ def _titled(tile, title):
     return np.concatenate([bar, tile], axis=0)
 
 
-def panel(image, label_maps, titles, palette):
-    """One row: input | each labels map coloured over the input | (last map, if titled 'ground truth', plain)."""
+def panel(image, label_maps, titles, palettes):
+    """One row: input | each labels map coloured (its own palette) over the input | (a map titled 'ground truth':
+    plain colours)."""
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
     scale = TILE_HEIGHT / rgb.shape[0]
     size = (max(1, round(rgb.shape[1] * scale)), TILE_HEIGHT)
     small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     tiles = [_titled(small, 'input')]
-    for labels, title in zip(label_maps, titles):
+    for labels, title, palette in zip(label_maps, titles, palettes):
         lab = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
         colour = colorize(lab, palette)
         tiles.append(_titled(colour if title == 'ground truth' else overlay(small, colour, 0.55), title))
@@ -67,8 +68,11 @@ class OverlayWriter:
 
     def __init__(self, out, models, count, fps, video=True):
         self.out, self.models = out, models
-        engine = models[0].engine
-        self.names, self.palette = engine.names, engine.palette
+        self.palettes = [m.engine.palette for m in models]
+        entries = []    # the legend: every model's (class, colour), once each (models may differ in classes)
+        for m in models:
+            entries += [e for e in zip(m.engine.names, m.engine.palette) if e not in entries]
+        self.names, self.palette = [n for n, _ in entries], [c for _, c in entries]
         self.strip_at = set(np.linspace(0, max(count - 1, 0), min(STRIP_ROWS, count)).round().astype(int).tolist())
         self.rows, self.size, self.frames = [], None, 0
         self.video_path = os.path.join(out, 'overlay.mp4')
@@ -79,10 +83,12 @@ class OverlayWriter:
     def add(self, frame, results):
         maps = [r.labels for r in results]
         titles = [m.name for m in self.models]
-        if frame.label is not None:
+        palettes = list(self.palettes)
+        if frame.label is not None:     # ground-truth ids coloured as the first model's classes
             maps.append(frame.label)
             titles.append('ground truth')
-        row = panel(frame.image, maps, titles, self.palette)
+            palettes.append(self.palettes[0])
+        row = panel(frame.image, maps, titles, palettes)
         if frame.index in self.strip_at:
             self.rows.append(row)
         if self.want_video:
