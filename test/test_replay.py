@@ -126,6 +126,20 @@ def test_offline_sqlite_compressed_only(sqlite_bag, tiny_model, second_model, tm
     assert run_cli(['replay', sqlite_bag, '--model', tiny_model, '--out', out, '--limit', 2], capfd)[0] == 0
 
 
+def test_replay_needs_neither_torch_nor_onnx(mcap_bag, tiny_model, tmp_path):
+    """What `make demo` installs ('.[ros,replay]') is enough: no torch, pybullet or onnx behind replay."""
+    code = ('import sys\n'
+            'for name in ("torch", "pybullet", "albumentations", "onnx"):\n'
+            '    sys.modules[name] = None\n'
+            'from seg_perception.offline import cli\n'
+            f'sys.exit(cli.main(["replay", {str(mcap_bag)!r}, "--model", {tiny_model!r}, "--out", '
+            f'{str(tmp_path / "out")!r}, "--limit", "2", "--no-video"]))\n')
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / 'out' / 'report.json').read_text())['frames'] == 2
+
+
 def test_frames_without_ground_truth_are_replayed_and_counted(frames, tiny_model, tmp_path, capfd):
     partial = [dict(f) if i % 2 == 0 else {k: v for k, v in f.items() if k != 'label'} for i, f in enumerate(frames)]
     bag = tmp_path / 'partial'
