@@ -19,10 +19,13 @@ import sys
 from ..errors import UserError
 
 COMMANDS = {
-    'render': ('seg_perception.offline.data.render', 'render labelled scenes with pybullet (dataset and/or rosbag)'),
+    'render': ('seg_perception.offline.data.render',
+               'render labelled scenes (pybullet, or the independent ray-cast generator) to a dataset and/or bag'),
     'train': ('seg_perception.offline.training.train', 'train a model from a YAML config'),
     'evaluate': ('seg_perception.offline.evaluation.evaluate', 'mIoU, per-class IoU and latency on a dataset or bag'),
     'export': ('seg_perception.offline.deploy.export', 'export a model to ONNX with its metadata'),
+    'recover': ('seg_perception.offline.deploy.recover',
+                'rebuild a training checkpoint from an exported .onnx (to fine-tune a shipped model)'),
     'flops': ('seg_perception.offline.evaluation.flops', 'count parameters and MACs of a model'),
     'bench': ('seg_perception.offline.evaluation.bench', 'benchmarks printed as tables'),
     'demo': ('seg_perception.offline.evaluation.demo', 'run the node on a bag and write what it publishes'),
@@ -40,6 +43,8 @@ EXAMPLES = {
     'train': 'seg-perception train config/train/topformer_tiny_scenes.yaml iters=500 out=runs/try',
     'evaluate': 'seg-perception evaluate --model models/topformer_tiny_scenes.onnx --data samples/scenes_sample',
     'export': 'seg-perception export --checkpoint runs/try/best.pt --resize-mode resize -o model.onnx',
+    'recover': 'seg-perception recover models/topformer_tiny_scenes.onnx --arch topformer_tiny '
+               '--calib data/scenes/images/train -o runs/recovered.pt',
     'flops': 'seg-perception flops --arch topformer_tiny --input-size 512 512',
     'bench': 'seg-perception bench tokenpass --model models/tokenpass_vit_mini_scenes.onnx '
              '--static models/static_vit_mini_scenes.onnx --data data/scenes',

@@ -395,6 +395,8 @@ def open_dataset(spec, split=None, layout=None, **kw):
     if spec.suffix in ('.yaml', '.yml') and spec.is_file():
         with open(spec) as f:  # a file stream: YAML errors name the file
             options = yaml.safe_load(f) or {}
+        if 'mix' in options:
+            return MixedDataset.from_spec(spec, options['mix'], split or 'val')
         root = Path(options.pop('root', '.'))
         spec = root if root.is_absolute() else spec.parent / root
         layout = layout or options.pop('layout', None)
@@ -408,3 +410,68 @@ def open_dataset(spec, split=None, layout=None, **kw):
     if layout == 'rosbag':
         return BagDataset(spec, **options)
     return LAYOUTS[layout](spec, split=split or 'val', **options)
+
+
+class MixedDataset(SegDataset):
+    """Several datasets sampled as one, in the class set of the first (a dataset YAML's ``mix`` list).
+
+    Each entry is a dataset YAML body (``root`` relative to the YAML, ``layout``, options) plus optional
+    ``label_map`` (its train id -> the mix's id; ids not listed become ignore) and ``split``: a name, or a mapping
+    from the requested split to the part's split (``{train: train+val}``: the part only serves ``train``)::
+
+        mix:
+          - {root: ../../data/scenes}
+          - {root: ../../../shared/datasets/camvid, layout: camvid, split: {train: train+val},
+             label_map: {0: 5, 1: 1, 3: 0, 4: 0, 8: 4, 9: 3}}
+    """
+
+    layout = 'mix'
+
+    def __init__(self, parts, tables, split):
+        if not parts:
+            from ...errors import UserError
+            raise UserError(f'dataset mix: no part serves split {split!r}')
+        self.parts, self.tables = list(parts), list(tables)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        first = self.parts[0]
+        super().__init__([], first.classes, first.palette, first.ignore_index, split=split,
+                         names=[n for p in self.parts for n in p.names])
+
+    @classmethod
+    def from_spec(cls, yaml_path, entries, split):
+        parts, tables = [], []
+        for entry in entries:
+            entry = dict(entry)
+            label_map = entry.pop('label_map', None)
+            part_split = entry.pop('split', split)
+            if isinstance(part_split, dict):
+                if split not in part_split:
+                    continue
+                part_split = part_split[split]
+            root = Path(entry.pop('root', '.'))
+            layout = entry.pop('layout', None)
+            parts.append(open_dataset(root if root.is_absolute() else Path(yaml_path).parent / root,
+                                      split=part_split, layout=layout, **entry))
+            tables.append(None if label_map is None else
+                          lookup_table({int(k): int(v) for k, v in label_map.items()}))
+        return cls(parts, tables, split)
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def _locate(self, index):
+        part = int(np.searchsorted(self.offsets, index, side='right') - 1)
+        return part, index - int(self.offsets[part])
+
+    def __getitem__(self, index):
+        part, local = self._locate(index)
+        image, label = self.parts[part][local]
+        table = self.tables[part]
+        return image, (label if table is None else table[label])
+
+    def sample_meta(self, index):
+        part, local = self._locate(index)
+        return self.parts[part].sample_meta(local)
+
+    def __repr__(self):
+        return f'MixedDataset({", ".join(repr(p) for p in self.parts)}, split={self.split!r})'

@@ -49,6 +49,7 @@ Command line (``seg-perception render``), both outputs from one pass:
                /camera/depth                  sensor_msgs/msg/Image 32FC1 metres (``--depth``)
                /ground_truth/labels           sensor_msgs/msg/Image mono8 class ids
                /ground_truth/occupancy        nav_msgs/msg/OccupancyGrid
+               /tf                            tf2_msgs/msg/TFMessage: base_link -> camera_optical_frame
 """
 import argparse
 import contextlib
@@ -757,6 +758,10 @@ def save_frame(out_dir, frame, split=''):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--generator', choices=('pybullet', 'raycast'), default='pybullet',
+                        help='pybullet: the training scenes; raycast: the independent evaluation-only generator '
+                        '(offline/data/raycast.py: its own geometry, textures, lighting, fog and camera model; '
+                        '--layouts, --shadows and --fov/--cam-height/--pitch defaults are its own)')
     parser.add_argument('--out', help='dataset folder to write (images/, masks/, depth/, occupancy/, meta/)')
     parser.add_argument('--split', default='', help='dataset: write into images/SPLIT/, masks/SPLIT/, ... '
                         '(e.g. train, val; use a different --seed per split)')
@@ -795,6 +800,11 @@ def run(args: argparse.Namespace) -> int:
         _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
     if args.bag and Path(args.bag).exists():
         raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
+    if args.generator == 'raycast':
+        from .raycast import raycast_frames
+        frames = raycast_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
+                                clutter=_pair(args.clutter), seq_len=args.seq_len)
+        return _write(args, frames)
     layouts = tuple(s.strip() for s in args.layouts.split(',') if s.strip())
     unknown = set(layouts) - set(LAYOUTS)
     if unknown:
@@ -803,6 +813,11 @@ def run(args: argparse.Namespace) -> int:
                            clutter=_pair(args.clutter), seq_len=args.seq_len, layouts=layouts,
                            fov_range=_pair(args.fov), height_range=_pair(args.cam_height),
                            pitch_range=_pair(args.pitch), shadows=args.shadows)
+    return _write(args, frames)
+
+
+def _write(args, frames):
+    """Store ``frames`` as a dataset folder and/or a bag, as ``args`` ask; prints the rate."""
     if args.out:
         out = Path(args.out)
         for sub in DATASET_FOLDERS:

@@ -37,7 +37,58 @@ def build_train_transform(cfg: dict):
         A.RandomCrop(crop_h, crop_w),
         A.HorizontalFlip(p=cfg['hflip']),
         A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.05, p=cfg['photometric']),
+        *camera_randomization(cfg['domain_randomization']),
     ], seed=cfg['seed'])
+
+
+def camera_randomization(p: float) -> list:
+    """Domain randomization of the camera, applied with probability ``p``: colour temperature and channel casts,
+    tone curve and gamma, defocus or motion blur, sensor noise, downscaling and JPEG artefacts (each step on its
+    own draw, so a sample gets a random subset). Haze is :func:`add_haze` (albumentations' RandomFog costs
+    0.6 s a frame)."""
+    import albumentations as A
+
+    if p <= 0:
+        return []
+    return [A.Sequential([
+        A.OneOf([A.PlanckianJitter(), A.RGBShift(r_shift_limit=30, g_shift_limit=30, b_shift_limit=30)], p=0.5),
+        A.OneOf([A.RandomGamma(gamma_limit=(60, 170)), A.RandomToneCurve(scale=0.2)], p=0.5),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9)), A.Defocus(radius=(1, 3))],
+                p=0.4),
+        A.OneOf([A.GaussNoise(std_range=(0.01, 0.06)), A.ISONoise()], p=0.4),
+        A.Downscale(scale_range=(0.4, 0.9), p=0.15),
+        A.ImageCompression(quality_range=(25, 90), p=0.3),
+        A.ToGray(p=0.05),
+    ], p=p)]
+
+
+def recolor_classes(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Domain randomization of appearance: each class gets its own random hue rotation, saturation and
+    brightness change and, half the time, a smooth random texture multiplied in, so colour and texture stop being
+    a shortcut to the class and shape and context have to carry it."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
+    h, w = label.shape
+    n = 256
+    hue, sat, val = rng.uniform(0, 180, n), rng.uniform(0.3, 1.6, n), rng.uniform(0.6, 1.3, n)
+    texture = np.ones((h, w), np.float32)
+    for cls in np.unique(label):
+        if rng.random() < 0.5:
+            cells = int(rng.integers(3, 24))
+            noise = cv2.resize(rng.random((cells, cells), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+            mask = label == cls
+            texture[mask] = 1 + rng.uniform(0.1, 0.6) * (noise[mask] - 0.5)
+    hsv[..., 0] = np.mod(hsv[..., 0] + hue[label], 180)
+    hsv[..., 1] = np.clip(hsv[..., 1] * sat[label], 0, 255)
+    hsv[..., 2] = np.clip(hsv[..., 2] * val[label] * texture, 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+
+
+def add_haze(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Haze: the image blended towards a light, slightly tinted colour, more towards the top (farther away)."""
+    h = image.shape[0]
+    colour = rng.uniform(170, 250) * rng.uniform(0.9, 1.05, 3)
+    strength = rng.uniform(0.1, 0.5) * np.linspace(1.0, 0.3, h, dtype=np.float32)[:, None, None]
+    return np.clip(image * (1 - strength) + colour * strength, 0, 255).astype(np.uint8)
 
 
 def letterbox(image: np.ndarray, label: np.ndarray, input_size, fill) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +118,8 @@ class TrainDataset(torch.utils.data.Dataset):
         self.mean, self.std = cfg['mean'], cfg['std']
         self.letterbox_size = cfg['input_size'] if cfg['resize_mode'] == 'letterbox' else None
         self.fill = tuple(int(round(v)) for v in cfg['mean'])
+        self.class_recolor = cfg['class_recolor']
+        self.haze = cfg['domain_randomization'] * 0.15
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -74,10 +127,15 @@ class TrainDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key
         image, label = self.dataset[index]
+        rng = np.random.default_rng(seed)
+        if rng.random() < self.class_recolor:
+            image = recolor_classes(image, label, rng)
         if self.letterbox_size is not None:
             image, label = letterbox(image, label, self.letterbox_size, self.fill)
         self.transform.set_random_seed(seed)
         sample = self.transform(image=image, mask=label)
+        if rng.random() < self.haze:
+            sample['image'] = add_haze(sample['image'], rng)
         return normalize(sample['image'], self.mean, self.std), torch.from_numpy(sample['mask'].astype(np.int64))
 
 

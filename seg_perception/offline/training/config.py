@@ -33,6 +33,8 @@ DEFAULTS = {
     'scale_range': [0.5, 2.0],
     'hflip': 0.5,                  # probability
     'photometric': 0.5,            # probability of colour jitter (brightness, contrast, saturation, hue)
+    'domain_randomization': 0.0,   # probability of the camera pipeline (blur, noise, JPEG, gamma, colour cast, fog)
+    'class_recolor': 0.0,          # probability of recolouring/retexturing each class's pixels at random
     'mean': IMAGENET_MEAN,         # RGB, 0-255 scale
     'std': IMAGENET_STD,
     'batch_size': 8,               # total over all processes
