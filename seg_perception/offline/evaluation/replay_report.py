@@ -11,6 +11,7 @@ Files in the report folder:
 """
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -386,16 +387,20 @@ def markdown(report, has_gt):
              f'{"`" + t["occupancy"] + "`" if t["occupancy"] else "none"}. Engine threads: '
              f'{report["threads"] or "ONNX Runtime default"}.']
     if report['restamped']:
+        lines.append('')
         lines.append('The camera\'s header stamps repeat: frames and side messages were paired by bag time, and each '
                      'frame carries its bag time as its stamp (live: in the messages sent to the node too).')
     if report['frames_unusable']:
+        lines.append('')
         lines.append('Left out (no model can use them; the node rejects such frames too): ' + '; '.join(
             f'{n} x {reason}' for reason, n in report['frames_unusable'].items()) + '.')
     missing = {k: v for k, v in report['frames_without'].items() if v}
     if missing:
+        lines.append('')
         lines.append('Frames with no matching message: ' + ', '.join(f'{k} {v}' for k, v in missing.items()) + '.')
     if report['skipped_topics']:
         unknown = report['skipped_unknown_type_messages']
+        lines.append('')
         lines.append(f'Not used: {report["skipped_messages"]} messages on {len(report["skipped_topics"])} topics ('
                      + ', '.join(f'`{k}` {v["type"]} x{v["messages"]}{"" if v["known_type"] else " (unknown type)"}'
                                  for k, v in report['skipped_topics'].items())
@@ -414,7 +419,10 @@ def markdown(report, has_gt):
                   f'{live[0]["rate"]}x the recorded speed, after {live[0].get("warmup_frames", 0)} warm-up copies '
                   'of the first frame (left out here; in the node\'s counters). Age: image published -> labels '
                   'received.', '',
-                  live_table(live)]
+                  live_table(live), '',
+                  'Dropped: frames sent whose labels did not come back (the node segments the newest frame). mIoU: '
+                  'over the frames whose labels came back. Node latency: from its `/diagnostics`. The node\'s log: '
+                  f'{", ".join("`" + r["node_log"] + "`" for r in live)}.', '']
         for r in live:
             if r.get('other_participants'):
                 lines.append(f'- {r["model"]}: other participants seen in domain {r["domain_id"]} before the node '
@@ -427,7 +435,8 @@ def markdown(report, has_gt):
     if occ:
         lines += ['', '## Costmap against ground-truth occupancy', '']
         if occ['note'] and not any(r['frames'] for r in occ['models'].values()):
-            lines.append(f'Not scored: {occ["note"]}.')
+            lines.append(f'Not scored: {occ["note"]} (bags rendered by this version of `seg-perception render` '
+                         'carry it).')
         else:
             lines += [occ['table'], '', 'The node\'s costmap (`runtime/costmap.py`) from each model\'s labels and '
                       'confidence, scored on the camera\'s visible ground (see `seg-perception occupancy --help`); '
@@ -442,4 +451,4 @@ def markdown(report, has_gt):
     lines += ['', '## Frames', '', 'input | each model\'s colour mask over the input | ground truth; legend: class '
               'colours.', '', '![strip](strip.png)', '']
     lines.append(f'Every frame: `{files["video"]}`' if 'video' in files else f'No video: {report["video_note"]}')
-    return '\n'.join(lines) + '\n'
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)) + '\n'
