@@ -63,3 +63,11 @@ def test_bad_arguments_are_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err
+
+
+def test_bench_ops_profiles_fp32_and_int8(capsys):
+    assert cli.main(['bench', 'ops', '--size', '64x96', '--runs', '1', '--warmup', '0']) == 0
+    out = capsys.readouterr().out
+    assert '| Conv |' in out and '| QuantizeLinear |' in out and 'QLinearConv' in out
+    total = next(line for line in out.splitlines() if line.startswith('| **total (kernels)** |'))
+    assert 'n/a' not in total

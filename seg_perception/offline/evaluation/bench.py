@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from . import bench_adaptive, bench_engine, bench_node
+from . import bench_adaptive, bench_engine, bench_node, bench_ops
 from .metrics import ConfusionMatrix
 
 
@@ -190,6 +190,8 @@ BENCHMARKS = {
              bench_engine.add_peer_arguments, bench_engine.run_peer),
     'node': ('the node\'s overhead (callback -> published) vs the bare engine, and end to end over rclpy',
              bench_node.add_node_arguments, bench_node.run_node),
+    'ops': ('per-operator time inside the graph, fp32 beside int8 (ONNX Runtime profiling)',
+            bench_ops.add_ops_arguments, bench_ops.run_ops),
     'adaptive': ('adaptive model over its knob vs static models: MACs, latency, refined fraction, mIoU per '
                  'complexity group, chart', bench_adaptive.add_adaptive_arguments, bench_adaptive.run_adaptive),
     'adaptive-cost': ('adaptive architecture\'s paths in ONNX Runtime (random weights): cheap path, every tile, '

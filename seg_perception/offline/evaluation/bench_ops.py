@@ -1,0 +1,93 @@
+"""``seg-perception bench ops``: where the time goes inside the graph, fp32 beside int8 (ONNX Runtime profiling).
+
+Both graphs run ``--runs`` times with ``enable_profiling`` after warm-up; the per-node kernel times of the
+profile are summed per operator type and divided by the runs. In the int8 graph ONNX Runtime fuses the QDQ
+pattern into ``QLinear*`` / ``*Integer*`` kernels: their rows are shown under the float operator they replace
+(``QLinearConv`` under ``Conv``), so each row compares the same work; ``QuantizeLinear`` / ``DequantizeLinear``
+that stay in the graph are the price of switching between float and int8 and get their own rows.
+"""
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UserError
+from .bench_common import emit, fmt, markdown_table, ratio
+from .bench_models import SHIPPED, load_bench_model
+
+# int8 kernels -> the float operator they stand for
+_INT8_BASE = {'QLinearConv': 'Conv', 'ConvInteger': 'Conv', 'QLinearMatMul': 'MatMul', 'MatMulInteger': 'MatMul',
+              'QLinearAdd': 'Add', 'QLinearMul': 'Mul', 'QLinearSigmoid': 'Sigmoid',
+              'QLinearAveragePool': 'AveragePool',
+              'QLinearGlobalAveragePool': 'GlobalAveragePool', 'QLinearConcat': 'Concat',
+              'QLinearLeakyRelu': 'LeakyRelu', 'QLinearSoftmax': 'Softmax', 'QGemm': 'Gemm',
+              'DynamicQuantizeMatMul': 'MatMul', 'MatMulIntegerToFloat': 'MatMul'}
+
+
+def op_profile(graph: bytes, x: np.ndarray, threads: int, runs: int, warmup: int) -> dict:
+    """``{op type: ms per run}`` of one graph (kernel time only, from ONNX Runtime's profiler)."""
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp, 'profile'))
+        session = ort.InferenceSession(graph, sess_options=opts, providers=['CPUExecutionProvider'])
+        for _ in range(warmup + runs):
+            session.run(None, {'images': x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_node = defaultdict(list)
+    for e in events:
+        if e.get('cat') == 'Node' and e.get('name', '').endswith('_kernel_time'):
+            per_node[(e['args'].get('op_name', '?'), e['name'])].append(e['dur'] / 1e3)
+    totals = defaultdict(float)
+    for (op, _), durations in per_node.items():
+        totals[op] += sum(sorted(durations)[:runs])   # the fastest `runs` calls: drops the warm-up ones
+    return {op: total / runs for op, total in totals.items()}
+
+
+def bench_ops(spec: str, size: tuple, threads: int = 1, runs: int = 10, warmup: int = 3) -> dict:
+    bm = load_bench_model(spec, int8=True)
+    if bm.int8 is None:
+        raise UserError(f'{spec}: no int8 twin (a <name>_int8.onnx beside the file, or a zoo name)')
+    x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+    fp32 = op_profile(bm.fp32, x, threads, runs, warmup)
+    int8_raw = op_profile(bm.int8, x, threads, runs, warmup)
+    int8 = defaultdict(float)
+    for op, ms in int8_raw.items():
+        int8[_INT8_BASE.get(op, op)] += ms
+    return {'model': bm.name, 'size': list(size), 'threads': threads, 'runs': runs, 'fp32': fp32,
+            'int8': dict(int8), 'int8_kernels': sorted(int8_raw)}
+
+
+def ops_table(report: dict) -> str:
+    fp32, int8 = report['fp32'], report['int8']
+    ops = sorted(set(fp32) | set(int8), key=lambda op: -max(fp32.get(op, 0), int8.get(op, 0)))
+    total32, total8 = sum(fp32.values()), sum(int8.values())
+    rows = [[op, fmt(fp32.get(op)), f'{100 * fp32.get(op, 0) / total32:.0f} %', fmt(int8.get(op)),
+             ratio(fp32.get(op), int8.get(op))] for op in ops if max(fp32.get(op, 0), int8.get(op, 0)) >= 0.01]
+    rows.append(['**total (kernels)**', fmt(total32), '100 %', fmt(total8), ratio(total32, total8)])
+    return (markdown_table(['operator', 'fp32 ms', 'fp32 share', 'int8 ms', 'int8 speed-up'], rows)
+            + f'\n\n`{report["model"]}` at {report["size"][0]}x{report["size"][1]}, {report["threads"]} thread(s), '
+            f'kernel time per run from ONNX Runtime profiling ({report["runs"]} runs); int8 kernels: '
+            + ', '.join(report['int8_kernels']))
+
+
+def add_ops_arguments(parser) -> None:
+    parser.add_argument('--model', default=str(SHIPPED), help='.onnx file with an _int8 twin, or a zoo name')
+    parser.add_argument('--size', default='256x320', help='network input HxW (multiples of 32)')
+    parser.add_argument('--threads', type=int, default=1, help='intra-op threads')
+    parser.add_argument('--runs', type=int, default=10, help='profiled runs (after warm-up)')
+    parser.add_argument('--warmup', type=int, default=3, help='unprofiled runs first')
+    parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
+
+
+def run_ops(args) -> int:
+    from .bench_engine import parse_size
+    report = bench_ops(args.model, parse_size(args.size), args.threads, args.runs, args.warmup)
+    emit(args, 'Per-operator time, fp32 vs int8', ops_table(report))
+    return 0
