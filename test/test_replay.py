@@ -265,36 +265,37 @@ def _subprocess_env():
 
 
 @needs_ros
-def test_live_compressed_through_the_node_with_record(sqlite_bag, tiny_model, tmp_path):
-    """The node in its own process on the jpeg topic (input_mode compressed): every frame back with its stamp,
-    labels identical to the offline engine's, outputs recorded to a new bag."""
+def test_live_compressed_two_models_through_the_node_with_record(sqlite_bag, tiny_model, second_model, tmp_path):
+    """Two models, one node process each, on the jpeg topic (input_mode compressed): frames back with their stamps,
+    labels identical to the offline engine's, both nodes' outputs recorded to one new bag."""
     out, record = tmp_path / 'live', tmp_path / 'outputs_bag'
     proc = subprocess.run([sys.executable, '-m', 'seg_perception.offline.cli', 'replay', str(sqlite_bag),
-                           '--model', tiny_model, '--live', '--record', str(record), '--out', str(out),
-                           '--no-video', '--timeout', '60'],
-                          env=_subprocess_env(), capture_output=True, text=True, timeout=180)
+                           '--model', tiny_model, '--model', second_model, '--live', '--record', str(record),
+                           '--out', str(out), '--no-video', '--timeout', '60'],
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / 'report.json').read_text())
-    live, = report['live']
-    assert live['ok'] and not live['problems'], live
-    assert live['frames_sent'] == FRAMES
-    # the node segments the newest frame: under load (its first, cold inference) it may skip some, never lose count
-    assert live['labels_received'] + live['frames_dropped'] == FRAMES and live['labels_received'] >= FRAMES // 2
-    assert live['stamps_kept'] and live['stamps_matched'] == live['labels_received']
-    assert live['labels_equal_offline'] == live['labels_compared'] == live['labels_received']
-    assert live['age_ms']['p50'] > 0 and live['output_rate_hz'] > 0
-    assert 150 <= live['domain_id'] <= 232 and live['domain_id'] != int(os.environ['ROS_DOMAIN_ID'])
-    assert live['warmup_frames'] == 2
-    assert int(live['node_diagnostics']['frames_received']) == FRAMES + live['warmup_frames']
-    assert 0 <= live['mIoU'] <= 1
+    assert [r['model'] for r in report['live']] == ['tiny', 'tiny_b']
     md = (out / 'report.md').read_text()
-    assert 'Live: the node in its own process' in md and f'DDS domain {live["domain_id"]}' in md
-    assert len(live['age_per_frame_ms']) == FRAMES and cv2.imread(str(out / 'live_age.png')) is not None
-    topics = {}
+    assert 'Live: the node in its own process' in md and cv2.imread(str(out / 'live_age.png')) is not None
+    recorded = {}
     for topic, *_ in bags.read_raw_messages(str(record)):
-        topics[topic] = topics.get(topic, 0) + 1
-    assert topics['/segmentation/labels'] == live['labels_received']
-    assert topics['/segmentation/color'] >= 1
+        recorded[topic] = recorded.get(topic, 0) + 1
+    for live in report['live']:
+        assert live['ok'] and not live['problems'], live
+        assert live['frames_sent'] == FRAMES
+        # the node segments the newest frame: under load it may skip some, never lose count
+        assert live['labels_received'] + live['frames_dropped'] == FRAMES and live['labels_received'] >= FRAMES // 2
+        assert live['stamps_kept'] and live['stamps_matched'] == live['labels_received']
+        assert live['labels_equal_offline'] == live['labels_compared'] == live['labels_received']
+        assert live['age_ms']['p50'] > 0 and live['output_rate_hz'] > 0
+        assert 150 <= live['domain_id'] <= 232 and live['domain_id'] != int(os.environ['ROS_DOMAIN_ID'])
+        assert f'{live["domain_id"]} ({live["model"]})' in md
+        assert live['warmup_frames'] == 2
+        assert int(live['node_diagnostics']['frames_received']) == FRAMES + live['warmup_frames']
+        assert 0 <= live['mIoU'] <= 1 and len(live['age_per_frame_ms']) == FRAMES
+        assert recorded[f'/{live["model"]}/segmentation/labels'] == live['labels_received']
+        assert recorded[f'/{live["model"]}/segmentation/color'] >= 1
 
 
 @needs_ros

@@ -413,8 +413,9 @@ def markdown(report, has_gt):
     if report['live']:
         live = report['live']
         lines += ['', '## Live: the node in its own process', '',
-                  f'Each model ran in `segmentation_node` started for this replay, in DDS domain '
-                  f'{live[0]["domain_id"]} ({live[0]["isolation"]}); the bag\'s '
+                  'Each model ran in `segmentation_node` started for this replay, in DDS domain '
+                  + ', '.join(f'{r["domain_id"]}' + (f' ({r["model"]})' if len(live) > 1 else '') for r in live)
+                  + f' ({live[0]["isolation"]}); the bag\'s '
                   f'{", ".join("`" + t + "`" for t in live[0]["played"])} messages were published at '
                   f'{live[0]["rate"]}x the recorded speed, after {live[0].get("warmup_frames", 0)} warm-up copies '
                   'of the first frame (left out here; in the node\'s counters). Age: image published -> labels '
