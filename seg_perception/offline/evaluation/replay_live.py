@@ -305,6 +305,8 @@ def _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, rate, w
     result['_labels'] = labels
     if result['foreign_messages']:
         result['problems'].append(f'{result["foreign_messages"]} output messages from another publisher, left out')
+    if sent_at and not n:
+        result['problems'].append('no labels came back from the node (see its log)')
     if n and kept != n:
         result['problems'].append(f'{n - kept} outputs did not carry the header of a frame that was sent')
     for arr in reversed(session.diagnostics):
