@@ -7,6 +7,8 @@ Publishes, with the input's header:
   ``segmentation/color``       sensor_msgs/Image rgb8 colour mask (blended over the input if ``overlay``)
   ``segmentation/confidence``  sensor_msgs/Image mono8, 0-255 for a max softmax probability of 0-1
   ``segmentation/label_info``  std_msgs/String JSON class ids, names and colours (reliable, transient local)
+  ``segmentation/costmap``     nav_msgs/OccupancyGrid and ``segmentation/obstacles`` sensor_msgs/PointCloud2 from
+                               the labels, ``camera_info`` and the camera pose (see ``costmap_node.py``)
   ``/diagnostics``             diagnostic_msgs/DiagnosticArray, every ``diagnostics_period`` seconds
 One worker thread runs inference on the newest frame; frames it could not take are counted as dropped.
 Images are only segmented while somebody subscribes to an output.
@@ -49,6 +51,9 @@ from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from .costmap_node import PARAMETERS as COSTMAP_PARAMETERS
+from .costmap_node import CostmapOutput
+from .costmap_node import check_value as costmap_check_value
 from .errors import UserError
 from .label_info import LabelInfo, make_label_info
 from .paths import default_model_path
@@ -125,7 +130,7 @@ class SegmentationPipeline:
     """
 
     def _init_pipeline(self):
-        for name, (default, description, extra) in PARAMETERS.items():
+        for name, (default, description, extra) in {**PARAMETERS, **COSTMAP_PARAMETERS}.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
         self._validate_static()
         # the node's own counters; what happened to each frame is counted by the worker (see frame_counts)
@@ -139,6 +144,7 @@ class SegmentationPipeline:
         self._last_macs = None
         self._io_entities = []
         self.worker = None
+        self.costmap = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _io(self, entity):
@@ -176,6 +182,7 @@ class SegmentationPipeline:
             self.get_logger().info('vision_msgs is not installed: vision_msgs/LabelInfo is not published on '
                                    'segmentation/vision_info (the JSON class list is on segmentation/label_info)')
         self.pub_diag = self._output(DiagnosticArray, '/diagnostics', 10)
+        self.costmap = CostmapOutput(self, self._output, self._io, OUTPUT_QOS)
         self._publish_label_info()
 
         self.worker = LatestFrameWorker(self._process, self._on_worker_error)
@@ -227,7 +234,7 @@ class SegmentationPipeline:
                 return 'input_size must be [0, 0] or two positive multiples of 32'
         if name == 'providers' and not all(isinstance(p, str) and p for p in value):
             return 'providers must be a list of provider names'
-        return None
+        return costmap_check_value(name, value)
 
     def _on_set_parameters(self, params):
         overrides = {}
@@ -242,6 +249,8 @@ class SegmentationPipeline:
                 self._load_engine(self._engine_settings(overrides), strict=True)
             except (EngineError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f'model not changed: {exc}')
+        if self.costmap is not None:
+            self.costmap.parameters_changed(params)
         for p in params:
             if p.name == 'costmap.min_confidence':   # LabelInfo.threshold follows it
                 self._publish_label_info(min_confidence=p.value)
@@ -314,8 +323,9 @@ class SegmentationPipeline:
         return 'errors'
 
     def _wanted_outputs(self):
-        return {name for name, pub in (('labels', self.pub_labels), ('color', self.pub_color),
-                                       ('confidence', self.pub_conf)) if pub.get_subscription_count() > 0}
+        wanted = {name for name, pub in (('labels', self.pub_labels), ('color', self.pub_color),
+                                         ('confidence', self.pub_conf)) if pub.get_subscription_count() > 0}
+        return wanted | {'costmap'} if self.costmap.wanted() else wanted
 
     def _process(self, item):
         msg, t_received = item
@@ -344,6 +354,8 @@ class SegmentationPipeline:
             if self.get_parameter('overlay').value:
                 color = overlay(rgb, color, self.get_parameter('overlay_alpha').value)
             self.pub_color.publish(Image(header=header, **array_to_image_fields(color, 'rgb8')))
+        if 'costmap' in wanted:
+            self.costmap.process(engine, header, result.labels, result.confidence)
         self.counters['published'] += 1
         self.stats.add('output')
         self.stats.add('latency_ms', result.latency_ms)
@@ -383,6 +395,8 @@ class SegmentationPipeline:
             'input_to_output_p99_ms': f'{age[99]:.2f}',
         }
         values.update({f'frames_{k}': str(v) for k, v in c.items()})
+        if self.costmap is not None:
+            values.update(self.costmap.diagnostics())
         kept = self.stats.values('kept_fraction')
         if kept.size:
             values['kept_fraction_mean'] = f'{kept.mean():.3f}'

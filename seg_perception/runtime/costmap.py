@@ -54,7 +54,7 @@ Per frame (:meth:`GroundCostmap.update`)
   grid is robot-centred, so fusion suits a robot standing or moving slowly relative to the decay.
 """
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -64,7 +64,8 @@ FREE = 0
 LETHAL = 100
 STANDING_COST = 50          # classes with cost >= this stand on the floor (placed at their floor contact)
 DEFAULT_MIN_CONFIDENCE = 0.5
-CONTACT_CLEAR_SAMPLES = 3   # a floor contact needs this many samples below it free of standing classes
+LINE_SPACING = 1  # (pooled) pixels between neighbouring vertical lines
+CONTACT_GAP = 12   # gaps between standing samples up to this long along a vertical line are closed
 DEFAULT_CLASS_COSTS = {
     # ground
     'floor': 0, 'road': 0, 'sidewalk': 0, 'pavement': 0, 'ground': 0,
@@ -83,15 +84,27 @@ _RANK_NONE, _RANK_FREE, _RANK_UNKNOWN = 0, 1, 2
 _RANK_TO_VALUE = np.array([UNKNOWN, FREE, UNKNOWN] + list(range(1, LETHAL + 1)) + [LETHAL] * (253 - LETHAL), np.int8)
 
 
+# the camera optical frame (x right, y down, z forward) in the camera body frame (REP 103: x forward, y left, z up)
+OPTICAL_IN_BODY = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def _lookup(labels, table):
+    """``table[labels]``; uint8 labels through cv2.LUT, a few times faster than numpy indexing."""
+    return cv2.LUT(labels, table[:256]) if labels.dtype == np.uint8 else table[labels]
+
+
 class CameraInfoError(ValueError):
     """CameraInfo that cannot be used (zero or non-finite K, a size that does not match the image, ...)."""
 
 
-def parse_class_costs(entries: Iterable[str]) -> dict:
-    """``['floor:0', 'person:100', ...]`` (the ROS parameter form) -> ``{name: cost}``; ValueError names a bad entry."""
+def parse_class_costs(text: str) -> dict:
+    """``'floor:0, grass:30, person:100'`` (the ROS parameter form) -> ``{name: cost}``; a ValueError names a bad
+    entry."""
     costs = {}
-    for entry in entries:
-        name, sep, value = str(entry).rpartition(':')
+    for entry in (e.strip() for e in str(text).split(',')):
+        if not entry:
+            continue
+        name, sep, value = entry.rpartition(':')
         try:
             cost = int(value)
         except ValueError:
@@ -236,6 +249,15 @@ class PinholeCamera:
             roi=(roi.x_offset, roi.y_offset, roi.height, roi.width), p=list(msg.p), rectified=rectified,
             image_size=image_size)
 
+    def pooled(self, pool: int) -> 'PinholeCamera':
+        """The camera of this image reduced by ``pool`` x ``pool`` blocks (a pixel per block, at its centre)."""
+        if pool == 1:
+            return self
+        return dataclasses.replace(self, width=self.width // pool, height=self.height // pool,
+                                   binning_x=self.binning_x * pool, binning_y=self.binning_y * pool,
+                                   x_offset=self.x_offset + (pool - 1) / 2 * self.binning_x,
+                                   y_offset=self.y_offset + (pool - 1) / 2 * self.binning_y)
+
     @property
     def matrix(self) -> np.ndarray:
         return np.asarray(self.k, np.float64).reshape(3, 3)
@@ -295,7 +317,7 @@ class GroundCostmap:
 
     def __init__(self, grid: GridSpec, class_costs: Sequence[int], *, min_confidence: float = 0.0,
                  max_range: float = 0.0, see_past_obstacles: bool = True, fusion_decay: float = 0.0,
-                 overhang_margin: float = 0.0,
+                 overhang_margin: float = 0.0, pool: int = 2,
                  min_obstacle_height: float = 0.05, max_obstacle_height: float = 2.0):
         if not 0.0 <= fusion_decay < 1.0:
             raise ValueError(f'fusion_decay must be in [0, 1), got {fusion_decay}')
@@ -308,6 +330,10 @@ class GroundCostmap:
         self.max_range = float(max_range)
         self.see_past_obstacles = bool(see_past_obstacles)
         self.overhang_margin = float(overhang_margin)
+        if int(pool) < 1:
+            raise ValueError(f'pool must be >= 1, got {pool}')
+        self.pool = int(pool)
+        self._pool_kernel = np.ones((self.pool, self.pool), np.uint8)
         self.fusion_decay = float(fusion_decay)
         self.min_obstacle_height = float(min_obstacle_height)
         self.max_obstacle_height = float(max_obstacle_height)
@@ -317,10 +343,10 @@ class GroundCostmap:
         # per label id: the rank of a ground pixel (standing classes contribute nothing unless at a contact)
         self._lut_ground = np.full(size, _RANK_UNKNOWN, np.uint8)
         self._lut_ground[:costs.size] = np.where(standing, _RANK_NONE, ranks)
-        self._lut_contact = np.full(size, _RANK_UNKNOWN, np.uint8)
-        self._lut_contact[:costs.size] = ranks
-        self._lut_standing = np.zeros(size, bool)
-        self._lut_standing[:costs.size] = standing
+        # per label id: the rank of a standing pixel at a contact (0 for the other classes)
+        self._lut_standing = np.zeros(size, np.uint8)
+        self._lut_standing[:costs.size] = np.where(standing, ranks, 0)
+        self._closing = np.ones((CONTACT_GAP + 1, 1), np.uint8)
         self._key = None
         self._fused = None
 
@@ -333,6 +359,8 @@ class GroundCostmap:
         key = (camera, pose.round(6).tobytes())
         if key == self._key:
             return False
+        self.camera = camera
+        camera = self.grid_camera = camera.pooled(self.pool)
         rot, origin = pose[:3, :3], pose[:3, 3]
         self._rot = rot
         rays = camera.rays() @ rot.T                          # (HW, 3) robot-frame directions
@@ -373,7 +401,6 @@ class GroundCostmap:
         self.visible = visible.reshape(self.grid.shape) | (np.bincount(
             pix_cell[fwd_pix], minlength=self.grid.width * self.grid.height).reshape(self.grid.shape) > 0)
         self._build_verticals(camera, rays, origin)
-        self.camera = camera
         self._key = key
         return True
 
@@ -387,6 +414,8 @@ class GroundCostmap:
         if not below.any() or origin[2] <= 0:
             self._vert_pix = np.zeros((0, 0), np.int32)
             self._vert_ok = np.zeros((0, 0), bool)
+            self._shadow_rows = np.zeros(0, np.int64)
+            self._contact_ok = self._vert_ok
             return
         look = self._rot[:, 2] if np.hypot(*self._rot[:2, 2]) > 1e-3 else -self._rot[:, 1]  # optical z, else up
         heading = np.arctan2(look[1], look[0])
@@ -395,7 +424,7 @@ class GroundCostmap:
         span_az, span_dep = az.max() - az.min(), dep.max() - dep.min()
         step = 1.0 / max(camera.k[0] / camera.binning_x, camera.k[4] / camera.binning_y)   # ~ one pixel
         step *= max(1.0, np.sqrt(span_az * span_dep / step**2 / (2.0 * camera.width * camera.height)))
-        azs = az.min() + heading + step * np.arange(int(np.ceil(span_az / step)) + 1)
+        azs = az.min() + heading + LINE_SPACING * step * np.arange(int(np.ceil(span_az / step / LINE_SPACING)) + 1)
         deps = dep.min() + step * np.arange(int(np.ceil(span_dep / step)) + 1)
         cd = np.cos(deps)[:, None]
         dirs = np.stack([cd * np.cos(azs)[None], cd * np.sin(azs)[None],
@@ -405,7 +434,14 @@ class GroundCostmap:
         ok = front & (ui >= 0) & (ui < camera.width) & (vi >= 0) & (vi < camera.height)
         self._vert_pix = np.where(ok, vi * camera.width + ui, 0).astype(np.int32).reshape(deps.size, azs.size)
         self._vert_ok = ok.reshape(deps.size, azs.size)
-        self._vert_range = (origin[2] / np.tan(deps)).astype(np.float32)[:, None]   # ground distance of a row
+        # a run that leaves the image ends in a contact only through the bottom row (the nearest ground seen);
+        # through a side it is cut by the field of view, not standing on the floor there
+        bottom = self._vert_pix >= (camera.height - 1) * camera.width
+        self._contact_ok = self._vert_ok & (np.r_[self._vert_ok[1:], np.zeros((1, azs.size), bool)] | bottom)
+        # rows below each row whose ground lies within overhang_margin in front of it (distance falls with the row)
+        ground = origin[2] / np.tan(deps)
+        self._shadow_rows = np.searchsorted(-ground, -(ground - self.overhang_margin), side='right') - \
+            np.arange(deps.size) - 1
 
     # ------------------------------------------------------------------ frames
     def update(self, labels: np.ndarray, confidence: np.ndarray | None = None, depth: np.ndarray | None = None
@@ -418,23 +454,25 @@ class GroundCostmap:
             if array is not None and array.shape != shape:
                 raise ValueError(f'{name} are {array.shape[1]}x{array.shape[0]} but the camera is '
                                  f'{shape[1]}x{shape[0]}')
-        if labels.dtype == np.uint8:            # cv2.LUT: a few times faster than numpy indexing
-            rank = cv2.LUT(labels, self._lut_ground[:256])
-            standing = cv2.LUT(labels, self._lut_standing[:256].view(np.uint8)).view(bool)
-        else:
-            rank, standing = self._lut_ground[labels], self._lut_standing[labels]
+        # standing classes: the maximum of each block (contacts err towards the robot); ground classes: the
+        # block's centre pixel; confidence: the block's minimum (one unsure pixel makes the block unsure)
+        standing = self._pooled(_lookup(labels, self._lut_standing), 'max')
+        rank = _lookup(self._pooled(labels, 'sample'), self._lut_ground)
         if confidence is not None and self.min_confidence > 0:
-            unsure = confidence < self.min_confidence
+            unsure = self._pooled(confidence, 'min') < self.min_confidence
             np.maximum(rank, unsure.view(np.uint8) * np.uint8(_RANK_UNKNOWN), out=rank)   # unsure: never free
-            standing &= ~unsure
+            standing[unsure] = 0
         if depth is not None:
-            return self._finish(*self._update_depth(labels, rank, standing, depth))
+            return self._finish(*self._update_depth(rank, standing, self._pooled(depth, 'sample')))
         flat = rank.reshape(-1)
-        on_line = standing.reshape(-1)[self._vert_pix] & self._vert_ok
-        contact = on_line.copy()
-        clear = ~on_line
-        for gap in range(1, CONTACT_CLEAR_SAMPLES + 1):
-            contact[:-gap] &= clear[gap:]
+        on_line = ((standing.reshape(-1)[self._vert_pix] > 0) & self._vert_ok).view(np.uint8)
+        # close gaps of up to CONTACT_GAP samples along each line: an edge of a thing that is a world vertical
+        # runs along one line through a pixel staircase and would flicker, each flicker a false contact
+        if on_line.size:
+            on_line = cv2.morphologyEx(on_line, cv2.MORPH_CLOSE, self._closing)
+        on_line = on_line.view(bool)
+        contact = on_line & self._contact_ok
+        contact[:-1] &= ~on_line[1:]
         if not self.see_past_obstacles:
             past = np.arange(contact.shape[0])[:, None] < np.where(
                 contact.any(axis=0), contact.shape[0] - 1 - np.argmax(contact[::-1], axis=0), -1)[None, :]
@@ -442,12 +480,15 @@ class GroundCostmap:
             contact &= ~past
         if self.overhang_margin > 0:
             # floor within overhang_margin in front of a contact may lie under an overhang: unknown, not free
-            nearest = np.minimum.accumulate(np.where(contact, self._vert_range, np.inf), axis=0)
-            shadow = (self._vert_range >= nearest - self.overhang_margin) & ~on_line & self._vert_ok
-            idx = self._vert_pix[shadow]
+            rows, cols = np.nonzero(contact)
+            count = self._shadow_rows[rows]
+            below = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + 1
+            rows, cols = np.repeat(rows, count) + below, np.repeat(cols, count)
+            keep = self._vert_ok[rows, cols] & ~on_line[rows, cols]
+            idx = self._vert_pix[rows[keep], cols[keep]]
             flat[idx] = np.maximum(flat[idx], _RANK_UNKNOWN)
-        contact_idx = np.unique(self._vert_pix[contact])
-        flat[contact_idx] = self._lut_contact[labels.reshape(-1)[contact_idx]]
+        contact_idx = self._vert_pix[contact]
+        flat[contact_idx] = standing.reshape(-1)[contact_idx]
         grid_rank = np.zeros(self.grid.width * self.grid.height, np.uint8)
         if self._cells.size:
             grid_rank[self._cells] = np.maximum.reduceat(flat[self._gather_pixels], self._starts)
@@ -458,15 +499,25 @@ class GroundCostmap:
         points[:, :2] = self._ground_xy[contact_idx[keep][first]]
         return self._finish(grid_rank, points)
 
-    def _update_depth(self, labels, rank, standing, depth):
+    def _pooled(self, image, how):
+        """``image`` reduced to the grid camera's pixels: each pool x pool block's 'max', 'min' or 'sample' (the
+        pixel nearest its centre)."""
+        if self.pool == 1:
+            return image
+        h, w, p = self.grid_camera.height, self.grid_camera.width, self.pool
+        if how != 'sample':
+            image = (cv2.dilate if how == 'max' else cv2.erode)(image, self._pool_kernel)
+        return np.ascontiguousarray(image[p // 2:h * p:p, p // 2:w * p:p])
+
+    def _update_depth(self, rank, standing, depth):
         z = depth.reshape(-1).astype(np.float32, copy=False)
         valid = np.isfinite(z) & (z > 0)
         idx = np.flatnonzero(valid)
         pts = self._origin + z[idx, None] * self._rays_robot[idx]
         flat_rank = rank.reshape(-1)[idx]
-        is_standing = standing.reshape(-1)[idx]
-        tall = is_standing & (pts[:, 2] >= self.min_obstacle_height) & (pts[:, 2] <= self.max_obstacle_height)
-        flat_rank = np.where(tall, self._lut_contact[labels.reshape(-1)[idx]], flat_rank)
+        standing_rank = standing.reshape(-1)[idx]
+        tall = (standing_rank > 0) & (pts[:, 2] >= self.min_obstacle_height) & (pts[:, 2] <= self.max_obstacle_height)
+        flat_rank = np.where(tall, standing_rank, flat_rank)
         if self.max_range > 0:
             flat_rank = np.where(np.hypot(pts[:, 0] - self._origin[0], pts[:, 1] - self._origin[1])
                                  <= self.max_range, flat_rank, _RANK_NONE)

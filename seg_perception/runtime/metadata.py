@@ -45,6 +45,8 @@ _FIELDS = {
     'exit_threshold': (True, False),  # token-pass models: the default exit threshold (what training used)
     'refine_threshold': (True, False),  # adaptive TopFormer: the default refine threshold (0 never .. 1 always)
     'cheap_macs': (True, False),      # adaptive TopFormer: MACs of the never-refine path at input_size
+    'class_costs': (True, False),     # costmap: {class name: cost -1..100}, the model's default table
+    'costmap_min_confidence': (True, False),  # costmap: pixels below this confidence are unknown, never free
 }
 
 
@@ -88,6 +90,8 @@ def decode(props, source='model'):
         raise ValueError(f'{source}: resize_mode {meta["resize_mode"]!r} not in {RESIZE_MODES}')
     if meta['output_kind'] not in OUTPUT_KINDS:
         raise ValueError(f'{source}: output_kind {meta["output_kind"]!r} not in {OUTPUT_KINDS}')
+    if not isinstance(meta.get('class_costs', {}), dict):
+        raise ValueError(f'{source}: metadata class_costs must be a JSON object {{class name: cost}}')
     meta.setdefault('dynamic_hw', False)
     meta.setdefault('stride', 32)
     meta.setdefault('ignore_index', 255)

@@ -34,6 +34,7 @@ TOPICS = {
     'depth': ('/camera/depth', 'sensor_msgs/msg/Image'),
     'labels': ('/ground_truth/labels', 'sensor_msgs/msg/Image'),
     'occupancy': ('/ground_truth/occupancy', 'nav_msgs/msg/OccupancyGrid'),
+    'tf': ('/tf', 'tf2_msgs/msg/TFMessage'),
 }
 CAMERA_FRAME = 'camera_optical_frame'
 BASE_FRAME = 'base_link'
@@ -111,12 +112,36 @@ def occupancy_msg(grid, info, stamp_ns, frame_id=BASE_FRAME):
                                            data=np.ascontiguousarray(grid, np.int8).reshape(-1))
 
 
+def camera_in_base(pose, base_pose):
+    """4x4 camera optical frame -> robot base (``base_link``) of a rendered frame's ``pose`` (camera in the world)
+    and ``base_pose`` (robot x, y, yaw in the world)."""
+    from ...runtime.pose import invert, pose_matrix, quat_to_matrix, transform_matrix
+    world_camera = transform_matrix(pose['position'], quat_to_matrix(*pose['orientation']))
+    world_base = pose_matrix(base_pose['x'], base_pose['y'], 0.0, 0.0, 0.0, base_pose['yaw'])
+    return invert(world_base) @ world_camera
+
+
+def tf_msg(transform, stamp_ns, parent=BASE_FRAME, child=CAMERA_FRAME):
+    """A ``tf2_msgs/msg/TFMessage`` holding one transform (4x4 child -> parent)."""
+    t = typestore().types
+    from .render import _quat_from_matrix
+    m = np.asarray(transform, np.float64)
+    q = _quat_from_matrix(m[:3, :3])
+    stamped = t['geometry_msgs/msg/TransformStamped'](
+        header=_header(stamp_ns, parent), child_frame_id=child,
+        transform=t['geometry_msgs/msg/Transform'](
+            translation=t['geometry_msgs/msg/Vector3'](x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3])),
+            rotation=t['geometry_msgs/msg/Quaternion'](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))))
+    return t['tf2_msgs/msg/TFMessage'](transforms=[stamped])
+
+
 def write_bag(path, frames, storage='mcap', raw=True, jpeg=False, depth=False, compress=True, rate_hz=10.0,
               start_ns=DEFAULT_START_NS, image_encoding='rgb8', row_padding=0, jpeg_quality=90):
     """Write ``frames`` (an iterable of dicts) to a new rosbag2 directory ``path``; returns the frame count.
 
     Each frame needs ``image`` (RGB) and may have ``label``, ``intrinsics``, ``occupancy`` (+ ``occupancy_info``),
-    ``depth`` (metres) and ``stamp_ns`` (default: ``start_ns`` + index / ``rate_hz``). Topics are created for
+    ``depth`` (metres), ``pose`` + ``base_pose`` (-> /tf: base_link -> camera_optical_frame) and ``stamp_ns``
+    (default: ``start_ns`` + index / ``rate_hz``). Topics are created for
     what the first frame has: ``raw`` -> /camera/image_raw (``image_encoding``, rows padded by ``row_padding``
     bytes), ``jpeg`` -> /camera/image_raw/compressed, ``depth`` -> /camera/depth (32FC1). ``compress``: zstd
     chunk compression (mcap only; sqlite3 is written uncompressed)."""
@@ -147,6 +172,8 @@ def write_bag(path, frames, storage='mcap', raw=True, jpeg=False, depth=False, c
                 messages.append(('labels', image_msg(frame['label'], 'mono8', stamp)))
             if 'occupancy' in frame:
                 messages.append(('occupancy', occupancy_msg(frame['occupancy'], frame['occupancy_info'], stamp)))
+            if 'pose' in frame and 'base_pose' in frame:
+                messages.append(('tf', tf_msg(camera_in_base(frame['pose'], frame['base_pose']), stamp)))
             for key, msg in messages:
                 topic, msgtype = TOPICS[key]
                 if key not in connections:

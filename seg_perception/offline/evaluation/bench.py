@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from . import bench_adaptive, bench_engine, bench_node, bench_ops
+from . import bench_adaptive, bench_costmap, bench_engine, bench_node, bench_ops
 from .metrics import ConfusionMatrix
 
 
@@ -180,6 +180,8 @@ def run_tokenpass(args):
 
 
 BENCHMARKS = {
+    'costmap': ('the costmap\'s share of the node\'s per-frame time (640x480, 10 m grid at 5 cm)',
+                bench_costmap.add_costmap_arguments, bench_costmap.run_costmap),
     'tokenpass': ('token-pass model vs its static twin: MACs, latency, mIoU on easy and cluttered frames',
                   add_tokenpass_arguments, run_tokenpass),
     'engine': ('network latency per model, size and threads: ONNX Runtime fp32 / int8 vs PyTorch eager, GFLOP/s',

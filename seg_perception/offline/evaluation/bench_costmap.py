@@ -1,0 +1,141 @@
+"""``seg-perception bench costmap``: what the costmap adds to the node's per-frame time, in one run.
+
+On the same frames (the shipped sample bag, 640x480) and in the same process, interleaved so both
+see the same machine load:
+
+* node frame: what the node's worker does for one frame without the costmap: sensor_msgs/Image -> array, the
+  engine (pre-processing, network, post-processing), confidence -> mono8, colour mask, three output messages;
+* costmap: CameraInfo check, the (cached) pixel<->cell table, :meth:`GroundCostmap.update` on the engine's labels
+  and confidence, the nav_msgs/OccupancyGrid and sensor_msgs/PointCloud2 messages;
+* geometry: rebuilding the pixel<->cell tables (only when the camera or its pose changes).
+
+Times are CPU time of the process by default (``--clock cpu``: other load on the machine does not count; every
+thread of the process does), or elapsed time (``--clock wall``). The costmap is ``--grid`` metres square at
+``--resolution`` (default 10 m at 5 cm: 200 x 200 cells), the camera ``--camera-z`` metres up, pitched
+``--camera-pitch`` radians down, with the bag's CameraInfo.
+"""
+import math
+import time
+
+import numpy as np
+
+from .bench_common import add_common_arguments, emit, fmt, markdown_table, ratio
+
+CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
+
+
+def _medians(candidates: dict, warmup: int, repeat: int, clock) -> dict:
+    """``{name: fn}`` -> ``{name: median ms}`` on ``clock``, the fns taking turns after ``warmup`` runs each."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in candidates}
+    for _ in range(max(1, repeat)):
+        for name, fn in candidates.items():
+            start = clock()
+            fn()
+            times[name].append((clock() - start) * 1e3)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
+def _candidates(engine, costmap, info, pose, rgb) -> dict:
+    """The timed steps for one frame: {'node': fn, 'costmap': fn, 'geometry': fn}."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+
+    from ...costmap_msgs import occupancy_grid_msg, point_cloud_msg
+    from ...runtime.costmap import PinholeCamera
+    from ...runtime.engine import colorize
+    from ...runtime.imgmsg import array_to_image_fields, image_to_rgb
+
+    msg = Image(**array_to_image_fields(rgb, 'rgb8'))
+    header = Header(frame_id='base_link')
+    result = engine.infer(rgb)
+    camera = PinholeCamera.from_msg(info, result.labels.shape)
+    costmap.set_camera(camera, pose)
+
+    def node_frame():
+        out = engine.infer(image_to_rgb(msg))
+        conf = np.clip(out.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        Image(header=msg.header, **array_to_image_fields(out.labels, 'mono8'))
+        Image(header=msg.header, **array_to_image_fields(conf, 'mono8'))
+        Image(header=msg.header, **array_to_image_fields(colorize(out.labels, engine.palette), 'rgb8'))
+
+    def costmap_frame():
+        costmap.set_camera(camera, pose)
+        frame = costmap.update(result.labels, result.confidence)
+        occupancy_grid_msg(frame.grid, costmap.grid, header)
+        point_cloud_msg(frame.obstacles, header)
+
+    def geometry():
+        costmap.set_camera(camera, pose @ np.diag([1.0, 1.0, 1.0, 1.0 + 1e-6]))   # a new pose: tables rebuilt
+        costmap.set_camera(camera, pose)
+
+    return {'node': node_frame, 'costmap': costmap_frame, 'geometry': geometry}
+
+
+def bench_costmap(model, frames, info, grid_m=10.0, resolution=0.05, camera_z=1.0, camera_pitch=0.35,
+                  threads=1, warmup=2, repeat=7, clock='cpu', pool=2) -> dict:
+    """Medians (ms) per frame of the node's frame work and of the costmap, and of a geometry rebuild (two
+    rebuilds timed together, halved)."""
+    from ...runtime.costmap import OPTICAL_IN_BODY, GridSpec, GroundCostmap, class_cost_table
+    from ...runtime.engine import SegmentationEngine
+    from ...runtime.pose import pose_matrix
+
+    engine = SegmentationEngine(model, intra_op_threads=threads)
+    costmap = GroundCostmap(GridSpec.from_size(grid_m, grid_m, resolution), class_cost_table(engine.names),
+                            min_confidence=0.5, overhang_margin=0.5, pool=pool)
+    pose = pose_matrix(0.0, 0.0, camera_z, 0.0, camera_pitch, 0.0) @ OPTICAL_IN_BODY
+    rows = []
+    for rgb in frames:
+        fns = _candidates(engine, costmap, info, pose, rgb)
+        times = _medians({'node': fns['node'], 'costmap': fns['costmap']}, warmup, repeat, CLOCKS[clock])
+        times['geometry'] = _medians({'geometry': fns['geometry']}, 0, 1, CLOCKS[clock])['geometry'] / 2
+        rows.append(times)
+    return {'frames': len(rows), 'size': frames[0].shape[:2], 'pool': pool,
+            'cells': costmap.grid.width * costmap.grid.height,
+            'node_ms': float(np.median([r['node'] for r in rows])),
+            'costmap_ms': float(np.median([r['costmap'] for r in rows])),
+            'geometry_ms': float(np.median([r['geometry'] for r in rows])),
+            'ratio_of_sums': sum(r['costmap'] for r in rows) / sum(r['node'] for r in rows)}
+
+
+def costmap_table(report: dict) -> str:
+    h, w = report['size']
+    side = int(round(math.sqrt(report['cells'])))
+    return markdown_table(
+        ['frames', 'image', 'pool', 'grid cells', 'node frame ms (median)', 'costmap ms (median)',
+         'costmap / node frame', 'geometry rebuild ms'],
+        [[report['frames'], f'{w}x{h}', report['pool'], f'{side}x{side}', fmt(report['node_ms']),
+          fmt(report['costmap_ms']),
+          f'{ratio(report["costmap_ms"], report["node_ms"], 3)} (sums: {report["ratio_of_sums"]:.3f})',
+          fmt(report['geometry_ms'], 1)]])
+
+
+def add_costmap_arguments(parser) -> None:
+    parser.add_argument('--model', default='', help='ONNX model (default: the shipped scene model)')
+    parser.add_argument('--frames', type=int, default=8, help='frames of the shipped sample bag (640x480)')
+    parser.add_argument('--grid', type=float, default=10.0, help='grid side in metres')
+    parser.add_argument('--resolution', type=float, default=0.05, help='cell size in metres')
+    parser.add_argument('--camera-z', type=float, default=1.0, help='camera height in metres')
+    parser.add_argument('--camera-pitch', type=float, default=0.35, help='camera pitch in radians (> 0 looks down)')
+    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--pool', type=int, default=2, help='image pixels per costmap sample side (costmap.pool)')
+    parser.add_argument('--clock', choices=tuple(CLOCKS), default='cpu',
+                        help='cpu: CPU time of this process (robust to other load on the machine); wall: elapsed')
+    add_common_arguments(parser)
+
+
+def run_costmap(args) -> int:
+    from ...paths import default_model_path
+    from ..data.bags import TOPICS, read_raw_messages, typestore
+    from .bench_models import SAMPLE_BAG, sample_frames
+
+    frames = sample_frames(args.frames)
+    _, msgtype, raw, _ = next(read_raw_messages(str(SAMPLE_BAG), [TOPICS['camera_info'][0]]))
+    info = typestore().deserialize_cdr(raw, msgtype)
+    report = bench_costmap(args.model or default_model_path(), frames, info, args.grid, args.resolution,
+                           args.camera_z, args.camera_pitch, args.threads, args.warmup, args.repeat, args.clock,
+                           args.pool)
+    emit(args, 'Costmap share of the node frame', costmap_table(report))
+    return 0

@@ -1,0 +1,158 @@
+"""The node's costmap over real rclpy + DDS: CameraInfo and an image in, OccupancyGrid and PointCloud2 out."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy', reason='ROS 2 rclpy not installed (pip install .[ros])')
+from nav_msgs.msg import OccupancyGrid  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+
+from seg_perception.node import SegmentationNode  # noqa: E402
+from seg_perception.runtime.costmap import (  # noqa: E402
+    OPTICAL_IN_BODY,
+    GridSpec,
+    GroundCostmap,
+    PinholeCamera,
+    class_cost_table,
+    resolve_min_confidence,
+)
+from seg_perception.runtime.imgmsg import array_to_image_fields  # noqa: E402
+from seg_perception.runtime.pose import pose_matrix  # noqa: E402
+
+H, W = 96, 128
+
+
+def camera_info(fx=80.0, width=W, height=H):
+    msg = CameraInfo(width=width, height=height, distortion_model='plumb_bob')
+    msg.k = [fx, 0.0, width / 2, 0.0, fx, height / 2, 0.0, 0.0, 1.0]
+    msg.d = [0.0] * 5
+    msg.p = [fx, 0.0, width / 2, 0.0, 0.0, fx, height / 2, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def scene_image():
+    """Two colours: the tiny model gives (at least) two classes, some standing, some not."""
+    rng = np.random.default_rng(3)
+    img = np.empty((H, W, 3), np.uint8)
+    img[:H // 2] = (40, 60, 200)
+    img[H // 2:] = (200, 180, 40)
+    img[H // 2 - 12:H // 2 + 4, 40:80] = (250, 250, 250)
+    return np.clip(img + rng.integers(0, 20, img.shape), 0, 255).astype(np.uint8)
+
+
+class Harness:
+    def __init__(self, ctx):
+        self.node = rclpy.create_node('costmap_harness', context=ctx)
+        self.grids, self.clouds, self.labels = [], [], []
+        self.image_pub = self.node.create_publisher(Image, 'image', qos_profile_sensor_data)
+        self.info_pub = self.node.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data)
+        self.node.create_subscription(OccupancyGrid, 'segmentation/costmap', self.grids.append, 10)
+        self.node.create_subscription(PointCloud2, 'segmentation/obstacles', self.clouds.append, 10)
+        self.node.create_subscription(Image, 'segmentation/labels', self.labels.append, 10)
+
+    @staticmethod
+    def wait_for(predicate, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def send(self, info, image, stamp=(21, 500)):
+        info.header.stamp.sec, info.header.stamp.nanosec = stamp
+        info.header.frame_id = 'cam_optical'
+        msg = Image(**array_to_image_fields(image, 'rgb8'))
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        msg.header.frame_id = 'cam_optical'
+        self.info_pub.publish(info)
+        time.sleep(0.2)
+        self.image_pub.publish(msg)
+
+
+@pytest.fixture
+def costmap_node(tiny_model):
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    params = {'model_path': tiny_model, 'camera_pose.z': 1.0, 'camera_pose.pitch': 0.5, 'costmap.size': [8.0, 6.0],
+              'costmap.origin': [-1.0, -3.0], 'costmap.resolution': 0.1, 'costmap.frame_id': 'robot',
+              'costmap.class_costs': 'floor:0, wall:100, obstacle:100, person:100, robot:100, background:0'}
+    node = SegmentationNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    harness = Harness(ctx)
+    executor.add_node(node)
+    executor.add_node(harness.node)
+    assert harness.wait_for(lambda: node.sub.get_publisher_count() > 0 and node.costmap.wanted()
+                            and all(s.get_publisher_count() > 0 for s in harness.node.subscriptions)), 'discovery'
+    yield node, harness
+    executor.shutdown()
+    node.destroy_node()
+    harness.node.destroy_node()
+    rclpy.shutdown(context=ctx)
+    thread.join(5)
+
+
+def expected_grid(node, image, pitch=0.5):
+    """What the core makes of the node's own labels for this camera and pose."""
+    result = node.engine.infer(image)
+    costs = class_cost_table(node.engine.names, {'background': 0})
+    costmap = GroundCostmap(GridSpec.from_size(8.0, 6.0, 0.1, (-1.0, -3.0)), costs, overhang_margin=0.5,
+                            min_confidence=resolve_min_confidence(-1.0, node.engine.meta))
+    costmap.set_camera(PinholeCamera.from_msg(camera_info(), (H, W)),
+                       pose_matrix(0.0, 0.0, 1.0, 0.0, pitch, 0.0) @ OPTICAL_IN_BODY)
+    return costmap.update(result.labels, result.confidence)
+
+
+def test_node_publishes_costmap_and_obstacles(costmap_node):
+    node, h = costmap_node
+    image = scene_image()
+    h.send(camera_info(), image)
+    assert h.wait_for(lambda: h.grids and h.clouds), 'no costmap published'
+    grid, cloud = h.grids[0], h.clouds[0]
+    assert grid.header.frame_id == 'robot' and (grid.header.stamp.sec, grid.header.stamp.nanosec) == (21, 500)
+    assert (grid.info.width, grid.info.height) == (80, 60) and grid.info.resolution == pytest.approx(0.1)
+    assert (grid.info.origin.position.x, grid.info.origin.position.y) == (-1.0, -3.0)
+    assert grid.info.origin.orientation.w == 1.0
+    expected = expected_grid(node, image)
+    data = np.array(grid.data, np.int8).reshape(60, 80)
+    assert np.array_equal(data, expected.grid)
+    assert (data == 0).any() and (data == -1).any()
+    assert cloud.header.frame_id == 'robot' and cloud.header.stamp.sec == 21
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z'] and cloud.point_step == 12
+    points = np.frombuffer(bytes(cloud.data), '<f4').reshape(-1, 3)
+    assert np.allclose(points, expected.obstacles)
+    values = {kv.key: kv.value for kv in node.diagnostic_status().values}
+    assert values['costmap_published'] == '1'
+    assert values['camera_pose_source'].startswith('parameters')
+
+
+def test_pose_parameters_change_at_run_time(costmap_node):
+    node, h = costmap_node
+    image = scene_image()
+    result = node.set_parameters([Parameter('camera_pose.pitch', value=-0.9)])   # looks at the sky
+    assert result[0].successful
+    h.send(camera_info(), image)
+    assert h.wait_for(lambda: h.grids)
+    assert (np.array(h.grids[0].data, np.int8) == -1).all()
+    assert not node.set_parameters([Parameter('costmap.size', value=[1.0])])[0].successful
+    assert not node.set_parameters([Parameter('costmap.class_costs', value='floor')])[0].successful
+
+
+def test_bad_camera_info_is_refused_and_counted(costmap_node):
+    node, h = costmap_node
+    image = scene_image()
+    h.send(camera_info(fx=0.0), image)                       # zero K
+    assert h.wait_for(lambda: h.labels), 'the other outputs must still go out'
+    h.send(camera_info(width=2 * W, height=2 * H), image, stamp=(22, 0))   # size mismatch
+    assert h.wait_for(lambda: len(h.labels) >= 2)
+    assert h.wait_for(lambda: node.costmap.counters['camera_info_rejected'] == 2)
+    assert not h.grids
+    values = {kv.key: kv.value for kv in node.diagnostic_status().values}
+    assert values['costmap_camera_info_rejected'] == '2'
