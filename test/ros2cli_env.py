@@ -22,7 +22,7 @@ MAKE_ENV_DIR = os.environ.get('SEG_PERCEPTION_ROS2CLI', os.path.join(os.path.dir
 CACHE = os.environ.get('SEG_PERCEPTION_CACHE', os.path.join(os.path.expanduser('~'), '.cache', 'seg_perception'))
 # The package's install_requires (setup.py), preinstalled so `pip install .` and colcon find them.
 RUNTIME_PACKAGES = ('numpy', 'opencv-python-headless', 'onnxruntime', 'pyyaml', 'rosbags')
-BUILD_TIMEOUT_S = 900
+BUILD_TIMEOUT_S = 1800   # per step; the first build took 13 min on 2 cores shared with 8 busy processes
 
 
 def missing_tools() -> str | None:
