@@ -171,9 +171,11 @@ def run_live(args, topics, source, models, out):
                     _stop(proc)
         finally:
             session.close()
+        checked = ('every output checked to come from the started node by publisher GID' if result.get('gid_checked')
+                   else 'outputs not checked by publisher GID (this rclpy does not give it), publishers listed')
         result.update(domain_id=domain, rate=args.rate, node_log=os.path.basename(log_path), played=played,
                       isolation=f'its own domain, discovery {os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE")}, '
-                                'outputs checked to come from the started node by publisher GID')
+                                + checked)
         result['other_participants'] = others   # harmless unless they publish on the replay's topics (checked)
         if result['frames_sent'] and result['labels_received']:
             _score(result, source, model)
@@ -278,6 +280,7 @@ def _frame_id(raw, msgtype):
 
 def _collect(result, session, node_gids, sent_at, frame_ids, t0, t0_bag, rate, warm):
     labels, ages, times, kept, age_at = {}, [], [], 0, {}
+    result['gid_checked'] = bool(session.received) and all(gid is not None for *_, gid in session.received)
     for output, raw, t_recv, gid in session.received:
         if gid is not None and gid not in node_gids:
             result['foreign_messages'] += 1
