@@ -48,17 +48,19 @@ def machine_line():
     return f'{platform.machine()}, {os.cpu_count()} logical CPUs, ONNX Runtime {ort.__version__}'
 
 
-def interleaved_medians(candidates, warmup=2, repeat=7):
-    """``{name: fn}`` -> ``{name: median ms}``: warm-up runs, then the candidates take turns ``repeat`` times."""
+def interleaved_medians(candidates, warmup=2, repeat=7, clock=time.perf_counter):
+    """``{name: fn}`` -> ``{name: median ms}``: warm-up runs, then the candidates take turns ``repeat`` times.
+    ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time: with one ONNX
+    Runtime thread the graph runs on the calling thread, so other processes' load does not inflate it)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in candidates}
     for _ in range(max(1, repeat)):
         for name, fn in candidates.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
+            times[name].append((clock() - start) * 1e3)
     return {name: float(np.median(v)) for name, v in times.items()}
 
 
@@ -232,7 +234,7 @@ def run_adaptive(args):
 
 def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny', 'topformer_base'),
                         input_size=(480, 640), windows=(1, 4, 8, 16, 32, 48, 80), threads=1, warmup=2, repeat=7,
-                        num_classes=6):
+                        num_classes=6, clock='wall'):
     """ONNX Runtime latency of an adaptive architecture's paths at ``input_size`` (weights do not change the
     cost, so random ones are used): the whole graph at refine_threshold 0 (cheap path + one masked window)
     and 1 (every tile), the deep head alone on N windows, and static zoo models. Returns rows
@@ -293,7 +295,10 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
         label = f'deep head alone, {n} of {tiles} windows'
         macs[label] = float(n * model.window_macs)
         candidates[label] = (lambda b=batch: deep.run(None, {'windows': b}))
-    times = interleaved_medians(candidates, warmup=warmup, repeat=repeat)
+    if clock == 'cpu' and threads != 1:
+        raise UserError('--clock cpu measures the calling thread: use it with --threads 1')
+    times = interleaved_medians(candidates, warmup=warmup, repeat=repeat,
+                                clock=time.thread_time if clock == 'cpu' else time.perf_counter)
     return [(name, macs[name] / 1e9, times[name]) for name in candidates], tiles
 
 
@@ -307,14 +312,18 @@ def add_adaptive_cost_arguments(parser):
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs of each candidate first')
     parser.add_argument('--repeat', type=int, default=7, help='timed rounds (candidates interleaved); median shown')
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help="wall time, or (with --threads 1) the CPU time of the thread running the graph, which "
+                             "other processes' load does not inflate")
 
 
 def run_adaptive_cost(args):
     rows, tiles = bench_adaptive_cost(args.arch, args.static, tuple(args.input_size), args.windows, args.threads,
-                                      args.warmup, args.repeat)
+                                      args.warmup, args.repeat, clock=args.clock)
     reference = next((ms for name, _, ms in rows if args.static and name == args.static[0]), None)
     table = markdown_table(['what', 'GMACs', 'ms (median)', f'/ {args.static[0]}' if args.static else 'ratio'],
                            [[name, fmt(g, 3), fmt(ms), ratio(ms, reference)] for name, g, ms in rows])
     print(f'{table}\n\n{args.input_size[0]}x{args.input_size[1]} input ({tiles} tiles), random weights, '
-          f'{args.threads} thread(s), median of {args.repeat} interleaved rounds.\nMachine: {machine_line()}')
+          f'{args.threads} thread(s), {args.clock} clock, median of {args.repeat} interleaved rounds.\n'
+          f'Machine: {machine_line()}')
     return 0
