@@ -15,7 +15,7 @@ from seg_perception.offline import cli  # noqa: E402
 def test_soak_30_seconds(tmp_path, capfd):
     report_path = tmp_path / 'soak.json'
     code = cli.main(['soak', '--minutes', '0.5', '--max-rss-growth', '0.25', '--max-age-ratio', '4',
-                     '--json', str(report_path)])
+                     '--min-overload', '1.5', '--json', str(report_path)])
     out = capfd.readouterr().out
     report = json.loads(report_path.read_text())
     assert code == 0, out
