@@ -101,12 +101,12 @@ def _check_given(info, topic, allowed, option):
     if topic not in info.types:
         raise UserError(f'{info.path}: no topic {topic} in this bag ({option}); its topics: {info.listing()}')
     if info.types[topic] not in allowed:
-        raise UserError(f'{info.path}: {option} {topic} is {info.types[topic]}, expected '
-                          f'{" or ".join(allowed)}')
+        raise UserError(f'{info.path}: {option} {topic} is {info.types[topic]}, expected {" or ".join(allowed)}')
     return topic
 
 
-def resolve_topics(bag, image_topic=None, gt_topic=None, camera_info_topic=None, occupancy_topic=None):
+def resolve_topics(bag: str | os.PathLike, image_topic: str | None = None, gt_topic: str | None = None,
+                   camera_info_topic: str | None = None, occupancy_topic: str | None = None) -> BagTopics:
     """Open ``bag`` and choose its camera, ground-truth, CameraInfo and occupancy topics (given or discovered).
 
     A given topic must exist with a suitable type; ``''`` turns an optional topic off. Raises UserError (one line,
@@ -376,7 +376,7 @@ def label_digest(labels: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=8).hexdigest()
 
 
-def model_names(paths):
+def model_names(paths: list) -> list:
     """Short unique names for the models (file stems, numbered when two share one)."""
     stems = [Path(p).stem for p in paths]
     return [s if stems.count(s) == 1 else f'{s}#{i + 1}' for i, s in enumerate(stems)]
@@ -476,7 +476,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'within this many seconds')
 
 
-def prepare_out(out):
+def prepare_out(out: str | os.PathLike) -> Path:
     """Create the report folder; an existing one is reused only if it holds an earlier replay report."""
     out = Path(out)
     if out.exists():

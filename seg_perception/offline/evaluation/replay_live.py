@@ -37,7 +37,7 @@ OUTPUTS = {  # output -> (topic, message type)
 NODE_NAME = 'replay_segmentation_node'
 
 
-def dds_env(domain_id):
+def dds_env(domain_id: int) -> dict:
     """Environment for the player and the node: own domain, localhost discovery, large-data Fast DDS profile."""
     env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
     env['ROS_DOMAIN_ID'] = str(domain_id)
@@ -152,7 +152,7 @@ def choose_domain(args, topics):
     return domain, Session(domain, topics, args.record), others
 
 
-def run_live(args, topics, source, models, out):
+def run_live(args, topics, source, models: list, out) -> list:
     """Run every model's node on the bag; returns one result dict per model (``ok`` False on problems)."""
     from tqdm import tqdm
 

@@ -25,7 +25,7 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 # ----------------------------------------------------------------------------------------------- frames
-def legend(names, palette, width):
+def legend(names: list, palette: list, width: int) -> np.ndarray:
     """An RGB bar of colour swatches with the class names, wrapped to ``width`` pixels."""
     items, line, rows = [], 0, 1
     for name, colour in zip(names, palette):
@@ -49,7 +49,7 @@ def _titled(tile, title):
     return np.concatenate([bar, tile], axis=0)
 
 
-def panel(image, label_maps, titles, palettes):
+def panel(image: np.ndarray, label_maps: list, titles: list, palettes: list) -> np.ndarray:
     """One row: input | each labels map coloured (its own palette) over the input | (a map titled 'ground truth':
     plain colours)."""
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
@@ -342,7 +342,7 @@ def write_plots(out, summaries, has_gt):
 
 
 # ----------------------------------------------------------------------------------------------- report
-def write_report(out, args, topics, source, models, writer, live, occupancy):
+def write_report(out, args, topics, source, models: list, writer, live: list | None, occupancy: dict | None) -> str:
     """Write report.json, report.md and the plots; returns the Markdown text."""
     summaries = [model_summary(m) for m in models]
     has_gt = any(s['metrics'] for s in summaries)
