@@ -114,10 +114,13 @@ class CostmapOutput:
         self.node = node
         self.pub_grid = output(OccupancyGrid, 'segmentation/costmap', qos)
         self.pub_points = output(PointCloud2, 'segmentation/obstacles', qos)
-        register(node.create_subscription(CameraInfo, 'camera_info', self._on_info, qos_profile_sensor_data))
+        # inputs, like the node's own, with overridable QoS (qos_overrides.<topic>.subscription.*)
+        register(node._overridable(node.create_subscription, CameraInfo, 'camera_info', qos_profile_sensor_data,
+                                   self._on_info))
         self.use_depth = node.get_parameter('costmap.use_depth').value
         if self.use_depth:
-            register(node.create_subscription(Image, 'depth', self._on_depth, qos_profile_sensor_data))
+            register(node._overridable(node.create_subscription, Image, 'depth', qos_profile_sensor_data,
+                                       self._on_depth))
         self.tf = TfPoseSource(node, register=register)
         self.counters = dict.fromkeys(('published', 'no_camera_info', 'camera_info_rejected', 'depth_missing',
                                        'depth_rejected', 'config_errors'), 0)

@@ -21,6 +21,9 @@ PARAMS = """\
         subscription:
           reliability: reliable
           depth: 3
+      /robot/camera_info:
+        subscription:
+          reliability: reliable
       /robot/segmentation/labels:
         publisher:
           reliability: best_effort
@@ -74,6 +77,7 @@ def test_qos_overrides_from_params_file_for_input_and_outputs(node_from_params_f
     # the input: sensor-data QoS (best effort, depth 5) made reliable with depth 3
     assert node.sub.topic_name == '/cam/image_raw'
     assert node.sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE and node.sub.qos_profile.depth == 3
+    assert node.get_parameter('qos_overrides./robot/camera_info.subscription.reliability').value == 'reliable'
     # outputs: labels best effort depth 7; the latched label_info keeps transient local with depth 4
     assert node.pub_labels.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
     assert node.pub_labels.qos_profile.depth == 7
@@ -90,8 +94,9 @@ def test_qos_overrides_from_params_file_for_input_and_outputs(node_from_params_f
     # another participant sees the overridden policies through DDS discovery
     labels = _endpoints(other.get_publishers_info_by_topic, '/robot/segmentation/labels')
     assert labels and labels[0].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
-    sub = _endpoints(other.get_subscriptions_info_by_topic, '/cam/image_raw')
-    assert sub and sub[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
+    for topic in ('/cam/image_raw', '/robot/camera_info'):
+        sub = _endpoints(other.get_subscriptions_info_by_topic, topic)
+        assert sub and sub[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE, topic
 
 
     # overriding one topic changes no other (rclpy edits the profile object it is given)
