@@ -65,6 +65,45 @@ def test_node_without_vision_msgs_starts_and_says_so_once(tiny_model, capfd):
         thread.join(5)
 
 
+def test_node_publishes_label_info_latched_and_follows_threshold_and_model(tiny_model, tmp_path):
+    """Where vision_msgs is installed (the ros2cli venv, the Jazzy venv of .ci/jazzy_env.sh, a ROS install)."""
+    pytest.importorskip('vision_msgs.msg', reason='vision_msgs not installed (no PyPI wheel; in the ros2cli venv)')
+    from onnx_models import make_tiny_model
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    node = SegmentationNode(context=ctx, parameter_overrides=[Parameter('model_path', value=tiny_model)])
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    peer = rclpy.create_node('label_info_peer', context=ctx)   # subscribes after the node published: latched
+    received = []
+    peer.create_subscription(LabelInfo, 'segmentation/vision_info', received.append, LATCHED_QOS)
+    executor.add_node(peer)
+
+    def wait(cond, timeout=10.0):
+        end = time.monotonic() + timeout
+        while not cond() and time.monotonic() < end:
+            time.sleep(0.05)
+        return cond()
+    try:
+        assert wait(lambda: received), 'LabelInfo never arrived'
+        assert [(c.class_id, c.class_name) for c in received[-1].class_map] == list(enumerate(SCENE_CLASS_NAMES))
+        assert received[-1].threshold == pytest.approx(DEFAULT_MIN_CONFIDENCE)
+        assert node.set_parameters([Parameter('costmap.min_confidence', value=0.3)])[0].successful
+        assert wait(lambda: received[-1].threshold == pytest.approx(0.3))
+        other = make_tiny_model(str(tmp_path / 'three.onnx'), num_classes=3, names=['road', 'car', 'sky'])
+        assert node.set_parameters([Parameter('model_path', value=other)])[0].successful
+        assert wait(lambda: [c.class_name for c in received[-1].class_map] == ['road', 'car', 'sky'])
+        assert received[-1].threshold == pytest.approx(0.3)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        peer.destroy_node()
+        rclpy.shutdown(context=ctx)
+        thread.join(5)
+
+
 # ------------------------------------------------------------------------------- the real ros2 CLI (Kilted)
 @pytest.fixture(scope='module')
 def ros2(ros2cli_venv):
