@@ -58,9 +58,10 @@ def cell_value(grid_spec, grid, x, y):
 GRID = GridSpec.from_size(10.0, 10.0, 0.05)
 
 
-def make(cam, cam_pose, grid=GRID, pool=1, **kw):
-    """A costmap at the image's own resolution (pool 1: pixel-level checks); the node's default pools 2x2."""
-    costmap = GroundCostmap(grid, COSTS, pool=pool, **kw)
+def make(cam, cam_pose, grid=GRID, pool=1, overhang_margin=0.0, **kw):
+    """A costmap at the image's own resolution (pool 1: pixel-level checks) without an overhang margin; the
+    node's defaults pool 2x2 and keep 0.5 m in front of contacts unknown."""
+    costmap = GroundCostmap(grid, COSTS, pool=pool, overhang_margin=overhang_margin, **kw)
     costmap.set_camera(cam, cam_pose)
     return costmap
 
@@ -153,6 +154,15 @@ def test_obstacle_at_its_floor_contact_free_in_front_unknown_behind():
     occupied = np.argwhere(grid == 100)
     x_occ = GRID.origin_x + (occupied[:, 1] + 0.5) * GRID.resolution
     assert x_occ.max() < 2.3, 'contacts smeared towards the horizon'
+
+
+def test_overhang_margin_keeps_floor_in_front_of_a_contact_unknown():
+    cam, cam_pose = camera(320, 240, 200.0), pose(0.8, math.radians(15))
+    labels, _ = raycast(cam, cam_pose, [((2.0, -0.5, 0.0), (2.6, 0.5, 1.5), OBSTACLE)])
+    grid = make(cam, cam_pose, overhang_margin=0.5).update(labels).grid
+    assert all(cell_value(GRID, grid, x, 0.0) == -1 for x in np.arange(1.55, 1.95, 0.05))
+    assert all(cell_value(GRID, grid, x, 0.0) == 0 for x in np.arange(1.0, 1.4, 0.1))
+    assert max(cell_value(GRID, grid, x, 0.0) for x in (1.95, 2.0, 2.05, 2.1)) == 100
 
 
 def test_depth_places_pixels_in_3d():
