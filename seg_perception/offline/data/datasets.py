@@ -396,7 +396,8 @@ def open_dataset(spec, split=None, layout=None, **kw):
         with open(spec) as f:  # a file stream: YAML errors name the file
             options = yaml.safe_load(f) or {}
         if 'mix' in options:
-            return MixedDataset.from_spec(spec, options['mix'], split or 'val')
+            return MixedDataset.from_spec(spec, options['mix'], split or 'val', options.get('names'),
+                                          options.get('palette'))
         root = Path(options.pop('root', '.'))
         spec = root if root.is_absolute() else spec.parent / root
         layout = layout or options.pop('layout', None)
@@ -413,7 +414,8 @@ def open_dataset(spec, split=None, layout=None, **kw):
 
 
 class MixedDataset(SegDataset):
-    """Several datasets sampled as one, in the class set of the first (a dataset YAML's ``mix`` list).
+    """Several datasets sampled as one (a dataset YAML's ``mix`` list), in the class set of the YAML's ``names``
+    (and ``palette``) or else of the first part.
 
     Each entry is a dataset YAML body (``root`` relative to the YAML, ``layout``, options) plus optional
     ``label_map`` (its train id -> the mix's id; ids not listed become ignore) and ``split``: a name, or a mapping
@@ -427,18 +429,18 @@ class MixedDataset(SegDataset):
 
     layout = 'mix'
 
-    def __init__(self, parts, tables, split):
+    def __init__(self, parts, tables, split, classes=None, palette=None):
         if not parts:
             from ...errors import UserError
             raise UserError(f'dataset mix: no part serves split {split!r}')
         self.parts, self.tables = list(parts), list(tables)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
         first = self.parts[0]
-        super().__init__([], first.classes, first.palette, first.ignore_index, split=split,
-                         names=[n for p in self.parts for n in p.names])
+        super().__init__([], classes or first.classes, palette or (None if classes else first.palette),
+                         first.ignore_index, split=split, names=[n for p in self.parts for n in p.names])
 
     @classmethod
-    def from_spec(cls, yaml_path, entries, split):
+    def from_spec(cls, yaml_path, entries, split, classes=None, palette=None):
         parts, tables = [], []
         for entry in entries:
             entry = dict(entry)
@@ -454,7 +456,7 @@ class MixedDataset(SegDataset):
                                       split=part_split, layout=layout, **entry))
             tables.append(None if label_map is None else
                           lookup_table({int(k): int(v) for k, v in label_map.items()}))
-        return cls(parts, tables, split)
+        return cls(parts, tables, split, classes, palette)
 
     def __len__(self):
         return int(self.offsets[-1])
