@@ -453,7 +453,8 @@ class SegmentationNode(SegmentationPipeline, Node):
 class SegmentationLifecycleNode(SegmentationPipeline, LifecycleNode):
     """Managed variant: unconfigured at start; configure loads and checks the model (failure: stays unconfigured,
     the reason logged), activate starts subscriptions and publishing, deactivate stops them, cleanup frees the
-    ONNX Runtime session."""
+    ONNX Runtime session. Spin it with a single-threaded executor (``lifecycle_main`` does): deactivate destroys
+    entities, which rclpy's executors do not survive while another thread builds their wait set."""
 
     def __init__(self, node_name: str = 'segmentation_node', **kwargs):
         super().__init__(node_name, **kwargs)

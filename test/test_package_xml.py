@@ -48,3 +48,10 @@ def test_package_xml_is_format_3_ament_python():
     root = ET.parse(os.path.join(ROOT, 'package.xml')).getroot()
     assert root.get('format') == '3' and root.findtext('export/build_type') == 'ament_python'
     assert root.findtext('name') == 'seg_perception'
+
+
+def test_package_xml_version_matches_setup_py():
+    with open(os.path.join(ROOT, 'setup.py')) as f:
+        setup_py = f.read()
+    version = ET.parse(os.path.join(ROOT, 'package.xml')).getroot().findtext('version')
+    assert f"version='{version}'" in setup_py
