@@ -245,10 +245,39 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
 
     import onnxruntime as ort
     import torch
+    import torch.nn.functional as F
 
     from ...nets import create_model
-    from ..deploy.export import build_metadata, export_model
     from .flops import count_macs
+
+    class LabelsGraph(torch.nn.Module):
+        """What ``seg-perception export`` writes (evaluation does not import deployment): the network (with its
+        knob and per-frame stats for the adaptive model), logits upsampled to the input size, argmax, max
+        softmax."""
+
+        def __init__(self, net, adaptive):
+            super().__init__()
+            self.net, self.adaptive = net, adaptive
+
+        def forward(self, images, refine_threshold=None):
+            stats = ()
+            if self.adaptive:
+                logits, fraction, spent = self.net.forward_with_stats(images, refine_threshold)
+                stats = (fraction.float().reshape(-1), spent.float().reshape(()))
+            else:
+                logits = self.net(images)
+            up = F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
+            top, labels = up.max(dim=1, keepdim=True)
+            return (labels.squeeze(1), (up - top).exp().sum(dim=1).reciprocal(), *stats)
+
+    def export(net, path, adaptive):
+        knob = (torch.tensor(1.0),) if adaptive else ()
+        inputs, outputs = ['images'] + (['refine_threshold'] if adaptive else []), ['labels', 'confidence']
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter('ignore')
+            torch.onnx.export(LabelsGraph(net, adaptive).eval(), (torch.zeros(1, 3, *input_size), *knob), path,
+                              dynamo=False, opset_version=17, input_names=inputs,
+                              output_names=outputs + (['refined_fraction', 'macs'] if adaptive else []))
 
     torch.manual_seed(0)
     opts = ort.SessionOptions()
@@ -266,7 +295,7 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
         for name in (arch, *statics):
             net = model if name == arch else create_model(name, num_classes=num_classes).eval()
             path = f'{tmp}/{name}.onnx'
-            export_model(net, path, build_metadata(num_classes, input_size, arch=name), input_size, check=False)
+            export(net, path, adaptive=name == arch)
             sess = session(path)
             if name == arch:
                 for t in (0.0, 1.0):
