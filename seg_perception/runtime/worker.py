@@ -21,7 +21,6 @@ class LatestFrameWorker:
         self._running = True
         self.submitted = 0
         self.dropped = 0
-        self.processed = 0
         self.outcomes = collections.Counter()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -48,7 +47,6 @@ class LatestFrameWorker:
             except Exception as exc:  # the worker must survive anything one frame does
                 outcome = self._on_error(exc, item)
             with self._cond:
-                self.processed += 1
                 self._busy = False
                 if outcome:
                     self.outcomes[outcome] += 1
