@@ -1,0 +1,48 @@
+"""The newest-frame worker: no backlog, and every submitted item accounted for in every snapshot."""
+import random
+import threading
+import time
+
+from seg_perception.runtime.worker import LatestFrameWorker
+
+
+def test_every_item_has_one_fate_in_every_snapshot():
+    rng = random.Random(0)
+
+    def process(item):
+        time.sleep(rng.random() * 0.002)
+        if item % 7 == 0:
+            raise ValueError('bad frame')
+        if item % 11 == 0:
+            raise RuntimeError('session failed')
+        return 'idle' if item % 5 == 0 else 'processed'
+
+    def on_error(exc, item):
+        return 'rejected' if isinstance(exc, ValueError) else 'errors'
+
+    worker = LatestFrameWorker(process, on_error)
+    snapshots = []
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            snapshots.append(worker.snapshot())
+            time.sleep(0.0005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    for i in range(3000):
+        worker.submit(i)
+        if i % 50 == 0:
+            time.sleep(0.001)
+    assert worker.wait_idle(5)
+    done.set()
+    watcher.join()
+    final = worker.snapshot()
+    assert worker.stop(1.0)
+    fates = ('dropped', 'in_flight', 'processed', 'idle', 'rejected', 'errors')
+    for snap in snapshots + [final]:
+        assert snap['submitted'] == sum(snap.get(k, 0) for k in fates), snap
+        assert snap['in_flight'] <= 2
+    assert final['in_flight'] == 0 and final['submitted'] == 3000
+    assert final['dropped'] > 0 and final['processed'] > 0 and len(snapshots) > 100
