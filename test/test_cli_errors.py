@@ -69,6 +69,7 @@ MISTAKES = [
     ('export', ['--arch', 'topformr_tiny', '--num-classes', '6', '--input-size', '64', '64', '-o', '{d}/x.onnx'],
      ['topformr_tiny', 'topformer_tiny']),
     ('flops', ['--arch', 'topformer_tny'], ['topformer_tny', 'did you mean']),
+    ('flops', ['--arch', 'topformer_tiny', '--input-sise', '64', '64'], ["did you mean '--input-size'"]),
     ('bench', ['tokenpass', '--model', '{d}/missing.onnx', '--static', str(MODEL), '--data', str(BAG)],
      ['missing.onnx', 'not found']),
     ('bench', ['tokenpass', '--model', str(TOKENPASS), '--static', str(MODEL), '--data', '{d}/nowhere'],

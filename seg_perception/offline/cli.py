@@ -89,6 +89,11 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.5)
             if close:
                 message += f"; did you mean '{close[0]}'?"
+        match = re.match(r'unrecognized arguments: (--?[\w-]+)', message)
+        if match:  # a misspelt option: suggest the nearest of this command's
+            close = difflib.get_close_matches(match.group(1), list(self._option_string_actions), n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
