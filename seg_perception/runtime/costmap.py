@@ -460,11 +460,11 @@ class GroundCostmap:
                 raise ValueError(f'{name} are {array.shape[1]}x{array.shape[0]} but the camera is '
                                  f'{shape[1]}x{shape[0]}')
         # standing classes: the maximum of each block (contacts err towards the robot); ground classes: the
-        # block's centre pixel; confidence: the block's minimum (one unsure pixel makes the block unsure)
+        # block's centre pixel; a block with one unsure pixel is unsure
         standing = self._pooled(_lookup(labels, self._lut_standing), 'max')
         rank = _lookup(self._pooled(labels, 'sample'), self._lut_ground)
         if confidence is not None and self.min_confidence > 0:
-            unsure = self._pooled(confidence, 'min') < self.min_confidence
+            unsure = self._pooled((confidence < self.min_confidence).view(np.uint8), 'max').view(bool)
             np.maximum(rank, unsure.view(np.uint8) * np.uint8(_RANK_UNKNOWN), out=rank)   # unsure: never free
             standing[unsure] = 0
         if depth is not None:
@@ -505,13 +505,13 @@ class GroundCostmap:
         return self._finish(grid_rank, points)
 
     def _pooled(self, image, how):
-        """``image`` reduced to the grid camera's pixels: each pool x pool block's 'max', 'min' or 'sample' (the
-        pixel nearest its centre)."""
+        """``image`` reduced to the grid camera's pixels: each pool x pool block's 'max' or 'sample' (the pixel
+        nearest its centre)."""
         if self.pool == 1:
             return image
         h, w, p = self.grid_camera.height, self.grid_camera.width, self.pool
-        if how != 'sample':
-            image = (cv2.dilate if how == 'max' else cv2.erode)(image, self._pool_kernel)
+        if how == 'max':
+            image = cv2.dilate(image, self._pool_kernel)
         return np.ascontiguousarray(image[p // 2:h * p:p, p // 2:w * p:p])
 
     def _update_depth(self, rank, standing, depth):
