@@ -335,7 +335,8 @@ def add_adaptive_cost_arguments(parser):
     parser.add_argument('--arch', default='adaptive_topformer_tiny', help='adaptive architecture (nets)')
     parser.add_argument('--static', nargs='*', default=['topformer_tiny', 'topformer_base'],
                         help='static zoo architectures to time beside it (the first is the ratio reference)')
-    parser.add_argument('--input-size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'))
+    parser.add_argument('--input-size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'),
+                        help='network input height and width')
     parser.add_argument('--windows', type=int, nargs='*', default=[1, 4, 8, 16, 32, 48, 80],
                         help='deep-head batch sizes (windows) to time')
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
