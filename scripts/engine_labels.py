@@ -29,7 +29,8 @@ def main(argv=None) -> int:
             out[f'logits_{i}'] = result.logits
     np.savez_compressed(args.out, **out)
     print(f'{platform.machine()} Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, '
-          f'numpy {np.__version__}: {len(frames.files)} frames -> {args.out}')
+          f'numpy {np.__version__} (providers: {", ".join(onnxruntime.get_available_providers())}): '
+          f'{len(frames.files)} frames -> {args.out}')
     return 0
 
 

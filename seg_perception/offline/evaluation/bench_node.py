@@ -1,11 +1,13 @@
 """``seg-perception bench node``: the node's own overhead and the transport, on real rclpy + DDS.
 
-One process, two nodes on one executor: the real :class:`seg_perception.node.SegmentationNode` (in its own
-namespace, all three image outputs subscribed) and a driver that publishes a camera frame, waits until labels,
-colour and confidence for it have arrived, then sends the next (no frame is ever dropped or queued). Per frame:
+The real node (``python -m seg_perception.node``) in its own process, as on a robot, started once per camera
+size in its own namespace; this process publishes a camera frame, waits until labels, colour and confidence for
+it have arrived, then sends the next (no frame is ever dropped or queued). Fast DDS uses the package's
+large-data profile on both sides (unless the environment already chooses one). Reported:
 
-* node: arrival in the image callback -> all outputs published (the node's ``age_ms`` statistic), and the
-  engine's share of it (``latency_ms``: pre-processing + network + post-processing);
+* node: arrival in the image callback -> all outputs published (the node's ``input_to_output_p50_ms`` in its
+  /diagnostics, p50 over every frame of that size including the warm-up ones), and the engine's share of it
+  (``latency_p50_ms``: pre-processing + network + post-processing);
 * bare engine: ``SegmentationEngine.infer`` on the same frame, same model and threads, called directly while the
   node is idle;
 * end to end: driver's publish -> labels received by the driver (DDS, executor and the node together);
@@ -54,81 +56,119 @@ def _steps(engine, rgb, result) -> dict:
     return {k: v * 1e3 for k, v in out.items()}
 
 
-def bench_node(model, sizes, frames=12, threads=1, warmup=3, timeout=30.0) -> dict:
+def _node_process(model, name, namespace, threads, log):
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    cmd = [sys.executable, '-m', 'seg_perception.node', '--ros-args', '-r', f'__node:={name}',
+           '-r', f'__ns:={namespace}', '-p', f'model_path:={os.path.abspath(model)}',
+           '-p', f'intra_op_threads:={int(threads)}', '-p', 'stats_window:=600.0', '-p', 'diagnostics_period:=0.5',
+           '-p', "providers:=['CPUExecutionProvider']"]
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc):
+    import signal
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except Exception:  # noqa: BLE001 - whatever happened, the node must not outlive the benchmark
+            proc.kill()
+            proc.wait()
+
+
+def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0) -> dict:
+    """The node in its own process (as on a robot), one start per camera size; this process publishes the
+    frames, receives the outputs and reads the node's own statistics from its /diagnostics."""
+    import tempfile
+
     import cv2
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from ...node import SegmentationNode
+    from ...launch_support import large_data_env
+    from ...paths import find_share_file
     from ...runtime.engine import SegmentationEngine
     from ...runtime.imgmsg import array_to_image_fields
+    profile = find_share_file('config', 'fastdds_large_data.xml')
+    if profile:   # both processes need the large-data transport for camera-sized images
+        os.environ.update(large_data_env(profile))
     base = sample_frames(frames)
+    bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
-    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
-    namespace = f'/seg_bench_{os.getpid()}'
-    rows = []
+    executor = SingleThreadedExecutor(context=ctx)
+    name, namespace = f'seg_bench_{os.getpid()}', f'/seg_bench_{os.getpid()}'
+    driver = rclpy.create_node(f'{name}_driver', context=ctx)
+    arrived, diag = {}, {}
+    done = threading.Condition()
+
+    def on_output(msg, output):
+        now = time.perf_counter()
+        with done:
+            arrived.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), {})[output] = now
+            done.notify_all()
+
+    def on_diagnostics(msg):
+        for status in msg.status:
+            if status.name.startswith(f'{name}:'):
+                with done:
+                    diag.clear()
+                    diag.update({kv.key: kv.value for kv in status.values})
+                    done.notify_all()
+
+    subs = [driver.create_subscription(Image, f'{namespace}/segmentation/{o}', lambda m, o=o: on_output(m, o), 10)
+            for o in ('labels', 'color', 'confidence')]
+    driver.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+    pub = driver.create_publisher(Image, f'{namespace}/image', qos_profile_sensor_data)
+    executor.add_node(driver)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    rows, stamp = [], 0
     try:
-        node = SegmentationNode(context=ctx, namespace=namespace, parameter_overrides=[
-            Parameter('model_path', value=str(model)), Parameter('intra_op_threads', value=threads),
-            Parameter('stats_window', value=600.0), Parameter('providers', value=['CPUExecutionProvider'])])
-        driver = rclpy.create_node('seg_bench_driver', context=ctx)
-        arrived, lock = {}, threading.Lock()
-        done = threading.Condition(lock)
-
-        def on_output(msg, name):
-            now = time.perf_counter()
-            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-            with done:
-                arrived.setdefault(key, {})[name] = now
-                done.notify_all()
-
-        for name in ('labels', 'color', 'confidence'):
-            driver.create_subscription(Image, f'{namespace}/segmentation/{name}',
-                                       lambda m, n=name: on_output(m, n), 10)
-        pub = driver.create_publisher(Image, f'{namespace}/image', qos_profile_sensor_data)
-        executor.add_node(node)
-        executor.add_node(driver)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        end = time.monotonic() + timeout
-        while not (node.sub.get_publisher_count() and pub.get_subscription_count()
-                   and all(p.get_subscription_count() for p in (node.pub_labels, node.pub_color, node.pub_conf))):
-            if time.monotonic() > end:
-                raise UserError('the benchmark driver and the node did not discover each other in '
-                                f'{timeout:.0f} s (check ROS_DOMAIN_ID / DDS settings)')
-            time.sleep(0.02)
-        bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
-        stamp = 0
         for size in sizes:
             images = [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
                       if f.shape[:2] != tuple(size) else f for f in base]
-            e2e, e2e_all, bare_ms, steps = [], [], [], []
-            ages_before = len(node.stats.values('age_ms'))
-            for i, rgb in enumerate([images[0]] * warmup + images):
-                stamp += 1
-                msg = Image(**array_to_image_fields(rgb, 'rgb8'))
-                msg.header.stamp.sec, msg.header.frame_id = stamp, 'camera'
-                key = (stamp, 0)
-                t0 = time.perf_counter()
-                pub.publish(msg)
-                with done:
-                    if not done.wait_for(lambda k=key: len(arrived.get(k, {})) == 3, timeout=timeout):
-                        raise UserError(f'no outputs from the node for a {size[1]}x{size[0]} frame in {timeout:.0f} s')
-                    received = arrived.pop(key)
-                result = bare.infer(rgb)
-                if i >= warmup:
-                    e2e.append((received['labels'] - t0) * 1e3)
-                    e2e_all.append((max(received.values()) - t0) * 1e3)
-                    bare_ms.append(result.latency_ms)
-                    steps.append(_steps(bare, rgb, result))
-            ages = node.stats.values('age_ms')[ages_before + warmup:]
-            engine_in_node = node.stats.values('latency_ms')[ages_before + warmup:]
-            rows.append({'size': list(size), 'frames': len(e2e), 'node_ms': _median(ages),
-                         'node_engine_ms': _median(engine_in_node), 'bare_ms': _median(bare_ms),
+            with tempfile.TemporaryFile('w+') as log:
+                proc = _node_process(model, name, namespace, threads, log)
+                try:
+                    end = time.monotonic() + timeout
+                    while not (pub.get_subscription_count() and all(s.get_publisher_count() for s in subs)):
+                        if proc.poll() is not None or time.monotonic() > end:
+                            log.seek(0)
+                            raise UserError(f'the node did not start or was not discovered in {timeout:.0f} s: '
+                                            + ' | '.join(log.read().strip().splitlines()[-3:]))
+                        time.sleep(0.05)
+                    e2e, e2e_all, bare_ms, steps = [], [], [], []
+                    for i, rgb in enumerate([images[0]] * warmup + images):
+                        stamp += 1
+                        msg = Image(**array_to_image_fields(rgb, 'rgb8'))
+                        msg.header.stamp.sec, msg.header.frame_id = stamp, 'camera'
+                        t0 = time.perf_counter()
+                        pub.publish(msg)
+                        with done:
+                            if not done.wait_for(lambda k=(stamp, 0): len(arrived.get(k, {})) == 3, timeout):
+                                raise UserError(f'no outputs from the node for a {size[1]}x{size[0]} frame in '
+                                                f'{timeout:.0f} s')
+                            received = arrived.pop((stamp, 0))
+                        result = bare.infer(rgb)
+                        if i >= warmup:
+                            e2e.append((received['labels'] - t0) * 1e3)
+                            e2e_all.append((max(received.values()) - t0) * 1e3)
+                            bare_ms.append(result.latency_ms)
+                            steps.append(_steps(bare, rgb, result))
+                    sent = warmup + len(images)
+                    with done:
+                        done.wait_for(lambda n=sent: int(diag.get('frames_processed', 0)) >= n, timeout)
+                        stats = dict(diag)
+                finally:
+                    _stop(proc)
+            rows.append({'size': list(size), 'frames': len(e2e),
+                         'node_ms': float(stats.get('input_to_output_p50_ms', 'nan')),
+                         'node_engine_ms': float(stats.get('latency_p50_ms', 'nan')), 'bare_ms': _median(bare_ms),
                          'e2e_ms': _median(e2e), 'e2e_all_ms': _median(e2e_all),
                          **{k: _median([s[k] for s in steps]) for k in steps[0]}})
             r = rows[-1]
@@ -136,8 +176,7 @@ def bench_node(model, sizes, frames=12, threads=1, warmup=3, timeout=30.0) -> di
                   f'end to end {r["e2e_ms"]:.1f} ms', flush=True)
     finally:
         executor.shutdown()
-        for n in executor.get_nodes():
-            n.destroy_node()
+        driver.destroy_node()
         rclpy.try_shutdown(context=ctx)
     return {'model': str(model), 'threads': threads, 'rows': rows}
 
@@ -153,15 +192,15 @@ def node_table(report: dict) -> str:
             'node / bare', 'end to end: labels ms', 'end to end: all 3 ms', 'transport + executor ms',
             'msg -> array ms', 'confidence -> mono8 ms', 'colour mask ms', 'arrays -> 3 messages ms']
     return (markdown_table(head, rows) + f'\n\nModel `{os.path.basename(report["model"])}`, '
-            f'{report["threads"]} ONNX Runtime thread(s), medians over the frames; one process, the node and the '
-            'driver on one rclpy executor over Fast DDS; end to end = driver publish -> labels (all three outputs) '
-            'received; transport + executor = end to end (all 3) - node arrival -> published.')
+            f'{report["threads"]} ONNX Runtime thread(s), medians over the frames; the node in its own process, '
+            'Fast DDS between the processes; end to end = publish -> labels (all three outputs) received; '
+            'transport + executor = end to end (all 3) - node arrival -> published.')
 
 
 def add_node_arguments(parser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
     parser.add_argument('--sizes', nargs='+', default=['480x640', '720x1280'], help='camera sizes HxW')
-    parser.add_argument('--frames', type=int, default=12, help='frames per size (from the sample bag)')
+    parser.add_argument('--frames', type=int, default=15, help='frames per size (from the sample bag)')
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames first (per size)')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
