@@ -146,7 +146,8 @@ def test_export_training_checkpoint_cli(tmp_path):
 
 def test_cli_refuses_missing_arguments(tmp_path, capsys):
     assert cli_main(['export', '--arch', 'topformer_tiny', '-o', str(tmp_path / 'm.onnx')]) == 2
-    assert '--num-classes' in capsys.readouterr().out
+    err = capsys.readouterr().err   # a user mistake: one line on stderr, exit 2 (offline/cli.py)
+    assert '--num-classes' in err and '--input-size' in err and err.count('\n') == 1
 
 
 def test_token_pass_export(tmp_path):
