@@ -2,7 +2,8 @@
 # .ci/ros_distros.sh [VENV]   (run by `make test` after the main suite; VENV = the project venv, default .venv)
 #
 # The ROS part of the test suite again, in two more environments:
-#   * Jazzy (the LTS) from PyPI's ros-jazzy-* wheels: rclpy 7.1.6, Fast DDS 2.14 (.ci/jazzy_env.sh, cached);
+#   * Jazzy (the LTS) from PyPI's ros-jazzy-* wheels: rclpy 7.1.6, Fast DDS 2.14, with tf2_msgs and vision_msgs
+#     built from source (.ci/jazzy_env.sh, cached);
 #   * Kilted with vision_msgs and tf2_msgs, which have no PyPI wheels: the ros2cli venv that
 #     shared/ros2cli/make_env.sh builds (cached by test/ros2cli_env.py), plus pytest and onnx for the tests.
 # In .venv (Kilted wheels, no vision_msgs/tf2_msgs) the same tests cover the fallbacks (no LabelInfo, pose from
