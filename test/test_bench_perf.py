@@ -55,7 +55,8 @@ def test_bench_node_over_rclpy(tiny_logits_model, capsys):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['bench', 'engine', '--sizes', '100x100'], 'multiples of 32'),
+    (['bench', 'peer', '--sizes', '100x100'], 'multiples of 32'),
+    (['bench', 'engine', '--sizes', '0x100'], 'positive'),
     (['bench', 'engine', '--models', 'nonet'], 'neither an .onnx file'),
     (['bench', 'node', '--model', 'missing.onnx'], 'no such file'),
 ])

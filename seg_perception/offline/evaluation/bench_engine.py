@@ -33,13 +33,19 @@ DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
 MATMUL_N = 1024
 
 
-def parse_size(text: str) -> tuple:
+def parse_size(text: str, stride: int = 32, pad: bool = False) -> tuple:
+    """'HxW' -> (H, W); with ``pad`` a size that is not a multiple of ``stride`` is rounded up to one (what the
+    engine does for a dynamic model running at the camera's own size: 720x1280 runs as 736x1280)."""
     try:
         h, w = (int(v) for v in text.lower().split('x'))
     except ValueError:
         raise UserError(f'size {text!r}: expected HxW, e.g. 480x640') from None
-    if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise UserError(f'size {text!r}: H and W must be positive multiples of 32')
+    if h <= 0 or w <= 0:
+        raise UserError(f'size {text!r}: H and W must be positive')
+    if pad:
+        return -(-h // stride) * stride, -(-w // stride) * stride
+    if h % stride or w % stride:
+        raise UserError(f'size {text!r}: H and W must be multiples of {stride}')
     return h, w
 
 
@@ -147,7 +153,8 @@ def add_engine_arguments(parser) -> None:
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                         help='.onnx files and/or zoo names arch[:classes] (e.g. seaformer_small:150)')
     parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'],
-                        help='network input sizes HxW (also try 720x1280 512x1024)')
+                        help='network input sizes HxW (also try 720x1280 512x1024); sizes that are not multiples '
+                             'of 32 are padded up as the engine does (720x1280 runs as 736x1280)')
     parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='intra-op thread counts')
     parser.add_argument('--no-int8', action='store_true', help='skip the int8 column')
     parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch eager column')
@@ -155,7 +162,7 @@ def add_engine_arguments(parser) -> None:
 
 
 def run_engine(args) -> int:
-    sizes = [parse_size(s) for s in args.sizes]
+    sizes = [parse_size(s, pad=True) for s in args.sizes]
     report = bench_engine(args.models, sizes, args.threads, int8=not args.no_int8, torch_eager=not args.no_torch,
                           warmup=args.warmup, repeat=args.repeat)
     emit(args, 'Network latency: ONNX Runtime fp32 / int8 vs PyTorch eager', engine_table(report))
