@@ -82,6 +82,8 @@ MISTAKES = [
     ('replay', [str(BAG), '--model', '{d}/notes.onnx'], ['notes.onnx', 'not an ONNX']),
     ('occupancy', ['{d}/nowhere'], ['nowhere', 'not found']),
     ('occupancy', [str(BAG), '--model', '{d}/notes.onnx'], ['notes.onnx', 'not an ONNX']),
+    ('calibrate', ['--model', str(MODEL), '--data', '{d}/nowhere', '-o', '{d}/c.onnx'], ['nowhere', 'not found']),
+    ('calibrate', ['--model', '{d}/notes.onnx', '--data', str(BAG), '-o', '{d}/c.onnx'], ['notes.onnx']),
     ('soak', ['--model', '{d}/missing.onnx'], ['missing.onnx', 'not found']),
     ('soak', ['--minutes', '0.05'], ['--minutes', '10 seconds']),
     ('recover', ['{d}/missing.onnx', '--arch', 'topformer_tiny', '--calib', str(BAG), '-o', '{d}/r.pt'],

@@ -176,10 +176,10 @@ def test_counters_add_up_at_every_diagnostics_message(ros, tiny_model):
     assert last['frames_published'] == last['frames_processed'] != '0'
 
 
-def _start_node_process(model, name_args=()):
+def _start_node_process(model, namespace):
     env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
     return subprocess.Popen([sys.executable, '-m', 'seg_perception.node', '--ros-args', '-p',
-                             f'model_path:={model}', '-p', 'diagnostics_period:=0.2', *name_args],
+                             f'model_path:={model}', '-p', 'diagnostics_period:=0.2', '-r', f'__ns:={namespace}'],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -189,7 +189,9 @@ def test_signal_shuts_down_within_2s_and_a_restart_works_at_once(tmp_path, tiny_
     rclpy.init(context=ctx)
     procs = []
     try:
-        h = Harness(ctx)
+        # a namespace of this test's own: answers can only come from the node process it started
+        namespace = f'/signal_{os.getpid()}_{sig.name}'
+        h = Harness(ctx, prefix=namespace + '/')
         executor = rclpy.executors.SingleThreadedExecutor(context=ctx)
         executor.add_node(h.node)
 
@@ -205,7 +207,7 @@ def test_signal_shuts_down_within_2s_and_a_restart_works_at_once(tmp_path, tiny_
             return False
 
         for attempt, stamp in enumerate((1, 2)):
-            proc = _start_node_process(tiny_model)
+            proc = _start_node_process(tiny_model, namespace)
             procs.append(proc)
             assert serve(proc, stamp), f'node process {attempt} did not serve'
             for i in range(5):  # busy when the signal comes

@@ -45,4 +45,4 @@ def test_every_item_has_one_fate_in_every_snapshot():
         assert snap['submitted'] == sum(snap.get(k, 0) for k in fates), snap
         assert snap['in_flight'] <= 2
     assert final['in_flight'] == 0 and final['submitted'] == 3000
-    assert final['dropped'] > 0 and final['processed'] > 0 and len(snapshots) > 100
+    assert final['dropped'] > 0 and final['processed'] > 0 and len(snapshots) > 10

@@ -56,7 +56,7 @@ def add_arguments(parser):
                         help='smallest accepted ratio of the node\'s input rate to its output rate (a run on a '
                              'machine too busy to publish that fast is not an overload test)')
     parser.add_argument('--domain-id', type=int, default=None,
-                        help='ROS_DOMAIN_ID for the node and this process (default: a random one in 150-232)')
+                        help='ROS_DOMAIN_ID for the node and this process (default: a random one in 101-149)')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
 
 
@@ -201,7 +201,7 @@ def run_soak(model=None, minutes=10.0, overload=4.0, threads=1, domain_id=None, 
     frames = _frames()
     t_infer = inference_ms(model, frames, threads)
     rate = overload * 1000.0 / t_infer
-    domain_id = random.randint(150, 232) if domain_id is None else domain_id
+    domain_id = random.randint(101, 149) if domain_id is None else domain_id  # tests: 1-100, replay: 150-232
     env = _dds_env(domain_id)
     os.environ.update({k: v for k, v in env.items() if k.startswith(('FASTDDS', 'FASTRTPS'))})
     cmd = [sys.executable, '-m', 'seg_perception.node', '--ros-args']
