@@ -70,6 +70,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tup
     return model.to(device).eval(), ckpt
 
 
+def labels_head(logits: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tail of a 'labels' model file (``export`` puts it in the graph; benchmarks and :func:`predict` use it
+    too): 1/8 logits (N, C, h, w) upsampled bilinearly (align_corners=False) to ``size`` (H, W) -> (labels int64
+    (N, H, W) = argmax, confidence float32 (N, H, W) = max softmax).
+
+    The confidence is written as ``1 / sum_c exp(l_c - max l)``: the same value, but ONNX Runtime's Softmax over
+    the channel axis of a full-resolution map costs 3x the whole network."""
+    up = F.interpolate(logits, size=tuple(size), mode='bilinear', align_corners=False)
+    top, labels = up.max(dim=1, keepdim=True)
+    return labels.squeeze(1), (up - top).exp().sum(dim=1).reciprocal()
+
+
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, input_size, mean, std, resize_mode: str = TRAINER_RESIZE_MODE,
             device: str | torch.device = 'cpu', stride: int = 32, output_kind: str = 'labels') -> np.ndarray:
@@ -90,6 +102,5 @@ def predict(model: nn.Module, image: np.ndarray, input_size, mean, std, resize_m
         upsampler = LogitsUpsampler.for_geometry(coarse.shape[1:], geometry.net_hw, geometry.content_hw,
                                                  geometry.offset_yx, geometry.src_hw)
         return upsampler(coarse, label_dtype)[0]
-    logits = F.interpolate(logits, size=geometry.net_hw, mode='bilinear', align_corners=False)
-    labels = logits.argmax(1)[0].cpu().numpy().astype(label_dtype)
+    labels = labels_head(logits, geometry.net_hw)[0][0].cpu().numpy().astype(label_dtype)
     return restore(labels, geometry, cv2.INTER_NEAREST)

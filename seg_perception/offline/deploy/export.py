@@ -38,12 +38,12 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ...classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
 from ...errors import UserError
 from ...runtime import metadata as md
 from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from ..predict import labels_head as postprocess  # the graph's tail: upsample, argmax, max softmax
 from .onnx_graph import OUTPUTS, set_metadata, with_logits_output
 
 DEFAULT_OPSET = 17
@@ -72,17 +72,6 @@ def knob_name(model):
 def stats_outputs(model):
     """The per-frame outputs after labels and confidence: ('kept_fraction', 'macs') or the model's own."""
     return tuple(getattr(model, 'stats_outputs', TOKEN_PASS_OUTPUTS))
-
-
-def postprocess(logits, size):
-    """1/8 logits (N, C, h, w) -> (labels int64 (N, H, W), confidence float32 (N, H, W)) at ``size`` (H, W).
-
-    The confidence is the max softmax probability written as ``1 / sum_c exp(l_c - max l)``: the same value,
-    but ONNX Runtime's Softmax over the channel axis of a full-resolution map costs 3x the whole network."""
-    up = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
-    top, labels = up.max(dim=1, keepdim=True)
-    confidence = (up - top).exp().sum(dim=1).reciprocal()
-    return labels.squeeze(1), confidence
 
 
 class LabelsGraph(nn.Module):

@@ -245,9 +245,9 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
 
     import onnxruntime as ort
     import torch
-    import torch.nn.functional as F
 
     from ...nets import create_model
+    from ..predict import labels_head
     from .flops import count_macs
 
     class LabelsGraph(torch.nn.Module):
@@ -266,9 +266,7 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
                 stats = (fraction.float().reshape(-1), spent.float().reshape(()))
             else:
                 logits = self.net(images)
-            up = F.interpolate(logits, size=images.shape[-2:], mode='bilinear', align_corners=False)
-            top, labels = up.max(dim=1, keepdim=True)
-            return (labels.squeeze(1), (up - top).exp().sum(dim=1).reciprocal(), *stats)
+            return (*labels_head(logits, images.shape[-2:]), *stats)
 
     def export(net, path, adaptive):
         knob = (torch.tensor(1.0),) if adaptive else ()

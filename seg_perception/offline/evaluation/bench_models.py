@@ -111,7 +111,8 @@ class _OfficialTail:
 
     def __new__(cls, model):
         import torch
-        import torch.nn.functional as F
+
+        from ..predict import labels_head
 
         class Tail(torch.nn.Module):
             def __init__(self):
@@ -119,9 +120,7 @@ class _OfficialTail:
                 self.model = model
 
             def forward(self, images):
-                up = F.interpolate(self.model(images), size=images.shape[-2:], mode='bilinear', align_corners=False)
-                top, labels = up.max(dim=1, keepdim=True)
-                return labels.squeeze(1), (up - top).exp().sum(dim=1).reciprocal()
+                return labels_head(self.model(images), images.shape[-2:])
         return Tail()
 
 
