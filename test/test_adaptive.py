@@ -272,3 +272,20 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
     assert set(metrics['groups']) == {'easy half', 'cluttered half'}
     assert metrics['groups']['easy half']['frames'] == 2
     assert 'cluttered half (2 frames, by clutter)' in metrics['table']
+
+
+def test_refine_rule_on_the_shipped_tiny_model():
+    """The rule on a trained early head (the shipped TopFormer-tiny, the adaptive trunk's arithmetic) and the
+    sample bag: 0 refines nothing, 1 everything (every error covered), more tiles as the threshold rises."""
+    import os
+
+    from seg_perception.offline.evaluation.bench_adaptive import bench_refine_rule
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rows = bench_refine_rule(os.path.join(repo, 'models', 'topformer_tiny_scenes.onnx'),
+                             os.path.join(repo, 'samples', 'scenes_sample'), [0.0, 0.7, 0.9, 1.0],
+                             image_topic='/camera/image_raw', gt_topic='/ground_truth/labels', limit=4)
+    tiles = [r['tiles'] for r in rows]
+    assert tiles[0] == 0.0 and tiles[-1] == 1.0 and tiles == sorted(tiles) and 0 < tiles[2] < 1
+    assert rows[0]['errors_covered'] == 0.0 and rows[-1]['errors_covered'] == 1.0
+    assert rows[2]['errors_covered'] > rows[2]['tiles']     # the uncertain tiles hold more than their share

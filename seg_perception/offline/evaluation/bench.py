@@ -199,6 +199,9 @@ BENCHMARKS = {
     'adaptive-cost': ('adaptive architecture\'s paths in ONNX Runtime (random weights): cheap path, every tile, '
                       'deep head per window count, static zoo models', bench_adaptive.add_adaptive_cost_arguments,
                       bench_adaptive.run_adaptive_cost),
+    'refine-rule': ('the adaptive refine rule on a trained TopFormer-tiny (logits file): tiles refined per knob value '
+                    'and the share of errors inside them', bench_adaptive.add_refine_rule_arguments,
+                    bench_adaptive.run_refine_rule),
 }
 
 

@@ -355,3 +355,75 @@ def run_adaptive_cost(args):
           f'{args.threads} thread(s), {args.clock} clock, median of {args.repeat} interleaved rounds.\n'
           f'Machine: {machine_line()}')
     return 0
+
+
+# ------------------------------------------------------------------ bench refine-rule (a trained early head)
+
+def bench_refine_rule(model, data, thresholds, image_topic=None, gt_topic=None, split='val', input_size=(480, 640),
+                      tile=8, min_uncertain=0.02, limit=0):
+    """The adaptive model's refine rule applied to a trained TopFormer-tiny (``--head logits`` file: its logits
+    are the adaptive model's early logits, same arithmetic): per knob value, the fraction of tiles refined (all
+    frames, and the halves of frames with fewer / more refined tiles), the fraction of frames with any, and the
+    share of the model's wrong pixels that lie inside refined tiles. Returns rows of dicts."""
+    from ...runtime.engine import SegmentationEngine
+    from .bench import iter_labelled_frames
+
+    engine = SegmentationEngine(model, intra_op_threads=1, input_size=input_size)
+    frames = []
+    for rgb, label, _ in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+        result = engine.infer(rgb)
+        if result.logits is None:
+            raise UserError(f'{model}: needs a logits model (export --head logits), to read the early logits')
+        z = result.logits - result.logits.max(0, keepdims=True)
+        frames.append((1.0 / np.exp(z).sum(0), (result.labels != label) & (label != engine.meta['ignore_index'])))
+    if not frames:
+        raise UserError(f'{data}: no labelled frames')
+    rows = []
+    for threshold in thresholds:
+        fractions, covered, wrong_total = [], 0, 0
+        for conf, wrong in frames:
+            h8, w8 = conf.shape
+            ph, pw = (-h8) % tile, (-w8) % tile
+            padded = np.pad(conf, ((0, ph), (0, pw)), constant_values=1.0)
+            counts = (padded < threshold).reshape((h8 + ph) // tile, tile, (w8 + pw) // tile, tile).sum((1, 3))
+            selected = (counts > min_uncertain * tile * tile) | (threshold >= 1.0)
+            fractions.append(selected.mean())
+            rows_of = np.minimum(np.arange(wrong.shape[0]) * h8 // wrong.shape[0] // tile, selected.shape[0] - 1)
+            cols_of = np.minimum(np.arange(wrong.shape[1]) * w8 // wrong.shape[1] // tile, selected.shape[1] - 1)
+            covered += int((wrong & selected[rows_of][:, cols_of]).sum())
+            wrong_total += int(wrong.sum())
+        fractions = np.sort(np.asarray(fractions))
+        half = len(fractions) // 2
+        rows.append({'threshold': threshold, 'tiles': float(fractions.mean()),
+                     'tiles_low_half': float(fractions[:half].mean()) if half else None,
+                     'tiles_high_half': float(fractions[half:].mean()),
+                     'frames_any': float(np.mean(fractions > 0)),
+                     'errors_covered': covered / wrong_total if wrong_total else None})
+    return rows
+
+
+def add_refine_rule_arguments(parser):
+    parser.add_argument('--model', required=True, help='a trained TopFormer-tiny exported with --head logits')
+    parser.add_argument('--data', required=True, help='dataset folder, YAML or rosbag2 (with the topics)')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
+    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--split', default='val', help='dataset split for open_dataset')
+    parser.add_argument('--input-size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'),
+                        help='network input (multiples of 32)')
+    parser.add_argument('--thresholds', type=float, nargs='+', default=[0.5, 0.7, 0.8, 0.9, 0.95],
+                        help='refine_threshold values')
+    parser.add_argument('--limit', type=int, default=0, help='first N frames only (0: all)')
+
+
+def run_refine_rule(args):
+    rows = bench_refine_rule(args.model, args.data, args.thresholds, args.image_topic, args.gt_topic, args.split,
+                             tuple(args.input_size), limit=args.limit)
+    table = markdown_table(
+        ['refine_threshold', 'tiles refined', 'easier half of frames', 'harder half', 'frames with any',
+         'errors inside refined tiles'],
+        [[f'{r["threshold"]:g}', fmt(r['tiles'], 3), fmt(r['tiles_low_half'], 3), fmt(r['tiles_high_half'], 3),
+          fmt(r['frames_any'], 3), fmt(r['errors_covered'], 3)] for r in rows])
+    print(f'{table}\n\nTiles of 8x8 cells at 1/8 ({8 * 8}x{8 * 8} pixels) refined when more than 2 % of their cells '
+          f'have an early confidence below the threshold; network input {args.input_size[0]}x{args.input_size[1]}; '
+          'halves of frames by their refined fraction.')
+    return 0
