@@ -18,8 +18,9 @@ The knob: ``refine_threshold`` (a run-time input, float32 scalar, like the token
   A cell is uncertain when the early head's max softmax probability is below ``refine_threshold``; a tile is
   refined when more than ``min_uncertain`` (2 %) of its cells are uncertain, and every tile is refined when
   ``refine_threshold >= 1``. So 0.0 = never refine (output == TopFormer-tiny's), 1.0 = always refine (output ==
-  the full model's), 0.9 the default (``refine_conf``; on the sample bag such tiles are ~42 % of tiles and hold
-  ~98 % of the early head's errors). Higher = more tiles = more cost.
+  the full model's), 0.9 the default (``refine_conf``; with the shipped TopFormer-tiny on the sample bag at
+  480x640 such tiles are 44 % of tiles and hold 92 % of its wrong pixels: ``bench refine-rule``). Higher = more
+  tiles = more cost.
 
 Gather / scatter and TensorRT
   The refined tiles' windows are gathered from each source map (data-dependent index, zeros outside the frame;
@@ -43,9 +44,10 @@ Run-time API (eval mode)
     so ``macs`` is exact at every input size (all strided convolutions halve with ceil).
 
 Why this mechanism (measured; ``seg-perception bench adaptive-cost``, 480x640, ONNX Runtime, 1 thread, CPU clock)
-  * Region level, not frame level (option d): on the sample bag the tiles holding > 2 % pixels below 0.9 early
-    confidence are 42 % of tiles (22 % on easy frames, 67 % on cluttered ones) and hold 98 % of the errors; a
-    frame cascade pays the whole large model on every frame that has any hard region, i.e. almost all.
+  * Region level, not frame level (option d): with the shipped TopFormer-tiny on the sample bag at 480x640
+    (``bench refine-rule``) the tiles the rule refines at 0.9 are 44 % of tiles (30 % / 59 % on the easier /
+    harder half of the frames) and hold 92 % of the wrong pixels, but every frame has some: a frame cascade
+    would pay the whole large model on every frame.
   * Shared computation (option a): the deep head reads the trunk's features, so refining costs only the deep
     head on the gathered windows; its cost is linear in the window count (0.25 ms per window for ``tiny``, from
     1 to 80 windows) and the cheap path costs 1.06x TopFormer-tiny (the selection, one masked window, the
