@@ -9,6 +9,8 @@ Publishes, with the input's header:
   ``segmentation/label_info``  std_msgs/String JSON class ids, names and colours (reliable, transient local)
   ``segmentation/costmap``     nav_msgs/OccupancyGrid and ``segmentation/obstacles`` sensor_msgs/PointCloud2 from
                                the labels, ``camera_info`` and the camera pose (see ``costmap_node.py``)
+  ``segmentation/shift_score`` std_msgs/Float32 domain-shift score, smoothed (logits models with shift
+                               statistics; WARN in diagnostics above the model's threshold, see ``shift_node.py``)
   ``/diagnostics``             diagnostic_msgs/DiagnosticArray, every ``diagnostics_period`` seconds
 One worker thread runs inference on the newest frame; frames it could not take are counted as dropped.
 Images are only segmented while somebody subscribes to an output.
@@ -62,6 +64,8 @@ from .runtime.engine import EngineError, SegmentationEngine, colorize, overlay
 from .runtime.imgmsg import ImageFormatError, array_to_image_fields, compressed_to_rgb, image_to_rgb
 from .runtime.stats import RollingStats
 from .runtime.worker import LatestFrameWorker
+from .shift_node import ALARM_MESSAGE as SHIFT_ALARM
+from .shift_node import ShiftOutput
 
 RCLError = _rclpy.RCLError
 # Parameters that rebuild the engine when changed at run time.
@@ -145,6 +149,7 @@ class SegmentationPipeline:
         self._io_entities = []
         self.worker = None
         self.costmap = None
+        self.shift = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _io(self, entity):
@@ -183,6 +188,7 @@ class SegmentationPipeline:
                                    'segmentation/vision_info (the JSON class list is on segmentation/label_info)')
         self.pub_diag = self._output(DiagnosticArray, '/diagnostics', 10)
         self.costmap = CostmapOutput(self, self._output, self._io, OUTPUT_QOS)
+        self.shift = ShiftOutput(self, self._output, OUTPUT_QOS)
         self._publish_label_info()
 
         self.worker = LatestFrameWorker(self._process, self._on_worker_error)
@@ -325,6 +331,7 @@ class SegmentationPipeline:
     def _wanted_outputs(self):
         wanted = {name for name, pub in (('labels', self.pub_labels), ('color', self.pub_color),
                                          ('confidence', self.pub_conf)) if pub.get_subscription_count() > 0}
+        wanted |= {'shift'} if self.shift.wanted() else set()
         return wanted | {'costmap'} if self.costmap.wanted() else wanted
 
     def _process(self, item):
@@ -356,6 +363,7 @@ class SegmentationPipeline:
             self.pub_color.publish(Image(header=header, **array_to_image_fields(color, 'rgb8')))
         if 'costmap' in wanted:
             self.costmap.process(engine, header, result.labels, result.confidence)
+        self.shift.process(engine, result.logits)
         self.counters['published'] += 1
         self.stats.add('output')
         self.stats.add('latency_ms', result.latency_ms)
@@ -397,6 +405,8 @@ class SegmentationPipeline:
         values.update({f'frames_{k}': str(v) for k, v in c.items()})
         if self.costmap is not None:
             values.update(self.costmap.diagnostics())
+        if self.shift is not None:
+            values.update(self.shift.diagnostics(self.engine))
         kept = self.stats.values('kept_fraction')
         if kept.size:
             values['kept_fraction_mean'] = f'{kept.mean():.3f}'
@@ -418,6 +428,8 @@ class SegmentationPipeline:
             level, message = DiagnosticStatus.WARN, 'inference errors or most frames dropped'
         elif c['rejected']:
             level, message = DiagnosticStatus.WARN, 'some input frames rejected (see log)'
+        elif self.shift is not None and self.shift.alarm:
+            level, message = DiagnosticStatus.WARN, f'{SHIFT_ALARM} (shift score {self.shift.score:.2f})'
         else:
             level, message = DiagnosticStatus.OK, 'running'
         return DiagnosticStatus(level=level, name=f'{self.get_name()}: segmentation', message=message,

@@ -24,6 +24,8 @@ COMMANDS = {
     'train': ('seg_perception.offline.training.train', 'train a model from a YAML config'),
     'evaluate': ('seg_perception.offline.evaluation.evaluate', 'mIoU, per-class IoU and latency on a dataset or bag'),
     'export': ('seg_perception.offline.deploy.export', 'export a model to ONNX with its metadata'),
+    'calibrate': ('seg_perception.offline.deploy.calibrate',
+                  "fit a logits model's confidence temperature and domain-shift statistics into its metadata"),
     'recover': ('seg_perception.offline.deploy.recover',
                 'rebuild a training checkpoint from an exported .onnx (to fine-tune a shipped model)'),
     'flops': ('seg_perception.offline.evaluation.flops', 'count parameters and MACs of a model'),
@@ -43,6 +45,8 @@ EXAMPLES = {
     'train': 'seg-perception train config/train/topformer_tiny_scenes.yaml iters=500 out=runs/try',
     'evaluate': 'seg-perception evaluate --model models/topformer_tiny_scenes.onnx --data samples/scenes_sample',
     'export': 'seg-perception export --checkpoint runs/try/best.pt --resize-mode resize -o model.onnx',
+    'calibrate': 'seg-perception calibrate --model models/topformer_tiny_scenes.onnx --data data/scenes --split val '
+                 '--shift data/scenes -o runs/calibrated.onnx',
     'recover': 'seg-perception recover models/topformer_tiny_scenes.onnx --arch topformer_tiny '
                '--calib data/scenes/images/train -o runs/recovered.pt',
     'flops': 'seg-perception flops --arch topformer_tiny --input-size 512 512',

@@ -156,6 +156,9 @@ class SegmentationEngine:
         self.label_dtype = np.uint8 if self.num_classes <= 255 else np.uint16
         self._check_io()
         self._upsamplers = {}
+        # calibration (logits models): confidence = softmax(logits / T); a labels model's graph computes its own
+        temperature = self.meta.get('temperature') if self.meta['output_kind'] == 'logits' else None
+        self.inv_temperature = None if temperature is None else (1.0 / np.asarray(temperature, np.float32))
         self.net_hw = tuple(self.meta['input_size'])
         if input_size is not None and self.meta['dynamic_hw']:
             self.net_hw = None if input_size == 'native' or tuple(input_size) == (0, 0) else tuple(input_size)
@@ -210,7 +213,7 @@ class SegmentationEngine:
             conf = restore(outs['confidence'][0].astype(np.float32, copy=False), geometry, cv2.INTER_LINEAR)
         else:
             logits = outs['logits'][0]
-            labels, conf = self._upsampler(logits.shape[1:], geometry)(logits, self.label_dtype)
+            labels, conf = self._labels_confidence(logits, geometry)
         kept = outs.get('kept_fraction')
         macs = outs.get('macs')
         refined = outs.get('refined_fraction')
@@ -219,6 +222,22 @@ class SegmentationEngine:
                          kept_fraction=None if kept is None else np.asarray(kept, np.float32).reshape(-1),
                          macs=None if macs is None else float(np.asarray(macs).reshape(-1)[0]), logits=logits,
                          refined_fraction=None if refined is None else float(np.asarray(refined).reshape(-1)[0]))
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the published confidence is temperature-calibrated (metadata ``temperature``)."""
+        return self.inv_temperature is not None
+
+    def _labels_confidence(self, logits, geometry):
+        """Labels of the raw logits; confidence of the calibrated ones (one temperature keeps the argmax, so
+        one pass does both; per-class temperatures need a second pass for the confidence)."""
+        upsampler = self._upsampler(logits.shape[1:], geometry)
+        if self.inv_temperature is None:
+            return upsampler(logits, self.label_dtype)
+        if self.inv_temperature.size == 1:
+            return upsampler(logits * self.inv_temperature[0], self.label_dtype)
+        labels, _ = upsampler(logits, self.label_dtype)
+        return labels, upsampler(logits * self.inv_temperature[:, None, None], self.label_dtype)[1]
 
     def _upsampler(self, coarse_hw, geometry):
         """The :class:`LogitsUpsampler` from these logits straight to the input image (cached per geometry)."""

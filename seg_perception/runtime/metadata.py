@@ -47,6 +47,8 @@ _FIELDS = {
     'cheap_macs': (True, False),      # adaptive TopFormer: MACs of the never-refine path at input_size
     'class_costs': (True, False),     # costmap: {class name: cost -1..100}, the model's default table
     'costmap_min_confidence': (True, False),  # costmap: pixels below this confidence are unknown, never free
+    'temperature': (True, False),     # calibration: [T] or [T_1..T_C]; confidence = softmax(logits / T)
+    'shift_stats': (True, False),     # shift monitor: {features, mean, precision, threshold, window}
 }
 
 
@@ -92,6 +94,12 @@ def decode(props, source='model'):
         raise ValueError(f'{source}: output_kind {meta["output_kind"]!r} not in {OUTPUT_KINDS}')
     if not isinstance(meta.get('class_costs', {}), dict):
         raise ValueError(f'{source}: metadata class_costs must be a JSON object {{class name: cost}}')
+    temperature = meta.get('temperature')
+    if temperature is not None and (not isinstance(temperature, list) or len(temperature) not in (1, len(names))
+                                    or not all(isinstance(t, (int, float)) and t > 0 for t in temperature)):
+        raise ValueError(f'{source}: metadata temperature must be a list of 1 or {len(names)} positive numbers')
+    if not isinstance(meta.get('shift_stats', {}), dict):
+        raise ValueError(f'{source}: metadata shift_stats must be a JSON object')
     meta.setdefault('dynamic_hw', False)
     meta.setdefault('stride', 32)
     meta.setdefault('ignore_index', 255)

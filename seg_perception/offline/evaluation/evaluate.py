@@ -16,7 +16,9 @@ the engine's geometry (:func:`seg_perception.offline.predict.predict`): the imag
 multiple of 32 and padded), so a checkpoint scores what its export scores.
 
 Intersections and unions are summed over the whole dataset (see :mod:`.metrics`). Written to ``--out``:
-``metrics.json``, ``report.md`` and ``confusion.png``; the Markdown table is printed in any case.
+``metrics.json``, ``report.md`` and ``confusion.png`` (and ``reliability.png``, the reliability diagram of the
+engine's confidence, for .onnx models); the Markdown table is printed in any case. ONNX models also report the
+pixel-level expected calibration error (``ece``, 15 equal-width bins) and whether the model is calibrated.
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import ReliabilityStats
 from .metrics import ConfusionMatrix, metrics_table, save_confusion_png
 
 
@@ -40,11 +43,13 @@ class OnnxPredictor:
         self.names = list(self.engine.meta['names'])
         self.description = f'onnx ({self.engine.provider})'
         self.static_macs = self.engine.meta.get('static_macs')
+        self.calibration = ('temperature ' + ' '.join(f'{t:.3f}' for t in self.engine.meta['temperature'])
+                            if self.engine.calibrated else 'uncalibrated')
 
     def __call__(self, image):
         result = self.engine.infer(image, exit_threshold=self.exit_threshold, refine_threshold=self.refine_threshold)
         return {'labels': result.labels, 'latency_ms': result.latency_ms, 'kept_fraction': result.kept_fraction,
-                'macs': result.macs, 'refined_fraction': result.refined_fraction}
+                'macs': result.macs, 'refined_fraction': result.refined_fraction, 'confidence': result.confidence}
 
 
 class TorchPredictor:
@@ -66,6 +71,7 @@ class TorchPredictor:
         self.description = (f'torch {ckpt["arch"]} ('
                             f'{"whole image" if self.input_size is None else self.input_size}, {self.resize_mode})')
         self.static_macs = None
+        self.calibration = None   # no confidence: no ECE
 
     def __call__(self, image):
         from ..predict import predict
@@ -115,6 +121,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
     confusion = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
+    reliability = ReliabilityStats()
     latencies, kept, macs, refined, per_frame = [], [], [], [], []
     for _ in range(warmup):
         predictor(dataset[0][0])
@@ -125,6 +132,8 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         if labels.shape != label.shape:
             raise ValueError(f'image {i}: prediction {labels.shape} and label {label.shape} differ in size')
         confusion.update(labels, label)
+        if result.get('confidence') is not None:
+            reliability.add(result['confidence'], labels, label, getattr(dataset, 'ignore_index', 255))
         latencies.append(result['latency_ms'])
         if result['kept_fraction'] is not None:
             kept.append(np.atleast_1d(np.asarray(result['kept_fraction'], np.float64)))
@@ -157,6 +166,9 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         'refined_frames_fraction': None,
         'groups': None,
         'confusion_matrix': confusion.matrix.tolist(),
+        'calibration': predictor.calibration,
+        'ece': reliability.ece(),
+        'reliability': reliability.summary() if reliability.pixels else None,
     }
     if kept:
         per_stage = np.mean(np.stack(kept), axis=0)
@@ -181,6 +193,8 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
                                        f'Data: `{data}` ({count} images), runner: {predictor.description}\n\n'
                                        f'{table}\n\n![confusion matrix](confusion.png)\n')
         save_confusion_png(confusion.matrix, classes, out / 'confusion.png')
+        if reliability.pixels:
+            reliability.save_png(out / 'reliability.png', f'{Path(model).name} ({predictor.calibration})')
     report['table'] = table
     return report
 
@@ -224,6 +238,8 @@ def markdown_report(report):
         fraction = f', refined/kept {g["fraction"]:.3f}' if g['fraction'] is not None else ''
         rows.append((f'{name} ({g["frames"]} frames, by {g["split_by"]})',
                      f'{g["gmacs_per_frame"]:.3f} GMACs, {g["latency_ms_mean"]:.1f} ms mean{fraction}, mIoU {miou}'))
+    if report.get('ece') is not None:
+        rows.append(('pixel ECE, 15 bins (confidence)', f'{100 * report["ece"]:.2f} % ({report["calibration"]})'))
     rows.append(('images', str(report['images'])))
     return metrics_table(report, rows)
 

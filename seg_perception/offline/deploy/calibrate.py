@@ -1,0 +1,152 @@
+"""Calibrate a logits model's confidence and fit its domain-shift statistics; both go into its metadata.
+
+    seg-perception calibrate --model models/topformer_tiny_scenes.onnx --data data/scenes --split val \\
+        --per-class --shift data/scenes --in-place
+
+* Temperature scaling: the temperature (``--per-class``: also one per class, kept only where its pixel ECE on
+  the held-out half of the sampled pixels is lower) minimising the pixel NLL of the ground truth on ``--data``
+  (held-out frames, never the training split), stored as metadata ``temperature``. The engine divides the
+  logits by it: labels unchanged, confidence calibrated.
+* Shift statistics (``--shift TRAIN_SPEC``): mean and precision of the per-frame features of
+  :mod:`seg_perception.runtime.shift` over training frames (``--shift-split``), and the alarm threshold: the
+  largest smoothed score (window ``--window``) on the held-out ``--data`` frames, times ``--margin``, so those
+  frames raise no alarm. Stored as metadata ``shift_stats``.
+
+The ECE before and after (pixel level, 15 bins) is printed; ``--report DIR`` also writes reliability diagrams
+and ``calibration.json``.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import UserError
+
+# measured on topformer_tiny_scenes (README, shift monitor): floor-logit spread, floor share, energy
+DEFAULT_FEATURES = ('std0', 'share0', 'energy')
+
+
+def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
+              shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
+              report=None, seed=0, progress=True, measure=True) -> dict:
+    """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
+    (``measure``: also the ECE of the written file on ``data``, one more pass)."""
+    import onnx
+
+    from ...runtime.engine import SegmentationEngine
+    from ...runtime.shift import ShiftScorer, fit_statistics, smooth
+    from ..data.datasets import open_dataset
+    from ..evaluation.calibration import collect, fit_temperature, nll, sample_ece
+    from .onnx_graph import read_metadata, set_metadata
+
+    engine = SegmentationEngine(str(model))
+    if engine.meta['output_kind'] != 'logits':
+        raise UserError(f'{model}: calibration needs a logits model (output_kind is '
+                        f'{engine.meta["output_kind"]!r}); convert it first: python -m '
+                        f'seg_perception.offline.deploy.logits_head {model} -o OUT.onnx')
+    if engine.calibrated:   # fit on the raw logits: drop a stored temperature for this run
+        engine.inv_temperature = None
+    held = collect(engine, open_dataset(str(data), split=split), limit, pixels_per_frame, seed, progress)
+    z, y = held['z'], held['y']
+    half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
+    fit = {'scalar': fit_temperature(z[half], y[half])}
+    if per_class:
+        fit['per_class'] = fit_temperature(z[half], y[half], per_class=True)
+    scores = {name: sample_ece(z[~half], y[~half], inv) for name, inv in fit.items()}
+    chosen = min(scores, key=scores.get)
+    inv_t = fit_temperature(z, y, per_class=chosen == 'per_class')   # refit on all held-out pixels
+    result = {'model': str(model), 'data': f'{data} ({split}, {held["frames"]} frames, {len(y)} pixels)',
+              'chosen': chosen, 'temperature': [float(v) for v in 1.0 / inv_t],
+              'ece_check_half': {name: float(v) for name, v in scores.items()},
+              'sample_ece_before': sample_ece(z, y), 'sample_ece_after': sample_ece(z, y, inv_t),
+              'nll_before': nll(z, y, 1.0), 'nll_after': nll(z, y, inv_t),
+              'ece_before': held['reliability'].ece()}
+    meta = dict(engine.meta)
+    meta['temperature'] = result['temperature']
+    if shift:
+        train = collect(engine, open_dataset(str(shift), split=shift_split), shift_limit, progress=progress,
+                        pixels=False)
+        stats = fit_statistics(train['features'], features)
+        scorer = ShiftScorer({**stats, 'window': window})
+        held_scores = [scorer.distance(f) for f in held['features']]
+        smoothed = smooth(held_scores, window)
+        stats.update({'threshold': float(np.max(smoothed) * margin), 'window': int(window)})
+        meta['shift_stats'] = stats
+        result['shift'] = {'train': f'{shift} ({shift_split}, {train["frames"]} frames)', 'window': int(window),
+                           'threshold': stats['threshold'], 'held_out_max_smoothed': float(np.max(smoothed)),
+                           'held_out_mean_frame_score': float(np.mean(held_scores))}
+    if not out:
+        return result
+    proto = onnx.load(str(model))
+    read_metadata(proto)   # still a seg_perception model
+    set_metadata(proto, meta)
+    onnx.save(proto, str(out))
+    if not measure:
+        return result
+    # measure the written file exactly as the robot runs it
+    after = collect(SegmentationEngine(str(out)), open_dataset(str(data), split=split), limit, progress=progress,
+                    pixels=False)
+    result['ece_after'] = after['reliability'].ece()
+    if report:
+        report = Path(report)
+        report.mkdir(parents=True, exist_ok=True)
+        held['reliability'].save_png(report / 'reliability_before.png', f'{Path(model).name} uncalibrated')
+        after['reliability'].save_png(report / 'reliability_after.png', f'{Path(out).name} calibrated')
+        (report / 'calibration.json').write_text(json.dumps(result, indent=2))
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', required=True, help='a logits .onnx model (metadata output_kind logits)')
+    parser.add_argument('--data', required=True,
+                        help='held-out labelled frames (dataset folder, YAML or bag) to fit the temperature on and '
+                             'to set the shift threshold with; never the training split')
+    parser.add_argument('--split', default='val', help='split of --data')
+    parser.add_argument('--per-class', action='store_true',
+                        help='also fit one temperature per class; kept only when its ECE on held-out pixels is lower')
+    parser.add_argument('--limit', type=int, default=0, help='use the first N frames of --data (0 = all)')
+    parser.add_argument('--pixels-per-frame', type=int, default=2000, help='labelled pixels sampled per frame')
+    parser.add_argument('--shift', default=None, metavar='TRAIN_SPEC',
+                        help='training frames (dataset folder or YAML) for the shift statistics (none: keep the '
+                             "model's shift_stats as they are)")
+    parser.add_argument('--shift-split', default='train', help='split of --shift')
+    parser.add_argument('--shift-limit', type=int, default=400,
+                        help='use the first N training frames (0 = all)')
+    parser.add_argument('--features', default=','.join(DEFAULT_FEATURES),
+                        help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '
+                             'energy)')
+    parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
+    parser.add_argument('--margin', type=float, default=1.1,
+                        help='shift threshold = margin x the largest smoothed score on the held-out frames')
+    parser.add_argument('--report', default=None, help='folder for reliability diagrams and calibration.json')
+    parser.add_argument('--seed', type=int, default=0, help='pixel sampling seed')
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument('-o', '--output', default=None, help='write the calibrated model here')
+    target.add_argument('--in-place', action='store_true', help='overwrite --model')
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1:
+        raise UserError(f'--window ({args.window}) and --pixels-per-frame ({args.pixels_per_frame}) must be >= 1, '
+                        f'--margin ({args.margin}) > 0')
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f'model {args.model} not found')
+    out = args.model if args.in_place else args.output
+    try:
+        result = calibrate(args.model, args.data, args.split, args.per_class, args.limit, args.pixels_per_frame,
+                           args.shift, args.shift_split, args.shift_limit,
+                           [f.strip() for f in args.features.split(',') if f.strip()], args.window, args.margin, out,
+                           args.report, args.seed)
+    except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
+        raise UserError(str(exc)) from None
+    temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
+    print(f'temperature ({result["chosen"]}): {temps}')
+    print(f'pixel NLL {result["nll_before"]:.4f} -> {result["nll_after"]:.4f}; ECE on {result["data"]}: '
+          f'{100 * result["ece_before"]:.2f} % -> {100 * result["ece_after"]:.2f} %')
+    if 'shift' in result:
+        s = result['shift']
+        print(f'shift statistics from {s["train"]}: threshold {s["threshold"]:.3f} (window {s["window"]}; largest '
+              f'smoothed held-out score {s["held_out_max_smoothed"]:.3f})')
+    print(f'written: {out}')
+    return 0

@@ -1,0 +1,118 @@
+"""How far to trust a calibrated model (issue 18): ECE before / after calibration and the shift monitor's
+separation, false alarms and cost, on held-out data of its own renderer and on foreign data.
+
+    python -m seg_perception.offline.evaluation.trust --model runs/calibrated.onnx \\
+        [--own data/scenes:test] [--own samples/scenes_sample] [--foreign data/raycast:test] \\
+        [--foreign config/data/camvid_test_scene_classes.yaml:test] [--out runs/trust]
+
+``--own`` sets are frames of the model's own training distribution (never its training split): the alarm should
+stay quiet there; ``--foreign`` sets should raise it. AUROC is per frame (the first ``--own`` set against each
+``--foreign`` one); alarm rates use the smoothed score the node publishes. Prints a Markdown table.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...runtime.engine import SegmentationEngine
+from ...runtime.shift import ShiftScorer, smooth
+from .calibration import ReliabilityStats, auroc
+
+DEFAULT_OWN = ('data/scenes:test', 'samples/scenes_sample')
+DEFAULT_FOREIGN = ('data/raycast:test', 'config/data/camvid_test_scene_classes.yaml:test')
+
+
+def measure_set(engine, scorer, spec, limit=0):
+    from ..data.datasets import open_dataset
+
+    path, _, split = spec.partition(':')
+    dataset = open_dataset(path, split=split or None)
+    count = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    ignore = getattr(dataset, 'ignore_index', 255)
+    inv = engine.inv_temperature
+    raw, cal, scores, cost_ms, frame_ms = ReliabilityStats(), ReliabilityStats(), [], [], []
+    for i in range(count):
+        image, gt = dataset[i]
+        engine.inv_temperature = None
+        r = engine.infer(image)
+        raw.add(r.confidence, r.labels, gt, ignore)
+        engine.inv_temperature = inv
+        c = engine.infer(image)
+        cal.add(c.confidence, c.labels, gt, ignore)
+        frame_ms.append(c.latency_ms)
+        if scorer is not None:
+            t0 = time.perf_counter()
+            scores.append(scorer.score(c.logits))
+            cost_ms.append((time.perf_counter() - t0) * 1e3)
+    return {'set': spec, 'frames': count, 'pixel_accuracy': raw.summary()['pixel_accuracy'],
+            'ece_uncalibrated': raw.ece(), 'ece_calibrated': cal.ece(), 'scores': scores,
+            'shift_ms': float(np.median(cost_ms)) if cost_ms else None, 'frame_ms': float(np.median(frame_ms)),
+            'reliability': (raw, cal)}
+
+
+def report(model, own, foreign, limit=0, out=None) -> str:
+    engine = SegmentationEngine(str(model), intra_op_threads=1)
+    stats = engine.meta.get('shift_stats')
+    scorer = ShiftScorer(stats) if stats else None
+    rows, results = [], {}
+    for kind, specs in (('own', own), ('foreign', foreign)):
+        for spec in specs:
+            res = results[spec] = measure_set(engine, scorer, spec, limit)
+            smoothed = smooth(res['scores'], scorer.window) if scorer else None
+            alarm = f'{100 * np.mean(smoothed > scorer.threshold):.1f} %' if scorer else 'n/a'
+            rows.append(f'| `{spec}` ({kind}) | {res["frames"]} | {res["pixel_accuracy"]:.3f} | '
+                        f'{100 * res["ece_uncalibrated"]:.2f} % | {100 * res["ece_calibrated"]:.2f} % | '
+                        f'{np.mean(res["scores"]) if scorer else float("nan"):.2f} | {alarm} |')
+    temps = ' '.join(f'{t:.3f}' for t in engine.meta.get('temperature', [])) or 'none'
+    lines = [f'Model `{model}`: temperature {temps}; shift threshold '
+             f'{scorer.threshold:.3f} (window {scorer.window}, features {" ".join(scorer.select)})' if scorer else
+             f'Model `{model}`: temperature {temps}; no shift statistics', '',
+             '| frames | n | pixel accuracy | ECE uncalibrated | ECE calibrated | mean shift score '
+             '| alarm (smoothed) |',
+             '|---|---:|---:|---:|---:|---:|---:|', *rows]
+    summary = {spec: {k: v for k, v in r.items() if k not in ('scores', 'reliability')} for spec, r in results.items()}
+    if scorer and own:
+        lines.append('')
+        base = results[own[0]]['scores']
+        for spec in foreign:
+            a = auroc(base, results[spec]['scores'])
+            a_s = auroc(smooth(base, scorer.window), smooth(results[spec]['scores'], scorer.window))
+            summary[spec]['auroc_vs_own'] = a
+            lines.append(f'- AUROC `{own[0]}` vs `{spec}`: {a:.3f} per frame, {a_s:.3f} smoothed')
+        first = results[own[0]]
+        lines.append(f'- shift score cost: {first["shift_ms"]:.3f} ms per frame = '
+                     f'{100 * first["shift_ms"] / first["frame_ms"]:.2f} % of the engine frame '
+                     f'({first["frame_ms"]:.1f} ms median, 1 thread)')
+    text = '\n'.join(lines)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / 'trust.md').write_text(text + '\n')
+        (out / 'trust.json').write_text(json.dumps(summary, indent=2))
+        for spec, res in results.items():
+            name = spec.replace('/', '_').replace(':', '_').replace('.', '_')
+            res['reliability'][0].save_png(out / f'reliability_{name}_uncalibrated.png', f'{spec} uncalibrated')
+            res['reliability'][1].save_png(out / f'reliability_{name}_calibrated.png', f'{spec} calibrated')
+    return text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--model', required=True, help='a (calibrated) logits .onnx model')
+    parser.add_argument('--own', action='append', default=None,
+                        help=f'held-out frames of the training distribution, SPEC[:SPLIT] (default: {DEFAULT_OWN})')
+    parser.add_argument('--foreign', action='append', default=None,
+                        help=f'frames unlike the training data, SPEC[:SPLIT] (default: {DEFAULT_FOREIGN})')
+    parser.add_argument('--limit', type=int, default=0, help='frames per set (0 = all)')
+    parser.add_argument('--out', default=None, help='folder for trust.md, trust.json, reliability diagrams')
+    args = parser.parse_args(argv)
+    print(report(args.model, args.own or list(DEFAULT_OWN), args.foreign or list(DEFAULT_FOREIGN), args.limit,
+                 args.out))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

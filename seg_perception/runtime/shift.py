@@ -1,0 +1,109 @@
+"""Domain-shift monitor: a per-frame score of how unlike the model's training data the input is.
+
+The score is the Mahalanobis distance of a small per-frame feature vector, computed from the network's coarse
+logits (no extra graph output), to the mean and covariance of the same vector over the training frames
+(stored in the model's metadata as ``shift_stats`` by ``seg-perception calibrate --shift``). The features
+(``FEATURES``): per class the spatial mean and standard deviation of the logit and the share of pixels
+predicted, plus the mean max-softmax, mean normalised entropy and mean energy (-logsumexp) over the frame; the
+statistics use a selection of them (``select``, chosen by measuring AUROC: for the scene model the spread of
+the floor logit, the floor share and the energy, ``std0 share0 energy``). Confidence statistics alone miss
+scenes the model is wrongly sure about (mean max-softmax: AUROC 0.56 own vs independent renderer).
+
+The node smooths the per-frame score over a window of frames (mean) and warns above the metadata's threshold.
+Robot side: numpy only.
+"""
+import collections
+
+import numpy as np
+
+FEATURES = 'logit_stats_v1'
+
+
+def feature_names(num_classes: int) -> list[str]:
+    """Names of :func:`frame_features`' entries: mean<c>, std<c>, share<c> per class c, maxsoftmax, entropy,
+    energy."""
+    return ([f'{kind}{c}' for kind in ('mean', 'std', 'share') for c in range(num_classes)]
+            + ['maxsoftmax', 'entropy', 'energy'])
+
+
+def frame_features(logits: np.ndarray) -> np.ndarray:
+    """(C, h, w) logits -> (3C + 3,) float64 feature vector (see the module docstring, :func:`feature_names`)."""
+    c = logits.shape[0]
+    flat = logits.reshape(c, -1).astype(np.float64, copy=False)
+    top = flat.max(axis=0)
+    shifted = np.exp(flat - top)
+    denom = shifted.sum(axis=0)
+    prob = shifted / denom
+    entropy = -(prob * np.log(np.maximum(prob, 1e-12))).sum(axis=0) / np.log(c)
+    energy = -(top + np.log(denom))
+    share = np.bincount(flat.argmax(axis=0), minlength=c) / flat.shape[1]
+    return np.concatenate([flat.mean(axis=1), flat.std(axis=1), share,
+                           [(1.0 / denom).mean(), entropy.mean(), energy.mean()]])
+
+
+def fit_statistics(features: np.ndarray, select: list[str], shrinkage: float = 0.05) -> dict:
+    """Mean and precision (inverse of the shrunk covariance) of the ``select``-ed features (names, see
+    :func:`feature_names`) of (N, 3C + 3) training-frame features."""
+    names = feature_names((np.asarray(features).shape[1] - 3) // 3)
+    unknown = [n for n in select if n not in names]
+    if unknown or not select:
+        raise ValueError(f'unknown shift features {unknown or select}; choose from {", ".join(names)}')
+    features = np.asarray(features, np.float64)[:, [names.index(n) for n in select]]
+    mean = features.mean(axis=0)
+    cov = np.cov(features, rowvar=False)
+    cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov)) + 1e-6 * np.eye(len(mean))
+    return {'features': FEATURES, 'select': list(select), 'mean': mean.tolist(),
+            'precision': np.linalg.inv(cov).tolist()}
+
+
+class ShiftScorer:
+    """Scores frames against ``shift_stats`` metadata ({'features', 'mean', 'precision', 'threshold',
+    'window'}); :meth:`update` adds one frame's logits and returns (frame score, smoothed score)."""
+
+    def __init__(self, stats: dict, window: int | None = None):
+        if stats.get('features') != FEATURES:
+            raise ValueError(f'shift_stats features {stats.get("features")!r} are not {FEATURES!r}; refit them '
+                             'with `seg-perception calibrate --shift`')
+        self.select = list(stats['select'])
+        self.mean = np.asarray(stats['mean'], np.float64)
+        if len(self.select) != len(self.mean):
+            raise ValueError('shift_stats select and mean differ in length')
+        self._index = None   # positions of the selected features, once the number of classes is known
+        self.precision = np.asarray(stats['precision'], np.float64)
+        if self.precision.shape != (len(self.mean), len(self.mean)):
+            raise ValueError('shift_stats precision must be a DxD matrix for a D-long mean')
+        self.threshold = float(stats.get('threshold', np.inf))
+        self.window = int(window or stats.get('window', 1))
+        self._recent = collections.deque(maxlen=max(1, self.window))
+
+    def score(self, logits: np.ndarray) -> float:
+        """The Mahalanobis distance of one frame's features to the training statistics."""
+        return self.distance(frame_features(logits))
+
+    def distance(self, features: np.ndarray) -> float:
+        """Mahalanobis distance of a full :func:`frame_features` vector (its selected entries)."""
+        if self._index is None or len(features) != self._index[0]:
+            names = feature_names((len(features) - 3) // 3)
+            missing = [n for n in self.select if n not in names]
+            if missing:
+                raise ValueError(f'shift_stats use features {missing} this model\'s logits do not have')
+            self._index = (len(features), [names.index(n) for n in self.select])
+        d = np.asarray(features, np.float64)[self._index[1]] - self.mean
+        return float(np.sqrt(max(d @ self.precision @ d, 0.0)))
+
+    def update(self, logits: np.ndarray) -> tuple[float, float]:
+        frame = self.score(logits)
+        self._recent.append(frame)
+        return frame, float(np.mean(self._recent))
+
+    def reset(self) -> None:
+        self._recent.clear()
+
+
+def smooth(scores: np.ndarray, window: int) -> np.ndarray:
+    """The running mean the node publishes (over the last ``window`` frames, fewer at the start)."""
+    scores = np.asarray(scores, np.float64)
+    cumsum = np.concatenate([[0.0], np.cumsum(scores)])
+    idx = np.arange(1, len(scores) + 1)
+    lo = np.maximum(idx - int(window), 0)
+    return (cumsum[idx] - cumsum[lo]) / (idx - lo)

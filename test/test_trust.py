@@ -1,0 +1,218 @@
+"""Issue 18 (know when not to trust the labels): confidence calibration and the domain-shift monitor, from the
+numpy core through the engine and ``seg-perception calibrate`` to the node's topic and diagnostics."""
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seg_perception.offline.evaluation.calibration import (
+    ReliabilityStats,
+    auroc,
+    fit_temperature,
+    nll,
+    sample_ece,
+)
+from seg_perception.runtime import metadata as md
+from seg_perception.runtime.shift import ShiftScorer, feature_names, fit_statistics, frame_features, smooth
+
+REPO = Path(__file__).resolve().parents[1]
+SCENE_MODEL = REPO / 'models' / 'topformer_tiny_scenes.onnx'
+SAMPLE_BAG = REPO / 'samples' / 'scenes_sample'
+SCENES = REPO / 'data' / 'scenes'
+try:
+    from test_node import ros  # the node fixture (real rclpy, own context)
+except (ImportError, pytest.skip.Exception):
+    ros = None
+CAMVID_TEST = REPO.parent / 'shared' / 'datasets' / 'camvid' / 'test'
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_ece_of_known_bins():
+    stats = ReliabilityStats()
+    conf = np.array([0.95] * 10 + [0.55] * 10, np.float32)
+    labels = np.zeros(20, np.int64)
+    gt = np.array([0] * 9 + [1] + [0] * 3 + [1] * 7)   # 90 % right at 0.95, 30 % right at 0.55
+    stats.add(conf, labels, gt)
+    assert stats.ece() == pytest.approx(0.5 * 0.05 + 0.5 * 0.25)
+    stats.add(conf, labels, np.full(20, 255))          # ignored pixels change nothing
+    assert stats.pixels == 20 and ReliabilityStats().ece() is None
+
+
+def test_temperature_fit_recovers_the_true_temperature_and_lowers_ece():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 4, (20000, 6)).astype(np.float32)        # overconfident logits: truth is softmax(z / 2.5)
+    p = _softmax(z / 2.5)
+    y = (rng.random(len(z))[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    inv = fit_temperature(z, y)
+    assert 1 / inv[0] == pytest.approx(2.5, rel=0.05)
+    assert nll(z, y, inv) < nll(z, y, 1.0)
+    assert sample_ece(z, y, inv) < 0.02 < sample_ece(z, y)
+    per_class = fit_temperature(z, y, per_class=True)
+    assert per_class.shape == (6,) and np.allclose(1 / per_class, 2.5, rtol=0.15)
+
+
+def test_metadata_temperature_and_shift_stats_are_validated():
+    base = {'names': ['a', 'b'], 'palette': [[0, 0, 0], [1, 1, 1]], 'mean': [0, 0, 0], 'std': [1, 1, 1],
+            'input_size': [32, 32], 'resize_mode': 'resize', 'output_kind': 'logits'}
+    assert md.decode(md.encode({**base, 'temperature': [1.5]}))['temperature'] == [1.5]
+    for bad in ([0.0], [1.0, 2.0, 3.0], 2.0):
+        with pytest.raises(ValueError, match='temperature'):
+            md.decode(md.encode({**base, 'temperature': bad}))
+    with pytest.raises(ValueError, match='shift_stats'):
+        md.decode(md.encode({**base, 'shift_stats': [1, 2]}))
+
+
+def test_shift_scorer_separates_shifted_logits_and_smooths():
+    rng = np.random.default_rng(1)
+    own = [rng.normal(0, 1, (4, 8, 10)) + np.array([3, 0, 0, 0])[:, None, None] for _ in range(200)]
+    other = [rng.normal(0, 1, (4, 8, 10)) * 2.0 for _ in range(20)]
+    feats = np.stack([frame_features(x) for x in own])
+    assert feats.shape[1] == len(feature_names(4)) == 15
+    scorer = ShiftScorer({**fit_statistics(feats[:150], ['std0', 'share0', 'energy']), 'window': 3, 'threshold': 5.0})
+    held = [scorer.score(x) for x in own[150:]]
+    far = [scorer.score(x) for x in other]
+    assert auroc(held, far) > 0.99 and auroc(far, held) < 0.01
+    assert smooth([1.0, 2.0, 3.0, 4.0], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    values = [scorer.update(x)[1] for x in own[:3]]
+    assert values[-1] == pytest.approx(np.mean([scorer.score(x) for x in own[:3]]))
+    with pytest.raises(ValueError, match='unknown shift features'):
+        fit_statistics(feats, ['std9'])
+
+
+# ------------------------------------------------------------------ the shipped scene model
+needs_scene_model = pytest.mark.skipif(not SCENE_MODEL.exists(), reason=f'{SCENE_MODEL} not present')
+
+
+def _camvid_images(count):
+    """The first ``count`` CamVid test photos (spread over the split), RGB."""
+    import cv2
+    images = sorted((CAMVID_TEST / 'images').iterdir())
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in images[::len(images) // count][:count]]
+
+
+@pytest.fixture(scope='module')
+def calibrated_model(tmp_path_factory):
+    """The scene model with calibration and shift statistics: as shipped when it carries them, else fitted here
+    on a few held-out (temperature, threshold) and training (statistics) frames of data/scenes."""
+    if not SCENE_MODEL.exists():
+        pytest.skip(f'{SCENE_MODEL} not present')
+    from seg_perception.offline.deploy.onnx_graph import read_metadata
+    meta = read_metadata(str(SCENE_MODEL))
+    if meta.get('temperature') and meta.get('shift_stats'):
+        return str(SCENE_MODEL)
+    if not (SCENES / 'images' / 'train').is_dir() or not (SCENES / 'images' / 'val').is_dir():
+        pytest.skip('the scene model has no calibration and data/scenes (train, val) is not rendered to fit one')
+    from seg_perception.offline.deploy.calibrate import calibrate
+    out = tmp_path_factory.mktemp('trust') / 'scenes_calibrated.onnx'
+    calibrate(str(SCENE_MODEL), str(SCENES), 'val', limit=60, pixels_per_frame=500, shift=str(SCENES),
+              shift_limit=150, out=str(out), progress=False)
+    return str(out)
+
+
+@needs_scene_model
+def test_engine_applies_the_temperature_labels_unchanged(tmp_path):
+    import onnx
+
+    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.runtime.engine import SegmentationEngine
+    from seg_perception.runtime.upsample import coarse_label_confidence
+    proto = onnx.load(str(SCENE_MODEL))
+    meta = read_metadata(proto)
+    meta.pop('temperature', None)
+    set_metadata(proto, meta)
+    plain_path, hot_path = tmp_path / 'plain.onnx', tmp_path / 'hot.onnx'
+    onnx.save(proto, str(plain_path))
+    set_metadata(proto, {**meta, 'temperature': [2.0]})
+    onnx.save(proto, str(hot_path))
+    plain, hot = SegmentationEngine(str(plain_path)), SegmentationEngine(str(hot_path))
+    assert not plain.calibrated and hot.calibrated
+    rgb = np.random.default_rng(0).integers(0, 256, (240, 320, 3), np.uint8)
+    a, b = plain.infer(rgb), hot.infer(rgb)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.logits, b.logits)
+    assert b.confidence.mean() < a.confidence.mean()
+    # 240x320 -> 256x320 'resize' -> the coarse confidence of logits / 2, interpolated
+    coarse = coarse_label_confidence(a.logits / 2.0)[1]
+    assert abs(float(b.confidence.mean()) - float(coarse.mean())) < 0.01
+
+
+@needs_scene_model
+@pytest.mark.skipif(not (SCENES / 'images' / 'val').is_dir() or not (SCENES / 'images' / 'test').is_dir(),
+                    reason='data/scenes val/test not rendered (seg-perception render)')
+def test_calibration_lowers_ece_on_held_out_frames(calibrated_model):
+    from seg_perception.offline.data.datasets import open_dataset
+    from seg_perception.offline.evaluation.calibration import collect
+    from seg_perception.runtime.engine import SegmentationEngine
+    test = open_dataset(str(SCENES), split='test')
+    raw = SegmentationEngine(str(SCENE_MODEL))
+    raw.inv_temperature = None   # as exported, whatever the shipped file carries
+    before = collect(raw, test, limit=40, progress=False, pixels=False)['reliability'].ece()
+    after = collect(SegmentationEngine(calibrated_model), test, limit=40, progress=False,
+                    pixels=False)['reliability'].ece()
+    assert after < before, (before, after)
+
+
+@needs_scene_model
+@pytest.mark.skipif(not SAMPLE_BAG.exists() or not CAMVID_TEST.is_dir(),
+                    reason='needs samples/scenes_sample and ../shared/datasets/camvid/test')
+def test_alarm_fires_on_camvid_photos_and_stays_quiet_on_own_frames(calibrated_model):
+    from seg_perception.offline.data.datasets import open_dataset
+    from seg_perception.runtime.engine import SegmentationEngine
+    engine = SegmentationEngine(calibrated_model)
+    scorer = ShiftScorer(engine.meta['shift_stats'])
+    bag = open_dataset(str(SAMPLE_BAG))
+    own = smooth([scorer.score(engine.infer(bag[i][0]).logits) for i in range(0, len(bag), 2)], scorer.window)
+    photos = smooth([scorer.score(engine.infer(rgb).logits) for rgb in _camvid_images(scorer.window)],
+                    scorer.window)
+    assert len(photos) == scorer.window
+    assert np.all(own <= scorer.threshold), (own.max(), scorer.threshold)
+    assert photos[-1] > scorer.threshold, (photos, scorer.threshold)
+
+
+# ------------------------------------------------------------------ the node over real rclpy
+@needs_scene_model
+@pytest.mark.skipif(ros is None, reason='ROS 2 rclpy not installed (pip install .[ros])')
+@pytest.mark.skipif(not SAMPLE_BAG.exists() or not CAMVID_TEST.is_dir(),
+                    reason='needs samples/scenes_sample and ../shared/datasets/camvid/test')
+def test_node_publishes_shift_score_and_warns_in_diagnostics(ros, calibrated_model):  # noqa: F811
+    from diagnostic_msgs.msg import DiagnosticStatus
+    from std_msgs.msg import Float32
+
+    from seg_perception.offline.data.datasets import open_dataset
+    from seg_perception.shift_node import ALARM_MESSAGE
+    node, h = ros(model_path=calibrated_model, diagnostics_period=0.1)
+    scores = []
+    h.node.create_subscription(Float32, 'segmentation/shift_score', lambda m: scores.append(m.data), 10)
+    assert h.wait_for(lambda: node.shift.pub.get_subscription_count() > 0)
+
+    def feed(frames):
+        for rgb in frames:
+            done = node.frame_counts()['processed']
+            h.publish(rgb, 'rgb8')
+            assert h.wait_for(lambda d=done: node.frame_counts()['processed'] > d, timeout=20)
+        time.sleep(0.3)   # a diagnostics period after the last frame
+
+    def diag():
+        for m in reversed(h.received['diagnostics']):
+            for s in m.status:
+                if 'segmentation' in s.name:
+                    return s, {kv.key: kv.value for kv in s.values}
+        return None, {}
+    bag = open_dataset(str(SAMPLE_BAG))
+    feed([bag[i][0] for i in range(0, 10, 2)])
+    status, values = diag()
+    assert values['shift_monitor'] == 'ok' and values['confidence_calibration'].startswith('temperature')
+    assert status.level == DiagnosticStatus.OK and ALARM_MESSAGE not in status.message
+    assert h.wait_for(lambda: len(scores) == 5)
+    assert float(values['shift_score']) == pytest.approx(scores[-1], abs=1e-3)
+    assert scores[-1] <= float(values['shift_threshold'])
+    feed(_camvid_images(node.shift._scorer.window))
+    status, values = diag()
+    assert status.level == DiagnosticStatus.WARN and ALARM_MESSAGE in status.message, status.message
+    assert h.wait_for(lambda: len(scores) == 5 + node.shift._scorer.window)
+    assert scores[-1] > float(values['shift_threshold'])
