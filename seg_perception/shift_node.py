@@ -51,7 +51,7 @@ class ShiftOutput:
         scorer, status = self._make_scorer(engine)
         self._engine, self._scorer, self.score, self.frame_score, self.status = engine, scorer, None, None, status
         if scorer is None:
-            self._node.get_logger().warn(f'shift monitor off: {status}')
+            self._node.get_logger().warning(f'shift monitor off: {status}')
 
     def process(self, engine, logits) -> None:
         """Score one frame (worker thread) and publish the smoothed score."""

@@ -216,3 +216,19 @@ def test_node_publishes_shift_score_and_warns_in_diagnostics(ros, calibrated_mod
     assert status.level == DiagnosticStatus.WARN and ALARM_MESSAGE in status.message, status.message
     assert h.wait_for(lambda: len(scores) == 5 + node.shift._scorer.window)
     assert scores[-1] > float(values['shift_threshold'])
+
+
+@needs_scene_model
+@pytest.mark.skipif(not SAMPLE_BAG.exists(), reason='samples/scenes_sample not present')
+def test_evaluate_and_replay_report_ece_and_reliability_diagram(calibrated_model, tmp_path):
+    from seg_perception.offline.cli import main
+    from seg_perception.offline.evaluation.evaluate import evaluate
+    report = evaluate(calibrated_model, str(SAMPLE_BAG), limit=6, out=str(tmp_path / 'eval'), progress=False)
+    assert 0 <= report['ece'] < 0.2 and report['calibration'].startswith('temperature')
+    assert (tmp_path / 'eval' / 'reliability.png').stat().st_size > 0 and 'pixel ECE' in report['table']
+    out = tmp_path / 'replay'
+    assert main(['replay', str(SAMPLE_BAG), '--model', calibrated_model, '--limit', '6', '--no-video',
+                 '--out', str(out)]) == 0
+    text = (out / 'report.md').read_text()
+    assert 'ECE (15 bins)' in text and '(temperature ' in text
+    assert list(out.glob('reliability_*.png'))

@@ -38,6 +38,15 @@ class ReliabilityStats:
         self.conf_sum += np.bincount(bins, weights=conf, minlength=self.n_bins)
         self.correct += np.bincount(bins, weights=right, minlength=self.n_bins).astype(np.int64)
 
+    @classmethod
+    def from_summary(cls, summary: dict) -> 'ReliabilityStats':
+        """Rebuild the statistics from :meth:`summary`'s dict (e.g. read back from a report's JSON)."""
+        stats = cls(summary['bins'])
+        stats.count = np.asarray(summary['bin_count'], np.int64)
+        stats.conf_sum = np.asarray(summary['bin_confidence'], np.float64) * stats.count
+        stats.correct = np.rint(np.asarray(summary['bin_accuracy'], np.float64) * stats.count).astype(np.int64)
+        return stats
+
     @property
     def pixels(self) -> int:
         return int(self.count.sum())

@@ -340,11 +340,13 @@ class ModelRun:
     """One model's engine and everything measured on it during the offline pass."""
 
     def __init__(self, path, name, threads, providers, exit_threshold):
+        from .calibration import ReliabilityStats
         from .metrics import ConfusionMatrix
         self.path, self.name = str(path), name
         self.engine = SegmentationEngine(self.path, providers=providers, intra_op_threads=threads)
         self.exit_threshold = exit_threshold
         self.confusion = ConfusionMatrix(self.engine.num_classes, self.engine.meta.get('ignore_index', 255))
+        self.reliability = ReliabilityStats()   # the published confidence against the labels' correctness (ECE)
         self.per_frame = []         # dicts, one per frame
         self.label_digest = {}      # header stamp -> digest of the labels (live mode compares the node's)
 
@@ -364,6 +366,7 @@ class ModelRun:
                 raise UserError(f'frame {frame.index}: ground truth {frame.label.shape[1]}x{frame.label.shape[0]}'
                                   f' and image {result.labels.shape[1]}x{result.labels.shape[0]} differ in size')
             self.confusion.update(result.labels, frame.label)
+            self.reliability.add(result.confidence, result.labels, frame.label, self.confusion.ignore_index)
             row['mIoU'], row['pixel_accuracy'] = frame_miou(result.labels, frame.label, self.engine.num_classes,
                                                             self.confusion.ignore_index)
         self.per_frame.append(row)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ...runtime.engine import colorize, overlay
+from .calibration import ReliabilityStats
 from .metrics import compute_metrics, save_confusion_png
 
 TILE_HEIGHT = 240
@@ -155,6 +156,10 @@ def model_summary(m):
         'refined_fraction_mean': float(np.mean(refined)) if refined else None,
         'per_frame': rows,
         'confusion_matrix': m.confusion.matrix.tolist() if scored else None,
+        'ece': m.reliability.ece() if scored else None,
+        'calibration': ('temperature ' + ' '.join(f'{t:.3f}' for t in m.engine.meta['temperature'])
+                        if m.engine.calibrated else 'uncalibrated'),
+        'reliability': m.reliability.summary() if scored else None,
     }
 
 
@@ -181,12 +186,13 @@ def _adaptive(s):
 
 
 def models_table(summaries):
-    lines = ['| model | arch | mIoU | pixel acc. | latency p50 / p90 / p99 (ms) | GMACs per frame | kept / refined '
-             'fraction | provider |', '|---|---|---:|---:|---|---|---:|---|']
+    lines = ['| model | arch | mIoU | pixel acc. | ECE (15 bins) | latency p50 / p90 / p99 (ms) | GMACs per frame | '
+             'kept / refined fraction | provider |', '|---|---|---:|---:|---:|---|---|---:|---|']
     for s in summaries:
         met = s['metrics'] or {}
         lines.append(f'| {s["name"]} | {s["arch"]} | {_f(met.get("mIoU"), scale=100)} | '
-                     f'{_f(met.get("aAcc"), scale=100)} | {_lat(s["latency_ms"])} | {_cost(s)} | '
+                     f'{_f(met.get("aAcc"), scale=100)} | {_f(s["ece"], "{:.2f} %", 100)} ({s["calibration"]}) | '
+                     f'{_lat(s["latency_ms"])} | {_cost(s)} | '
                      f'{_adaptive(s)} | {s["provider"]} |')
     return '\n'.join(lines)
 
@@ -338,6 +344,11 @@ def write_plots(out, summaries, has_gt):
                 save_confusion_png(s['confusion_matrix'], s['classes'], os.path.join(out, name),
                                    title=f'{s["name"]}: confusion (rows: ground truth)')
                 files[f'confusion {s["name"]}'] = name
+            if s['ece'] is not None:
+                name = f'reliability_{_safe(s["name"])}.png'
+                ReliabilityStats.from_summary(s['reliability']).save_png(os.path.join(out, name),
+                                                                         f'{s["name"]} ({s["calibration"]})')
+                files[f'reliability {s["name"]}'] = name
     return files
 
 
@@ -448,7 +459,7 @@ def markdown(report, has_gt):
     for key in ('latency', 'live_age', 'cost_vs_difficulty', 'iou_per_class', 'miou_per_frame'):
         if key in files:
             lines.append(f'![{key}]({files[key]})')
-    lines += [f'![{k}]({v})' for k, v in files.items() if k.startswith('confusion')]
+    lines += [f'![{k}]({v})' for k, v in files.items() if k.startswith(('confusion', 'reliability'))]
     lines += ['', '## Frames', '', 'input | each model\'s colour mask over the input | ground truth; legend: class '
               'colours.', '', '![strip](strip.png)', '']
     lines.append(f'Every frame: `{files["video"]}`' if 'video' in files else f'No video: {report["video_note"]}')
