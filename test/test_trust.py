@@ -232,3 +232,13 @@ def test_evaluate_and_replay_report_ece_and_reliability_diagram(calibrated_model
     text = (out / 'report.md').read_text()
     assert 'ECE (15 bins)' in text and '(temperature ' in text
     assert list(out.glob('reliability_*.png'))
+
+
+@pytest.mark.skipif(not (REPO / 'models' / 'static_vit_mini_scenes.onnx').exists(), reason='labels model absent')
+def test_calibrate_refuses_a_labels_model_in_one_line(tmp_path, capsys):
+    from seg_perception.offline.cli import main
+    code = main(['calibrate', '--model', str(REPO / 'models' / 'static_vit_mini_scenes.onnx'), '--data',
+                 str(SAMPLE_BAG), '-o', str(tmp_path / 'x.onnx')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'needs a logits model' in err[0]
+    assert not (tmp_path / 'x.onnx').exists()

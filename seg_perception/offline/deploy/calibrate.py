@@ -47,7 +47,14 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                         f'seg_perception.offline.deploy.logits_head {model} -o OUT.onnx')
     if engine.calibrated:   # fit on the raw logits: drop a stored temperature for this run
         engine.inv_temperature = None
-    held = collect(engine, open_dataset(str(data), split=split), limit, pixels_per_frame, seed, progress)
+    def dataset(spec, part):
+        frames = open_dataset(str(spec), split=part)
+        if len(frames.classes) != engine.num_classes:
+            raise UserError(f'{spec} ({part}) has {len(frames.classes)} classes {list(frames.classes)}, the model '
+                            f'{engine.num_classes} {engine.names}')
+        return frames
+
+    held = collect(engine, dataset(data, split), limit, pixels_per_frame, seed, progress)
     z, y = held['z'], held['y']
     half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
     fit = {'scalar': fit_temperature(z[half], y[half])}
@@ -65,7 +72,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     meta = dict(engine.meta)
     meta['temperature'] = result['temperature']
     if shift:
-        train = collect(engine, open_dataset(str(shift), split=shift_split), shift_limit, progress=progress,
+        train = collect(engine, dataset(shift, shift_split), shift_limit, progress=progress,
                         pixels=False)
         stats = fit_statistics(train['features'], features)
         scorer = ShiftScorer({**stats, 'window': window})
@@ -85,7 +92,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if not measure:
         return result
     # measure the written file exactly as the robot runs it
-    after = collect(SegmentationEngine(str(out)), open_dataset(str(data), split=split), limit, progress=progress,
+    after = collect(SegmentationEngine(str(out)), dataset(data, split), limit, progress=progress,
                     pixels=False)
     result['ece_after'] = after['reliability'].ece()
     if report:
