@@ -242,3 +242,25 @@ def test_calibrate_refuses_a_labels_model_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and 'needs a logits model' in err[0]
     assert not (tmp_path / 'x.onnx').exists()
+
+
+@needs_scene_model
+def test_a_model_without_calibration_or_statistics_runs_and_diagnostics_say_so(tmp_path, tiny_model):
+    pytest.importorskip('std_msgs', reason='ROS 2 messages not installed (pip install .[ros])')
+    import onnx
+
+    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.runtime.engine import SegmentationEngine
+    from seg_perception.shift_node import ShiftOutput
+    proto = onnx.load(str(SCENE_MODEL))
+    meta = {k: v for k, v in read_metadata(proto).items() if k not in ('temperature', 'shift_stats')}
+    set_metadata(proto, meta)
+    onnx.save(proto, str(tmp_path / 'bare.onnx'))
+    bare = SegmentationEngine(str(tmp_path / 'bare.onnx'))
+    assert bare.infer(np.zeros((48, 64, 3), np.uint8)).labels.shape == (48, 64)
+    shift = ShiftOutput(None, lambda *args: None, None)
+    values = shift.diagnostics(bare)
+    assert values['confidence_calibration'] == 'uncalibrated'
+    assert values['shift_monitor'].startswith('no shift statistics') and 'shift_score' not in values
+    labels_model = shift.diagnostics(SegmentationEngine(tiny_model))
+    assert labels_model['shift_monitor'].startswith('not available (labels model')
