@@ -191,7 +191,8 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
             json.dump(report, f, indent=2)
         (out / 'report.md').write_text(f'# Evaluation of `{model}`\n\n'
                                        f'Data: `{data}` ({count} images), runner: {predictor.description}\n\n'
-                                       f'{table}\n\n![confusion matrix](confusion.png)\n')
+                                       f'{table}\n\n![confusion matrix](confusion.png)\n'
+                                       + ('\n![reliability diagram](reliability.png)\n' if reliability.pixels else ''))
         save_confusion_png(confusion.matrix, classes, out / 'confusion.png')
         if reliability.pixels:
             reliability.save_png(out / 'reliability.png', f'{Path(model).name} ({predictor.calibration})')
@@ -273,5 +274,6 @@ def run(args: argparse.Namespace) -> int:
                       warmup=args.warmup, refine_threshold=args.refine_threshold)
     print(report['table'])
     if args.out:
-        print(f'\nwritten: {Path(args.out) / "metrics.json"}, report.md, confusion.png')
+        extra = ', reliability.png' if report.get('ece') is not None else ''
+        print(f'\nwritten: {Path(args.out) / "metrics.json"}, report.md, confusion.png{extra}')
     return 0
