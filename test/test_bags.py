@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from seg_perception.errors import UserError
 from seg_perception.offline.data import bags
 
 H, W = 6, 10
@@ -118,5 +119,5 @@ def test_raw_messages_and_message_contents(tmp_path):
     np.testing.assert_array_equal(grid.data.reshape(8, 8), frames[0]['occupancy'])
     assert {t for t, _, _, _ in bags.read_raw_messages(path)} == {
         '/camera/image_raw', '/camera/camera_info', '/ground_truth/labels', '/ground_truth/occupancy'}
-    with pytest.raises(KeyError):
+    with pytest.raises(UserError, match="no topic '/nope' in this bag; its topics: /camera/camera_info"):
         list(bags.iter_bag_images(path, '/nope'))

@@ -100,8 +100,12 @@ def test_missing_broken_and_foreign_models(tmp_path, tiny_model):
         SegmentationEngine(tmp_path / 'nope.onnx')
     junk = tmp_path / 'junk.onnx'
     junk.write_bytes(b'definitely not protobuf' * 10)
-    with pytest.raises(EngineError, match='cannot load'):
+    with pytest.raises(EngineError, match='not an ONNX model'):       # refused before any parser sees it
         SegmentationEngine(junk)
+    truncated = tmp_path / 'truncated.onnx'
+    truncated.write_bytes(open(tiny_model, 'rb').read()[:300])
+    with pytest.raises(EngineError, match='cannot load'):             # looks like ONNX, does not parse
+        SegmentationEngine(truncated)
     m = onnx.load(tiny_model)
     del m.metadata_props[:]
     plain = tmp_path / 'plain.onnx'

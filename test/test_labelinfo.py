@@ -145,8 +145,13 @@ def test_ros2cli_topic_echo_shows_the_classes_and_interface_show_agrees(ros2, ti
         assert set(nested) >= set(msg['class_map'][0]) == {'class_id', 'class_name'}
         assert nested['class_id'] == 'uint16' and nested['class_name'] == 'string'
         # the threshold is the node's confidence parameter: set at run time, the latched message follows
-        ros2.run('ros2', 'param', 'set', '--no-daemon', '/labels_test/segmentation_node', 'costmap.min_confidence',
-                 '0.75', timeout=60)
+        # (without a daemon the CLI's own node may not have discovered ours yet: "Node not found"; ask again)
+        for _ in range(4):
+            result = ros2.run('ros2', 'param', 'set', '--no-daemon', '/labels_test/segmentation_node',
+                              'costmap.min_confidence', '0.75', timeout=60, check=False)
+            if result.returncode == 0:
+                break
+        assert result.returncode == 0, result.stdout
         echo = ros2.run('ros2', 'topic', 'echo', '--once', '--no-daemon', '--timeout', '30',
                         '--qos-durability', 'transient_local', '--qos-reliability', 'reliable',
                         '/labels_test/segmentation/vision_info', 'vision_msgs/msg/LabelInfo', timeout=60)
