@@ -24,44 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from .bench_common import fmt, interleaved_medians, machine_line, markdown_table, ratio
 from .metrics import ConfusionMatrix
-
-
-def fmt(value, digits=2):
-    return 'n/a' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
-
-
-def ratio(a, b, digits=2):
-    return 'n/a' if a is None or not b else f'{a / b:.{digits}f}'
-
-
-def markdown_table(headers, rows):
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-    return '\n'.join(lines + ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows])
-
-
-def machine_line():
-    import os
-    import platform
-
-    import onnxruntime as ort
-    return f'{platform.machine()}, {os.cpu_count()} logical CPUs, ONNX Runtime {ort.__version__}'
-
-
-def interleaved_medians(candidates, warmup=2, repeat=7, clock=time.perf_counter):
-    """``{name: fn}`` -> ``{name: median ms}``: warm-up runs, then the candidates take turns ``repeat`` times.
-    ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time: with one ONNX
-    Runtime thread the graph runs on the calling thread, so other processes' load does not inflate it)."""
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in candidates}
-    for _ in range(max(1, repeat)):
-        for name, fn in candidates.items():
-            start = clock()
-            fn()
-            times[name].append((clock() - start) * 1e3)
-    return {name: float(np.median(v)) for name, v in times.items()}
 
 
 def _knob(engine):

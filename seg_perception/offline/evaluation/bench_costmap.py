@@ -19,23 +19,9 @@ import time
 
 import numpy as np
 
-from .bench_common import add_common_arguments, emit, fmt, markdown_table, ratio
+from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, ratio
 
 CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
-
-
-def _medians(candidates: dict, warmup: int, repeat: int, clock) -> dict:
-    """``{name: fn}`` -> ``{name: median ms}`` on ``clock``, the fns taking turns after ``warmup`` runs each."""
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in candidates}
-    for _ in range(max(1, repeat)):
-        for name, fn in candidates.items():
-            start = clock()
-            fn()
-            times[name].append((clock() - start) * 1e3)
-    return {name: float(np.median(v)) for name, v in times.items()}
 
 
 def _candidates(engine, costmap, info, pose, rgb) -> dict:
@@ -89,8 +75,8 @@ def bench_costmap(model, frames, info, grid_m=10.0, resolution=0.05, camera_z=1.
     rows = []
     for rgb in frames:
         fns = _candidates(engine, costmap, info, pose, rgb)
-        times = _medians({'node': fns['node'], 'costmap': fns['costmap']}, warmup, repeat, CLOCKS[clock])
-        times['geometry'] = _medians({'geometry': fns['geometry']}, 0, 1, CLOCKS[clock])['geometry'] / 2
+        times = interleaved_medians({'node': fns['node'], 'costmap': fns['costmap']}, warmup, repeat, CLOCKS[clock])
+        times['geometry'] = interleaved_medians({'geometry': fns['geometry']}, 0, 1, CLOCKS[clock])['geometry'] / 2
         rows.append(times)
     return {'frames': len(rows), 'size': frames[0].shape[:2], 'pool': pool,
             'cells': costmap.grid.width * costmap.grid.height,
