@@ -207,8 +207,17 @@ def _drive(args, topics, source, model, session, proc, tqdm):
             return result
         session.spin_for(0.1)
     session.spin_for(1.0)   # discovery is not symmetric: let the node's side match our writers too
-    foreign = [name for name, _ in session.publishers_of(labels_topic) if not name.endswith(NODE_NAME)]
-    foreign += [name for name, _ in session.publishers_of(topics.image) if name != '/' + session.node.get_name()]
+
+    def foreign_publishers():
+        names = [name for name, _ in session.publishers_of(labels_topic) if not name.endswith(NODE_NAME)]
+        return names + [name for name, _ in session.publishers_of(topics.image)
+                        if name != '/' + session.node.get_name()]
+
+    foreign = foreign_publishers()
+    named_by = time.monotonic() + 3.0      # a participant's node names may arrive after its endpoints
+    while any('_NODE_NAME_UNKNOWN_' in name for name in foreign) and time.monotonic() < named_by:
+        session.spin_for(0.2)
+        foreign = foreign_publishers()
     if foreign:
         result['problems'].append(f'another publisher on the replay\'s topics ({", ".join(sorted(set(foreign)))}); '
                                   'results not mixed: this run is left out')
