@@ -27,6 +27,7 @@ import numpy as np
 
 from ...errors import UserError
 from . import bench_adaptive, bench_costmap, bench_engine, bench_node, bench_ops
+from .bench_common import complexity_halves
 from .metrics import ConfusionMatrix
 
 
@@ -98,13 +99,7 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
     if not frames:
         raise ValueError(f'{data}: no labelled frames')
     by_clutter = all(f['clutter'] is not None for f in frames)
-    difficulty = np.array([f['clutter'] if by_clutter else f['kept'] for f in frames], np.float64)
-    order = np.argsort(difficulty, kind='stable')
-    half = len(frames) // 2
-    groups = {'all': frames}
-    if half:
-        groups['easy half'] = [frames[i] for i in order[:half]]
-        groups['cluttered half'] = [frames[i] for i in order[half:]]
+    groups = complexity_halves(frames, [f['clutter'] if by_clutter else f['kept'] for f in frames])
     # the stored static MACs hold at the stored input size only; elsewhere the no-stop run counts them
     stored_size = st.net_hw == tuple(st.meta['input_size'])
     static_macs = (st.static_macs or tp.static_macs) if stored_size else None

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from .bench_common import fmt, interleaved_medians, machine_line, markdown_table, ratio
+from .bench_common import complexity_halves, fmt, interleaved_medians, machine_line, markdown_table, ratio
 from .metrics import ConfusionMatrix
 
 
@@ -71,14 +71,8 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     if not frames:
         raise UserError(f'{data}: no labelled frames')
     by_clutter = all(f['clutter'] is not None for f in frames)
-    difficulty = np.array([f['clutter'] if by_clutter else (f['runs'][default_name]['refined'] or 0.0)
-                           for f in frames], np.float64)
-    order = np.argsort(difficulty, kind='stable')
-    half = len(frames) // 2
-    groups = {'all': frames}
-    if half:
-        groups['easy half'] = [frames[i] for i in order[:half]]
-        groups['cluttered half'] = [frames[i] for i in order[half:]]
+    groups = complexity_halves(frames, [f['clutter'] if by_clutter else (f['runs'][default_name]['refined'] or 0.0)
+                                        for f in frames])
     ignore_index = adaptive.meta.get('ignore_index', 255)
     summary = {}
     for group, members in groups.items():

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import UserError
+
 
 def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, clock=time.perf_counter) -> dict:
     """``{name: fn}`` -> ``{name: median ms}``: every fn runs ``warmup`` times, then the fns take turns
@@ -85,3 +87,31 @@ def emit(args, title: str, body: str) -> None:
         command = command_line(args)
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(f'{text}\nCommand: `{command}`\n')
+
+
+def parse_size(text: str, stride: int = 32, pad: bool = False) -> tuple:
+    """'HxW' -> (H, W); with ``pad`` a size that is not a multiple of ``stride`` is rounded up to one (what the
+    engine does for a dynamic model running at the camera's own size: 720x1280 runs as 736x1280)."""
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise UserError(f'size {text!r}: expected HxW, e.g. 480x640') from None
+    if h <= 0 or w <= 0:
+        raise UserError(f'size {text!r}: H and W must be positive')
+    if pad:
+        return -(-h // stride) * stride, -(-w // stride) * stride
+    if h % stride or w % stride:
+        raise UserError(f'size {text!r}: H and W must be multiples of {stride}')
+    return h, w
+
+
+def complexity_halves(frames: list, difficulty) -> dict:
+    """``{'all', 'easy half', 'cluttered half'}`` -> frames, split at the median of ``difficulty`` (one value a
+    frame; ties keep their order)."""
+    order = np.argsort(np.asarray(difficulty, np.float64), kind='stable')
+    half = len(frames) // 2
+    groups = {'all': frames}
+    if half:
+        groups['easy half'] = [frames[i] for i in order[:half]]
+        groups['cluttered half'] = [frames[i] for i in order[half:]]
+    return groups

@@ -25,28 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
-from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, ratio
+from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, parse_size, ratio
 from .bench_models import SHIPPED, labels_bytes, load_bench_model, sample_frames, zoo_files
 
 DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
 MATMUL_N = 1024
-
-
-def parse_size(text: str, stride: int = 32, pad: bool = False) -> tuple:
-    """'HxW' -> (H, W); with ``pad`` a size that is not a multiple of ``stride`` is rounded up to one (what the
-    engine does for a dynamic model running at the camera's own size: 720x1280 runs as 736x1280)."""
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise UserError(f'size {text!r}: expected HxW, e.g. 480x640') from None
-    if h <= 0 or w <= 0:
-        raise UserError(f'size {text!r}: H and W must be positive')
-    if pad:
-        return -(-h // stride) * stride, -(-w // stride) * stride
-    if h % stride or w % stride:
-        raise UserError(f'size {text!r}: H and W must be multiples of {stride}')
-    return h, w
 
 
 def _session(source, threads: int):

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ...errors import UserError
-from .bench_common import emit, fmt, markdown_table, ratio
+from .bench_common import emit, fmt, markdown_table, parse_size, ratio
 from .bench_models import SHIPPED, sample_frames
 
 
@@ -211,16 +211,6 @@ def add_node_arguments(parser) -> None:
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
-def _camera_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise UserError(f'size {text!r}: expected HxW, e.g. 480x640') from None
-    if h <= 0 or w <= 0:
-        raise UserError(f'size {text!r}: H and W must be positive')
-    return h, w
-
-
 def run_node(args) -> int:
     try:
         import rclpy  # noqa: F401
@@ -228,7 +218,8 @@ def run_node(args) -> int:
         raise UserError('bench node needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
     if not os.path.isfile(args.model):
         raise UserError(f'model {args.model}: no such file')
-    report = bench_node(args.model, [_camera_size(s) for s in args.sizes], args.frames, args.threads, args.warmup)
+    report = bench_node(args.model, [parse_size(s, stride=1) for s in args.sizes], args.frames, args.threads,
+                        args.warmup)
     emit(args, 'Node overhead and transport', node_table(report))
     return 0
 

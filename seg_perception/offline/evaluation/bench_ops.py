@@ -87,7 +87,7 @@ def add_ops_arguments(parser) -> None:
 
 
 def run_ops(args) -> int:
-    from .bench_engine import parse_size
+    from .bench_common import parse_size
     report = bench_ops(args.model, parse_size(args.size), args.threads, args.runs, args.warmup)
     emit(args, 'Per-operator time, fp32 vs int8', ops_table(report))
     return 0
