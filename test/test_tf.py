@@ -325,9 +325,11 @@ def test_ros2cli_tf_static_and_tf_move_the_costmap(ros2cli_venv, tiny_model):
         return done()
 
     def pub(topic, parent, child, xyz, q):
-        args = ['ros2', 'topic', 'pub', '--once', topic, 'tf2_msgs/msg/TFMessage', _tf_yaml(parent, child, xyz, q)]
+        # a few times, not --once: a single message can be gone before the node's subscription has matched
+        args = ['ros2', 'topic', 'pub', '--times', '5', '--rate', '10', topic, 'tf2_msgs/msg/TFMessage',
+                _tf_yaml(parent, child, xyz, q)]
         if topic == '/tf_static':
-            args[4:4] = ['--qos-durability', 'transient_local', '--qos-reliability', 'reliable']
+            args[7:7] = ['--qos-durability', 'transient_local', '--qos-reliability', 'reliable']
         ros2.run(*args, timeout=90)
 
     try:
