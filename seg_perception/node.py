@@ -531,7 +531,13 @@ def _spin(node_class, args=None) -> int:
             raise
     finally:
         if node is not None:
-            node.destroy_node()
+            try:
+                node.destroy_node()
+            except Exception:
+                # a signal that already shut the context down can leave rclpy failing to destroy entities
+                # (pybind "unable to convert call argument"): the same rule as for spin above
+                if rclpy.ok():
+                    raise
         rclpy.try_shutdown()
     return 0
 
