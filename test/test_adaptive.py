@@ -257,9 +257,13 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
     data = _labelled_folder(tmp_path / 'data')
     assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'), '--data',
                  str(data), '--thresholds', '0', '1', '--warmup', '0', '--plot', str(tmp_path / 'curve.png'),
-                 '--json', str(tmp_path / 'bench.json')]) == 0
+                 '--json', str(tmp_path / 'bench.json'), '--clock', 'cpu']) == 0
     out = capsys.readouterr().out
     assert '| easy half | 2 |' in out and '| cluttered half | 2 |' in out and 'halves split by clutter' in out
+    assert '(cpu clock;' in out
+    assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--threads', '2',
+                 '--clock', 'cpu']) == 2                 # the calling thread's CPU time is not a 2-thread latency
+    assert 'use it with --threads 1, not 2' in capsys.readouterr().err
     report = json.loads((tmp_path / 'bench.json').read_text())
     groups = report['groups']['all']
     never, always, static = groups['adaptive refine_threshold=0'], groups['adaptive refine_threshold=1'], \

@@ -101,9 +101,9 @@ def test_recover_rebuilds_a_checkpoint_from_an_export(tmp_path):
                  check=False)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(6)]
-    report = recover(path, 'topformer_tiny', images, tmp_path / 'ckpt.pt')
+    report = recover(path, 'topformer_tiny', images, tmp_path / 'new' / 'ckpt.pt')   # the folder is created
     assert report['labels_agree'] >= 0.999 and report['max_rel_diff'] < 1e-3
-    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=True)
+    ckpt = torch.load(tmp_path / 'new' / 'ckpt.pt', weights_only=True)
     rebuilt = create_model('topformer_tiny', num_classes=3).eval()
     rebuilt.load_state_dict(ckpt['model'])
     x = torch.randn(1, 3, 64, 96)

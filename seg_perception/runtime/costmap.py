@@ -86,6 +86,7 @@ FUSION_MIN_WEIGHT = 0.5
 _HORIZON_EPS = 1e-6
 # rank of a pixel's contribution to its cell (max wins): 0 nothing, 1 free, 2 unknown, 2 + c cost c (1..100)
 _RANK_NONE, _RANK_FREE, _RANK_UNKNOWN = 0, 1, 2
+_UNSURE = 255   # a low-confidence pixel in the standing image (above every rank)
 _RANK_TO_VALUE = np.array([UNKNOWN, FREE, UNKNOWN] + list(range(1, LETHAL + 1)) + [LETHAL] * (253 - LETHAL), np.int8)
 
 
@@ -419,7 +420,7 @@ class GroundCostmap:
         if not below.any() or origin[2] <= 0:
             self._vert_pix = np.zeros((0, 0), np.int32)
             self._vert_ok = np.zeros((0, 0), bool)
-            self._shadow_rows = np.zeros(0, np.int64)
+            self._line_rows = self._shadow_end = np.zeros((0, 1), np.int32)
             self._contact_ok = self._vert_ok
             return
         look = self._rot[:, 2] if np.hypot(*self._rot[:2, 2]) > 1e-3 else -self._rot[:, 1]  # optical z, else up
@@ -445,8 +446,10 @@ class GroundCostmap:
         self._contact_ok = self._vert_ok & (np.r_[self._vert_ok[1:], np.zeros((1, azs.size), bool)] | bottom)
         # rows below each row whose ground lies within overhang_margin in front of it (distance falls with the row)
         ground = origin[2] / np.tan(deps)
-        self._shadow_rows = np.searchsorted(-ground, -(ground - self.overhang_margin), side='right') - \
-            np.arange(deps.size) - 1
+        # (the last row each row shadows)
+        last = np.searchsorted(-ground, -(ground - self.overhang_margin), side='right') - 1
+        self._line_rows = np.arange(deps.size, dtype=np.int32)[:, None]
+        self._shadow_end = last.astype(np.int32)[:, None]
 
     # ------------------------------------------------------------------ frames
     def update(self, labels: np.ndarray, confidence: np.ndarray | None = None, depth: np.ndarray | None = None
@@ -460,13 +463,19 @@ class GroundCostmap:
                 raise ValueError(f'{name} are {array.shape[1]}x{array.shape[0]} but the camera is '
                                  f'{shape[1]}x{shape[0]}')
         # standing classes: the maximum of each block (contacts err towards the robot); ground classes: the
-        # block's centre pixel; a block with one unsure pixel is unsure
-        standing = self._pooled(_lookup(labels, self._lut_standing), 'max')
-        rank = _lookup(self._pooled(labels, 'sample'), self._lut_ground)
+        # block's centre pixel; a block with one unsure pixel is unsure. Unsure pixels are _UNSURE (above every
+        # rank) in the standing image, so one block maximum gives both.
+        standing = _lookup(labels, self._lut_standing)
         if confidence is not None and self.min_confidence > 0:
-            unsure = self._pooled((confidence < self.min_confidence).view(np.uint8), 'max').view(bool)
-            np.maximum(rank, unsure.view(np.uint8) * np.uint8(_RANK_UNKNOWN), out=rank)   # unsure: never free
+            unsure = cv2.compare(confidence, self.min_confidence, cv2.CMP_LT)   # 255 where unsure, else 0
+            standing = self._pooled(cv2.max(standing, unsure), 'max')
+            unsure = standing == _UNSURE
             standing[unsure] = 0
+        else:
+            standing, unsure = self._pooled(standing, 'max'), None
+        rank = _lookup(self._pooled(labels, 'sample'), self._lut_ground)
+        if unsure is not None:
+            rank[unsure & (rank < _RANK_UNKNOWN)] = _RANK_UNKNOWN   # unsure: never free
         if depth is not None:
             return self._finish(*self._update_depth(rank, standing, self._pooled(depth, 'sample')))
         flat = rank.reshape(-1)
@@ -484,13 +493,14 @@ class GroundCostmap:
             flat[self._vert_pix[past & self._vert_ok]] = _RANK_NONE
             contact &= ~past
         if self.overhang_margin > 0:
-            # floor within overhang_margin in front of a contact may lie under an overhang: unknown, not free
-            rows, cols = np.nonzero(contact)
-            count = self._shadow_rows[rows]
-            below = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + 1
-            rows, cols = np.repeat(rows, count) + below, np.repeat(cols, count)
-            keep = self._vert_ok[rows, cols] & ~on_line[rows, cols]
-            idx = self._vert_pix[rows[keep], cols[keep]]
+            # floor within overhang_margin in front of a contact may lie under an overhang: unknown, not free.
+            # Along each line, the last sample each contact shadows; a sample is shadowed when a contact above
+            # it reaches it (running maximum down the line)
+            reach = np.maximum.accumulate(np.where(contact, self._shadow_end, -1), axis=0)
+            shadow = np.zeros_like(contact)
+            shadow[1:] = reach[:-1] >= self._line_rows[1:]
+            shadow &= self._vert_ok & ~on_line
+            idx = self._vert_pix[shadow]
             flat[idx] = np.maximum(flat[idx], _RANK_UNKNOWN)
         contact_idx = self._vert_pix[contact]
         flat[contact_idx] = standing.reshape(-1)[contact_idx]

@@ -45,6 +45,7 @@ class SegResult:
     confidence: np.ndarray      # (H, W) float32 in [0, 1]
     latency_ms: float           # whole infer(): pre + model + post
     model_ms: float             # ONNX Runtime run only
+    model_cpu_ms: float = None  # CPU time of the calling thread during the run (= its cost with 1 intra-op thread)
     kept_fraction: np.ndarray = None  # token-pass models: fraction of tokens active after each stage
     macs: float = None          # token-pass / adaptive models: MACs actually spent on this frame
     refined_fraction: float = None  # adaptive TopFormer: fraction of tiles the deep head refined
@@ -204,9 +205,9 @@ class SegmentationEngine:
             if refine_threshold is None:
                 refine_threshold = self.meta.get('refine_threshold', 1.0)
             feeds['refine_threshold'] = np.asarray(refine_threshold, np.float32)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         outs = dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.thread_time()
         logits = None
         if self.meta['output_kind'] == 'labels':
             labels = restore(outs['labels'][0].astype(self.label_dtype, copy=False), geometry, cv2.INTER_NEAREST)
@@ -218,7 +219,7 @@ class SegmentationEngine:
         macs = outs.get('macs')
         refined = outs.get('refined_fraction')
         return SegResult(labels=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3,
-                         model_ms=(t2 - t1) * 1e3,
+                         model_ms=(t2 - t1) * 1e3, model_cpu_ms=(c2 - c1) * 1e3,
                          kept_fraction=None if kept is None else np.asarray(kept, np.float32).reshape(-1),
                          macs=None if macs is None else float(np.asarray(macs).reshape(-1)[0]), logits=logits,
                          refined_fraction=None if refined is None else float(np.asarray(refined).reshape(-1)[0]))

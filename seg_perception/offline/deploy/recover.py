@@ -185,6 +185,7 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
               'max_rel_diff': worst}
     if report['labels_agree'] < 0.999 or worst > PARITY_RTOL:
         raise RuntimeError(f'recovered model differs from {onnx_path}: {report}')
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({'model': state, 'arch': arch, 'num_classes': num_classes, 'classes': meta['names'],
                 'palette': [list(c) for c in meta['palette']], 'mean': meta['mean'], 'std': meta['std'],
                 'input_size': [h, w], 'resize_mode': meta.get('resize_mode', 'resize'),

@@ -37,9 +37,15 @@ def _knob(engine):
 
 
 def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, limit=0, providers=None,
-                   image_topic=None, gt_topic=None, split='val', input_size=None):
+                   image_topic=None, gt_topic=None, split='val', input_size=None, clock='wall'):
     """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
-    returns a report dict (see :func:`adaptive_table`)."""
+    returns a report dict (see :func:`adaptive_table`). ``clock``: 'wall' (elapsed ONNX Runtime run time) or
+    'cpu' (the calling thread's CPU time during the run: the run's cost whatever else loads the machine; with
+    one intra-op thread only, where the graph runs on the calling thread)."""
+    if clock not in ('wall', 'cpu'):
+        raise UserError(f'clock {clock!r} must be wall or cpu')
+    if clock == 'cpu' and threads != 1:
+        raise UserError(f'--clock cpu times the calling thread only: use it with --threads 1, not {threads}')
     from ...runtime.engine import SegmentationEngine
     from .bench import iter_labelled_frames
 
@@ -65,7 +71,8 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
         runs = {}
         for name, (engine, kwargs) in engines.items():
             result = engine.infer(rgb, **kwargs)
-            runs[name] = {'labels': result.labels, 'ms': result.model_ms, 'macs': result.macs,
+            ms = result.model_cpu_ms if clock == 'cpu' else result.model_ms
+            runs[name] = {'labels': result.labels, 'ms': ms, 'macs': result.macs,
                           'refined': result.refined_fraction}
         frames.append({'label': label, 'clutter': clutter, 'runs': runs})
     if not frames:
@@ -95,6 +102,7 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
             }
     return {'model': str(model), 'statics': [str(s) for s in statics], 'data': str(data), 'knob': knob,
             'thresholds': thresholds, 'default': default, 'threads': threads, 'provider': adaptive.provider,
+            'clock': clock,
             'input_size': list(adaptive.net_hw or ()), 'split_by': 'clutter' if by_clutter else 'refined fraction',
             'static_names': [Path(s).stem for s in statics], 'groups': summary}
 
@@ -114,7 +122,8 @@ def adaptive_table(report):
                            fmt(100 * g['miou'] if g['miou'] is not None else None, 1)])
     note = (f'\n\n{report["knob"]} default {report["default"]:g}; network input {report["input_size"] or "native"}; '
             f'{report["provider"]} with {report["threads"]} thread(s); halves split by {report["split_by"]}; '
-            'latency = ONNX Runtime run time (mean ratios within this run); tiles refined = mean fraction of '
+            f'latency = ONNX Runtime run time ({report.get("clock", "wall")} clock; mean ratios within this run); '
+            'tiles refined = mean fraction of '
             'tiles through the deep head; frames refined = fraction of frames with at least one.')
     return markdown_table(headers, rows) + note
 
@@ -140,7 +149,8 @@ def plot_curve(report, path):
         a, b = models[statics[0]], models[statics[-1]]
         ax.plot([a['ms_mean'], b['ms_mean']], [100 * (a['miou'] or 0), 100 * (b['miou'] or 0)], '--', color='gray',
                 label='static line')
-    ax.set_xlabel(f'mean ONNX Runtime latency (ms, {report["threads"]} thread(s))')
+    clock = 'CPU time' if report.get('clock') == 'cpu' else 'elapsed'
+    ax.set_xlabel(f'mean ONNX Runtime latency (ms {clock}, {report["threads"]} thread(s))')
     ax.set_ylabel('mIoU (%)')
     ax.set_title('accuracy vs latency (all frames)')
     ax.grid(alpha=0.3)
@@ -169,6 +179,9 @@ def add_adaptive_arguments(parser):
     parser.add_argument('--split', default='val', help='dataset split for open_dataset')
     parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                         help="network input for every model (multiples of 32; default: the models' own)")
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help='wall: elapsed run time; cpu: CPU time of the run (1 thread only; robust to other '
+                             'load on the machine)')
     parser.add_argument('--plot', default=None, help='write the mIoU-vs-latency chart to this PNG')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
 
@@ -178,7 +191,7 @@ def run_adaptive(args):
     start = time.perf_counter()
     report = bench_adaptive(args.model, args.static, args.data, args.thresholds, args.threads, args.warmup,
                             args.limit, providers, args.image_topic, args.gt_topic, args.split,
-                            tuple(args.input_size) if args.input_size else None)
+                            tuple(args.input_size) if args.input_size else None, args.clock)
     print(adaptive_table(report))
     print(f'\nMachine: {machine_line()}; {time.perf_counter() - start:.0f} s')
     if args.plot:
