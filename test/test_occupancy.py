@@ -34,7 +34,7 @@ def rendered_bag(tmp_path_factory):
     from seg_perception.offline.data.render import render_frames
     frames = list(render_frames(3, seed=5, width=160, height=120, seq_len=3, layouts=('room',)))
     path = tmp_path_factory.mktemp('occ') / 'bag'
-    write_bag(str(path), frames)
+    write_bag(str(path), frames, depth=True)
     return path, frames
 
 
@@ -64,6 +64,21 @@ def test_ground_truth_labels_score_well_and_pngs_are_written(rendered_bag, tmp_p
     model = evaluate_bag(tiny_model, str(path), limit=2)          # through the engine
     assert model.summary()['frames'] == 2 and model.class_costs.tolist() == [0, 100, 100, 100, 100, -1]
     assert SCENE_CLASS_NAMES[0] == 'floor'
+
+
+def test_depth_places_pixels_in_3d_and_a_bag_without_depth_is_a_user_error(rendered_bag, tmp_path, tiny_model):
+    from seg_perception.errors import UserError
+    from seg_perception.offline.data.bags import write_bag
+    path, frames = rendered_bag
+    flat = evaluate_bag(tiny_model, str(path), gt_labels=True).summary()
+    depth = evaluate_bag(tiny_model, str(path), gt_labels=True, depth=True).summary()
+    assert depth['frames'] == 3 and depth['visible_cells'] == flat['visible_cells']
+    assert depth['obstacle_recall'] > flat['obstacle_recall']   # obstacles at their measured points, not contacts
+    wide = evaluate_bag(tiny_model, str(path), gt_labels=True, overhang_margin=3.0).summary()
+    assert wide['free_recall'] < flat['free_recall']             # more floor kept unknown in front of contacts
+    write_bag(str(tmp_path / 'nodepth'), frames)
+    with pytest.raises(UserError, match="no topic '/camera/depth'"):
+        evaluate_bag(tiny_model, str(tmp_path / 'nodepth'), depth=True)
 
 
 def test_bag_without_poses_is_a_user_error(tmp_path, tiny_model):

@@ -38,7 +38,8 @@ from ...runtime.costmap import (
 COUNT_KEYS = ('gt_occupied', 'gt_free', 'pred_free', 'hit_occupied', 'hit_occupied_1cell', 'false_free',
               'hit_free', 'union_occupied', 'visible_cells')
 DEFAULT_SWEEP = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-TOPICS = {'image': '/camera/image_raw', 'camera_info': '/camera/camera_info', 'gt': '/ground_truth/occupancy',
+TOPICS = {'image': '/camera/image_raw', 'depth': '/camera/depth', 'camera_info': '/camera/camera_info',
+          'gt': '/ground_truth/occupancy',
           'tf': '/tf', 'labels': '/ground_truth/labels'}
 
 
@@ -141,21 +142,23 @@ class OccupancyEvaluator:
             self.costmap = GroundCostmap(spec, self.class_costs, **self.costmap_options)
         return self.costmap
 
-    def add_frame(self, labels, confidence, camera_info, camera_to_robot, gt_occupancy, stamp_ns=None, rgb=None
-                  ) -> dict:
+    def add_frame(self, labels, confidence, camera_info, camera_to_robot, gt_occupancy, stamp_ns=None, rgb=None,
+                  depth=None) -> dict:
         """Score one frame: labels/confidence (H, W) of the image, its CameraInfo message, the 4x4 camera optical
-        frame -> robot transform, the ground-truth OccupancyGrid message. Returns the frame's metrics."""
+        frame -> robot transform, the ground-truth OccupancyGrid message (+ a depth image in metres: pixels placed
+        in 3-D). Returns the frame's metrics."""
         gt = grid_of(gt_occupancy)
         costmap = self._costmap_for(grid_spec_of(gt_occupancy))
         costmap.set_camera(PinholeCamera.from_msg(camera_info, labels.shape[:2]), camera_to_robot)
         costmap.min_confidence = self.min_confidence
-        pred = costmap.update(labels, confidence).grid
+        pred = costmap.update(labels, confidence, depth).grid
         counts = frame_counts(pred, gt, costmap.visible)
         for key, value in counts.items():
             self.totals[key] += value
         for t in self.thresholds:
             costmap.min_confidence = t
-            for key, value in frame_counts(costmap.update(labels, confidence).grid, gt, costmap.visible).items():
+            grid = costmap.update(labels, confidence, depth).grid
+            for key, value in frame_counts(grid, gt, costmap.visible).items():
                 self.sweep_totals[t][key] += value
         costmap.min_confidence = self.min_confidence
         row = {'index': len(self.frames), 'stamp_ns': stamp_ns, **rates(counts), **counts}
@@ -235,11 +238,13 @@ def _by_stamp(bag, topic):
 
 
 def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, class_costs=None, limit=0,
-                 threads=1, max_png=20, topics=None, gt_labels=False) -> OccupancyEvaluator:
+                 threads=1, max_png=20, topics=None, gt_labels=False, depth=False, overhang_margin=None
+                 ) -> OccupancyEvaluator:
     """Segment every image of ``bag`` that has a CameraInfo, a pose and a ground-truth grid of the same stamp
     with the engine, and score its costmap; frames missing one of them are counted in ``skipped``.
     ``gt_labels``: use the bag's ground-truth labels (confidence 1) instead of the model's: the geometry's own
-    limit, what a perfect segmentation would score."""
+    limit, what a perfect segmentation would score. ``depth``: place pixels in 3-D with the bag's depth images
+    (the node's ``costmap.use_depth``); ``overhang_margin``: the costmap's (None = its default)."""
     from ...errors import UserError
     from ...runtime.engine import SegmentationEngine
     from ..data.bags import iter_bag_images
@@ -251,14 +256,19 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
     if not poses:
         raise UserError(f'{bag}: no base_link -> camera transform on {topics["tf"]} (render the bag again with '
                         'this version of `seg-perception render`)')
+    options = {} if overhang_margin is None else {'overhang_margin': float(overhang_margin)}
     evaluator = OccupancyEvaluator(engine.names, class_costs=class_costs, min_confidence=min_confidence,
-                                   thresholds=thresholds, out_dir=out_dir, meta=engine.meta, max_png=max_png)
+                                   thresholds=thresholds, out_dir=out_dir, meta=engine.meta, max_png=max_png,
+                                   **options)
     evaluator.skipped = 0
     truth = {stamp: label for stamp, _, label in iter_bag_images(bag, topics['labels'])} if gt_labels else {}
+    depths = {}
+    if depth:
+        depths = {stamp: d for stamp, _, d in iter_bag_images(bag, topics['depth'])}
     for stamp, _, rgb in iter_bag_images(bag, topics['image']):
         if limit and len(evaluator.frames) >= limit:
             break
-        if stamp not in infos or stamp not in gts or stamp not in poses:
+        if stamp not in infos or stamp not in gts or stamp not in poses or (depth and stamp not in depths):
             evaluator.skipped += 1
             continue
         if gt_labels:
@@ -266,7 +276,8 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
         else:
             result = engine.infer(rgb)
             labels, confidence = result.labels, result.confidence
-        evaluator.add_frame(labels, confidence, infos[stamp], poses[stamp], gts[stamp], stamp, rgb)
+        evaluator.add_frame(labels, confidence, infos[stamp], poses[stamp], gts[stamp], stamp, rgb,
+                            depths.get(stamp))
     return evaluator
 
 
@@ -282,6 +293,10 @@ def add_arguments(parser):
     parser.add_argument('--limit', type=int, default=0, help='score at most N frames (0 = all)')
     parser.add_argument('--png', type=int, default=20, help='side-by-side PNGs to write')
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--depth', action='store_true',
+                        help="place pixels in 3-D with the bag's depth images (the node's costmap.use_depth)")
+    parser.add_argument('--overhang-margin', type=float, default=None,
+                        help='metres of floor in front of a floor contact kept unknown (default: the costmap\'s)')
     parser.add_argument('--gt-labels', action='store_true',
                         help="score the bag's ground-truth labels instead of the model's (the geometry's limit)")
 
@@ -296,7 +311,8 @@ def run(args):
         raise UserError(f'--sweep {args.sweep!r} is not a comma list of numbers') from None
     out = Path(args.out) if args.out else None
     evaluator = evaluate_bag(args.model or default_model_path(), args.bag, out, thresholds, args.min_confidence,
-                             limit=args.limit, threads=args.threads, max_png=args.png, gt_labels=args.gt_labels)
+                             limit=args.limit, threads=args.threads, max_png=args.png, gt_labels=args.gt_labels,
+                             depth=args.depth, overhang_margin=args.overhang_margin)
     if not evaluator.frames:
         raise UserError(f'{args.bag}: no frame has an image, CameraInfo, pose and ground truth of one stamp')
     table = evaluator.table_markdown()
