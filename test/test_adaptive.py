@@ -261,6 +261,11 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
     out = capsys.readouterr().out
     assert '| easy half | 2 |' in out and '| cluttered half | 2 |' in out and 'halves split by clutter' in out
     assert '(cpu clock;' in out
+    assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'), '--data',
+                 str(data), '--warmup', '0', '--input-size', '128', '192', '--json', str(tmp_path / 'b2.json')]) == 0
+    other = json.loads((tmp_path / 'b2.json').read_text())['groups']['all']
+    assert other['tiny']['gmacs'] * 1e9 == pytest.approx(count_macs(tiny, (1, 3, 128, 192))[0])   # at the size run
+    assert other['tiny']['engine_ms_mean'] > 0
     assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--threads', '2',
                  '--clock', 'cpu']) == 2                 # the calling thread's CPU time is not a 2-thread latency
     assert 'use it with --threads 1, not 2' in capsys.readouterr().err

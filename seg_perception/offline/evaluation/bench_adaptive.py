@@ -36,6 +36,24 @@ def _knob(engine):
     return None
 
 
+def _static_macs(engine, input_size):
+    """MACs of one forward of a static model: its ``static_macs`` metadata at the stored size, else counted on
+    its architecture (``arch`` metadata) at ``input_size`` when torch is installed, else None."""
+    if input_size is None or tuple(input_size) == tuple(engine.meta['input_size']):
+        return engine.static_macs
+    arch = engine.meta.get('arch')
+    try:
+        from ...nets import create_model
+        from .flops import count_macs
+    except ImportError:          # the robot-side install: no torch, no count
+        return None
+    try:
+        model = create_model(arch, num_classes=engine.num_classes)
+    except ValueError:           # no such architecture here
+        return None
+    return float(count_macs(model, (1, 3, *input_size))[0])
+
+
 def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, limit=0, providers=None,
                    image_topic=None, gt_topic=None, split='val', input_size=None, clock='wall'):
     """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
@@ -72,7 +90,7 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
         for name, (engine, kwargs) in engines.items():
             result = engine.infer(rgb, **kwargs)
             ms = result.model_cpu_ms if clock == 'cpu' else result.model_ms
-            runs[name] = {'labels': result.labels, 'ms': ms, 'macs': result.macs,
+            runs[name] = {'labels': result.labels, 'ms': ms, 'engine_ms': result.latency_ms, 'macs': result.macs,
                           'refined': result.refined_fraction}
         frames.append({'label': label, 'clutter': clutter, 'runs': runs})
     if not frames:
@@ -81,21 +99,22 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     groups = complexity_halves(frames, [f['clutter'] if by_clutter else (f['runs'][default_name]['refined'] or 0.0)
                                         for f in frames])
     ignore_index = adaptive.meta.get('ignore_index', 255)
+    static_macs = {name: _static_macs(engine, input_size) for name, (engine, _) in engines.items()}
     summary = {}
     for group, members in groups.items():
         summary[group] = {}
-        for name, (engine, _) in engines.items():
+        for name in engines:
             confusion = ConfusionMatrix(adaptive.num_classes, ignore_index)
             for f in members:
                 confusion.update(f['runs'][name]['labels'], f['label'])
             ms = np.array([f['runs'][name]['ms'] for f in members], np.float64)
             macs = [f['runs'][name]['macs'] for f in members if f['runs'][name]['macs'] is not None]
             refined = [f['runs'][name]['refined'] for f in members if f['runs'][name]['refined'] is not None]
-            stored_size = input_size is None or tuple(input_size) == tuple(engine.meta['input_size'])
-            static = engine.static_macs if stored_size else None   # metadata MACs hold at the stored size
+            static = static_macs.get(name)
             summary[group][name] = {
                 'frames': len(members), 'miou': confusion.compute()['mIoU'],
                 'ms_p50': float(np.percentile(ms, 50)), 'ms_mean': float(ms.mean()),
+                'engine_ms_mean': float(np.mean([f['runs'][name]['engine_ms'] for f in members])),
                 'gmacs': (float(np.mean(macs)) if macs else static) / 1e9 if (macs or static) else None,
                 'refined_tiles': float(np.mean(refined)) if refined else None,
                 'refined_frames': float(np.mean(np.asarray(refined) > 0)) if refined else None,
@@ -111,19 +130,21 @@ def adaptive_table(report):
     """Markdown table of :func:`bench_adaptive`'s report (one row per model / knob value and group)."""
     statics = report['static_names']
     bases = list(dict.fromkeys(statics[:1] + statics[-1:]))   # the first and the last static model
-    headers = (['group', 'frames', 'model', 'GMACs/frame', 'ms p50', 'ms mean']
+    headers = (['group', 'frames', 'model', 'GMACs/frame', 'ms p50', 'ms mean', 'engine ms mean (wall)']
                + [f'latency / {b}' for b in bases] + ['tiles refined', 'frames refined', 'mIoU'])
     rows = []
     for group, models in report['groups'].items():
         for name, g in models.items():
-            rows.append([group, g['frames'], name, fmt(g['gmacs'], 3), fmt(g['ms_p50']), fmt(g['ms_mean'])]
+            rows.append([group, g['frames'], name, fmt(g['gmacs'], 3), fmt(g['ms_p50']), fmt(g['ms_mean']),
+                         fmt(g.get('engine_ms_mean'))]
                         + [ratio(g['ms_mean'], models[b]['ms_mean']) for b in bases]
                         + [fmt(g['refined_tiles'], 3), fmt(g['refined_frames'], 3),
                            fmt(100 * g['miou'] if g['miou'] is not None else None, 1)])
     note = (f'\n\n{report["knob"]} default {report["default"]:g}; network input {report["input_size"] or "native"}; '
             f'{report["provider"]} with {report["threads"]} thread(s); halves split by {report["split_by"]}; '
             f'latency = ONNX Runtime run time ({report.get("clock", "wall")} clock; mean ratios within this run); '
-            'tiles refined = mean fraction of '
+            'engine ms = the whole infer() (pre-processing, run, labels and confidence at camera resolution), '
+            'elapsed; tiles refined = mean fraction of '
             'tiles through the deep head; frames refined = fraction of frames with at least one.')
     return markdown_table(headers, rows) + note
 
