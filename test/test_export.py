@@ -131,9 +131,10 @@ def test_export_training_checkpoint_cli(tmp_path):
                 'iter': 10, 'history': [{'mIoU': 0.1}]}, ckpt)
     out = tmp_path / 'out' / 'model.onnx'
     assert cli_main(['export', '--checkpoint', str(ckpt), '--fixed-size', '--resize-mode', 'resize',
-                     '-o', str(out)]) == 0
+                     '--class-costs', 'floor:0, thing:70', '-o', str(out)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ['model.onnx']
     meta = read_metadata(out)
+    assert meta['class_costs'] == {'floor': 0, 'thing': 70}      # the costmap's table for this model
     assert meta['names'] == names and meta['palette'] == palette
     assert meta['mean'] == [10.0, 20.0, 30.0] and meta['std'] == [2.0, 3.0, 4.0]
     assert meta['input_size'] == [64, 96] and meta['dynamic_hw'] is False and meta['resize_mode'] == 'resize'
@@ -148,6 +149,11 @@ def test_cli_refuses_missing_arguments(tmp_path, capsys):
     assert cli_main(['export', '--arch', 'topformer_tiny', '-o', str(tmp_path / 'm.onnx')]) == 2
     err = capsys.readouterr().err   # a user mistake: one line on stderr, exit 2 (offline/cli.py)
     assert '--num-classes' in err and '--input-size' in err and err.count('\n') == 1
+    args = ['export', '--arch', 'topformer_tiny', '--num-classes', '6', '--input-size', '64', '96']
+    assert cli_main(args + ['--class-costs', 'lava:100', '-o', str(tmp_path / 'm.onnx')]) == 2
+    assert "no class 'lava'" in capsys.readouterr().err and not (tmp_path / 'm.onnx').exists()
+    assert cli_main(args + ['--class-costs', 'floor=0', '-o', str(tmp_path / 'm.onnx')]) == 2
+    assert "'floor=0' is not 'name:cost'" in capsys.readouterr().err
 
 
 def test_token_pass_export(tmp_path):

@@ -42,6 +42,7 @@ import torch.nn as nn
 from ...classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
 from ...errors import UserError
 from ...runtime import metadata as md
+from ...runtime.costmap import class_cost_table, parse_class_costs
 from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 from ..predict import labels_head as postprocess  # the graph's tail: upsample, argmax, max softmax
 from .onnx_graph import OUTPUTS, set_metadata, with_logits_output
@@ -385,6 +386,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'the graph ends at the 1/8 logits and the engine makes labels at the camera size, '
                              'exactly bilinear-then-argmax, for less (runtime/upsample.py; the shipped models)')
     parser.add_argument('--description', help='free text stored in the metadata')
+    parser.add_argument('--class-costs', default='',
+                        help="the model's default costmap table stored in the metadata, 'name:cost, ...' (-1 unknown, "
+                             "0 free .. 100 lethal; e.g. 'road:0, pavement:0, sky:-1'); classes not named take the "
+                             'built-in table by name')
     parser.add_argument('--exit-threshold', type=float,
                         help='token-pass: default exit threshold stored in the model (default: its exit_conf)')
     parser.add_argument('--token-buckets', type=float, nargs='+', metavar='FRACTION',
@@ -449,6 +454,10 @@ def _resolve(args):
         meta['exit_threshold'] = float(args.exit_threshold)
     if args.refine_threshold is not None:
         meta['refine_threshold'] = float(args.refine_threshold)
+    if args.class_costs:
+        costs = parse_class_costs(args.class_costs)
+        class_cost_table(meta['names'], costs)          # a ValueError names an unknown class or a bad cost
+        meta['class_costs'] = costs
     return model, meta, input_size
 
 
