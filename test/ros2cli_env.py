@@ -86,6 +86,13 @@ def ros2cli_venv(python: str = sys._base_executable) -> str:
     return venv
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM unblocked and at their default action."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Ros2:
     """Runs ros2 / colcon / pip commands of the venv with one environment (domain, transports, overlays)."""
 
@@ -124,9 +131,13 @@ class Ros2:
         return result
 
     def start(self, *cmd: str, cwd: str | None = None) -> subprocess.Popen:
-        """A background process in its own session (so SIGINT is not ignored and the group can be reaped)."""
+        """A background process in its own session (so SIGINT is not ignored and the group can be reaped), with
+        SIGINT and SIGTERM unblocked and at their default action as a shell starts it: a blocked signal mask or an
+        ignored SIGINT is inherited through exec, and earlier tests in this process (rclpy contexts, executor
+        threads) may leave either behind; a launch started so never saw the test's ctrl-c."""
         return subprocess.Popen(list(cmd), env=self.env, cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                preexec_fn=_default_signals)
 
     def leftovers(self) -> list[str]:
         """Command lines of live processes started from this helper (found by the marker in their environment)."""

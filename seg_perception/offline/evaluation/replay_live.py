@@ -214,6 +214,10 @@ def _drive(args, topics, source, model, session, proc, tqdm):
                         if name != '/' + session.node.get_name()]
 
     foreign = foreign_publishers()
+    settled = time.monotonic() + 2.0       # on a loaded machine another participant's endpoints can arrive late
+    while not foreign and time.monotonic() < settled:
+        session.spin_for(0.2)
+        foreign = foreign_publishers()
     named_by = time.monotonic() + 3.0      # a participant's node names may arrive after its endpoints
     while any('_NODE_NAME_UNKNOWN_' in name for name in foreign) and time.monotonic() < named_by:
         session.spin_for(0.2)
