@@ -15,6 +15,7 @@ from seg_perception.runtime.engine import SegmentationEngine
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / 'shared' / 'datasets' / 'camvid'
 MODEL = ROOT / 'models' / 'topformer_tiny_scenes.onnx'
+CAMVID_MODEL = ROOT / 'models' / 'topformer_tiny_camvid.onnx'
 ROAD, PAVEMENT = 3, 4      # CamVid ids
 FLOOR = 0                  # scene id
 
@@ -31,9 +32,6 @@ def test_scene_model_floor_covers_road_and_pavement_on_real_photos():
         inter += int((floor & road).sum())
         union += int((floor | road).sum())
     assert inter / union > 0.75, inter / union
-
-
-CAMVID_MODEL = ROOT / 'models' / 'topformer_tiny_camvid.onnx'
 
 
 @pytest.mark.skipif(not (CAMVID / 'test').is_dir(), reason='needs ../shared/datasets/camvid (CamVid test photos)')

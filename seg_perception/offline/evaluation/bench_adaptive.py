@@ -99,7 +99,8 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     groups = complexity_halves(frames, [f['clutter'] if by_clutter else (f['runs'][default_name]['refined'] or 0.0)
                                         for f in frames])
     ignore_index = adaptive.meta.get('ignore_index', 255)
-    static_macs = {name: _static_macs(engine, input_size) for name, (engine, _) in engines.items()}
+    static_macs = {name: _static_macs(engine, input_size) for name, (engine, kwargs) in engines.items()
+                   if not kwargs}   # the static models (the adaptive one reports its own per frame)
     summary = {}
     for group, members in groups.items():
         summary[group] = {}

@@ -262,9 +262,7 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
                                    **options)
     evaluator.skipped = 0
     truth = {stamp: label for stamp, _, label in iter_bag_images(bag, topics['labels'])} if gt_labels else {}
-    depths = {}
-    if depth:
-        depths = {stamp: d for stamp, _, d in iter_bag_images(bag, topics['depth'])}
+    depths = {stamp: d for stamp, _, d in iter_bag_images(bag, topics['depth'])} if depth else {}
     for stamp, _, rgb in iter_bag_images(bag, topics['image']):
         if limit and len(evaluator.frames) >= limit:
             break
