@@ -1,6 +1,5 @@
 """Issue 18 (know when not to trust the labels): confidence calibration and the domain-shift monitor, from the
 numpy core through the engine and ``seg-perception calibrate`` to the node's topic and diagnostics."""
-import time
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +204,6 @@ def test_node_publishes_shift_score_and_warns_in_diagnostics(ros, calibrated_mod
             done = node.frame_counts()['processed']
             h.publish(rgb, 'rgb8')
             assert h.wait_for(lambda d=done: node.frame_counts()['processed'] > d, timeout=20)
-        time.sleep(0.3)   # a diagnostics period after the last frame
 
     def diag():
         for m in reversed(h.received['diagnostics']):
@@ -213,18 +211,21 @@ def test_node_publishes_shift_score_and_warns_in_diagnostics(ros, calibrated_mod
                 if 'segmentation' in s.name:
                     return s, {kv.key: kv.value for kv in s.values}
         return None, {}
+    def diag_after(n):
+        # the first diagnostics message that reports the n-th published score (under load it can lag a period)
+        assert h.wait_for(lambda: len(scores) == n)
+        assert h.wait_for(lambda: abs(float(diag()[1].get('shift_score', 'nan')) - scores[-1]) <= 1e-3), \
+            (diag()[1].get('shift_score'), scores[-1])
+        return diag()
     bag = open_dataset(str(SAMPLE_BAG))
     feed([bag[i][0] for i in range(0, 10, 2)])
-    status, values = diag()
+    status, values = diag_after(5)
     assert values['shift_monitor'] == 'ok' and values['confidence_calibration'].startswith('temperature')
     assert status.level == DiagnosticStatus.OK and ALARM_MESSAGE not in status.message
-    assert h.wait_for(lambda: len(scores) == 5)
-    assert float(values['shift_score']) == pytest.approx(scores[-1], abs=1e-3)
     assert scores[-1] <= float(values['shift_threshold'])
     feed(_camvid_images(node.shift._scorer.window))
-    status, values = diag()
+    status, values = diag_after(5 + node.shift._scorer.window)
     assert status.level == DiagnosticStatus.WARN and ALARM_MESSAGE in status.message, status.message
-    assert h.wait_for(lambda: len(scores) == 5 + node.shift._scorer.window)
     assert scores[-1] > float(values['shift_threshold'])
 
 
