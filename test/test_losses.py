@@ -79,3 +79,20 @@ def test_models_declare_their_training_needs(name):
     assert torch.isfinite(loss) and 'ce' in parts
     assert ('aux0' in parts) == (name in ('rtformer_slim', 'static_vit_mini', 'tokenpass_vit_mini'))
 
+
+
+def test_class_weights_weigh_each_pixel_by_its_class_and_are_validated():
+    torch.manual_seed(2)
+    logits, aux = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[0, :2] = 255
+    weights = [0.5, 1.0, 3.0]
+    loss, parts = segmentation_loss((logits, aux), target, aux_weight=0.4, class_weights=weights)
+    per_pixel = F.cross_entropy(logits, target, ignore_index=255, reduction='none')
+    w = torch.tensor(weights)[target.clamp(max=2)] * (target != 255)
+    assert parts['ce'] == pytest.approx(float((per_pixel * w).sum() / w.sum()), rel=1e-5)
+    plain, _ = segmentation_loss((logits, aux), target, aux_weight=0.4)
+    same, _ = segmentation_loss((logits, aux), target, aux_weight=0.4, class_weights=[2.0, 2.0, 2.0])
+    assert float(same) == pytest.approx(float(plain), rel=1e-6) and float(loss) != pytest.approx(float(plain))
+    with pytest.raises(ValueError, match='2 values for 3 classes'):
+        segmentation_loss(logits, target, class_weights=[1.0, 1.0])

@@ -74,6 +74,10 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
         tc.check_config({})
     with pytest.raises(ValueError, match='multiples of 32'):
         tc.check_config({'data': 'x', 'input_size': [240, 320]})
+    for weights in ([1.0, 2.0], [1.0, 0.0, 1.0], 'balanced'):
+        with pytest.raises(ValueError, match='class_weights'):
+            tc.check_config({'data': 'x', 'num_classes': 3, 'loss_kwargs': {'class_weights': weights}})
+    assert tc.check_config({'data': 'x', 'loss_kwargs': {'class_weights': [1, 2.5]}})['loss_kwargs']
     path = tmp_path / 'cfg.yaml'
     path.write_text(yaml.safe_dump({'data': 'd', 'lr': 1, 'crop_size': [64, 64]}))
     cfg = tc.load_config(path, ['crop_size=[32, 64]', 'resume=true', 'layout=generic', 'out=runs/x'])

@@ -22,13 +22,15 @@ class SegmentationModel(nn.Module):
 
     def training_loss(self, outputs, target: torch.Tensor, teacher_logits: torch.Tensor | None = None, *,
                       aux_weight: float | None = None, kd_weight: float = 0.0, kd_temperature: float = 1.0,
-                      ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, dict[str, float]]:
+                      ignore_index: int = IGNORE_INDEX,
+                      class_weights: list[float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(loss, named parts as floats) of a train-mode output against labels ``target`` (N, H, W);
         ``aux_weight=None`` is the model's ``aux_loss_weight``; ``teacher_logits`` are a teacher's eval
-        logits (any resolution)."""
+        logits (any resolution); ``class_weights`` weight the cross-entropies per class."""
         weight = self.aux_loss_weight if aux_weight is None else aux_weight
         return segmentation_loss(outputs, target, teacher_logits, aux_weight=weight, kd_weight=kd_weight,
-                                 kd_temperature=kd_temperature, ignore_index=ignore_index)
+                                 kd_temperature=kd_temperature, ignore_index=ignore_index,
+                                 class_weights=class_weights)
 
     def set_threshold_schedule(self, it: int, max_iters: int) -> None:
         """Training progress before iteration ``it`` of ``max_iters``; models with a schedule override it."""

@@ -151,6 +151,11 @@ def check_config(cfg: dict) -> dict:
         raise ValueError(f'resize_mode {out["resize_mode"]!r} must be one of {", ".join(RESIZE_MODES)}')
     if not 0 < out['scale_range'][0] <= out['scale_range'][1]:
         raise ValueError(f'scale_range {out["scale_range"]} must be an increasing pair of positive factors')
+    weights = out['loss_kwargs'].get('class_weights')
+    if weights is not None and (not isinstance(weights, list) or not all(_is_number(w) and w > 0 for w in weights)
+                                or (out['num_classes'] and len(weights) != out['num_classes'])):
+        raise ValueError(f'loss_kwargs.class_weights {weights!r} must be positive numbers, one per class '
+                         f'({out["num_classes"] or "num_classes"})')
     return out
 
 
