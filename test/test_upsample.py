@@ -43,6 +43,18 @@ def test_noisy_logits_every_cell_ambiguous_still_exact():
     assert up.counters['max_candidates'] > 8     # the catch-all group ran too
 
 
+@pytest.mark.parametrize('classes', [6, 150])
+def test_exact_ties_go_to_the_lowest_class_as_in_argmax(classes):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 1, (classes, 12, 16)).astype(np.float32)
+    logits[3, :, 8:] += 4
+    logits[classes - 2] = logits[3]        # a higher class equal to class 3 everywhere: ties wherever 3 wins
+    up = LogitsUpsampler.for_resize((12, 16), (96, 128))
+    labels, _ = up(logits)
+    assert np.array_equal(labels, _torch_labels(logits, (96, 128))[0])
+    assert (labels == 3).any() and not (labels == classes - 2).any()
+
+
 def test_reference_matches_torch_and_uniform_logits_need_no_refinement():
     logits = synthetic_logits(6, (8, 10), regions=3, seed=1)
     up = LogitsUpsampler.for_resize((8, 10), (70, 90))

@@ -11,7 +11,9 @@ costs C interpolations per output pixel; with 150 classes at 512x512 that is sev
   at every corner, so is any convex combination), so the label is the coarse argmax, copied by a gather.
 * Only pixels in cells whose corners disagree are interpolated, and only for the classes that can win somewhere
   in the cell: class j is out when its largest corner value is below ``max_k min_corners l_k`` (the
-  interpolated top logit is never below that). Exact, not a heuristic.
+  interpolated top logit is never below that), or when it is below that leading class k at all 4 corners (an
+  interpolation is a convex combination of the corners, so it stays below k everywhere in the cell). Exact,
+  not a heuristic.
 
 Confidence (max softmax) is the coarse max-softmax interpolated bilinearly (one channel), not the max softmax
 of the interpolated logits: they agree inside regions and differ a little on class boundaries.
@@ -150,9 +152,17 @@ class LogitsUpsampler:
         corners = np.stack([np.take(flat, y * w + x, axis=1) for y, x in
                             ((cell_y, cell_x), (cell_y, rx), (ry, cell_x), (ry, rx))]).transpose(0, 2, 1).copy()
         highest = corners.max(axis=0)                       # (n, C): each class's best corner
-        floor = corners.min(axis=0).max(axis=1)             # (n,): the interpolated top logit never falls below
-        needed = (highest >= floor[:, None]).sum(axis=1)    # classes that can win somewhere in the cell
-        self.counters['max_candidates'] = int(needed.max())
+        lowest = corners.min(axis=0)
+        if logits.shape[0] <= self.CANDIDATE_GROUPS[-1]:
+            alive = highest >= lowest.max(axis=1, keepdims=True)   # the interpolated top never falls below that
+        else:
+            leader = lowest.argmax(axis=1)                  # (n,): the class with the highest worst corner
+            alive = highest >= np.take_along_axis(lowest, leader[:, None], axis=1)
+            # ... and classes below the leader at all 4 corners are below it everywhere in the cell
+            alive &= ~(corners < np.take_along_axis(corners, leader[None, :, None], axis=2)).all(axis=0)
+            alive[np.arange(len(leader)), leader] = True
+            highest = np.where(alive, highest, -np.inf)     # _refine takes each cell's top classes by this
+        needed = alive.sum(axis=1)
         lower = 0
         for k in (*self.CANDIDATE_GROUPS, logits.shape[0]):
             k = min(k, logits.shape[0])
@@ -163,17 +173,22 @@ class LogitsUpsampler:
                              int(needed[group].max()))
             if k == logits.shape[0]:
                 break
+        self.counters['max_candidates'] = int(needed.max())
         return labels, confidence
 
     def _refine(self, labels, corners, highest, cell_y, cell_x, k):
         """Exact labels in the given cells from their (4, n, C) corner logits, over each cell's top k classes."""
         n = len(cell_y)
         if k < corners.shape[2]:
-            cand = np.empty((n, k), np.int64)                                   # the k best classes per cell
+            # the k best classes per cell (k argmax passes: faster than argpartition for the usual k <= 8), in
+            # ascending class order: on an exact tie the first candidate stays the winner, the lowest class id as
+            # in argmax (classes outside a cell's candidates are strictly below its top: they never tie)
+            cand = np.empty((n, k), np.int64)
             highest, rows = highest.copy(), np.arange(n)
             for j in range(k):
                 cand[:, j] = highest.argmax(axis=1)
                 highest[rows, cand[:, j]] = -np.inf
+            cand.sort(axis=1)
             corners = np.take_along_axis(corners, cand[None], axis=2)           # (4, n, k)
         else:
             cand = np.broadcast_to(np.arange(k)[None], (n, k))
@@ -182,8 +197,17 @@ class LogitsUpsampler:
         fx = col_frac[cell_x]                                                   # (n, Bx)
         fy = row_frac[cell_y][:, :, None]                                       # (n, By, 1)
         cand = cand.astype(labels.dtype)
+        if k > self.CANDIDATE_GROUPS[-1]:   # many candidates: all at once, argmax over the last (contiguous) axis
+            c00, c01, c10, c11 = (v[:, None, :] for v in corners)               # (n, 1, k)
+            top = c00 + (c01 - c00) * fx[:, :, None]                            # (n, Bx, k)
+            bottom = c10 + (c11 - c10) * fx[:, :, None]
+            bottom -= top
+            value = top[:, None] + bottom[:, None] * fy[:, :, :, None]           # (n, By, Bx, k)
+            winner = np.take_along_axis(cand[:, None, None, :], value.argmax(axis=3)[..., None], axis=3)[..., 0]
+            labels[row_index[cell_y][:, :, None], col_index[cell_x][:, None, :]] = winner
+            return
         best = winner = None
-        for j in range(k):   # running max over the candidates (numpy's argmax over a middle axis is slow)
+        for j in range(k):   # few candidates: a running max (argmax over a short last axis is slow per pixel)
             c00, c01, c10, c11 = (v[:, None] for v in corners[:, :, j])
             top = c00 + (c01 - c00) * fx                                         # (n, Bx)
             bottom = c10 + (c11 - c10) * fx
