@@ -60,7 +60,7 @@ from .errors import UserError
 from .label_info import LabelInfo, make_label_info
 from .paths import default_model_path
 from .runtime.costmap import resolve_min_confidence
-from .runtime.engine import EngineError, SegmentationEngine, colorize, overlay
+from .runtime.engine import EngineError, SegmentationEngine, colorize, confidence_to_mono8, overlay
 from .runtime.imgmsg import ImageFormatError, array_to_image_fields, compressed_to_rgb, image_to_rgb
 from .runtime.stats import RollingStats
 from .runtime.worker import LatestFrameWorker
@@ -354,7 +354,7 @@ class SegmentationPipeline:
             enc = 'mono8' if result.labels.dtype == np.uint8 else 'mono16'
             self.pub_labels.publish(Image(header=header, **array_to_image_fields(result.labels, enc)))
         if 'confidence' in wanted:
-            conf = np.clip(result.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            conf = confidence_to_mono8(result.confidence)
             self.pub_conf.publish(Image(header=header, **array_to_image_fields(conf, 'mono8')))
         if 'color' in wanted:
             color = colorize(result.labels, engine.palette)

@@ -134,5 +134,10 @@ def test_colorize_and_overlay():
     labels = np.array([[0, 1], [255, 2]], np.uint8)
     c = eng.colorize(labels, [(10, 20, 30), (40, 50, 60), (70, 80, 90)])
     assert c.shape == (2, 2, 3) and tuple(c[0, 1]) == (40, 50, 60) and tuple(c[1, 0]) == (0, 0, 0)
+    assert c.dtype == np.uint8 and c.flags.c_contiguous
+    wide = eng.colorize(np.array([[2, 299], [1000, 0]], np.uint16), [(10, 20, 30), (40, 50, 60), (70, 80, 90)])
+    assert wide[0, 0].tolist() == [70, 80, 90] and wide[0, 1].tolist() == wide[1, 0].tolist() == [0, 0, 0]
+    conf = np.array([[0.0, 1.0, 0.2 / 255], [0.7 / 255, 0.31, 0.999]], np.float32)
+    assert eng.confidence_to_mono8(conf).tolist() == [[0, 255, 0], [1, 79, 255]]
     o = eng.overlay(np.zeros_like(c), c, 0.5)
     assert abs(int(o[0, 1, 0]) - 20) <= 1

@@ -31,7 +31,7 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
 
     from ...costmap_msgs import occupancy_grid_msg, point_cloud_msg
     from ...runtime.costmap import PinholeCamera
-    from ...runtime.engine import colorize
+    from ...runtime.engine import colorize, confidence_to_mono8
     from ...runtime.imgmsg import array_to_image_fields, image_to_rgb
 
     msg = Image(**array_to_image_fields(rgb, 'rgb8'))
@@ -42,7 +42,7 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
 
     def node_frame():
         out = engine.infer(image_to_rgb(msg))
-        conf = np.clip(out.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        conf = confidence_to_mono8(out.confidence)
         Image(header=msg.header, **array_to_image_fields(out.labels, 'mono8'))
         Image(header=msg.header, **array_to_image_fields(conf, 'mono8'))
         Image(header=msg.header, **array_to_image_fields(colorize(out.labels, engine.palette), 'rgb8'))

@@ -36,7 +36,7 @@ def _steps(engine, rgb, result) -> dict:
     """Time the node's own steps around ``infer`` on one frame (ms each)."""
     from sensor_msgs.msg import Image
 
-    from ...runtime.engine import colorize
+    from ...runtime.engine import colorize, confidence_to_mono8
     from ...runtime.imgmsg import array_to_image_fields, image_to_rgb
     msg = Image(**array_to_image_fields(rgb, 'rgb8'))
     out = {}
@@ -44,7 +44,7 @@ def _steps(engine, rgb, result) -> dict:
     image_to_rgb(msg)
     out['msg_to_array'] = time.perf_counter() - t
     t = time.perf_counter()
-    conf = np.clip(result.confidence * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    conf = confidence_to_mono8(result.confidence)
     out['confidence_mono8'] = time.perf_counter() - t
     t = time.perf_counter()
     color = colorize(result.labels, engine.palette)
