@@ -363,7 +363,7 @@ class SegmentationPipeline:
             self.pub_color.publish(Image(header=header, **array_to_image_fields(color, 'rgb8')))
         if 'costmap' in wanted:
             self.costmap.process(engine, header, result.labels, result.confidence)
-        self.shift.process(engine, result.logits)
+        self.shift.process(engine, result.logits, result.shift_features)
         self.counters['published'] += 1
         self.stats.add('output')
         self.stats.add('latency_ms', result.latency_ms)

@@ -42,9 +42,12 @@ class ShiftOutput:
         if not stats:
             return None, 'no shift statistics in the model (seg-perception calibrate --shift)'
         try:
-            return ShiftScorer(stats), 'ok'
+            scorer = ShiftScorer(stats)
         except (ValueError, KeyError, TypeError) as exc:
             return None, f'unusable shift statistics: {exc}'
+        if scorer.groups and not engine.has_shift_features:
+            return None, 'unusable shift statistics: they need the graph output shift_features, the model has none'
+        return scorer, 'ok'
 
     def _bind(self, engine):
         """Scorer for a (new) engine (worker thread); the window restarts with the model."""
@@ -53,14 +56,14 @@ class ShiftOutput:
         if scorer is None:
             self._node.get_logger().warning(f'shift monitor off: {status}')
 
-    def process(self, engine, logits) -> None:
+    def process(self, engine, logits, shift_features=None) -> None:
         """Score one frame (worker thread) and publish the smoothed score."""
         if engine is not self._engine:
             self._bind(engine)
         if self._scorer is None or logits is None:
             return
         t0 = time.perf_counter()
-        self.frame_score, self.score = self._scorer.update(logits)
+        self.frame_score, self.score = self._scorer.update(logits, shift_features)
         self.cost_ms = (time.perf_counter() - t0) * 1e3
         if self.alarm:
             self.frames_alarmed += 1

@@ -50,6 +50,7 @@ class SegResult:
     macs: float = None          # token-pass / adaptive models: MACs actually spent on this frame
     refined_fraction: float = None  # adaptive TopFormer: fraction of tiles the deep head refined
     logits: np.ndarray = None   # logits models: the network's (C, h, w) float32 logits (1/8 of its input)
+    shift_features: np.ndarray = None  # models calibrated with taps: whitened pooled features (D,), runtime.shift
 
 
 def select_providers(preferred: list[str] | tuple[str, ...] | None,
@@ -187,7 +188,9 @@ class SegmentationEngine:
                               f'{missing} (graph has {outputs})')
         self.has_exit_threshold = 'exit_threshold' in inputs
         self.has_refine_threshold = 'refine_threshold' in inputs
-        self._outputs = list(need) + [n for n in ('kept_fraction', 'refined_fraction', 'macs') if n in outputs]
+        self.has_shift_features = 'shift_features' in outputs
+        self._outputs = list(need) + [n for n in ('kept_fraction', 'refined_fraction', 'macs', 'shift_features')
+                                      if n in outputs]
 
     @property
     def static_macs(self) -> float | None:
@@ -225,11 +228,13 @@ class SegmentationEngine:
         kept = outs.get('kept_fraction')
         macs = outs.get('macs')
         refined = outs.get('refined_fraction')
+        shift_features = outs.get('shift_features')
         return SegResult(labels=labels, confidence=conf, latency_ms=(time.perf_counter() - t0) * 1e3,
                          model_ms=(t2 - t1) * 1e3, model_cpu_ms=(c2 - c1) * 1e3,
                          kept_fraction=None if kept is None else np.asarray(kept, np.float32).reshape(-1),
                          macs=None if macs is None else float(np.asarray(macs).reshape(-1)[0]), logits=logits,
-                         refined_fraction=None if refined is None else float(np.asarray(refined).reshape(-1)[0]))
+                         refined_fraction=None if refined is None else float(np.asarray(refined).reshape(-1)[0]),
+                         shift_features=None if shift_features is None else shift_features.reshape(-1))
 
     @property
     def calibrated(self) -> bool:

@@ -9,6 +9,12 @@ statistics use a selection of them (``select``, chosen by measuring AUROC: for t
 the floor logit, the floor share and the energy, ``std0 share0 energy``). Confidence statistics alone miss
 scenes the model is wrongly sure about (mean max-softmax: AUROC 0.56 own vs independent renderer).
 
+Optionally (``calibrate --taps``) the graph itself also outputs ``shift_features``: pooled statistics of internal
+feature maps, centred and whitened with training statistics, one block per tap, so each block's length is that
+tap's Mahalanobis distance (``seg_perception.offline.deploy.shift_features``). The frame score is then the sum of
+the distances, each divided by its median over the training frames (``scale``): the logits term and one term per
+block (metadata ``graph_groups``: name, stat, size, scale).
+
 The node smooths the per-frame score over a window of frames (mean) and warns above the metadata's threshold.
 Robot side: numpy only.
 """
@@ -57,8 +63,9 @@ def fit_statistics(features: np.ndarray, select: list[str], shrinkage: float = 0
 
 
 class ShiftScorer:
-    """Scores frames against ``shift_stats`` metadata ({'features', 'mean', 'precision', 'threshold',
-    'window'}); :meth:`update` adds one frame's logits and returns (frame score, smoothed score)."""
+    """Scores frames against ``shift_stats`` metadata ({'features', 'select', 'mean', 'precision', 'threshold',
+    'window'}, optionally 'logits_scale' and 'graph_groups'); :meth:`update` adds one frame's logits (and the
+    graph's ``shift_features``) and returns (frame score, smoothed score)."""
 
     def __init__(self, stats: dict, window: int | None = None):
         if stats.get('features') != FEATURES:
@@ -75,13 +82,20 @@ class ShiftScorer:
         self.threshold = float(stats.get('threshold', np.inf))
         self.window = int(window or stats.get('window', 1))
         self._recent = collections.deque(maxlen=max(1, self.window))
+        self.logits_scale = float(stats.get('logits_scale', 1.0))
+        self.groups = [(str(g['name']), int(g['size']), float(g['scale'])) for g in stats.get('graph_groups', ())]
+        if self.logits_scale <= 0 or any(size < 1 or scale <= 0 for _, size, scale in self.groups):
+            raise ValueError('shift_stats scales and group sizes must be positive')
+        self.graph_size = sum(size for _, size, _ in self.groups)
 
-    def score(self, logits: np.ndarray) -> float:
-        """The Mahalanobis distance of one frame's features to the training statistics."""
-        return self.distance(frame_features(logits))
+    def score(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> float:
+        """One frame's score: the Mahalanobis distance of its logits features to the training statistics, plus,
+        for a model with ``graph_groups``, the lengths of its ``shift_features`` blocks (each term scaled)."""
+        return self.distance(frame_features(logits), graph_features)
 
-    def distance(self, features: np.ndarray) -> float:
-        """Mahalanobis distance of a full :func:`frame_features` vector (its selected entries)."""
+    def distance(self, features: np.ndarray, graph_features: np.ndarray | None = None) -> float:
+        """The score of a full :func:`frame_features` vector (its selected entries) and the graph's
+        ``shift_features`` (required when the statistics have ``graph_groups``)."""
         if self._index is None or len(features) != self._index[0]:
             names = feature_names((len(features) - 3) // 3)
             missing = [n for n in self.select if n not in names]
@@ -89,10 +103,19 @@ class ShiftScorer:
                 raise ValueError(f'shift_stats use features {missing} this model\'s logits do not have')
             self._index = (len(features), [names.index(n) for n in self.select])
         d = np.asarray(features, np.float64)[self._index[1]] - self.mean
-        return float(np.sqrt(max(d @ self.precision @ d, 0.0)))
+        total = float(np.sqrt(max(d @ self.precision @ d, 0.0))) / self.logits_scale
+        if self.groups:
+            blocks = None if graph_features is None else np.asarray(graph_features, np.float64).reshape(-1)
+            if blocks is None or len(blocks) != self.graph_size:
+                raise ValueError(f'shift_stats need the graph output shift_features ({self.graph_size} values), got '
+                                 f'{"none" if blocks is None else len(blocks)}')
+            for block, (_, _, scale) in zip(np.split(blocks, np.cumsum([g[1] for g in self.groups])[:-1]),
+                                            self.groups):
+                total += float(np.sqrt(block @ block)) / scale
+        return total
 
-    def update(self, logits: np.ndarray) -> tuple[float, float]:
-        frame = self.score(logits)
+    def update(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> tuple[float, float]:
+        frame = self.score(logits, graph_features)
         self._recent.append(frame)
         return frame, float(np.mean(self._recent))
 

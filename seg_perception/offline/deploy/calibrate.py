@@ -10,7 +10,9 @@
 * Shift statistics (``--shift TRAIN_SPEC``): mean and precision of the per-frame features of
   :mod:`seg_perception.runtime.shift` over training frames (``--shift-split``), and the alarm threshold: the
   largest smoothed score (window ``--window``) on the held-out ``--data`` frames, times ``--margin``, so those
-  frames raise no alarm. Stored as metadata ``shift_stats``.
+  frames raise no alarm. Stored as metadata ``shift_stats``. ``--taps stem:std,trans:mean`` also adds pooled
+  statistics of internal tensors to the graph, whitened with the same training frames
+  (:mod:`.shift_features`, output ``shift_features``); the score adds their distances.
 
 The ECE before and after (pixel level, 15 bins) is printed; ``--report DIR`` also writes reliability diagrams
 and ``calibration.json``.
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from .shift_features import parse_taps
 
 # measured on topformer_tiny_scenes (README, shift monitor): floor-logit spread, floor share, energy
 DEFAULT_FEATURES = ('std0', 'share0', 'energy')
@@ -29,18 +32,36 @@ DEFAULT_FEATURES = ('std0', 'share0', 'energy')
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
               shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
-              report=None, seed=0, progress=True, measure=True) -> dict:
+              report=None, seed=0, progress=True, measure=True, taps=None) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
-    (``measure``: also the ECE of the written file on ``data``, one more pass)."""
+    (``measure``: also the ECE of the written file on ``data``, one more pass). ``taps`` ([(name, stat)], with
+    ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`)."""
+    import tempfile
+
     import onnx
 
     from ...runtime.engine import SegmentationEngine
     from ...runtime.shift import ShiftScorer, fit_statistics, smooth
     from ..data.datasets import open_dataset
     from ..evaluation.calibration import collect, fit_temperature, nll, sample_ece
+    from . import shift_features as sf
     from .onnx_graph import read_metadata, set_metadata
 
     engine = SegmentationEngine(str(model))
+    proto = onnx.load(str(model))
+    groups = None
+    if taps:
+        if not shift:
+            raise UserError('--taps need --shift (the training frames their statistics come from)')
+        if engine.has_shift_features:
+            raise UserError(f'{model} already has taps (output shift_features): calibrate the model they were '
+                            'added to, or leave --taps out to keep them')
+        probe = np.zeros((1, 3, *(engine.net_hw or engine.meta['input_size'])), np.float32)
+        channels = sf.tap_channels(proto, taps, probe)
+        groups = sf.add_shift_features(proto, taps, channels)
+        with tempfile.TemporaryDirectory(prefix='seg_calibrate_') as tmp:   # the session keeps the graph
+            onnx.save(proto, str(Path(tmp) / 'tapped.onnx'))
+            engine = SegmentationEngine(str(Path(tmp) / 'tapped.onnx'))   # identity whitening: raw statistics
     if engine.meta['output_kind'] != 'logits':
         raise UserError(f'{model}: calibration needs a logits model (output_kind is '
                         f'{engine.meta["output_kind"]!r}); convert it first: python -m '
@@ -75,17 +96,28 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         train = collect(engine, dataset(shift, shift_split), shift_limit, progress=progress,
                         pixels=False)
         stats = fit_statistics(train['features'], features)
+        stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
+        held_graph = [None] * len(held['features'])
+        if groups:
+            bounds = np.cumsum([g['size'] for g in groups])[:-1]
+            fits = [sf.fit_whitening(block) for block in np.split(train['graph'], bounds, axis=1)]
+            for group, (center, whiten), block in zip(groups, fits, np.split(train['graph'], bounds, axis=1)):
+                group['scale'] = float(np.median(np.linalg.norm((block - center) @ whiten, axis=1)))
+            sf.set_whitening(proto, [c for c, _ in fits], [w for _, w in fits])
+            stats['graph_groups'] = groups
+            held_graph = np.concatenate([(block - c) @ w for block, (c, w) in
+                                         zip(np.split(held['graph'], bounds, axis=1), fits)], axis=1)
         scorer = ShiftScorer({**stats, 'window': window})
-        held_scores = [scorer.distance(f) for f in held['features']]
+        held_scores = [scorer.distance(f, g) for f, g in zip(held['features'], held_graph)]
         smoothed = smooth(held_scores, window)
         stats.update({'threshold': float(np.max(smoothed) * margin), 'window': int(window)})
         meta['shift_stats'] = stats
         result['shift'] = {'train': f'{shift} ({shift_split}, {train["frames"]} frames)', 'window': int(window),
                            'threshold': stats['threshold'], 'held_out_max_smoothed': float(np.max(smoothed)),
-                           'held_out_mean_frame_score': float(np.mean(held_scores))}
+                           'held_out_mean_frame_score': float(np.mean(held_scores)),
+                           'taps': [f'{g["name"]}:{g["stat"]} ({g["size"]} channels)' for g in groups or ()]}
     if not out:
         return result
-    proto = onnx.load(str(model))
     read_metadata(proto)   # still a seg_perception model
     set_metadata(proto, meta)
     onnx.save(proto, str(out))
@@ -123,6 +155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                         help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '
                              'energy)')
+    parser.add_argument('--taps', default='',
+                        help='also score pooled statistics of internal tensors, computed in the graph: comma list of '
+                             'NAME:mean|std, NAME a TopFormer short name (stem, trans) or a node-name prefix; '
+                             'needs --shift')
     parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
     parser.add_argument('--margin', type=float, default=1.1,
                         help='shift threshold = margin x the largest smoothed score on the held-out frames')
@@ -141,10 +177,11 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f'model {args.model} not found')
     out = args.model if args.in_place else args.output
     try:
+        taps = parse_taps(args.taps) if args.taps else None
         result = calibrate(args.model, args.data, args.split, args.per_class, args.limit, args.pixels_per_frame,
                            args.shift, args.shift_split, args.shift_limit,
                            [f.strip() for f in args.features.split(',') if f.strip()], args.window, args.margin, out,
-                           args.report, args.seed)
+                           args.report, args.seed, taps=taps)
     except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
         raise UserError(str(exc)) from None
     temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
@@ -154,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     if 'shift' in result:
         s = result['shift']
         print(f'shift statistics from {s["train"]}: threshold {s["threshold"]:.3f} (window {s["window"]}; largest '
-              f'smoothed held-out score {s["held_out_max_smoothed"]:.3f})')
+              f'smoothed held-out score {s["held_out_max_smoothed"]:.3f})'
+              + (f'; taps in the graph: {", ".join(s["taps"])}' if s['taps'] else ''))
     print(f'written: {out}')
     return 0

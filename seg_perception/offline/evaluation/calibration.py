@@ -165,7 +165,8 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, per_class: bool = False, iters
 def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed: int = 0, progress: bool = True,
             pixels: bool = True) -> dict:
     """One engine pass over ``dataset`` (a logits model): sampled pixels ``z``/``y`` (when ``pixels``), per-frame
-    shift ``features`` (N, D) and the :class:`ReliabilityStats` of the engine's published confidence."""
+    shift ``features`` (N, D), the graph's ``shift_features`` as ``graph`` (N, G) when the model has them, and
+    the :class:`ReliabilityStats` of the engine's published confidence."""
     from tqdm import tqdm
 
     if engine.meta['output_kind'] != 'logits':
@@ -177,11 +178,13 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
     count = len(dataset) if limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError('no labelled frames in the data')
-    zs, ys, feats, stats = [], [], [], ReliabilityStats()
+    zs, ys, feats, graph, stats = [], [], [], [], ReliabilityStats()
     for i in tqdm(range(count), desc='calibration data', disable=not progress, dynamic_ncols=True):
         image, gt = dataset[i]
         result = engine.infer(image)
         feats.append(frame_features(result.logits))
+        if result.shift_features is not None:
+            graph.append(result.shift_features)
         stats.add(result.confidence, result.labels, gt, ignore)
         if pixels:
             g = compute_geometry(image.shape[:2], engine.net_hw, engine.meta['resize_mode'], engine.meta['stride'],
@@ -192,6 +195,8 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
             zs.append(z)
             ys.append(y)
     out = {'features': np.stack(feats), 'reliability': stats, 'frames': count}
+    if graph:
+        out['graph'] = np.stack(graph)
     if pixels:
         out['z'], out['y'] = np.concatenate(zs), np.concatenate(ys)
     return out

@@ -44,7 +44,7 @@ def measure_set(engine, scorer, spec, limit=0):
         frame_ms.append(c.latency_ms)
         if scorer is not None:
             t0 = time.perf_counter()
-            scores.append(scorer.score(c.logits))
+            scores.append(scorer.score(c.logits, c.shift_features))
             cost_ms.append((time.perf_counter() - t0) * 1e3)
     return {'set': spec, 'frames': count, 'pixel_accuracy': raw.summary()['pixel_accuracy'],
             'ece_uncalibrated': raw.ece(), 'ece_calibrated': cal.ece(), 'scores': scores,
