@@ -420,7 +420,7 @@ class GroundCostmap:
         if not below.any() or origin[2] <= 0:
             self._vert_pix = np.zeros((0, 0), np.int32)
             self._vert_ok = np.zeros((0, 0), bool)
-            self._line_rows = self._shadow_end = np.zeros((0, 1), np.int32)
+            self._shadow_end = np.zeros((0, 1), np.int32)
             self._contact_ok = self._vert_ok
             return
         look = self._rot[:, 2] if np.hypot(*self._rot[:2, 2]) > 1e-3 else -self._rot[:, 1]  # optical z, else up
@@ -448,7 +448,6 @@ class GroundCostmap:
         ground = origin[2] / np.tan(deps)
         # (the last row each row shadows)
         last = np.searchsorted(-ground, -(ground - self.overhang_margin), side='right') - 1
-        self._line_rows = np.arange(deps.size, dtype=np.int32)[:, None]
         self._shadow_end = last.astype(np.int32)[:, None]
 
     # ------------------------------------------------------------------ frames
@@ -494,11 +493,13 @@ class GroundCostmap:
             contact &= ~past
         if self.overhang_margin > 0:
             # floor within overhang_margin in front of a contact may lie under an overhang: unknown, not free.
-            # Along each line, the last sample each contact shadows; a sample is shadowed when a contact above
-            # it reaches it (running maximum down the line)
-            reach = np.maximum.accumulate(np.where(contact, self._shadow_end, -1), axis=0)
+            # Each contact shadows the samples below it on its line down to the last one within the margin
+            # (contacts are few: the shadowed runs are listed, not found by a pass over the whole image)
+            rows, cols = np.nonzero(contact)
+            length = np.maximum(self._shadow_end[rows, 0] - rows, 0)
+            start = np.repeat(rows + 1 - (np.cumsum(length) - length), length)
             shadow = np.zeros_like(contact)
-            shadow[1:] = reach[:-1] >= self._line_rows[1:]
+            shadow[start + np.arange(start.size), np.repeat(cols, length)] = True
             shadow &= self._vert_ok & ~on_line
             idx = self._vert_pix[shadow]
             flat[idx] = np.maximum(flat[idx], _RANK_UNKNOWN)
