@@ -61,7 +61,7 @@ from .label_info import LabelInfo, make_label_info
 from .paths import default_model_path
 from .runtime.costmap import resolve_min_confidence
 from .runtime.engine import EngineError, SegmentationEngine, colorize, confidence_to_mono8, overlay
-from .runtime.imgmsg import ImageFormatError, array_to_image_fields, compressed_to_rgb, image_to_rgb
+from .runtime.imgmsg import ImageFormatError, compressed_to_rgb, image_cdr, image_to_rgb
 from .runtime.stats import RollingStats
 from .runtime.worker import LatestFrameWorker
 from .shift_node import ALARM_MESSAGE as SHIFT_ALARM
@@ -350,17 +350,19 @@ class SegmentationPipeline:
         result = engine.infer(rgb, exit_threshold=None if threshold < 0 else threshold,
                               refine_threshold=None if refine < 0 else refine)
         header = msg.header
+        # images go out serialized (image_cdr): rclpy hands the bytes to the middleware as they are, without
+        # converting a Python message and serializing it again (0.6 vs 1.4 ms for a 640x480 colour image)
         if 'labels' in wanted:
             enc = 'mono8' if result.labels.dtype == np.uint8 else 'mono16'
-            self.pub_labels.publish(Image(header=header, **array_to_image_fields(result.labels, enc)))
+            self.pub_labels.publish(image_cdr(result.labels, enc, header))
         if 'confidence' in wanted:
             conf = confidence_to_mono8(result.confidence)
-            self.pub_conf.publish(Image(header=header, **array_to_image_fields(conf, 'mono8')))
+            self.pub_conf.publish(image_cdr(conf, 'mono8', header))
         if 'color' in wanted:
             color = colorize(result.labels, engine.palette)
             if self.get_parameter('overlay').value:
                 color = overlay(rgb, color, self.get_parameter('overlay_alpha').value)
-            self.pub_color.publish(Image(header=header, **array_to_image_fields(color, 'rgb8')))
+            self.pub_color.publish(image_cdr(color, 'rgb8', header))
         if 'costmap' in wanted:
             self.costmap.process(engine, header, result.labels, result.confidence)
         self.shift.process(engine, result.logits, result.shift_features)

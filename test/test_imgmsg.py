@@ -105,3 +105,24 @@ def test_matches_system_cv_bridge_when_available():
     m = Image(**imgmsg.array_to_image_fields(d, '16UC1'))
     assert np.array_equal(cv_bridge.CvBridge().imgmsg_to_cv2(m), imgmsg.image_to_array(m))
     assert cv2 is not None
+
+
+@pytest.mark.parametrize('encoding, shape, dtype', [('mono8', (3, 5), np.uint8), ('rgb8', (4, 7, 3), np.uint8),
+                                                    ('mono16', (2, 3), np.uint16), ('32FC1', (5, 5), np.float32)])
+@pytest.mark.parametrize('frame_id', ['', 'c', 'cam', 'camera_optical_frame'])   # every string padding
+def test_image_cdr_is_the_serialized_message(encoding, shape, dtype, frame_id):
+    serialization = pytest.importorskip('rclpy.serialization', reason='rclpy not installed (pip install .[ros])')
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    arr = (np.arange(np.prod(shape)) * 7).reshape(shape).astype(dtype)
+    header = Header(frame_id=frame_id)
+    header.stamp.sec, header.stamp.nanosec = -3, 999
+    data = imgmsg.image_cdr(arr, encoding, header)
+    reference = serialization.serialize_message(Image(header=header, **imgmsg.array_to_image_fields(arr, encoding)))
+    assert isinstance(data, bytes) and len(data) == len(reference)
+    back = serialization.deserialize_message(data, Image)
+    assert (back.height, back.width, back.encoding, back.step) == (shape[0], shape[1], encoding, arr.strides[0])
+    assert (back.header.frame_id, back.header.stamp.sec, back.header.stamp.nanosec) == (frame_id, -3, 999)
+    assert bytes(back.data) == arr.tobytes() and np.array_equal(imgmsg.image_to_array(back), arr)
+    with pytest.raises(ValueError, match='does not match'):
+        imgmsg.image_cdr(arr[..., None].repeat(2, axis=-1), encoding, header)

@@ -3,8 +3,13 @@
 Pure numpy/OpenCV: functions take any object with the message's fields (``height``, ``width``,
 ``encoding``, ``step``, ``is_bigendian``, ``data``), so they are tested without ROS. Decoding is zero-copy
 where the layout allows it (``np.frombuffer`` + strided view); encoding returns ``bytes`` (assigning bytes
-to a message field is ~500x faster than assigning an ndarray).
+to a message field is ~500x faster than assigning an ndarray). :func:`image_cdr` encodes a whole
+sensor_msgs/Image as its serialized (CDR) bytes, which rclpy publishes as they are (``Publisher.publish(bytes)``,
+Humble and newer), skipping the Python -> C message conversion and the serialization copy.
 """
+import struct
+import sys
+
 import cv2
 import numpy as np
 
@@ -80,15 +85,44 @@ def compressed_to_rgb(msg):
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def array_to_image_fields(arr, encoding):
-    """ndarray -> dict(height, width, encoding, is_bigendian, step, data=bytes) for a sensor_msgs/Image."""
+def _image_array(arr, encoding):
+    """(C-contiguous array of the encoding's dtype, height, width, step) or ValueError."""
     dtype, channels = ENCODINGS[encoding]
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if (arr.ndim == 2 and channels != 1) or (arr.ndim == 3 and arr.shape[2] != channels):
+    if not ((arr.ndim == 2 and channels == 1) or (arr.ndim == 3 and arr.shape[2] == channels)):
         raise ValueError(f'array of shape {arr.shape} does not match encoding {encoding}')
     h, w = arr.shape[:2]
-    return dict(height=h, width=w, encoding=encoding, is_bigendian=0,
-                step=w * channels * arr.dtype.itemsize, data=arr.tobytes())
+    return arr, h, w, w * channels * arr.dtype.itemsize
+
+
+def array_to_image_fields(arr, encoding):
+    """ndarray -> dict(height, width, encoding, is_bigendian, step, data=bytes) for a sensor_msgs/Image."""
+    arr, h, w, step = _image_array(arr, encoding)
+    return dict(height=h, width=w, encoding=encoding, is_bigendian=int(sys.byteorder == 'big'), step=step,
+                data=arr.tobytes())
+
+
+def _cdr_string(text: str, offset: int) -> bytes:
+    """A CDR string at ``offset`` bytes into the payload: 4-byte aligned length (with the NUL), bytes, NUL."""
+    raw = text.encode() + b'\0'
+    return b'\0' * (-offset % 4) + struct.pack(_CDR_ORDER + 'I', len(raw)) + raw
+
+
+_CDR_ORDER = '<' if sys.byteorder == 'little' else '>'
+_CDR_ENCAPSULATION = b'\x00\x01\x00\x00' if sys.byteorder == 'little' else b'\x00\x00\x00\x00'
+
+
+def image_cdr(arr, encoding: str, header) -> bytes:
+    """ndarray -> a serialized sensor_msgs/Image (CDR, this machine's byte order) with ``header``'s stamp and
+    frame_id, what ``rclpy.serialization.serialize_message`` gives for the same message; one copy of the pixels."""
+    arr, h, w, step = _image_array(arr, encoding)
+    out = struct.pack(_CDR_ORDER + 'iI', header.stamp.sec, header.stamp.nanosec)
+    out += _cdr_string(header.frame_id, len(out))
+    out += b'\0' * (-len(out) % 4) + struct.pack(_CDR_ORDER + 'II', h, w)
+    out += _cdr_string(encoding, len(out))
+    out += struct.pack('B', sys.byteorder == 'big')                        # is_bigendian: the data is native
+    out += b'\0' * (-len(out) % 4) + struct.pack(_CDR_ORDER + 'II', step, arr.nbytes)
+    return b''.join((_CDR_ENCAPSULATION, out, memoryview(arr).cast('B')))
 
 
 def rgb_to_compressed_bytes(rgb, fmt='jpeg', quality=90):
