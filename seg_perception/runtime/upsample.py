@@ -92,6 +92,7 @@ class LogitsUpsampler:
 
     # cells are refined in groups by how many classes can win in them, so one busy cell costs only itself
     CANDIDATE_GROUPS = (2, 3, 5, 8)
+    FEW = 8   # up to this many candidates: a running max over them; more: all at once (and dominance pruning)
 
     def __init__(self, rows: AxisMap, cols: AxisMap, coarse_hw: tuple):
         self.rows, self.cols = rows, cols
@@ -153,7 +154,7 @@ class LogitsUpsampler:
                             ((cell_y, cell_x), (cell_y, rx), (ry, cell_x), (ry, rx))]).transpose(0, 2, 1).copy()
         highest = corners.max(axis=0)                       # (n, C): each class's best corner
         lowest = corners.min(axis=0)
-        if logits.shape[0] <= self.CANDIDATE_GROUPS[-1]:
+        if logits.shape[0] <= self.FEW:
             alive = highest >= lowest.max(axis=1, keepdims=True)   # the interpolated top never falls below that
         else:
             leader = lowest.argmax(axis=1)                  # (n,): the class with the highest worst corner
@@ -197,7 +198,7 @@ class LogitsUpsampler:
         fx = col_frac[cell_x]                                                   # (n, Bx)
         fy = row_frac[cell_y][:, :, None]                                       # (n, By, 1)
         cand = cand.astype(labels.dtype)
-        if k > self.CANDIDATE_GROUPS[-1]:   # many candidates: all at once, argmax over the last (contiguous) axis
+        if k > self.FEW:   # many candidates: all at once, argmax over the last (contiguous) axis
             c00, c01, c10, c11 = (v[:, None, :] for v in corners)               # (n, 1, k)
             top = c00 + (c01 - c00) * fx[:, :, None]                            # (n, Bx, k)
             bottom = c10 + (c11 - c10) * fx[:, :, None]
