@@ -4,7 +4,8 @@ On the same frames (the shipped sample bag, 640x480) and in the same process, in
 see the same machine load:
 
 * node frame: what the node's worker does for one frame without the costmap: sensor_msgs/Image -> array, the
-  engine (pre-processing, network, post-processing), confidence -> mono8, colour mask, three output messages;
+  engine (pre-processing, network, post-processing), confidence -> mono8, colour mask, three serialized output
+  messages (not their publication);
 * costmap: CameraInfo check, the (cached) pixel<->cell table, :meth:`GroundCostmap.update` on the engine's labels
   and confidence, the nav_msgs/OccupancyGrid and sensor_msgs/PointCloud2 messages;
 * geometry: rebuilding the pixel<->cell tables (only when the camera or its pose changes).
@@ -32,7 +33,7 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
     from ...costmap_msgs import occupancy_grid_msg, point_cloud_msg
     from ...runtime.costmap import PinholeCamera
     from ...runtime.engine import colorize, confidence_to_mono8
-    from ...runtime.imgmsg import array_to_image_fields, image_to_rgb
+    from ...runtime.imgmsg import array_to_image_fields, image_cdr, image_to_rgb
 
     msg = Image(**array_to_image_fields(rgb, 'rgb8'))
     header = Header(frame_id='base_link')
@@ -43,9 +44,9 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
     def node_frame():
         out = engine.infer(image_to_rgb(msg))
         conf = confidence_to_mono8(out.confidence)
-        Image(header=msg.header, **array_to_image_fields(out.labels, 'mono8'))
-        Image(header=msg.header, **array_to_image_fields(conf, 'mono8'))
-        Image(header=msg.header, **array_to_image_fields(colorize(out.labels, engine.palette), 'rgb8'))
+        image_cdr(out.labels, 'mono8', msg.header)
+        image_cdr(conf, 'mono8', msg.header)
+        image_cdr(colorize(out.labels, engine.palette), 'rgb8', msg.header)
 
     def costmap_frame():
         costmap.set_camera(camera, pose)
