@@ -96,9 +96,9 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         train = collect(engine, dataset(shift, shift_split), shift_limit, progress=progress,
                         pixels=False)
         stats = fit_statistics(train['features'], features)
-        stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
         held_graph = [None] * len(held['features'])
-        if groups:
+        if groups:   # each term divided by its median on the training frames, so the terms weigh alike
+            stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
             bounds = np.cumsum([g['size'] for g in groups])[:-1]
             fits = [sf.fit_whitening(block) for block in np.split(train['graph'], bounds, axis=1)]
             for group, (center, whiten), block in zip(groups, fits, np.split(train['graph'], bounds, axis=1)):
@@ -156,9 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '
                              'energy)')
     parser.add_argument('--taps', default='',
-                        help='also score pooled statistics of internal tensors, computed in the graph: comma list of '
-                             'NAME:mean|std, NAME a TopFormer short name (stem, trans) or a node-name prefix; '
-                             'needs --shift')
+                        help='also score pooled statistics of internal tensors, computed in the graph: comma list '
+                             'of NAME:mean|std, NAME a TopFormer short name (stem, ppa, trans, fuse) or a node-name '
+                             'prefix; needs --shift')
     parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
     parser.add_argument('--margin', type=float, default=1.1,
                         help='shift threshold = margin x the largest smoothed score on the held-out frames')
