@@ -271,8 +271,7 @@ def test_launch_with_documented_arguments(colcon_ros2, models, peer, tmp_path):
         assert subscribers(peer, '/cam1/camera_info') == ['/robot1/segmentation_node']   # camera_info_topic:=
 
         def param(name):
-            return colcon_ros2.run('ros2', 'param', 'get', *CLI_DISCOVERY, '/robot1/segmentation_node',
-                                   name).stdout.strip()
+            return cli_on_node(colcon_ros2, 'param', 'get', '/robot1/segmentation_node', name)
         assert param('input_mode') == 'String value is: raw'
         assert param('overlay') == 'Boolean value is: True'          # from the params file
         info = json.loads(peer.received['/robot1/segmentation/label_info'][0].data)
@@ -288,6 +287,16 @@ def subscribers(peer, topic):
     """Fully qualified names of the nodes subscribing to a topic, this test's own node left out."""
     infos = peer.node.get_subscriptions_info_by_topic(topic)
     return sorted(f'{i.node_namespace.rstrip("/")}/{i.node_name}' for i in infos if i.node_name != 'test_peer')
+
+
+def cli_on_node(ros2, verb, *args):
+    """``ros2 VERB SUB ...`` about a node that is up (the peer saw it): its output, stripped. The CLI discovers the
+    graph itself each time and may miss the node under load ('Node not found'): then it asks again, 3 times."""
+    for _ in range(3):
+        out = ros2.run('ros2', verb, args[0], *CLI_DISCOVERY, *args[1:], check=False, timeout=60).stdout.strip()
+        if 'Node not found' not in out:
+            break
+    return out
 
 
 def labels_of(peer, topic):
@@ -308,7 +317,7 @@ def test_lifecycle_node_through_ros2_lifecycle(colcon_ros2, models, peer, tmp_pa
                              'namespace:=lc', 'image_topic:=/lc_cam/image_raw', f'params_file:={params}')
 
     def lifecycle(*args):   # the CLI (discovery of its own each time: give it time on a loaded machine)
-        return colcon_ros2.run('ros2', 'lifecycle', *args, *CLI_DISCOVERY, check=False, timeout=60).stdout.strip()
+        return cli_on_node(colcon_ros2, 'lifecycle', *args)
 
     def transition(label):   # the node's lifecycle services, as a lifecycle manager calls them
         req = ChangeState.Request(transition=Transition(id=getattr(Transition, f'TRANSITION_{label.upper()}')))
@@ -320,8 +329,8 @@ def test_lifecycle_node_through_ros2_lifecycle(colcon_ros2, models, peer, tmp_pa
         assert peer.wait(lambda: ('segmentation_node', '/lc') in peer.node.get_node_names_and_namespaces(), 60), \
             colcon_ros2.reap(proc)
         assert lifecycle('get', node).startswith('unconfigured')
-        assert colcon_ros2.run('ros2', 'param', 'get', *CLI_DISCOVERY, node,
-                               'input_mode').stdout.strip() == 'String value is: compressed'   # from the params file
+        assert cli_on_node(colcon_ros2, 'param', 'get', node,
+                           'input_mode') == 'String value is: compressed'   # from the params file
         assert lifecycle('set', node, 'configure') == 'Transitioning failed'   # the model does not exist
         assert state() == 'unconfigured'
         res = peer.call(SetParameters, f'{node}/set_parameters', SetParameters.Request(
