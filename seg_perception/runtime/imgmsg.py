@@ -102,14 +102,14 @@ def array_to_image_fields(arr, encoding):
                 data=arr.tobytes())
 
 
+_CDR_ORDER = '<' if sys.byteorder == 'little' else '>'
+_CDR_ENCAPSULATION = b'\x00\x01\x00\x00' if sys.byteorder == 'little' else b'\x00\x00\x00\x00'
+
+
 def _cdr_string(text: str, offset: int) -> bytes:
     """A CDR string at ``offset`` bytes into the payload: 4-byte aligned length (with the NUL), bytes, NUL."""
     raw = text.encode() + b'\0'
     return b'\0' * (-offset % 4) + struct.pack(_CDR_ORDER + 'I', len(raw)) + raw
-
-
-_CDR_ORDER = '<' if sys.byteorder == 'little' else '>'
-_CDR_ENCAPSULATION = b'\x00\x01\x00\x00' if sys.byteorder == 'little' else b'\x00\x00\x00\x00'
 
 
 def image_cdr(arr, encoding: str, header) -> bytes:

@@ -87,6 +87,7 @@ class ShiftScorer:
         if self.logits_scale <= 0 or any(size < 1 or scale <= 0 for _, size, scale in self.groups):
             raise ValueError('shift_stats scales and group sizes must be positive')
         self.graph_size = sum(size for _, size, _ in self.groups)
+        self._group_starts = np.cumsum([size for _, size, _ in self.groups])[:-1]   # where each block begins
 
     def score(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> float:
         """One frame's score: the Mahalanobis distance of its logits features to the training statistics, plus,
@@ -109,8 +110,7 @@ class ShiftScorer:
             if blocks is None or len(blocks) != self.graph_size:
                 raise ValueError(f'shift_stats need the graph output shift_features ({self.graph_size} values), got '
                                  f'{"none" if blocks is None else len(blocks)}')
-            for block, (_, _, scale) in zip(np.split(blocks, np.cumsum([g[1] for g in self.groups])[:-1]),
-                                            self.groups):
+            for block, (_, _, scale) in zip(np.split(blocks, self._group_starts), self.groups):
                 total += float(np.sqrt(block @ block)) / scale
         return total
 

@@ -100,8 +100,9 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         if groups:   # each term divided by its median on the training frames, so the terms weigh alike
             stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
             bounds = np.cumsum([g['size'] for g in groups])[:-1]
-            fits = [sf.fit_whitening(block) for block in np.split(train['graph'], bounds, axis=1)]
-            for group, (center, whiten), block in zip(groups, fits, np.split(train['graph'], bounds, axis=1)):
+            blocks = np.split(train['graph'], bounds, axis=1)
+            fits = [sf.fit_whitening(block) for block in blocks]
+            for group, (center, whiten), block in zip(groups, fits, blocks):
                 group['scale'] = float(np.median(np.linalg.norm((block - center) @ whiten, axis=1)))
             sf.set_whitening(proto, [c for c, _ in fits], [w for _, w in fits])
             stats['graph_groups'] = groups
