@@ -27,7 +27,7 @@ def test_labels_equal_torch_bilinear_then_argmax(classes, coarse, out):
     up = LogitsUpsampler.for_resize(coarse, out)
     labels, conf = up(logits)
     ref, ref_conf = _torch_labels(logits, out)
-    assert labels.shape == out and labels.dtype == np.uint8
+    assert labels.shape == out and labels.dtype == np.uint8 and labels.flags['C_CONTIGUOUS']
     assert np.array_equal(labels, ref)
     assert 0 < up.counters['ambiguous_fraction'] < 0.6      # only boundary cells were interpolated
     assert np.abs(conf - ref_conf).mean() < 0.05 and conf.min() >= 0 and conf.max() <= 1
@@ -41,6 +41,18 @@ def test_noisy_logits_every_cell_ambiguous_still_exact():
     assert labels.dtype == np.uint16
     assert np.array_equal(labels, _torch_labels(logits, (96, 128))[0])
     assert up.counters['max_candidates'] > 8     # the catch-all group ran too
+
+
+@pytest.mark.parametrize('n_in', [1, 7, 32, 60])
+def test_the_first_fill_takes_a_corner_of_each_pixels_cell(n_in):
+    """Outside the ambiguous cells the labels are filled by nearest-neighbour resizing: each output pixel must
+    take one of its own cell's two corners on each axis (index image through the upsampler's fill)."""
+    for n_out in (n_in, 2 * n_in + 1, 8 * n_in, 481, 1080):
+        up = LogitsUpsampler.for_resize((n_in, 3), (n_out, 3))
+        assert up(np.zeros((2, n_in, 3), np.float32))[0].flags['C_CONTIGUOUS']
+        # a coarse label image whose labels are its row numbers: the fill says which coarse row each row took
+        fill = up._fill(np.arange(n_in, dtype=np.uint16)[:, None].repeat(3, 1), np.uint16)[:, 0]
+        assert np.all((fill == up.rows.i0) | (fill == up.rows.i1)), (n_in, n_out)
 
 
 @pytest.mark.parametrize('classes', [6, 150])
@@ -90,3 +102,10 @@ def test_engine_logits_model_labels_at_camera_size(tiny_logits_model):
     g = compute_geometry((120, 200), engine.net_hw, engine.meta['resize_mode'])
     up = engine._upsampler(result.logits.shape[1:], g)
     assert np.array_equal(result.labels, exact_labels(result.logits, up)[0])
+
+
+def test_confidence_alone_equals_the_confidence_of_a_full_call():
+    logits = synthetic_logits(6, (32, 40), regions=12, seed=5) * 1.7
+    for up in (LogitsUpsampler.for_resize((32, 40), (480, 640)),
+               LogitsUpsampler.for_geometry((32, 40), (256, 320), (240, 320), (8, 0), (480, 640))):
+        assert np.array_equal(up.confidence(logits), up(logits)[1])

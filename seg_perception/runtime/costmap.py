@@ -88,6 +88,9 @@ _HORIZON_EPS = 1e-6
 _RANK_NONE, _RANK_FREE, _RANK_UNKNOWN = 0, 1, 2
 _UNSURE = 255   # a low-confidence pixel in the standing image (above every rank)
 _RANK_TO_VALUE = np.array([UNKNOWN, FREE, UNKNOWN] + list(range(1, LETHAL + 1)) + [LETHAL] * (253 - LETHAL), np.int8)
+_RANK_TO_VALUE_BITS = _RANK_TO_VALUE.view(np.uint8)   # for cv2.LUT (uint8 in, uint8 out)
+# cells are reduced in buckets of similar pixel counts, each padded to its longest by repeating a pixel
+_BUCKET_LENGTHS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 # the camera optical frame (x right, y down, z forward) in the camera body frame (REP 103: x forward, y left, z up)
@@ -96,7 +99,26 @@ OPTICAL_IN_BODY = np.array([[0.0, 0.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, -
 
 def _lookup(labels, table):
     """``table[labels]``; uint8 labels through cv2.LUT, a few times faster than numpy indexing."""
-    return cv2.LUT(labels, table[:256]) if labels.dtype == np.uint8 else table[labels]
+    return cv2.LUT(labels, table[:256]) if labels.dtype == np.uint8 else table.take(labels)
+
+
+def _cell_buckets(cells: np.ndarray, pixels: np.ndarray) -> list:
+    """(cell, pixel) pairs sorted by cell -> [(cell ids (n,), pixel indices (L, n))]: one bucket per range of pixels
+    per cell, a cell's list padded by repeating its last pixel (the maximum does not change), so that a frame's
+    per-cell maximum is one gather and one row-wise maximum per bucket."""
+    if not cells.size:
+        return []
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+    lengths = np.diff(np.r_[starts, cells.size])
+    dtype = np.int32 if pixels.max() < 2**31 else np.int64
+    buckets, lower = [], 0
+    for upper in (*_BUCKET_LENGTHS, lengths.max()):
+        chosen = np.flatnonzero((lengths > lower) & (lengths <= upper))
+        lower = upper
+        if chosen.size:
+            offset = np.minimum(np.arange(lengths[chosen].max())[:, None], lengths[chosen][None] - 1)
+            buckets.append((cells[starts[chosen]], pixels[starts[chosen][None] + offset].astype(dtype)))
+    return buckets
 
 
 class CameraInfoError(ValueError):
@@ -396,10 +418,7 @@ class GroundCostmap:
         cells = np.concatenate([pix_cell[fwd_pix], cell_ids])
         order = np.argsort(cells, kind='stable')
         cells, pixels = cells[order], pixels[order]
-        starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]]) if cells.size else np.zeros(0, np.int64)
-        self._gather_pixels = pixels.astype(np.int32 if pixels.size and pixels.max() < 2**31 else np.int64)
-        self._starts = starts
-        self._cells = cells[starts]
+        self._cell_buckets = _cell_buckets(cells, pixels)
         self.pixel_cells = pix_cell
         self._ground_xy = np.stack([gx, gy], 1).astype(np.float32)
         self._rays_robot = rays.astype(np.float32)
@@ -478,7 +497,7 @@ class GroundCostmap:
         if depth is not None:
             return self._finish(*self._update_depth(rank, standing, self._pooled(depth, 'sample')))
         flat = rank.reshape(-1)
-        on_line = ((standing.reshape(-1)[self._vert_pix] > 0) & self._vert_ok).view(np.uint8)
+        on_line = ((standing.reshape(-1).take(self._vert_pix) > 0) & self._vert_ok).view(np.uint8)
         # close gaps of up to CONTACT_GAP samples along each line: an edge of a thing that is a world vertical
         # runs along one line through a pixel staircase and would flicker, each flicker a false contact
         if on_line.size:
@@ -491,23 +510,24 @@ class GroundCostmap:
                 contact.any(axis=0), contact.shape[0] - 1 - np.argmax(contact[::-1], axis=0), -1)[None, :]
             flat[self._vert_pix[past & self._vert_ok]] = _RANK_NONE
             contact &= ~past
+        contact_at = np.flatnonzero(contact)
         if self.overhang_margin > 0:
             # floor within overhang_margin in front of a contact may lie under an overhang: unknown, not free.
             # Each contact shadows the samples below it on its line down to the last one within the margin
             # (contacts are few: the shadowed runs are listed, not found by a pass over the whole image)
-            rows, cols = np.nonzero(contact)
+            rows = contact_at // contact.shape[1]
             length = np.maximum(self._shadow_end[rows, 0] - rows, 0)
-            start = np.repeat(rows + 1 - (np.cumsum(length) - length), length)
-            shadow = np.zeros_like(contact)
-            shadow[start + np.arange(start.size), np.repeat(cols, length)] = True
-            shadow &= self._vert_ok & ~on_line
-            idx = self._vert_pix[shadow]
-            flat[idx] = np.maximum(flat[idx], _RANK_UNKNOWN)
-        contact_idx = self._vert_pix[contact]
-        flat[contact_idx] = standing.reshape(-1)[contact_idx]
+            # the line-image index of every shadowed sample: each contact's next `length` samples down its line
+            shadow = np.repeat(contact_at + contact.shape[1] * (1 - np.cumsum(length) + length), length)
+            shadow += contact.shape[1] * np.arange(shadow.size)
+            shadow = shadow[self._vert_ok.reshape(-1).take(shadow) & ~on_line.reshape(-1).take(shadow)]
+            idx = self._vert_pix.reshape(-1).take(shadow)
+            flat[idx] = np.maximum(flat.take(idx), _RANK_UNKNOWN)
+        contact_idx = self._vert_pix.reshape(-1).take(contact_at)
+        flat[contact_idx] = standing.reshape(-1).take(contact_idx)
         grid_rank = np.zeros(self.grid.width * self.grid.height, np.uint8)
-        if self._cells.size:
-            grid_rank[self._cells] = np.maximum.reduceat(flat[self._gather_pixels], self._starts)
+        for cells, pixels in self._cell_buckets:
+            grid_rank[cells] = flat.take(pixels).max(axis=0)
         cells = self.pixel_cells[contact_idx]
         keep = cells >= 0
         cells, first = np.unique(cells[keep], return_index=True)
@@ -546,7 +566,7 @@ class GroundCostmap:
         return grid_rank, pts[obstacle][first].astype(np.float32)
 
     def _finish(self, grid_rank, points):
-        grid = _RANK_TO_VALUE[grid_rank].reshape(self.grid.shape)
+        grid = cv2.LUT(grid_rank, _RANK_TO_VALUE_BITS).view(np.int8).reshape(self.grid.shape)
         if self.fusion_decay > 0:
             grid = self._fuse(grid)
         return CostmapFrame(grid=grid, obstacles=points)

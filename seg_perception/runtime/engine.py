@@ -243,14 +243,14 @@ class SegmentationEngine:
 
     def _labels_confidence(self, logits, geometry):
         """Labels of the raw logits; confidence of the calibrated ones (one temperature keeps the argmax, so
-        one pass does both; per-class temperatures need a second pass for the confidence)."""
+        one pass does both; per-class temperatures need a second, confidence-only pass)."""
         upsampler = self._upsampler(logits.shape[1:], geometry)
         if self.inv_temperature is None:
             return upsampler(logits, self.label_dtype)
         if self.inv_temperature.size == 1:
             return upsampler(logits * self.inv_temperature[0], self.label_dtype)
         labels, _ = upsampler(logits, self.label_dtype)
-        return labels, upsampler(logits * self.inv_temperature[:, None, None], self.label_dtype)[1]
+        return labels, upsampler.confidence(logits * self.inv_temperature[:, None, None])
 
     def _upsampler(self, coarse_hw, geometry):
         """The :class:`LogitsUpsampler` from these logits straight to the input image (cached per geometry)."""

@@ -62,8 +62,13 @@ def coarse_label_confidence(logits: np.ndarray) -> tuple:
     for c in range(logits.shape[0] - 1, 0, -1):   # descending: the lowest tying class wins, as in argmax
         labels[logits[c] == top] = c
     labels[logits[0] == top] = 0
-    denom = np.exp(logits - top[None]).sum(axis=0)
-    return labels, (1.0 / denom).astype(np.float32)
+    return labels, _max_softmax(logits, top)
+
+
+def _max_softmax(logits: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The max softmax per pixel from the logits and their maximum over the classes, float32."""
+    shifted = np.subtract(logits, top[None], dtype=np.float32)
+    return (1.0 / np.exp(shifted, out=shifted).sum(axis=0)).astype(np.float32)
 
 
 def bilinear_logits(logits: np.ndarray, rows: AxisMap, cols: AxisMap) -> np.ndarray:
@@ -135,11 +140,8 @@ class LogitsUpsampler:
         coarse, conf = coarse_label_confidence(logits)
         down, right = self._down, self._right
         ambiguous = ((coarse != coarse[down]) | (coarse != coarse[:, right]) | (coarse != coarse[down][:, right]))
-        labels = coarse.astype(label_dtype)[self.rows.i0][:, self.cols.i0]
-        if self._plain_resize:
-            confidence = cv2.resize(conf, self.out_hw[::-1], interpolation=cv2.INTER_LINEAR)
-        else:
-            confidence = cv2.remap(conf, *self._maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        labels = self._fill(coarse, label_dtype)
+        confidence = self._enlarge(conf)
         # cells no output pixel falls in (outside a letterbox's content) need nothing
         ambiguous &= (self._row_blocks[2] > 0)[:, None] & (self._col_blocks[2] > 0)[None, :]
         cell_y, cell_x = np.nonzero(ambiguous)
@@ -176,6 +178,28 @@ class LogitsUpsampler:
                 break
         self.counters['max_candidates'] = int(needed.max())
         return labels, confidence
+
+    def confidence(self, logits: np.ndarray) -> np.ndarray:
+        """(C, h, w) float32 logits -> their max softmax interpolated to the output (H, W) float32: the
+        confidence of a call, without the labels (e.g. of temperature-scaled logits whose labels are known)."""
+        if logits.shape[1:] != self.coarse_hw:
+            raise ValueError(f'logits {logits.shape[1:]} do not match the upsampler ({self.coarse_hw})')
+        return self._enlarge(_max_softmax(logits, logits.max(axis=0)))
+
+    def _enlarge(self, conf: np.ndarray) -> np.ndarray:
+        """A coarse one-channel float32 image bilinearly to the output (cv2.resize on a plain resize, else a
+        fixed-point remap)."""
+        if self._plain_resize:
+            return cv2.resize(conf, self.out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+        return cv2.remap(conf, *self._maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def _fill(self, coarse: np.ndarray, label_dtype) -> np.ndarray:
+        """The coarse labels enlarged to the output (C order, as the consumers' cv2 calls want). Outside the
+        ambiguous cells the four corners agree, so any corner of a pixel's cell gives its label: cv2's pixel-centre
+        nearest picks one of them on a plain resize; otherwise the top-left corner."""
+        if self._plain_resize and np.dtype(label_dtype) in (np.uint8, np.uint16):
+            return cv2.resize(coarse.astype(label_dtype), self.out_hw[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+        return coarse.astype(label_dtype).take(self.rows.i0, axis=0).take(self.cols.i0, axis=1)
 
     def _refine(self, labels, corners, highest, cell_y, cell_x, k):
         """Exact labels in the given cells from their (4, n, C) corner logits, over each cell's top k classes."""

@@ -11,18 +11,26 @@ import numpy as np
 
 from ...errors import UserError
 
+# pause before each timed call: the thread pools of the call before (ONNX Runtime's workers spin for a while after
+# a run, so do OpenMP's) must be idle, or with two or more threads they slow the next candidate (measured: a
+# 2-thread network timed right after another session's run took 27.5 ms instead of 15.9 ms)
+SETTLE_S = 0.05
 
-def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, clock=time.perf_counter) -> dict:
+
+def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, clock=time.perf_counter,
+                        settle: float = SETTLE_S) -> dict:
     """``{name: fn}`` -> ``{name: median ms}``: every fn runs ``warmup`` times, then the fns take turns
-    ``repeat`` rounds (so a burst of load hits all of them alike). ``clock``: ``time.perf_counter`` (wall) or
-    ``time.thread_time`` (this thread's CPU time: with one ONNX Runtime thread the graph runs on the calling
-    thread, so other processes' load does not inflate it)."""
+    ``repeat`` rounds (so a burst of load hits all of them alike), each timed call after a ``settle`` seconds'
+    pause. ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time: with one
+    ONNX Runtime thread the graph runs on the calling thread, so other processes' load does not inflate it)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in candidates}
     for _ in range(max(1, repeat)):
         for name, fn in candidates.items():
+            if settle > 0:
+                time.sleep(settle)
             start = clock()
             fn()
             times[name].append((clock() - start) * 1e3)
