@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from seg_perception.classes import SCENE_CLASS_NAMES, SCENE_PALETTE
+from seg_perception.errors import UserError
 from seg_perception.offline.data import datasets
 from seg_perception.offline.data.bags import write_bag
 
@@ -87,6 +88,21 @@ def test_camvid(tmp_path):
     np.testing.assert_array_equal(image, _image(0))
     np.testing.assert_array_equal(label, np.where(mask == 11, 255, mask))
     assert len(datasets.open_dataset(root, split='test')) == 1
+
+
+def test_camvid_sequences_from_a_yaml(tmp_path):
+    root = tmp_path / 'CamVid'
+    for name in ('0001TP_000001', '0001TP_000002', 'Seq05VD_f00010'):
+        _write_rgb(root / 'test' / f'{name}.png', _image(0))
+        _write_mask(root / 'testannot' / f'{name}.png', np.ones((H, W), np.uint8))
+    spec = tmp_path / 'seq.yaml'
+    for sequences, n in ((['0001TP'], 2), (['Seq05VD'], 1), (['0001TP', 'Seq05VD'], 3)):
+        spec.write_text(yaml.safe_dump({'layout': 'camvid', 'root': 'CamVid', 'split': 'test',
+                                        'sequences': sequences}))
+        assert len(datasets.open_dataset(spec)) == n
+    spec.write_text(yaml.safe_dump({'layout': 'camvid', 'root': 'CamVid', 'split': 'test', 'sequences': '0001TP'}))
+    with pytest.raises(UserError, match='sequences'):
+        datasets.open_dataset(spec)
 
 
 def test_generic_splits_label_map_and_colour_masks(tmp_path):

@@ -114,6 +114,22 @@ def calibrated_model(tmp_path_factory):
 
 
 @needs_scene_model
+def test_features_are_chosen_by_the_worst_auroc_against_foreign_frames():
+    from seg_perception.offline.deploy.calibrate import choose_features
+    names = feature_names(2)   # 9 features
+    rng = np.random.default_rng(4)
+    train, held = rng.normal(0, 1, (200, 9)), rng.normal(0, 1, (60, 9))
+    shifted_a, shifted_b = rng.normal(0, 1, (40, 9)), rng.normal(0, 1, (40, 9))
+    shifted_a[:, names.index('std1')] += 4.0      # one foreign set moves std1, the other energy
+    shifted_b[:, names.index('energy')] -= 4.0
+    chosen, scores = choose_features(train, held, {'a': shifted_a, 'b': shifted_b}, max_size=2)
+    assert sorted(chosen) == ['energy', 'std1'] and min(scores.values()) > 0.95
+    alone, _ = choose_features(train, held, {'a': shifted_a}, max_size=1)
+    assert alone == ['std1']
+    stats = fit_statistics(train, ['share0'])   # one feature: a 1x1 precision
+    assert np.asarray(stats['precision']).shape == (1, 1)
+
+
 def test_engine_applies_the_temperature_labels_unchanged(tmp_path):
     import onnx
 
@@ -253,6 +269,10 @@ def test_calibrate_refuses_a_labels_model_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and 'needs a logits model' in err[0]
     assert not (tmp_path / 'x.onnx').exists()
+    code = main(['calibrate', '--model', str(SCENE_MODEL), '--data', str(SAMPLE_BAG), '--choose-features',
+                 str(SAMPLE_BAG), '-o', str(tmp_path / 'x.onnx')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and '--choose-features needs --shift' in err[0]
 
 
 @needs_scene_model

@@ -56,7 +56,7 @@ def fit_statistics(features: np.ndarray, select: list[str], shrinkage: float = 0
         raise ValueError(f'unknown shift features {unknown or select}; choose from {", ".join(names)}')
     features = np.asarray(features, np.float64)[:, [names.index(n) for n in select]]
     mean = features.mean(axis=0)
-    cov = np.cov(features, rowvar=False)
+    cov = np.atleast_2d(np.cov(features, rowvar=False))   # one feature: a 1x1 matrix
     cov = (1 - shrinkage) * cov + shrinkage * np.diag(np.diag(cov)) + 1e-6 * np.eye(len(mean))
     return {'features': FEATURES, 'select': list(select), 'mean': mean.tolist(),
             'precision': np.linalg.inv(cov).tolist()}

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from seg_perception.classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
+from seg_perception.errors import UserError
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff', '.webp')  # what cv2.imread reads
 
@@ -220,15 +221,20 @@ class CityscapesDataset(SegDataset):
 
 
 class CamVidDataset(SegDataset):
-    """CamVid in the SegNet layout: 11 classes, id 11 (void) -> 255."""
+    """CamVid in the SegNet layout: 11 classes, id 11 (void) -> 255. ``sequences``: keep only the frames of these
+    video sequences (file names start with the sequence, e.g. ``0001TP``, ``Seq05VD``)."""
 
     layout = 'camvid'
 
-    def __init__(self, root, split='val'):
+    def __init__(self, root, split='val', sequences=None):
         root = Path(root)
         pairs = []
         for part in split.split('+'):
             pairs += self._pairs(root, part)
+        if sequences is not None:
+            if isinstance(sequences, str) or not all(isinstance(q, str) and q for q in sequences):
+                raise UserError(f'CamVid sequences must be a list of sequence names, got {sequences!r}')
+            pairs = [(image, label) for image, label in pairs if Path(image).name.startswith(tuple(sequences))]
         table = lookup_table({k: k for k in range(11)})
         super().__init__(_require(pairs, f'CamVid {split} in {root}'), [n for n, _ in CAMVID_CLASSES],
                          [c for _, c in CAMVID_CLASSES], label_table=table, root=root, split=split)
@@ -376,7 +382,6 @@ def detect_layout(root):
     if (root / 'classes.yaml').exists() or (root / 'images').is_dir() or any(
             (root / s / 'images').is_dir() for s in ('train', 'val', 'test')):
         return 'generic'
-    from ...errors import UserError
     if not root.exists():
         raise UserError(f'{root}: not found (give a dataset folder, a dataset YAML or a rosbag2 folder)')
     raise UserError(f'{root}: not a dataset or a rosbag2 (expected images/ + masks/ + classes.yaml, an ADE20K, '
@@ -431,7 +436,6 @@ class MixedDataset(SegDataset):
 
     def __init__(self, parts, tables, split, classes=None, palette=None):
         if not parts:
-            from ...errors import UserError
             raise UserError(f'dataset mix: no part serves split {split!r}')
         self.parts, self.tables = list(parts), list(tables)
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])

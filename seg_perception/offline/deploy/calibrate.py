@@ -14,6 +14,10 @@
   statistics of internal tensors to the graph, whitened with the same training frames
   (:mod:`.shift_features`, output ``shift_features``); the score adds their distances.
 
+``--choose-features SPEC[:SPLIT] ...`` picks the features by measuring instead: every set of one to three of
+them, scored by its per-frame AUROC between the held-out ``--data`` frames and each of the given frames unlike
+the training data (never the sets the model will be judged on); the set with the highest worst AUROC wins.
+
 The ECE before and after (pixel level, 15 bins) is printed; ``--report DIR`` also writes reliability diagrams
 and ``calibration.json``.
 """
@@ -30,12 +34,42 @@ from .shift_features import parse_taps
 DEFAULT_FEATURES = ('std0', 'share0', 'energy')
 
 
+def _distances(frames, index, mean, precision) -> np.ndarray:
+    """:meth:`ShiftScorer.distance` (logits term) of many frame feature vectors at once."""
+    d = np.asarray(frames, np.float64)[:, index] - mean
+    return np.sqrt(np.maximum(np.einsum('ni,ij,nj->n', d, precision, d), 0.0))
+
+
+def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size: int = 3) -> tuple:
+    """The shift features (names) whose score separates best: every set of 1..``max_size`` features, fitted on
+    ``train`` (N, D) frame features, scored by its per-frame AUROC between ``held`` (own held-out frames) and
+    each ``foreign`` {name: (M, D)}; returns (the set with the highest worst AUROC, {name: its AUROC})."""
+    import itertools
+
+    from ...runtime.shift import feature_names, fit_statistics
+    from ..evaluation.calibration import auroc
+
+    names = feature_names((train.shape[1] - 3) // 3)
+    best, best_worst, best_scores = None, -1.0, {}
+    for size in range(1, max_size + 1):
+        for chosen in itertools.combinations(names, size):
+            stats = fit_statistics(train, list(chosen))
+            fitted = ([names.index(n) for n in chosen], stats['mean'], np.asarray(stats['precision']))
+            own = _distances(held, *fitted)
+            scores = {name: auroc(own, _distances(frames, *fitted)) for name, frames in foreign.items()}
+            if min(scores.values()) > best_worst:
+                best, best_worst, best_scores = list(chosen), min(scores.values()), scores
+    return best, best_scores
+
+
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
               shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
-              report=None, seed=0, progress=True, measure=True, taps=None) -> dict:
+              report=None, seed=0, progress=True, measure=True, taps=None, choose_against=()) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
     (``measure``: also the ECE of the written file on ``data``, one more pass). ``taps`` ([(name, stat)], with
-    ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`)."""
+    ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
+    ``choose_against`` (SPEC[:SPLIT] strings, with ``shift``): choose ``features`` by :func:`choose_features`
+    against these frames."""
     import tempfile
 
     import onnx
@@ -95,6 +129,15 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if shift:
         train = collect(engine, dataset(shift, shift_split), shift_limit, progress=progress,
                         pixels=False)
+        if choose_against:
+            foreign = {}
+            for item in choose_against:
+                spec, _, part = item.partition(':')
+                foreign[item] = collect(engine, dataset(spec, part or split), shift_limit, progress=progress,
+                                        pixels=False)['features']
+            features, chosen_by = choose_features(np.asarray(train['features']), np.asarray(held['features']),
+                                                  foreign)
+            result['features_chosen'] = {'features': features, 'auroc': chosen_by}
         stats = fit_statistics(train['features'], features)
         held_graph = [None] * len(held['features'])
         if groups:   # each term divided by its median on the training frames, so the terms weigh alike
@@ -156,6 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                         help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '
                              'energy)')
+    parser.add_argument('--choose-features', nargs='+', default=(), metavar='SPEC[:SPLIT]',
+                        help='choose --features by measuring: the set of 1-3 features with the highest worst per-frame '
+                             'AUROC between --data and these frames unlike the training data (needs --shift)')
     parser.add_argument('--taps', default='',
                         help='also score pooled statistics of internal tensors, computed in the graph: comma list '
                              'of NAME:mean|std, NAME a TopFormer short name (stem, ppa, trans, fuse) or a node-name '
@@ -179,16 +225,22 @@ def run(args: argparse.Namespace) -> int:
     out = args.model if args.in_place else args.output
     try:
         taps = parse_taps(args.taps) if args.taps else None
+        if args.choose_features and not args.shift:
+            raise UserError('--choose-features needs --shift (the training frames the features are fitted on)')
         result = calibrate(args.model, args.data, args.split, args.per_class, args.limit, args.pixels_per_frame,
                            args.shift, args.shift_split, args.shift_limit,
                            [f.strip() for f in args.features.split(',') if f.strip()], args.window, args.margin, out,
-                           args.report, args.seed, taps=taps)
+                           args.report, args.seed, taps=taps, choose_against=args.choose_features)
     except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
         raise UserError(str(exc)) from None
     temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
     print(f'temperature ({result["chosen"]}): {temps}')
     print(f'pixel NLL {result["nll_before"]:.4f} -> {result["nll_after"]:.4f}; ECE on {result["data"]}: '
           f'{100 * result["ece_before"]:.2f} % -> {100 * result["ece_after"]:.2f} %')
+    if 'features_chosen' in result:
+        c = result['features_chosen']
+        print(f'shift features chosen: {",".join(c["features"])} (per-frame AUROC '
+              + ', '.join(f'{v:.3f} vs {k}' for k, v in c['auroc'].items()) + ')')
     if 'shift' in result:
         s = result['shift']
         print(f'shift statistics from {s["train"]}: threshold {s["threshold"]:.3f} (window {s["window"]}; largest '
