@@ -150,10 +150,16 @@ class LogitsUpsampler:
                          / (self.out_hw[0] * self.out_hw[1])}
         if not len(cell_y):
             return labels, confidence
-        ry, rx = down[cell_y], right[cell_x]
-        flat, w = logits.reshape(logits.shape[0], -1), self.coarse_hw[1]
-        corners = np.stack([np.take(flat, y * w + x, axis=1) for y, x in
-                            ((cell_y, cell_x), (cell_y, rx), (ry, cell_x), (ry, rx))]).transpose(0, 2, 1).copy()
+        ry, rx, w = down[cell_y], right[cell_x], self.coarse_hw[1]
+        flat = logits.reshape(logits.shape[0], -1)
+        pix = np.stack([cell_y * w + cell_x, cell_y * w + rx, ry * w + cell_x, ry * w + rx])   # (4, n) corners
+        if logits.shape[0] > self.FEW:
+            # most cells are settled by their corners' two best classes, without looking at all C classes
+            settled = self._refine_top_two(labels, flat, pix, cell_y, cell_x)
+            cell_y, cell_x, pix = cell_y[~settled], cell_x[~settled], pix[:, ~settled]
+            if not len(cell_y):
+                return labels, confidence
+        corners = np.stack([np.take(flat, p, axis=1) for p in pix]).transpose(0, 2, 1).copy()
         highest = corners.max(axis=0)                       # (n, C): each class's best corner
         lowest = corners.min(axis=0)
         if logits.shape[0] <= self.FEW:
@@ -176,8 +182,47 @@ class LogitsUpsampler:
                              int(needed[group].max()))
             if k == logits.shape[0]:
                 break
-        self.counters['max_candidates'] = int(needed.max())
+        self.counters['max_candidates'] = max(self.counters['max_candidates'], int(needed.max()))
         return labels, confidence
+
+    def _refine_top_two(self, labels, flat, pix, cell_y, cell_x) -> np.ndarray:
+        """Exact labels in the cells whose winners are provably among their 4 corners' two best classes; returns
+        which cells (bool (n,)) were done. A class outside a cell's 8 slots is at most the third best value at each
+        corner, so at any point at most the bilinear interpolation of those third best values: where the slots'
+        interpolated top is strictly above that bound at every pixel of the cell, the slots decide alone."""
+        num_classes, hw = flat.shape
+        uniq, inv = np.unique(pix.reshape(-1), return_inverse=True)
+        inv = inv.reshape(pix.shape)
+        vals = flat.take(uniq, axis=1).T.copy()                              # (m, C): the distinct corners
+        rows = np.arange(len(uniq))
+        best = []
+        for _ in range(2):   # argmax over the contiguous class axis, twice
+            best.append(vals.argmax(axis=1))
+            vals[rows, best[-1]] = -np.inf
+        bound = vals.max(axis=1)[inv]                                         # (4, n) third best per corner
+        slots = np.concatenate([best[0][inv], best[1][inv]]).T               # (n, 8) class ids
+        corners = flat.reshape(-1).take(slots[None] * hw + pix[:, :, None])  # (4, n, 8)
+        # the candidates: slots whose best corner reaches the slots' guaranteed top (the others never win), each
+        # class once, in ascending class order (ties go to the lowest id); rows padded with their first candidate
+        # (it cannot overtake itself)
+        floor = corners.min(axis=0).max(axis=1)
+        slots = np.where(corners.max(axis=0) >= floor[:, None], slots, num_classes)
+        slots.sort(axis=1)
+        slots[:, 1:][slots[:, 1:] == slots[:, :-1]] = num_classes
+        slots.sort(axis=1)
+        needed = (slots < num_classes).sum(axis=1)
+        slots = np.where(slots < num_classes, slots, slots[:, :1])
+        done = np.zeros(len(cell_y), bool)
+        lower = 0
+        for k in (1, *self.CANDIDATE_GROUPS):
+            group = np.nonzero((needed > lower) & (needed <= k))[0]
+            lower = k
+            if len(group):
+                cand = slots[group, :k]
+                done[group] = self._evaluate(labels, cand, flat.reshape(-1).take(cand[None] * hw + pix[:, group, None]),
+                                             cell_y[group], cell_x[group], bound[:, group])
+        self.counters['max_candidates'] = int(needed[done].max()) if done.any() else 0
+        return done
 
     def confidence(self, logits: np.ndarray) -> np.ndarray:
         """(C, h, w) float32 logits -> their max softmax interpolated to the output (H, W) float32: the
@@ -217,6 +262,14 @@ class LogitsUpsampler:
             corners = np.take_along_axis(corners, cand[None], axis=2)           # (4, n, k)
         else:
             cand = np.broadcast_to(np.arange(k)[None], (n, k))
+        self._evaluate(labels, cand, corners, cell_y, cell_x)
+
+    def _evaluate(self, labels, cand, corners, cell_y, cell_x, bound=None):
+        """Labels in the given cells: the argmax over each cell's candidate classes ``cand`` (n, k), ascending,
+        of their bilinearly interpolated (4, n, k) corner logits. With ``bound`` ((4, n) corner values, k <= FEW):
+        returns whether (bool (n,)) the candidates' top is strictly above the bound's interpolation at every pixel
+        of each cell."""
+        k = cand.shape[1]
         row_index, row_frac, _ = self._row_blocks
         col_index, col_frac, _ = self._col_blocks
         fx = col_frac[cell_x]                                                   # (n, Bx)
@@ -231,12 +284,14 @@ class LogitsUpsampler:
             winner = np.take_along_axis(cand[:, None, None, :], value.argmax(axis=3)[..., None], axis=3)[..., 0]
             labels[row_index[cell_y][:, :, None], col_index[cell_x][:, None, :]] = winner
             return
+        def interpolate(c00, c01, c10, c11):   # (n,) corners -> (n, By, Bx)
+            top = c00[:, None] + (c01 - c00)[:, None] * fx                       # (n, Bx)
+            bottom = c10[:, None] + (c11 - c10)[:, None] * fx
+            return top[:, None, :] + (bottom - top)[:, None, :] * fy
+
         best = winner = None
         for j in range(k):   # few candidates: a running max (argmax over a short last axis is slow per pixel)
-            c00, c01, c10, c11 = (v[:, None] for v in corners[:, :, j])
-            top = c00 + (c01 - c00) * fx                                         # (n, Bx)
-            bottom = c10 + (c11 - c10) * fx
-            value = top[:, None, :] + (bottom - top)[:, None, :] * fy            # (n, By, Bx)
+            value = interpolate(*corners[:, :, j])
             if best is None:
                 best, winner = value, np.empty(value.shape, labels.dtype)
                 winner[...] = cand[:, 0][:, None, None]
@@ -245,3 +300,5 @@ class LogitsUpsampler:
                 np.maximum(best, value, out=best)
                 np.copyto(winner, cand[:, j][:, None, None], where=better)
         labels[row_index[cell_y][:, :, None], col_index[cell_x][:, None, :]] = winner
+        if bound is not None:
+            return (best > interpolate(*bound)).reshape(len(cell_y), -1).all(axis=1)
