@@ -51,6 +51,10 @@ def test_temperature_fit_recovers_the_true_temperature_and_lowers_ece():
     assert 1 / inv[0] == pytest.approx(2.5, rel=0.05)
     assert nll(z, y, inv) < nll(z, y, 1.0)
     assert sample_ece(z, y, inv) < 0.02 < sample_ece(z, y)
+    # the engine's confidence (corners' max softmax, interpolated) equals softmax(z) where the corners agree
+    same = np.stack([z] * 4)
+    weights = np.random.default_rng(1).dirichlet(np.ones(4), len(z)).astype(np.float32)
+    assert sample_ece(z, y, inv, same, weights) == pytest.approx(sample_ece(z, y, inv), abs=1e-6)
     per_class = fit_temperature(z, y, per_class=True)
     assert per_class.shape == (6,) and np.allclose(1 / per_class, 2.5, rtol=0.15)
 

@@ -91,9 +91,11 @@ class ReliabilityStats:
 
 
 def sample_pixels(logits: np.ndarray, upsampler: LogitsUpsampler, gt: np.ndarray, count: int,
-                  rng: np.random.Generator, ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+                  rng: np.random.Generator, ignore_index: int = 255) -> tuple:
     """Up to ``count`` labelled pixels of one frame: their bilinearly interpolated logits (n, C) float32 (the
-    logits the engine's labels are the argmax of) and ground-truth classes (n,) int64."""
+    logits the engine's labels are the argmax of), ground-truth classes (n,) int64, and the four coarse corner
+    logits (4, n, C) with their bilinear weights (n, 4) (the engine's confidence interpolates the corners' max
+    softmax)."""
     ys, xs = np.nonzero(gt != ignore_index)
     if len(ys) > count:
         pick = rng.choice(len(ys), count, replace=False)
@@ -101,9 +103,11 @@ def sample_pixels(logits: np.ndarray, upsampler: LogitsUpsampler, gt: np.ndarray
     r, c = upsampler.rows, upsampler.cols
     fy, fx = r.frac[ys][:, None], c.frac[xs][:, None]
     lt = logits.transpose(1, 2, 0)
-    z = ((lt[r.i0[ys], c.i0[xs]] * (1 - fx) + lt[r.i0[ys], c.i1[xs]] * fx) * (1 - fy)
-         + (lt[r.i1[ys], c.i0[xs]] * (1 - fx) + lt[r.i1[ys], c.i1[xs]] * fx) * fy)
-    return z.astype(np.float32), gt[ys, xs].astype(np.int64)
+    corners = np.stack([lt[r.i0[ys], c.i0[xs]], lt[r.i0[ys], c.i1[xs]], lt[r.i1[ys], c.i0[xs]],
+                        lt[r.i1[ys], c.i1[xs]]]).astype(np.float32)
+    weights = np.concatenate([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], axis=1)
+    z = np.einsum('qnc,nq->nc', corners, weights)
+    return z.astype(np.float32), gt[ys, xs].astype(np.int64), corners, weights.astype(np.float32)
 
 
 def nll(z: np.ndarray, y: np.ndarray, inv_t) -> float:
@@ -114,15 +118,25 @@ def nll(z: np.ndarray, y: np.ndarray, inv_t) -> float:
     return float(np.mean(lse - s[np.arange(len(y)), y]))
 
 
-def sample_ece(z: np.ndarray, y: np.ndarray, inv_t=1.0) -> float:
-    """ECE of the sampled pixels with the labels of the raw logits and confidence ``softmax(z * inv_t)`` there."""
+def _max_softmax(z: np.ndarray, inv_t) -> np.ndarray:
     s = z * np.asarray(inv_t, np.float32)
-    s = s - s.max(axis=1, keepdims=True)
-    p = np.exp(s)
-    p /= p.sum(axis=1, keepdims=True)
+    return 1.0 / np.exp(s - s.max(axis=-1, keepdims=True)).sum(axis=-1)
+
+
+def sample_ece(z: np.ndarray, y: np.ndarray, inv_t=1.0, corners: np.ndarray | None = None,
+               weights: np.ndarray | None = None) -> float:
+    """ECE of the sampled pixels with the labels of the raw logits ``z`` and, as confidence, the max softmax of
+    ``z * inv_t`` or, given the corner logits and weights of :func:`sample_pixels`, what the engine publishes:
+    the corners' max softmax of ``corners * inv_t``, interpolated."""
     pred = z.argmax(axis=1)
+    if corners is None:
+        s = z * np.asarray(inv_t, np.float32)
+        p = np.exp(s - s.max(axis=1, keepdims=True))
+        conf = p[np.arange(len(y)), pred] / p.sum(axis=1)
+    else:
+        conf = np.einsum('qn,nq->n', _max_softmax(corners, inv_t), weights)
     stats = ReliabilityStats()
-    stats.add(p[np.arange(len(y)), pred], pred, y, ignore_index=-1)
+    stats.add(conf, pred, y, ignore_index=-1)
     return stats.ece()
 
 
@@ -178,7 +192,7 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
     count = len(dataset) if limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError('no labelled frames in the data')
-    zs, ys, feats, graph, stats = [], [], [], [], ReliabilityStats()
+    zs, ys, cs, ws, feats, graph, stats = [], [], [], [], [], [], ReliabilityStats()
     for i in tqdm(range(count), desc='calibration data', disable=not progress, dynamic_ncols=True):
         image, gt = dataset[i]
         result = engine.infer(image)
@@ -191,14 +205,17 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
                                  engine.meta['dynamic_hw'])
             up = LogitsUpsampler.for_geometry(result.logits.shape[1:], g.net_hw, g.content_hw, g.offset_yx,
                                               g.src_hw)
-            z, y = sample_pixels(result.logits, up, gt, pixels_per_frame, rng, ignore)
+            z, y, corners, weights = sample_pixels(result.logits, up, gt, pixels_per_frame, rng, ignore)
             zs.append(z)
             ys.append(y)
+            cs.append(corners)
+            ws.append(weights)
     out = {'features': np.stack(feats), 'reliability': stats, 'frames': count}
     if graph:
         out['graph'] = np.stack(graph)
     if pixels:
         out['z'], out['y'] = np.concatenate(zs), np.concatenate(ys)
+        out['corners'], out['weights'] = np.concatenate(cs, axis=1), np.concatenate(ws)
     return out
 
 
