@@ -11,26 +11,25 @@ import numpy as np
 
 from ...errors import UserError
 
-# pause before each timed call: the thread pools of the call before (ONNX Runtime's workers spin for a while after
-# a run, so do OpenMP's) must be idle, or with two or more threads they slow the next candidate (measured: a
-# 2-thread network timed right after another session's run took 27.5 ms instead of 15.9 ms)
-SETTLE_S = 0.05
-
 
 def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, clock=time.perf_counter,
-                        settle: float = SETTLE_S) -> dict:
+                        prime: bool = False) -> dict:
     """``{name: fn}`` -> ``{name: median ms}``: every fn runs ``warmup`` times, then the fns take turns
-    ``repeat`` rounds (so a burst of load hits all of them alike), each timed call after a ``settle`` seconds'
-    pause. ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (this thread's CPU time: with one
-    ONNX Runtime thread the graph runs on the calling thread, so other processes' load does not inflate it)."""
+    ``repeat`` rounds (so a burst of load hits all of them alike). ``clock``: ``time.perf_counter`` (wall) or
+    ``time.thread_time`` (this thread's CPU time: with one ONNX Runtime thread the graph runs on the calling
+    thread, so other processes' load does not inflate it). ``prime``: each timed call comes right after an
+    untimed call of the same fn, as in a steady stream of frames; use it with two or more threads, where the
+    worker threads of the candidate timed before (ONNX Runtime's spin for a while after a run, as do OpenMP's)
+    would otherwise compete with the next one (measured: a 2-thread network timed right after another session's
+    run took 22-25 ms instead of 12-14 ms)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in candidates}
     for _ in range(max(1, repeat)):
         for name, fn in candidates.items():
-            if settle > 0:
-                time.sleep(settle)
+            if prime:
+                fn()
             start = clock()
             fn()
             times[name].append((clock() - start) * 1e3)

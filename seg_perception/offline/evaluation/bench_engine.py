@@ -64,7 +64,7 @@ def matmul_peak(threads_list=(1, 2), n: int = MATMUL_N, repeat: int = 7) -> dict
     candidates = {('ort', t): (lambda s=_session(proto.SerializeToString(), t): s.run(None, {'a': a}))
                   for t in threads_list}
     candidates[('numpy', 0)] = lambda: a @ b
-    ms = interleaved_medians(candidates, warmup=2, repeat=repeat)
+    ms = interleaved_medians(candidates, warmup=2, repeat=repeat, prime=True)
     return {'ort': {t: flop / ms[('ort', t)] / 1e6 for t in threads_list}, 'numpy': flop / ms[('numpy', 0)] / 1e6}
 
 
@@ -109,7 +109,7 @@ def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup
                         with torch.inference_mode():
                             model(xt)
                     candidates['torch'] = eager
-                ms = interleaved_medians(candidates, warmup, repeat)
+                ms = interleaved_medians(candidates, warmup, repeat, prime=threads > 1)
                 gflops = 2 * macs / ms['ort'] / 1e6
                 rows.append({'model': bm.name, 'size': list(size), 'threads': threads, 'gmacs': macs / 1e9,
                              'ort_ms': ms['ort'], 'int8_ms': ms.get('int8'), 'torch_ms': ms.get('torch'),
@@ -196,7 +196,7 @@ def _peer_row(name, classes, size, threads, logits_sess, labels_sess, x, logits_
         'upsample': lambda: up(logits_for_upsampler),
         # as the engine does it: the upsampler right after the run (beside the run's still-spinning workers)
         'ours': lambda: (logits_sess.run(None, {'images': x}), up(logits_for_upsampler)),
-    }, warmup, repeat)
+    }, warmup, repeat, prime=threads > 1)
     ours, conf = up(logits_for_upsampler)
     ref, ref_conf = exact_labels(logits_for_upsampler, up)
     return {'model': name, 'classes': classes, 'size': list(size), 'threads': threads, 'net_ms': ms['net'],
