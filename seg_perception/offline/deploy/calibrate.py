@@ -102,9 +102,10 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                         f'seg_perception.offline.deploy.logits_head {model} -o OUT.onnx')
     if engine.calibrated:   # fit on the raw logits: drop a stored temperature for this run
         engine.inv_temperature = None
-    def dataset(spec, part):
+    def dataset(spec, part, labelled=True):
+        """``labelled=False``: frames whose labels are not used (their class set may differ from the model's)."""
         frames = open_dataset(str(spec), split=part)
-        if len(frames.classes) != engine.num_classes:
+        if labelled and len(frames.classes) != engine.num_classes:
             raise UserError(f'{spec} ({part}) has {len(frames.classes)} classes {list(frames.classes)}, the model '
                             f'{engine.num_classes} {engine.names}')
         return frames
@@ -136,8 +137,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
             foreign = {}
             for item in choose_against:
                 spec, _, part = item.partition(':')
-                foreign[item] = collect(engine, dataset(spec, part or split), shift_limit, progress=progress,
-                                        pixels=False)['features']
+                foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
+                                        progress=progress, pixels=False, labels=False)['features']
             features, chosen_by = choose_features(np.asarray(train['features']), np.asarray(held['features']),
                                                   foreign)
             result['features_chosen'] = {'features': features, 'auroc': chosen_by}

@@ -177,10 +177,11 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, per_class: bool = False, iters
 
 
 def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed: int = 0, progress: bool = True,
-            pixels: bool = True) -> dict:
+            pixels: bool = True, labels: bool = True) -> dict:
     """One engine pass over ``dataset`` (a logits model): sampled pixels ``z``/``y`` (when ``pixels``), per-frame
     shift ``features`` (N, D), the graph's ``shift_features`` as ``graph`` (N, G) when the model has them, and
-    the :class:`ReliabilityStats` of the engine's published confidence."""
+    the :class:`ReliabilityStats` of the engine's published confidence (not with ``labels=False``: frames whose
+    labels are in another class set)."""
     from tqdm import tqdm
 
     if engine.meta['output_kind'] != 'logits':
@@ -199,7 +200,8 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
         feats.append(frame_features(result.logits))
         if result.shift_features is not None:
             graph.append(result.shift_features)
-        stats.add(result.confidence, result.labels, gt, ignore)
+        if labels:
+            stats.add(result.confidence, result.labels, gt, ignore)
         if pixels:
             g = compute_geometry(image.shape[:2], engine.net_hw, engine.meta['resize_mode'], engine.meta['stride'],
                                  engine.meta['dynamic_hw'])

@@ -31,22 +31,25 @@ def measure_set(engine, scorer, spec, limit=0):
     dataset = open_dataset(path, split=split or None)
     count = len(dataset) if limit <= 0 else min(limit, len(dataset))
     ignore = getattr(dataset, 'ignore_index', 255)
+    labelled = len(dataset.classes) == engine.num_classes   # else frames of another class set: score only
     inv = engine.inv_temperature
     raw, cal, scores, cost_ms, frame_ms = ReliabilityStats(), ReliabilityStats(), [], [], []
     for i in range(count):
         image, gt = dataset[i]
-        engine.inv_temperature = None
-        r = engine.infer(image)
-        raw.add(r.confidence, r.labels, gt, ignore)
-        engine.inv_temperature = inv
+        if labelled:
+            engine.inv_temperature = None
+            r = engine.infer(image)
+            raw.add(r.confidence, r.labels, gt, ignore)
+            engine.inv_temperature = inv
         c = engine.infer(image)
-        cal.add(c.confidence, c.labels, gt, ignore)
+        if labelled:
+            cal.add(c.confidence, c.labels, gt, ignore)
         frame_ms.append(c.latency_ms)
         if scorer is not None:
             t0 = time.perf_counter()
             scores.append(scorer.score(c.logits, c.shift_features))
             cost_ms.append((time.perf_counter() - t0) * 1e3)
-    return {'set': spec, 'frames': count, 'pixel_accuracy': raw.summary()['pixel_accuracy'],
+    return {'set': spec, 'frames': count, 'pixel_accuracy': raw.summary()['pixel_accuracy'] if labelled else None,
             'ece_uncalibrated': raw.ece(), 'ece_calibrated': cal.ece(), 'scores': scores,
             'shift_ms': float(np.median(cost_ms)) if cost_ms else None, 'frame_ms': float(np.median(frame_ms)),
             'reliability': (raw, cal)}
@@ -62,8 +65,10 @@ def report(model, own, foreign, limit=0, out=None) -> str:
             res = results[spec] = measure_set(engine, scorer, spec, limit)
             smoothed = smooth(res['scores'], scorer.window) if scorer else None
             alarm = f'{100 * np.mean(smoothed > scorer.threshold):.1f} %' if scorer else 'n/a'
-            rows.append(f'| `{spec}` ({kind}) | {res["frames"]} | {res["pixel_accuracy"]:.3f} | '
-                        f'{100 * res["ece_uncalibrated"]:.2f} % | {100 * res["ece_calibrated"]:.2f} % | '
+            accuracy, before, after = (('n/a (other classes)', 'n/a', 'n/a') if res['pixel_accuracy'] is None else
+                                       (f'{res["pixel_accuracy"]:.3f}', f'{100 * res["ece_uncalibrated"]:.2f} %',
+                                        f'{100 * res["ece_calibrated"]:.2f} %'))
+            rows.append(f'| `{spec}` ({kind}) | {res["frames"]} | {accuracy} | {before} | {after} | '
                         f'{np.mean(res["scores"]) if scorer else float("nan"):.2f} | {alarm} |')
     temps = ' '.join(f'{t:.3f}' for t in engine.meta.get('temperature', [])) or 'none'
     lines = [f'Model `{model}`: temperature {temps}; shift threshold '
@@ -92,6 +97,8 @@ def report(model, own, foreign, limit=0, out=None) -> str:
         (out / 'trust.md').write_text(text + '\n')
         (out / 'trust.json').write_text(json.dumps(summary, indent=2))
         for spec, res in results.items():
+            if res['pixel_accuracy'] is None:
+                continue
             name = spec.replace('/', '_').replace(':', '_').replace('.', '_')
             res['reliability'][0].save_png(out / f'reliability_{name}_uncalibrated.png', f'{spec} uncalibrated')
             res['reliability'][1].save_png(out / f'reliability_{name}_calibrated.png', f'{spec} calibrated')
