@@ -291,3 +291,21 @@ def test_occupancy_grid_and_point_cloud_messages():
     assert not cloud.is_bigendian and cloud.is_dense
     assert np.array_equal(np.frombuffer(bytes(cloud.data), '<f4').reshape(-1, 3), points)
     assert point_cloud_msg(np.zeros((0, 3)), header).width == 0
+
+
+def test_cell_buckets_give_each_cells_maximum():
+    from seg_perception.runtime.costmap import _cell_buckets
+    rng = np.random.default_rng(0)
+    cells = np.sort(rng.choice(50, 400) * 3)                 # sorted cell ids, 1..~20 pixels each, some 100+
+    cells = np.concatenate([cells, np.full(150, 999)])
+    pixels = rng.integers(0, 5000, cells.size)
+    ranks = rng.integers(0, 255, 5000).astype(np.uint8)
+    expected = {}
+    for cell, pixel in zip(cells, pixels):
+        expected[cell] = max(expected.get(cell, 0), ranks[pixel])
+    got = {}
+    for ids, idx in _cell_buckets(cells, pixels):
+        assert idx.shape[1] == ids.size
+        got.update(zip(ids.tolist(), ranks.take(idx).max(axis=0).tolist()))
+    assert got == {int(k): int(v) for k, v in expected.items()}
+    assert _cell_buckets(np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
