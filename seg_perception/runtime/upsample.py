@@ -283,11 +283,21 @@ class LogitsUpsampler:
             value = top[:, None] + bottom[:, None] * fy[:, :, :, None]           # (n, By, Bx, k)
             winner = np.take_along_axis(cand[:, None, None, :], value.argmax(axis=3)[..., None], axis=3)[..., 0]
             labels[row_index[cell_y][:, :, None], col_index[cell_x][:, None, :]] = winner
-            return
+            return None
+
         def interpolate(c00, c01, c10, c11):   # (n,) corners -> (n, By, Bx)
             top = c00[:, None] + (c01 - c00)[:, None] * fx                       # (n, Bx)
             bottom = c10[:, None] + (c11 - c10)[:, None] * fx
             return top[:, None, :] + (bottom - top)[:, None, :] * fy
+
+        if k == 2:   # two candidates: the sign of their interpolated difference decides
+            diff = interpolate(*(corners[:, :, 1] - corners[:, :, 0]))
+            labels[row_index[cell_y][:, :, None], col_index[cell_x][:, None, :]] = np.where(
+                diff > 0, cand[:, 1][:, None, None], cand[:, 0][:, None, None])
+            if bound is None:
+                return None
+            above = np.maximum(diff, 0) > interpolate(*(bound - corners[:, :, 0]))   # first + max(diff, 0) > bound
+            return above.reshape(len(cell_y), -1).all(axis=1)
 
         best = winner = None
         for j in range(k):   # few candidates: a running max (argmax over a short last axis is slow per pixel)
@@ -300,5 +310,6 @@ class LogitsUpsampler:
                 np.maximum(best, value, out=best)
                 np.copyto(winner, cand[:, j][:, None, None], where=better)
         labels[row_index[cell_y][:, :, None], col_index[cell_x][:, None, :]] = winner
-        if bound is not None:
-            return (best > interpolate(*bound)).reshape(len(cell_y), -1).all(axis=1)
+        if bound is None:
+            return None
+        return (best > interpolate(*bound)).reshape(len(cell_y), -1).all(axis=1)
