@@ -8,12 +8,16 @@ costs C interpolations per output pixel; with 150 classes at 512x512 that is sev
 
 * Every output pixel interpolates between the 4 logit vectors of one coarse cell (2x2 coarse pixels). When
   those 4 corners have the same argmax k, the interpolated logits have argmax k as well (``l_k - l_j`` is >= 0
-  at every corner, so is any convex combination), so the label is the coarse argmax, copied by a gather.
+  at every corner, so is any convex combination), so the label is the coarse argmax, copied (nearest fill).
 * Only pixels in cells whose corners disagree are interpolated, and only for the classes that can win somewhere
   in the cell: class j is out when its largest corner value is below ``max_k min_corners l_k`` (the
   interpolated top logit is never below that), or when it is below that leading class k at all 4 corners (an
   interpolation is a convex combination of the corners, so it stays below k everywhere in the cell). Exact,
   not a heuristic.
+* With many classes, a cell is first tried with its corners' two best classes only: every other class is at
+  most its corner's third best value at each corner, so below the interpolation of those values; where the
+  candidates' top is strictly above that bound at every pixel of the cell, they decide alone (most cells), and
+  only the other cells look at all C classes.
 
 Confidence (max softmax) is the coarse max-softmax interpolated bilinearly (one channel), not the max softmax
 of the interpolated logits: they agree inside regions and differ a little on class boundaries.
