@@ -105,7 +105,7 @@ def _lookup(labels, table):
 def _cell_buckets(cells: np.ndarray, pixels: np.ndarray) -> list:
     """(cell, pixel) pairs sorted by cell -> [(cell ids (n,), pixel indices (L, n))]: one bucket per range of pixels
     per cell, a cell's list padded by repeating its last pixel (the maximum does not change), so that a frame's
-    per-cell maximum is one gather and one row-wise maximum per bucket."""
+    per-cell maximum is one gather and one maximum over the first axis per bucket."""
     if not cells.size:
         return []
     starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
