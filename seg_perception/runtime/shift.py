@@ -47,6 +47,12 @@ def frame_features(logits: np.ndarray) -> np.ndarray:
                            [(1.0 / denom).mean(), entropy.mean(), energy.mean()]])
 
 
+def mahalanobis(selected: np.ndarray, mean, precision) -> np.ndarray:
+    """Mahalanobis distance of (..., k) selected feature vectors to ``mean`` under ``precision`` (k, k)."""
+    d = np.asarray(selected, np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum('...i,ij,...j->...', d, precision, d), 0.0))
+
+
 def fit_statistics(features: np.ndarray, select: list[str], shrinkage: float = 0.05) -> dict:
     """Mean and precision (inverse of the shrunk covariance) of the ``select``-ed features (names, see
     :func:`feature_names`) of (N, 3C + 3) training-frame features."""
@@ -103,8 +109,7 @@ class ShiftScorer:
             if missing:
                 raise ValueError(f'shift_stats use features {missing} this model\'s logits do not have')
             self._index = (len(features), [names.index(n) for n in self.select])
-        d = np.asarray(features, np.float64)[self._index[1]] - self.mean
-        total = float(np.sqrt(max(d @ self.precision @ d, 0.0))) / self.logits_scale
+        total = float(mahalanobis(np.asarray(features)[self._index[1]], self.mean, self.precision)) / self.logits_scale
         if self.groups:
             blocks = None if graph_features is None else np.asarray(graph_features, np.float64).reshape(-1)
             if blocks is None or len(blocks) != self.graph_size:

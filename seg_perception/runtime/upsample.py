@@ -66,13 +66,15 @@ def coarse_label_confidence(logits: np.ndarray) -> tuple:
     for c in range(logits.shape[0] - 1, 0, -1):   # descending: the lowest tying class wins, as in argmax
         labels[logits[c] == top] = c
     labels[logits[0] == top] = 0
-    return labels, _max_softmax(logits, top)
+    return labels, max_softmax(logits, top=top)
 
 
-def _max_softmax(logits: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """The max softmax per pixel from the logits and their maximum over the classes, float32."""
-    shifted = np.subtract(logits, top[None], dtype=np.float32)
-    return (1.0 / np.exp(shifted, out=shifted).sum(axis=0)).astype(np.float32)
+def max_softmax(logits: np.ndarray, axis: int = 0, top: np.ndarray | None = None) -> np.ndarray:
+    """The largest softmax probability along the class ``axis``, float32; ``top``: the logits' maximum along
+    it, when already known."""
+    top = logits.max(axis=axis) if top is None else top
+    shifted = np.subtract(logits, np.expand_dims(top, axis), dtype=np.float32)
+    return (1.0 / np.exp(shifted, out=shifted).sum(axis=axis)).astype(np.float32)
 
 
 def bilinear_logits(logits: np.ndarray, rows: AxisMap, cols: AxisMap) -> np.ndarray:
@@ -233,7 +235,7 @@ class LogitsUpsampler:
         confidence of a call, without the labels (e.g. of temperature-scaled logits whose labels are known)."""
         if logits.shape[1:] != self.coarse_hw:
             raise ValueError(f'logits {logits.shape[1:]} do not match the upsampler ({self.coarse_hw})')
-        return self._enlarge(_max_softmax(logits, logits.max(axis=0)))
+        return self._enlarge(max_softmax(logits))
 
     def _enlarge(self, conf: np.ndarray) -> np.ndarray:
         """A coarse one-channel float32 image bilinearly to the output (cv2.resize on a plain resize, else a

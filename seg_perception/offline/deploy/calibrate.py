@@ -34,19 +34,13 @@ from .shift_features import parse_taps
 DEFAULT_FEATURES = ('std0', 'share0', 'energy')
 
 
-def _distances(frames, index, mean, precision) -> np.ndarray:
-    """:meth:`ShiftScorer.distance` (logits term) of many frame feature vectors at once."""
-    d = np.asarray(frames, np.float64)[:, index] - mean
-    return np.sqrt(np.maximum(np.einsum('ni,ij,nj->n', d, precision, d), 0.0))
-
-
 def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size: int = 3) -> tuple:
     """The shift features (names) whose score separates best: every set of 1..``max_size`` features, fitted on
     ``train`` (N, D) frame features, scored by its per-frame AUROC between ``held`` (own held-out frames) and
     each ``foreign`` {name: (M, D)}; returns (the set with the highest worst AUROC, {name: its AUROC})."""
     import itertools
 
-    from ...runtime.shift import feature_names, fit_statistics
+    from ...runtime.shift import feature_names, fit_statistics, mahalanobis
     from ..evaluation.calibration import auroc
 
     names = feature_names((train.shape[1] - 3) // 3)
@@ -54,9 +48,10 @@ def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size
     for size in range(1, max_size + 1):
         for chosen in itertools.combinations(names, size):
             stats = fit_statistics(train, list(chosen))
-            fitted = ([names.index(n) for n in chosen], stats['mean'], np.asarray(stats['precision']))
-            own = _distances(held, *fitted)
-            scores = {name: auroc(own, _distances(frames, *fitted)) for name, frames in foreign.items()}
+            index, fitted = [names.index(n) for n in chosen], (stats['mean'], np.asarray(stats['precision']))
+            own = mahalanobis(held[:, index], *fitted)
+            scores = {name: auroc(own, mahalanobis(np.asarray(frames)[:, index], *fitted))
+                      for name, frames in foreign.items()}
             if min(scores.values()) > best_worst:
                 best, best_worst, best_scores = list(chosen), min(scores.values()), scores
     return best, best_scores

@@ -193,14 +193,13 @@ def _peer_row(name, classes, size, threads, logits_sess, labels_sess, x, logits_
     ms = interleaved_medians({
         'net': lambda: logits_sess.run(None, {'images': x}),
         'official': lambda: labels_sess.run(None, {'images': x}),
-        'upsample': lambda: up(logits_for_upsampler),
         # as the engine does it: the upsampler right after the run (beside the run's still-spinning workers)
         'ours': lambda: (logits_sess.run(None, {'images': x}), up(logits_for_upsampler)),
     }, warmup, repeat, prime=threads > 1)
     ours, conf = up(logits_for_upsampler)
     ref, ref_conf = exact_labels(logits_for_upsampler, up)
     return {'model': name, 'classes': classes, 'size': list(size), 'threads': threads, 'net_ms': ms['net'],
-            'official_ms': ms['official'], 'ours_ms': ms['ours'], 'upsample_ms': ms['upsample'],
+            'official_ms': ms['official'], 'ours_ms': ms['ours'],
             'agreement': float((ours == ref).mean()), 'conf_mad': float(np.abs(conf - ref_conf).mean()),
             'ambiguous': up.counters['ambiguous_fraction'], 'logits': note}
 
@@ -224,7 +223,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
                 per_frame.append(_peer_row('topformer_tiny_scenes (trained)', 6, size, threads, net, off, x, logits,
                                            'real (sample bag frames)', warmup, repeat))
             row = dict(per_frame[0])
-            for key in ('net_ms', 'official_ms', 'ours_ms', 'upsample_ms', 'agreement', 'conf_mad', 'ambiguous'):
+            for key in ('net_ms', 'official_ms', 'ours_ms', 'agreement', 'conf_mad', 'ambiguous'):
                 row[key] = float(np.median([r[key] for r in per_frame])) if key.endswith('ms') else \
                     float(np.mean([r[key] for r in per_frame]))
             row['agreement_min'] = min(r['agreement'] for r in per_frame)
@@ -242,7 +241,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
                                   synthetic_logits(150, shape, seed=s), 'synthetic (24 regions)', warmup, repeat)
                         for s in range(frames)]
             row = dict(per_seed[0])
-            for key in ('net_ms', 'official_ms', 'ours_ms', 'upsample_ms'):
+            for key in ('net_ms', 'official_ms', 'ours_ms'):
                 row[key] = float(np.median([r[key] for r in per_seed]))
             for key in ('agreement', 'conf_mad', 'ambiguous'):
                 row[key] = float(np.mean([r[key] for r in per_seed]))

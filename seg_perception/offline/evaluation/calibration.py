@@ -15,7 +15,7 @@ import numpy as np
 
 from ...runtime.engine import compute_geometry
 from ...runtime.shift import frame_features
-from ...runtime.upsample import LogitsUpsampler
+from ...runtime.upsample import LogitsUpsampler, max_softmax
 
 N_BINS = 15
 
@@ -118,11 +118,6 @@ def nll(z: np.ndarray, y: np.ndarray, inv_t) -> float:
     return float(np.mean(lse - s[np.arange(len(y)), y]))
 
 
-def _max_softmax(z: np.ndarray, inv_t) -> np.ndarray:
-    s = z * np.asarray(inv_t, np.float32)
-    return 1.0 / np.exp(s - s.max(axis=-1, keepdims=True)).sum(axis=-1)
-
-
 def sample_ece(z: np.ndarray, y: np.ndarray, inv_t=1.0, corners: np.ndarray | None = None,
                weights: np.ndarray | None = None) -> float:
     """ECE of the sampled pixels with the labels of the raw logits ``z`` and, as confidence, the max softmax of
@@ -134,7 +129,7 @@ def sample_ece(z: np.ndarray, y: np.ndarray, inv_t=1.0, corners: np.ndarray | No
         p = np.exp(s - s.max(axis=1, keepdims=True))
         conf = p[np.arange(len(y)), pred] / p.sum(axis=1)
     else:
-        conf = np.einsum('qn,nq->n', _max_softmax(corners, inv_t), weights)
+        conf = np.einsum('qn,nq->n', max_softmax(corners * np.asarray(inv_t, np.float32), axis=-1), weights)
     stats = ReliabilityStats()
     stats.add(conf, pred, y, ignore_index=-1)
     return stats.ece()
