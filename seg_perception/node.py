@@ -528,20 +528,32 @@ def _spin(node_class, args=None) -> int:
         pass
     except Exception:
         # Jazzy: a callback publishing while a signal shuts the context down raises RCLError out of spin
-        # (Kilted raises ExternalShutdownException); only a failure while the context is still up is a real one.
-        if rclpy.ok():
+        # (Kilted raises ExternalShutdownException, or a pybind "unable to convert call argument" when the signal
+        # lands inside a take); only a failure while the context stays up is a real one.
+        if not _shutting_down():
             raise
     finally:
         if node is not None:
             try:
                 node.destroy_node()
             except Exception:
-                # a signal that already shut the context down can leave rclpy failing to destroy entities
-                # (pybind "unable to convert call argument"): the same rule as for spin above
-                if rclpy.ok():
+                # a signal that already shut the context down can leave rclpy failing to destroy entities: the
+                # same rule as for spin above
+                if not _shutting_down():
                     raise
         rclpy.try_shutdown()
     return 0
+
+
+def _shutting_down(grace: float = 0.5) -> bool:
+    """Whether the context is down or goes down within ``grace`` seconds: rclpy shuts it down for a signal on
+    its own thread, so the executor can fail on the signal a moment before the context reports it."""
+    end = time.monotonic() + grace
+    while rclpy.ok():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def main(args=None) -> int:
