@@ -102,6 +102,15 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
     assert "'ppa:max'" in capsys.readouterr().err
     assert main([*args, '--taps', 'nothere:mean', '-o', str(tmp_path / 'x.onnx')]) == 2
     assert "'nothere'" in capsys.readouterr().err
-    assert main([*args, '--taps', 'ppa:mean', '--model', str(out), '-o', str(tmp_path / 'x.onnx')]) == 2
-    assert 'already has taps' in capsys.readouterr().err
     assert not (tmp_path / 'x.onnx').exists()
+    # a tapped model: --taps replaces its taps, --shift alone refits the same ones; nothing of the old ones stays
+    import onnx
+    for extra, names in ((['--taps', 'fuse:std'], ['fuse']), ([], ['ppa', 'trans'])):
+        again = tmp_path / f'again_{len(extra)}.onnx'
+        assert main([*args, *extra, '--model', str(out), '-o', str(again)]) == 0
+        refit = SegmentationEngine(str(again))
+        assert [g['name'] for g in refit.meta['shift_stats']['graph_groups']] == names
+        graph = onnx.load(str(again)).graph
+        assert sum(n.op_type == 'Concat' and n.name.startswith('shift_features/') for n in graph.node) == 1
+        assert [o.name for o in graph.output].count('shift_features') == 1
+        assert np.array_equal(refit.infer(rgb).labels, a.labels)

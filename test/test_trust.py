@@ -80,6 +80,9 @@ def test_shift_scorer_separates_shifted_logits_and_smooths():
     held = [scorer.score(x) for x in own[150:]]
     far = [scorer.score(x) for x in other]
     assert auroc(held, far) > 0.99 and auroc(far, held) < 0.01
+    neg, pos = rng.integers(0, 5, 30), rng.integers(2, 7, 25)   # ties count half: the pairwise definition
+    pairs = (pos[None] > neg[:, None]).mean() + 0.5 * (pos[None] == neg[:, None]).mean()
+    assert auroc(neg, pos) == pytest.approx(pairs)
     assert smooth([1.0, 2.0, 3.0, 4.0], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
     values = [scorer.update(x)[1] for x in own[:3]]
     assert values[-1] == pytest.approx(np.mean([scorer.score(x) for x in own[:3]]))
@@ -126,10 +129,19 @@ def test_features_are_chosen_by_the_worst_auroc_against_foreign_frames():
     shifted_a, shifted_b = rng.normal(0, 1, (40, 9)), rng.normal(0, 1, (40, 9))
     shifted_a[:, names.index('std1')] += 4.0      # one foreign set moves std1, the other energy
     shifted_b[:, names.index('energy')] -= 4.0
-    chosen, scores = choose_features(train, held, {'a': shifted_a, 'b': shifted_b}, max_size=2)
-    assert sorted(chosen) == ['energy', 'std1'] and min(scores.values()) > 0.95
-    alone, _ = choose_features(train, held, {'a': shifted_a}, max_size=1)
+    chosen, taps, scores = choose_features(train, held, {'a': shifted_a, 'b': shifted_b}, max_size=2)
+    assert sorted(chosen) == ['energy', 'std1'] and taps == [] and min(scores.values()) > 0.95
+    alone, _, _ = choose_features(train, held, {'a': shifted_a}, max_size=1)
     assert alone == ['std1']
+    # candidate taps: set b moves only tap 2's distance, which no logits feature sees
+    plain_b = rng.normal(0, 1, (40, 9))
+    graph = {'train': np.abs(rng.normal(1, 0.2, (200, 3))), 'held': np.abs(rng.normal(1, 0.2, (60, 3))),
+             'a': np.abs(rng.normal(1, 0.2, (40, 3))), 'b': np.abs(rng.normal(1, 0.2, (40, 3)))}
+    graph['b'][:, 2] += 3.0
+    chosen, taps, scores = choose_features(train, held, {'a': shifted_a, 'b': plain_b}, max_size=1, graph=graph)
+    assert chosen == ['std1'] and taps == [2] and min(scores.values()) > 0.9
+    without, _, worse = choose_features(train, held, {'a': shifted_a, 'b': plain_b}, max_size=1)
+    assert min(worse.values()) < 0.75
     stats = fit_statistics(train, ['share0'])   # one feature: a 1x1 precision
     assert np.asarray(stats['precision']).shape == (1, 1)
 
@@ -195,9 +207,13 @@ def test_alarm_fires_on_camvid_photos_and_stays_quiet_on_own_frames(calibrated_m
     engine = SegmentationEngine(calibrated_model)
     scorer = ShiftScorer(engine.meta['shift_stats'])
     bag = open_dataset(str(SAMPLE_BAG))
-    own = smooth([scorer.score(engine.infer(bag[i][0]).logits) for i in range(0, len(bag), 2)], scorer.window)
-    photos = smooth([scorer.score(engine.infer(rgb).logits) for rgb in _camvid_images(scorer.window)],
-                    scorer.window)
+
+    def score(rgb):
+        result = engine.infer(rgb)
+        return scorer.score(result.logits, result.shift_features)   # the graph's taps, where the model has them
+
+    own = smooth([score(bag[i][0]) for i in range(0, len(bag), 2)], scorer.window)
+    photos = smooth([score(rgb) for rgb in _camvid_images(scorer.window)], scorer.window)
     assert len(photos) == scorer.window
     assert np.all(own <= scorer.threshold), (own.max(), scorer.threshold)
     assert photos[-1] > scorer.threshold, (photos, scorer.threshold)

@@ -17,6 +17,8 @@
 ``--choose-features SPEC[:SPLIT] ...`` picks the features by measuring instead: every set of one to three of
 them, scored by its per-frame AUROC between the held-out ``--data`` frames and each of the given frames unlike
 the training data (never the sets the model will be judged on); the set with the highest worst AUROC wins.
+With ``--taps`` it also chooses which of the taps (none to three) the score adds, the same way; the graph keeps
+only those.
 
 The ECE before and after (pixel level, 15 bins) is printed; ``--report DIR`` also writes reliability diagrams
 and ``calibration.json``.
@@ -34,27 +36,68 @@ from .shift_features import parse_taps
 DEFAULT_FEATURES = ('std0', 'share0', 'energy')
 
 
-def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size: int = 3) -> tuple:
+def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size: int = 3,
+                    graph: dict | None = None, max_taps: int = 3, keep: int = 15, margin: float = 0.005) -> tuple:
     """The shift features (names) whose score separates best: every set of 1..``max_size`` features, fitted on
     ``train`` (N, D) frame features, scored by its per-frame AUROC between ``held`` (own held-out frames) and
-    each ``foreign`` {name: (M, D)}; returns (the set with the highest worst AUROC, {name: its AUROC})."""
+    each ``foreign`` {name: (M, D)}; the set with the highest worst AUROC wins.
+
+    ``graph`` (candidate taps): {'train': (N, G), 'held': (N', G), name of each foreign set: (M, G)} distances of
+    each of G tap blocks, each divided by its median on the training frames. Then the ``keep`` best feature sets
+    are each combined with every set of 0..``max_taps`` taps (the score the node computes: the sum of the terms,
+    the logits term also divided by its training median): the fewest taps whose best combination comes within
+    ``margin`` of the best of any number wins (each tap costs graph time; a smaller gain is noise on a few dozen
+    frames).
+
+    Returns (features, indices of the chosen taps, {foreign name: AUROC})."""
     import itertools
 
     from ...runtime.shift import feature_names, fit_statistics, mahalanobis
     from ..evaluation.calibration import auroc
 
     names = feature_names((train.shape[1] - 3) // 3)
-    best, best_worst, best_scores = None, -1.0, {}
+    ranked = []
     for size in range(1, max_size + 1):
         for chosen in itertools.combinations(names, size):
             stats = fit_statistics(train, list(chosen))
             index, fitted = [names.index(n) for n in chosen], (stats['mean'], np.asarray(stats['precision']))
-            own = mahalanobis(held[:, index], *fitted)
-            scores = {name: auroc(own, mahalanobis(np.asarray(frames)[:, index], *fitted))
-                      for name, frames in foreign.items()}
-            if min(scores.values()) > best_worst:
-                best, best_worst, best_scores = list(chosen), min(scores.values()), scores
-    return best, best_scores
+            scale = float(np.median(mahalanobis(train[:, index], *fitted)))
+            own = mahalanobis(held[:, index], *fitted) / scale
+            other = {name: mahalanobis(np.asarray(frames)[:, index], *fitted) / scale
+                     for name, frames in foreign.items()}
+            scores = {name: auroc(own, far) for name, far in other.items()}
+            ranked.append((min(scores.values()), list(chosen), own, other, scores))
+    ranked.sort(key=lambda r: -r[0])   # stable: among equals the smaller, earlier set
+    best_worst, best, _, _, best_scores = ranked[0]
+    best_taps = ()
+    if graph is not None:   # the best combination per number of taps; fewer taps unless more gain > ``margin``
+        by_count = [(best_worst, best, best_taps, best_scores)]
+        taps = range(np.asarray(graph['held']).shape[1])
+        for count in range(1, max_taps + 1):
+            top = (-1.0,)
+            for _, chosen, own, other, _ in ranked[:keep]:
+                for subset in itertools.combinations(taps, count):
+                    cols = list(subset)
+                    scores = {name: auroc(own + graph['held'][:, cols].sum(1),
+                                          far + np.asarray(graph[name])[:, cols].sum(1))
+                              for name, far in other.items()}
+                    if min(scores.values()) > top[0]:
+                        top = (min(scores.values()), chosen, subset, scores)
+            by_count.append(top)
+        highest = max(entry[0] for entry in by_count)
+        best_worst, best, best_taps, best_scores = next(e for e in by_count if e[0] >= highest - margin)
+    return best, list(best_taps), best_scores
+
+
+def _blocks(graph: np.ndarray, groups: list[dict]) -> list[np.ndarray]:
+    """(N, G) graph statistics -> one (N, size) block per tap."""
+    return np.split(np.asarray(graph), np.cumsum([g['size'] for g in groups])[:-1], axis=1)
+
+
+def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> np.ndarray:
+    """(N, G) raw graph statistics -> (N, taps): each tap's whitened distance over its training median."""
+    return np.stack([np.linalg.norm((block - center) @ whiten, axis=1) / group['scale']
+                     for block, (center, whiten), group in zip(_blocks(graph, groups), fits, groups)], axis=1)
 
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
@@ -79,12 +122,12 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     engine = SegmentationEngine(str(model))
     proto = onnx.load(str(model))
     groups = None
+    if engine.has_shift_features and shift:   # refit the model's own taps (or replace them with ``taps``)
+        taps = taps or [(g['name'], g['stat']) for g in engine.meta['shift_stats'].get('graph_groups', ())]
+        sf.remove_shift_features(proto)
     if taps:
         if not shift:
             raise UserError('--taps need --shift (the training frames their statistics come from)')
-        if engine.has_shift_features:
-            raise UserError(f'{model} already has taps (output shift_features): calibrate the model they were '
-                            'added to, or leave --taps out to keep them')
         probe = np.zeros((1, 3, *(engine.net_hw or engine.meta['input_size'])), np.float32)
         channels = sf.tap_channels(proto, taps, probe)
         groups = sf.add_shift_features(proto, taps, channels)
@@ -128,28 +171,45 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if shift:
         train = collect(engine, dataset(shift, shift_split), shift_limit, progress=progress,
                         pixels=False)
+        if groups:   # whitening of each tap's statistics, and its distance's median on the training frames
+            fits = [sf.fit_whitening(block) for block in _blocks(train['graph'], groups)]
+            for group, (center, whiten), block in zip(groups, fits, _blocks(train['graph'], groups)):
+                group['scale'] = float(np.median(np.linalg.norm((block - center) @ whiten, axis=1)))
         if choose_against:
             foreign = {}
             for item in choose_against:
                 spec, _, part = item.partition(':')
                 foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
-                                        progress=progress, pixels=False, labels=False)['features']
-            features, chosen_by = choose_features(np.asarray(train['features']), np.asarray(held['features']),
-                                                  foreign)
+                                        progress=progress, pixels=False, labels=False)
+            terms = None if not groups else {name: _tap_distances(frames['graph'], groups, fits) for name, frames
+                                             in {'train': train, 'held': held, **foreign}.items()}
+            features, chosen_taps, chosen_by = choose_features(
+                np.asarray(train['features']), np.asarray(held['features']),
+                {name: frames['features'] for name, frames in foreign.items()}, graph=terms)
             result['features_chosen'] = {'features': features, 'auroc': chosen_by}
+            if groups:   # keep only the chosen taps in the graph
+                result['features_chosen']['taps'] = [f'{groups[i]["name"]}:{groups[i]["stat"]}' for i in chosen_taps]
+                columns = np.concatenate([np.arange(sum(g['size'] for g in groups[:i]),
+                                                    sum(g['size'] for g in groups[:i + 1])) for i in chosen_taps]
+                                         or [np.zeros(0, int)])
+                train['graph'], held['graph'] = train['graph'][:, columns], held['graph'][:, columns]
+                proto = onnx.load(str(model))
+                kept = [taps[i] for i in chosen_taps]
+                fits = [fits[i] for i in chosen_taps]
+                groups = [groups[i] for i in chosen_taps]
+                if kept:
+                    scales = [g['scale'] for g in groups]
+                    groups = sf.add_shift_features(proto, kept, [channels[i] for i in chosen_taps])
+                    for group, scale in zip(groups, scales):
+                        group['scale'] = scale
         stats = fit_statistics(train['features'], features)
         held_graph = [None] * len(held['features'])
         if groups:   # each term divided by its median on the training frames, so the terms weigh alike
             stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
-            bounds = np.cumsum([g['size'] for g in groups])[:-1]
-            blocks = np.split(train['graph'], bounds, axis=1)
-            fits = [sf.fit_whitening(block) for block in blocks]
-            for group, (center, whiten), block in zip(groups, fits, blocks):
-                group['scale'] = float(np.median(np.linalg.norm((block - center) @ whiten, axis=1)))
             sf.set_whitening(proto, [c for c, _ in fits], [w for _, w in fits])
             stats['graph_groups'] = groups
             held_graph = np.concatenate([(block - c) @ w for block, (c, w) in
-                                         zip(np.split(held['graph'], bounds, axis=1), fits)], axis=1)
+                                         zip(_blocks(held['graph'], groups), fits)], axis=1)
         scorer = ShiftScorer({**stats, 'window': window})
         held_scores = [scorer.distance(f, g) for f, g in zip(held['features'], held_graph)]
         smoothed = smooth(held_scores, window)
@@ -200,7 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'energy)')
     parser.add_argument('--choose-features', nargs='+', default=(), metavar='SPEC[:SPLIT]',
                         help='choose --features by measuring: the set of 1-3 features with the highest worst per-frame '
-                             'AUROC between --data and these frames unlike the training data (needs --shift)')
+                             'AUROC between --data and these frames unlike the training data (needs --shift); with '
+                             '--taps, also which of the taps (0-3) the score adds (the others leave the graph)')
     parser.add_argument('--taps', default='',
                         help='also score pooled statistics of internal tensors, computed in the graph: comma list '
                              'of NAME:mean|std, NAME a TopFormer short name (stem, ppa, trans, fuse) or a node-name '
@@ -238,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
           f'{100 * result["ece_before"]:.2f} % -> {100 * result["ece_after"]:.2f} %')
     if 'features_chosen' in result:
         c = result['features_chosen']
-        print(f'shift features chosen: {",".join(c["features"])} (per-frame AUROC '
+        taps = f' + taps {",".join(c["taps"]) or "none"}' if 'taps' in c else ''
+        print(f'shift features chosen: {",".join(c["features"])}{taps} (per-frame AUROC '
               + ', '.join(f'{v:.3f} vs {k}' for k, v in c['auroc'].items()) + ')')
     if 'shift' in result:
         s = result['shift']

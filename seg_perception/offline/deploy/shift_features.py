@@ -85,6 +85,20 @@ def add_shift_features(proto: onnx.ModelProto, taps: list[tuple[str, str]], chan
     return groups
 
 
+def remove_shift_features(proto: onnx.ModelProto) -> None:
+    """Take what :func:`add_shift_features` added out of ``proto`` again (nodes, constants, the output)."""
+    graph = proto.graph
+    keep = [n for n in graph.node if not n.name.startswith(('shift_tap', 'shift_features/'))]
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [i for i in graph.initializer if not i.name.startswith('shift_tap')]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    outputs = [o for o in graph.output if o.name != OUTPUT]
+    del graph.output[:]
+    graph.output.extend(outputs)
+
+
 def set_whitening(proto: onnx.ModelProto, centers: list[np.ndarray], whiteners: list[np.ndarray]) -> None:
     """Store each tap's training mean and whitening matrix in the initializers :func:`add_shift_features` made."""
     inits = {init.name: init for init in proto.graph.initializer}

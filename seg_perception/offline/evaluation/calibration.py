@@ -219,11 +219,6 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
 def auroc(negatives, positives) -> float:
     """Probability that a positive (shifted) frame scores above a negative (own) one; ties count half."""
     neg, pos = np.asarray(negatives, np.float64), np.asarray(positives, np.float64)
-    order = np.concatenate([neg, pos])
-    ranks = np.empty(len(order))
-    ranks[np.argsort(order, kind='mergesort')] = np.arange(1, len(order) + 1)
-    for value in np.unique(order):   # average ranks of ties
-        same = order == value
-        if same.sum() > 1:
-            ranks[same] = ranks[same].mean()
+    _, inverse, counts = np.unique(np.concatenate([neg, pos]), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]   # 1-based ranks, ties at their average rank
     return float((ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2) / (len(neg) * len(pos)))
