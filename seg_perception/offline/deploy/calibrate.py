@@ -125,6 +125,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if engine.has_shift_features and shift:   # refit the model's own taps (or replace them with ``taps``)
         taps = taps or [(g['name'], g['stat']) for g in engine.meta['shift_stats'].get('graph_groups', ())]
         sf.remove_shift_features(proto)
+    untapped = onnx.ModelProto()
+    untapped.CopyFrom(proto)
     if taps:
         if not shift:
             raise UserError('--taps need --shift (the training frames their statistics come from)')
@@ -193,7 +195,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                                                     sum(g['size'] for g in groups[:i + 1])) for i in chosen_taps]
                                          or [np.zeros(0, int)])
                 train['graph'], held['graph'] = train['graph'][:, columns], held['graph'][:, columns]
-                proto = onnx.load(str(model))
+                proto = untapped
                 kept = [taps[i] for i in chosen_taps]
                 fits = [fits[i] for i in chosen_taps]
                 groups = [groups[i] for i in chosen_taps]
