@@ -67,6 +67,9 @@ PARAMETERS = {
                      {'integer_range': [IntegerRange(from_value=1, to_value=8, step=1)]}),
     'costmap.fusion_decay': (0.0, 'Blend successive costmaps, each frame weighing decay^age; 0 = off.',
                              {'floating_point_range': _float_range(0.0, 0.99)}),
+    'costmap.unknown_on_shift': (True, 'While the domain-shift alarm is raised (the smoothed shift score above '
+                                       "the model's threshold) no cell is published free: floor becomes unknown, "
+                                       'obstacles stay. Models without shift statistics: no effect.', {}),
     'costmap.rectified': (False, 'The images are rectified: use CameraInfo P and ignore D.', {}),
     'costmap.use_depth': (False, 'Subscribe to depth (aligned to the image) and place pixels in 3-D.',
                           {'read_only': True}),
@@ -123,7 +126,7 @@ class CostmapOutput:
                                        self._on_depth))
         self.tf = TfPoseSource(node, register=register)
         self.counters = dict.fromkeys(('published', 'no_camera_info', 'camera_info_rejected', 'depth_missing',
-                                       'depth_rejected', 'config_errors'), 0)
+                                       'depth_rejected', 'config_errors', 'free_withheld'), 0)
         self._lock = threading.Lock()
         self._info = None
         self._depth = None
@@ -176,8 +179,9 @@ class CostmapOutput:
         values = [self._param(f'camera_pose.{k}') for k in POSE_PARAMETERS]
         return pose_matrix(*values) @ OPTICAL_IN_BODY
 
-    def process(self, engine, header, labels: np.ndarray, confidence: np.ndarray) -> bool:
-        """Make and publish the costmap of one segmented frame; False (counted, logged) when it cannot."""
+    def process(self, engine, header, labels: np.ndarray, confidence: np.ndarray, shifted: bool = False) -> bool:
+        """Make and publish the costmap of one segmented frame; False (counted, logged) when it cannot.
+        ``shifted``: the domain-shift alarm is raised (with ``costmap.unknown_on_shift``: no free cells)."""
         info = self._info
         if info is None:
             self.counters['no_camera_info'] += 1
@@ -210,7 +214,10 @@ class CostmapOutput:
         else:
             pose, self.pose_source = fallback, 'parameters (camera_pose.use_tf is false)'
         self._costmap.set_camera(camera, pose)
-        result = self._costmap.update(labels, confidence, self._depth_for(header, labels.shape[:2]))
+        withhold = shifted and self._param('costmap.unknown_on_shift')
+        self.counters['free_withheld'] += int(withhold)
+        result = self._costmap.update(labels, confidence, self._depth_for(header, labels.shape[:2]),
+                                      trust_free=not withhold)
         out_header = Header(stamp=header.stamp, frame_id=frame_id)
         self.pub_grid.publish(occupancy_grid_msg(result.grid, self._costmap.grid, out_header))
         self.pub_points.publish(point_cloud_msg(result.obstacles, out_header))

@@ -363,9 +363,9 @@ class SegmentationPipeline:
             if self.get_parameter('overlay').value:
                 color = overlay(rgb, color, self.get_parameter('overlay_alpha').value)
             self.pub_color.publish(image_cdr(color, 'rgb8', header))
+        self.shift.process(engine, result.logits, result.shift_features)   # first: the costmap heeds its alarm
         if 'costmap' in wanted:
-            self.costmap.process(engine, header, result.labels, result.confidence)
-        self.shift.process(engine, result.logits, result.shift_features)
+            self.costmap.process(engine, header, result.labels, result.confidence, shifted=self.shift.alarm)
         self.counters['published'] += 1
         self.stats.add('output')
         self.stats.add('latency_ms', result.latency_ms)

@@ -156,6 +156,19 @@ def test_obstacle_at_its_floor_contact_free_in_front_unknown_behind():
     assert x_occ.max() < 2.3, 'contacts smeared towards the horizon'
 
 
+@pytest.mark.parametrize('with_depth', [False, True])
+def test_untrusted_frame_has_no_free_cells_and_the_same_obstacles(with_depth):
+    cam, cam_pose = camera(320, 240, 200.0), pose(0.8, math.radians(15))
+    labels, depth = raycast(cam, cam_pose, [((2.0, -0.5, 0.0), (2.6, 0.5, 1.5), OBSTACLE)])
+    costmap = make(cam, cam_pose)
+    trusted = costmap.update(labels, depth=depth if with_depth else None)
+    shifted = costmap.update(labels, depth=depth if with_depth else None, trust_free=False)
+    assert (trusted.grid == 0).sum() > 1000 and not (shifted.grid == 0).any()
+    assert np.array_equal(trusted.grid == 100, shifted.grid == 100)
+    assert np.array_equal(shifted.grid == -1, (trusted.grid == -1) | (trusted.grid == 0))
+    assert np.array_equal(trusted.obstacles, shifted.obstacles)
+
+
 def test_overhang_margin_keeps_floor_in_front_of_a_contact_unknown():
     cam, cam_pose = camera(320, 240, 200.0), pose(0.8, math.radians(15))
     labels, _ = raycast(cam, cam_pose, [((2.0, -0.5, 0.0), (2.6, 0.5, 1.5), OBSTACLE)])

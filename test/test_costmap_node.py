@@ -1,4 +1,5 @@
 """The node's costmap over real rclpy + DDS: CameraInfo and an image in, OccupancyGrid and PointCloud2 out."""
+import contextlib
 import threading
 import time
 
@@ -75,28 +76,37 @@ class Harness:
         self.image_pub.publish(msg)
 
 
-@pytest.fixture
-def costmap_node(tiny_model):
+@contextlib.contextmanager
+def running_node(model, **extra):
+    """The node on ``model`` (+ ``extra`` parameters) beside a harness, both spinning."""
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     executor = MultiThreadedExecutor(num_threads=2, context=ctx)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
-    params = {'model_path': tiny_model, 'camera_pose.z': 1.0, 'camera_pose.pitch': 0.5, 'costmap.size': [8.0, 6.0],
+    params = {'model_path': model, 'camera_pose.z': 1.0, 'camera_pose.pitch': 0.5, 'costmap.size': [8.0, 6.0],
               'costmap.origin': [-1.0, -3.0], 'costmap.resolution': 0.1, 'costmap.frame_id': 'robot',
-              'costmap.class_costs': 'floor:0, wall:100, obstacle:100, person:100, robot:100, background:0'}
+              'costmap.class_costs': 'floor:0, wall:100, obstacle:100, person:100, robot:100, background:0', **extra}
     node = SegmentationNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     harness = Harness(ctx)
     executor.add_node(node)
     executor.add_node(harness.node)
-    assert harness.wait_for(lambda: node.sub.get_publisher_count() > 0 and node.costmap.wanted()
-                            and all(s.get_publisher_count() > 0 for s in harness.node.subscriptions)), 'discovery'
-    yield node, harness
-    executor.shutdown()
-    node.destroy_node()
-    harness.node.destroy_node()
-    rclpy.shutdown(context=ctx)
-    thread.join(5)
+    try:
+        assert harness.wait_for(lambda: node.sub.get_publisher_count() > 0 and node.costmap.wanted()
+                                and all(s.get_publisher_count() > 0 for s in harness.node.subscriptions)), 'discovery'
+        yield node, harness
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        harness.node.destroy_node()
+        rclpy.shutdown(context=ctx)
+        thread.join(5)
+
+
+@pytest.fixture
+def costmap_node(tiny_model):
+    with running_node(tiny_model) as pair:
+        yield pair
 
 
 def expected_grid(node, image, pitch=0.5):
@@ -156,3 +166,33 @@ def test_bad_camera_info_is_refused_and_counted(costmap_node):
     assert not h.grids
     values = {kv.key: kv.value for kv in node.diagnostic_status().values}
     assert values['costmap_camera_info_rejected'] == '2'
+
+
+@pytest.mark.parametrize('unknown_on_shift', [True, False])
+def test_shift_alarm_withholds_free_cells(tiny_logits_model, tmp_path, unknown_on_shift):
+    import onnx
+
+    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.runtime.shift import feature_names, fit_statistics
+    proto = onnx.load(tiny_logits_model)
+    meta = read_metadata(proto)
+    names = feature_names(len(meta['names']))
+    features = np.random.default_rng(0).normal(0, 1, (40, len(names)))
+    # statistics every frame is far from: threshold below any score, so the alarm is up from the first frame
+    stats = {**fit_statistics(features, ['entropy']), 'threshold': -1.0, 'window': 1}
+    set_metadata(proto, {**meta, 'shift_stats': stats})
+    model = tmp_path / 'alarmed.onnx'
+    onnx.save(proto, str(model))
+    with running_node(str(model), **{'costmap.unknown_on_shift': unknown_on_shift}) as (node, h):
+        image = scene_image()
+        h.send(camera_info(), image)
+        assert h.wait_for(lambda: h.grids), 'no costmap published'
+        data = np.array(h.grids[0].data, np.int8).reshape(60, 80)
+        expected = expected_grid(node, image)
+        assert node.shift.alarm and (expected.grid == 0).any()
+        if unknown_on_shift:
+            assert not (data == 0).any() and np.array_equal(data == 100, expected.grid == 100)
+        else:
+            assert np.array_equal(data, expected.grid)
+        values = {kv.key: kv.value for kv in node.diagnostic_status().values}
+        assert values['costmap_free_withheld'] == ('1' if unknown_on_shift else '0')

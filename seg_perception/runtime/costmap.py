@@ -470,9 +470,11 @@ class GroundCostmap:
         self._shadow_end = last.astype(np.int32)[:, None]
 
     # ------------------------------------------------------------------ frames
-    def update(self, labels: np.ndarray, confidence: np.ndarray | None = None, depth: np.ndarray | None = None
-               ) -> CostmapFrame:
-        """One label image (H, W) (+ max-softmax confidence, + depth in metres) -> :class:`CostmapFrame`."""
+    def update(self, labels: np.ndarray, confidence: np.ndarray | None = None, depth: np.ndarray | None = None,
+               trust_free: bool = True) -> CostmapFrame:
+        """One label image (H, W) (+ max-softmax confidence, + depth in metres) -> :class:`CostmapFrame`.
+        ``trust_free=False`` (e.g. while the domain-shift alarm is raised): no cell is free, floor is unknown;
+        obstacles are placed as always."""
         if self._key is None:
             raise RuntimeError('set_camera() first')
         shape = (self.camera.height, self.camera.width)
@@ -494,6 +496,8 @@ class GroundCostmap:
         rank = _lookup(self._pooled(labels, 'sample'), self._lut_ground)
         if unsure is not None:
             rank[unsure & (rank < _RANK_UNKNOWN)] = _RANK_UNKNOWN   # unsure: never free
+        if not trust_free:
+            rank[rank == _RANK_FREE] = _RANK_UNKNOWN
         if depth is not None:
             return self._finish(*self._update_depth(rank, standing, self._pooled(depth, 'sample')))
         flat = rank.reshape(-1)

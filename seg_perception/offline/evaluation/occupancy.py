@@ -143,25 +143,26 @@ class OccupancyEvaluator:
         return self.costmap
 
     def add_frame(self, labels, confidence, camera_info, camera_to_robot, gt_occupancy, stamp_ns=None, rgb=None,
-                  depth=None) -> dict:
+                  depth=None, trust_free=True) -> dict:
         """Score one frame: labels/confidence (H, W) of the image, its CameraInfo message, the 4x4 camera optical
         frame -> robot transform, the ground-truth OccupancyGrid message (+ a depth image in metres: pixels placed
-        in 3-D). Returns the frame's metrics."""
+        in 3-D; ``trust_free=False``: the shift alarm is raised, no free cells). Returns the frame's metrics."""
         gt = grid_of(gt_occupancy)
         costmap = self._costmap_for(grid_spec_of(gt_occupancy))
         costmap.set_camera(PinholeCamera.from_msg(camera_info, labels.shape[:2]), camera_to_robot)
         costmap.min_confidence = self.min_confidence
-        pred = costmap.update(labels, confidence, depth).grid
+        pred = costmap.update(labels, confidence, depth, trust_free).grid
         counts = frame_counts(pred, gt, costmap.visible)
         for key, value in counts.items():
             self.totals[key] += value
         for t in self.thresholds:
             costmap.min_confidence = t
-            grid = costmap.update(labels, confidence, depth).grid
+            grid = costmap.update(labels, confidence, depth, trust_free).grid
             for key, value in frame_counts(grid, gt, costmap.visible).items():
                 self.sweep_totals[t][key] += value
         costmap.min_confidence = self.min_confidence
-        row = {'index': len(self.frames), 'stamp_ns': stamp_ns, **rates(counts), **counts}
+        row = {'index': len(self.frames), 'stamp_ns': stamp_ns, 'free_withheld': not trust_free, **rates(counts),
+               **counts}
         self.frames.append(row)
         if self.out_dir is not None and len(self.frames) <= self.max_png:
             folder = self.out_dir / 'occupancy'
@@ -238,15 +239,18 @@ def _by_stamp(bag, topic):
 
 
 def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, class_costs=None, limit=0,
-                 threads=1, max_png=20, topics=None, gt_labels=False, depth=False, overhang_margin=None
-                 ) -> OccupancyEvaluator:
+                 threads=1, max_png=20, topics=None, gt_labels=False, depth=False, overhang_margin=None,
+                 shift_gate=False) -> OccupancyEvaluator:
     """Segment every image of ``bag`` that has a CameraInfo, a pose and a ground-truth grid of the same stamp
     with the engine, and score its costmap; frames missing one of them are counted in ``skipped``.
     ``gt_labels``: use the bag's ground-truth labels (confidence 1) instead of the model's: the geometry's own
     limit, what a perfect segmentation would score. ``depth``: place pixels in 3-D with the bag's depth images
-    (the node's ``costmap.use_depth``); ``overhang_margin``: the costmap's (None = its default)."""
+    (the node's ``costmap.use_depth``); ``overhang_margin``: the costmap's (None = its default). ``shift_gate``:
+    as the node's ``costmap.unknown_on_shift``, the model's shift score over the bag's frames in order, and no
+    free cells while its smoothed value is above the threshold (needs a model with shift statistics)."""
     from ...errors import UserError
     from ...runtime.engine import SegmentationEngine
+    from ...runtime.shift import ShiftScorer
     from ..data.bags import iter_bag_images
 
     topics = {**TOPICS, **(topics or {})}
@@ -261,6 +265,13 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
                                    thresholds=thresholds, out_dir=out_dir, meta=engine.meta, max_png=max_png,
                                    **options)
     evaluator.skipped = 0
+    scorer = None
+    if shift_gate and gt_labels:
+        raise UserError('--shift-gate scores the model\'s frames; with --gt-labels there are none')
+    if shift_gate:
+        if not engine.meta.get('shift_stats'):
+            raise UserError(f'{model} has no shift statistics (seg-perception calibrate --shift): no shift gate')
+        scorer = ShiftScorer(engine.meta['shift_stats'])
     truth = {stamp: label for stamp, _, label in iter_bag_images(bag, topics['labels'])} if gt_labels else {}
     depths = {stamp: d for stamp, _, d in iter_bag_images(bag, topics['depth'])} if depth else {}
     for stamp, _, rgb in iter_bag_images(bag, topics['image']):
@@ -269,13 +280,16 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
         if stamp not in infos or stamp not in gts or stamp not in poses or (depth and stamp not in depths):
             evaluator.skipped += 1
             continue
+        trust_free = True
         if gt_labels:
             labels, confidence = truth[stamp], None
         else:
             result = engine.infer(rgb)
             labels, confidence = result.labels, result.confidence
+            if scorer is not None:
+                trust_free = scorer.update(result.logits, result.shift_features)[1] <= scorer.threshold
         evaluator.add_frame(labels, confidence, infos[stamp], poses[stamp], gts[stamp], stamp, rgb,
-                            depths.get(stamp))
+                            depths.get(stamp), trust_free)
     return evaluator
 
 
@@ -295,6 +309,9 @@ def add_arguments(parser):
                         help="place pixels in 3-D with the bag's depth images (the node's costmap.use_depth)")
     parser.add_argument('--overhang-margin', type=float, default=None,
                         help='metres of floor in front of a floor contact kept unknown (default: the costmap\'s)')
+    parser.add_argument('--shift-gate', action='store_true',
+                        help="as the node's costmap.unknown_on_shift: no free cells while the model's smoothed shift "
+                             'score is above its threshold')
     parser.add_argument('--gt-labels', action='store_true',
                         help="score the bag's ground-truth labels instead of the model's (the geometry's limit)")
 
@@ -310,13 +327,14 @@ def run(args):
     out = Path(args.out) if args.out else None
     evaluator = evaluate_bag(args.model or default_model_path(), args.bag, out, thresholds, args.min_confidence,
                              limit=args.limit, threads=args.threads, max_png=args.png, gt_labels=args.gt_labels,
-                             depth=args.depth, overhang_margin=args.overhang_margin)
+                             depth=args.depth, overhang_margin=args.overhang_margin, shift_gate=args.shift_gate)
     if not evaluator.frames:
         raise UserError(f'{args.bag}: no frame has an image, CameraInfo, pose and ground truth of one stamp')
     table = evaluator.table_markdown()
     print(table)
+    withheld = sum(f['free_withheld'] for f in evaluator.frames)
     print(f'{len(evaluator.frames)} frames scored, {evaluator.skipped} skipped (missing CameraInfo, pose or '
-          'ground truth)')
+          'ground truth)' + (f'; {withheld} without free cells (shift alarm)' if args.shift_gate else ''))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         report = {'bag': str(args.bag), 'model': str(args.model or default_model_path()),
