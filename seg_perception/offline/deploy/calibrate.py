@@ -95,9 +95,9 @@ def _blocks(graph: np.ndarray, groups: list[dict]) -> list[np.ndarray]:
 
 
 def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> np.ndarray:
-    """(N, G) raw graph statistics -> (N, taps): each tap's whitened distance over its training median."""
-    return np.stack([np.linalg.norm((block - center) @ whiten, axis=1) / group['scale']
-                     for block, (center, whiten), group in zip(_blocks(graph, groups), fits, groups)], axis=1)
+    """(N, G) raw graph statistics -> (N, taps): each tap's whitened (Mahalanobis) distance."""
+    return np.stack([np.linalg.norm((block - center) @ whiten, axis=1)
+                     for block, (center, whiten) in zip(_blocks(graph, groups), fits)], axis=1)
 
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
@@ -175,26 +175,26 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                         pixels=False)
         if groups:   # whitening of each tap's statistics, and its distance's median on the training frames
             fits = [sf.fit_whitening(block) for block in _blocks(train['graph'], groups)]
-            for group, (center, whiten), block in zip(groups, fits, _blocks(train['graph'], groups)):
-                group['scale'] = float(np.median(np.linalg.norm((block - center) @ whiten, axis=1)))
+            for group, distances in zip(groups, _tap_distances(train['graph'], groups, fits).T):
+                group['scale'] = float(np.median(distances))
         if choose_against:
             foreign = {}
             for item in choose_against:
                 spec, _, part = item.partition(':')
                 foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
                                         progress=progress, pixels=False, labels=False)
-            terms = None if not groups else {name: _tap_distances(frames['graph'], groups, fits) for name, frames
-                                             in {'train': train, 'held': held, **foreign}.items()}
+            terms = None if not groups else {
+                name: _tap_distances(frames['graph'], groups, fits) / [g['scale'] for g in groups]
+                for name, frames in {'train': train, 'held': held, **foreign}.items()}
             features, chosen_taps, chosen_by = choose_features(
                 np.asarray(train['features']), np.asarray(held['features']),
                 {name: frames['features'] for name, frames in foreign.items()}, graph=terms)
             result['features_chosen'] = {'features': features, 'auroc': chosen_by}
             if groups:   # keep only the chosen taps in the graph
                 result['features_chosen']['taps'] = [f'{groups[i]["name"]}:{groups[i]["stat"]}' for i in chosen_taps]
-                columns = np.concatenate([np.arange(sum(g['size'] for g in groups[:i]),
-                                                    sum(g['size'] for g in groups[:i + 1])) for i in chosen_taps]
-                                         or [np.zeros(0, int)])
-                train['graph'], held['graph'] = train['graph'][:, columns], held['graph'][:, columns]
+                for frames in (train, held):
+                    blocks = _blocks(frames['graph'], groups)
+                    frames['graph'] = np.concatenate([blocks[i] for i in chosen_taps] or [blocks[0][:, :0]], axis=1)
                 proto = untapped
                 kept = [taps[i] for i in chosen_taps]
                 fits = [fits[i] for i in chosen_taps]
