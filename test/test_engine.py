@@ -137,6 +137,9 @@ def test_colorize_and_overlay():
     assert c.dtype == np.uint8 and c.flags.c_contiguous
     wide = eng.colorize(np.array([[2, 299], [1000, 0]], np.uint16), [(10, 20, 30), (40, 50, 60), (70, 80, 90)])
     assert wide[0, 0].tolist() == [70, 80, 90] and wide[0, 1].tolist() == wide[1, 0].tolist() == [0, 0, 0]
+    many = np.random.default_rng(0).integers(0, 256, (48, 64)).astype(np.uint8)   # the uint8 path = the gather
+    palette = [tuple(int(v) for v in c) for c in np.random.default_rng(1).integers(0, 256, (200, 3))]
+    assert np.array_equal(eng.colorize(many, palette), eng.colorize(many.astype(np.uint16), palette))
     conf = np.array([[0.0, 1.0, 0.2 / 255], [0.7 / 255, 0.31, 0.999]], np.float32)
     assert eng.confidence_to_mono8(conf).tolist() == [[0, 255, 0], [1, 79, 255]]
     o = eng.overlay(np.zeros_like(c), c, 0.5)
