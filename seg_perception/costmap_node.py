@@ -63,7 +63,8 @@ PARAMETERS = {
     'costmap.overhang_margin': (0.5, 'Floor seen less than this (m) in front of an obstacle contact stays '
                                      'unknown: it may lie under an overhang (table top, vehicle body).',
                                 {'floating_point_range': _float_range(0.0, 10.0)}),
-    'costmap.pool': (2, 'Image pixels per costmap sample along each side (1 = every pixel; 2 quarters the cost).',
+    'costmap.pool': (3, 'Image pixels per costmap sample along each side (1 = every pixel; 3 at 640x480 and up; '
+                        '2 for smaller images or with costmap.use_depth).',
                      {'integer_range': [IntegerRange(from_value=1, to_value=8, step=1)]}),
     'costmap.fusion_decay': (0.0, 'Blend successive costmaps, each frame weighing decay^age; 0 = off.',
                              {'floating_point_range': _float_range(0.0, 0.99)}),

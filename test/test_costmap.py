@@ -60,7 +60,7 @@ GRID = GridSpec.from_size(10.0, 10.0, 0.05)
 
 def make(cam, cam_pose, grid=GRID, pool=1, overhang_margin=0.0, **kw):
     """A costmap at the image's own resolution (pool 1: pixel-level checks) without an overhang margin; the
-    node's defaults pool 2x2 and keep 0.5 m in front of contacts unknown."""
+    node's defaults pool 3x3 and keep 0.5 m in front of contacts unknown."""
     costmap = GroundCostmap(grid, COSTS, pool=pool, overhang_margin=overhang_margin, **kw)
     costmap.set_camera(cam, cam_pose)
     return costmap

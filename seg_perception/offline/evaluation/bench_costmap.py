@@ -62,7 +62,7 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
 
 
 def bench_costmap(model, frames, info, grid_m=10.0, resolution=0.05, camera_z=1.0, camera_pitch=0.35,
-                  threads=1, warmup=2, repeat=7, clock='cpu', pool=2) -> dict:
+                  threads=1, warmup=2, repeat=7, clock='cpu', pool=3) -> dict:
     """Medians (ms) per frame of the node's frame work and of the costmap, and of a geometry rebuild (two
     rebuilds timed together, halved)."""
     from ...runtime.costmap import OPTICAL_IN_BODY, GridSpec, GroundCostmap, class_cost_table
@@ -107,7 +107,7 @@ def add_costmap_arguments(parser) -> None:
     parser.add_argument('--camera-z', type=float, default=1.0, help='camera height in metres')
     parser.add_argument('--camera-pitch', type=float, default=0.35, help='camera pitch in radians (> 0 looks down)')
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
-    parser.add_argument('--pool', type=int, default=2, help='image pixels per costmap sample side (costmap.pool)')
+    parser.add_argument('--pool', type=int, default=3, help='image pixels per costmap sample side (costmap.pool)')
     parser.add_argument('--clock', choices=tuple(CLOCKS), default='cpu',
                         help='cpu: CPU time of this process (robust to other load on the machine); wall: elapsed')
     add_common_arguments(parser)

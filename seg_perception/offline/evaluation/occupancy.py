@@ -240,14 +240,14 @@ def _by_stamp(bag, topic):
 
 def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, class_costs=None, limit=0,
                  threads=1, max_png=20, topics=None, gt_labels=False, depth=False, overhang_margin=None,
-                 shift_gate=False) -> OccupancyEvaluator:
+                 shift_gate=False, pool=None) -> OccupancyEvaluator:
     """Segment every image of ``bag`` that has a CameraInfo, a pose and a ground-truth grid of the same stamp
     with the engine, and score its costmap; frames missing one of them are counted in ``skipped``.
     ``gt_labels``: use the bag's ground-truth labels (confidence 1) instead of the model's: the geometry's own
     limit, what a perfect segmentation would score. ``depth``: place pixels in 3-D with the bag's depth images
-    (the node's ``costmap.use_depth``); ``overhang_margin``: the costmap's (None = its default). ``shift_gate``:
-    as the node's ``costmap.unknown_on_shift``, the model's shift score over the bag's frames in order, and no
-    free cells while its smoothed value is above the threshold (needs a model with shift statistics)."""
+    (the node's ``costmap.use_depth``); ``overhang_margin``, ``pool``: the costmap's (None = its default).
+    ``shift_gate``: as the node's ``costmap.unknown_on_shift``, the model's shift score over the bag's frames in
+    order, and no free cells while its smoothed value is above the threshold (needs shift statistics)."""
     from ...errors import UserError
     from ...runtime.engine import SegmentationEngine
     from ...runtime.shift import ShiftScorer
@@ -260,7 +260,7 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
     if not poses:
         raise UserError(f'{bag}: no base_link -> camera transform on {topics["tf"]} (render the bag again with '
                         'this version of `seg-perception render`)')
-    options = {} if overhang_margin is None else {'overhang_margin': float(overhang_margin)}
+    options = {key: value for key, value in (('overhang_margin', overhang_margin), ('pool', pool)) if value is not None}
     evaluator = OccupancyEvaluator(engine.names, class_costs=class_costs, min_confidence=min_confidence,
                                    thresholds=thresholds, out_dir=out_dir, meta=engine.meta, max_png=max_png,
                                    **options)
@@ -312,6 +312,8 @@ def add_arguments(parser):
     parser.add_argument('--shift-gate', action='store_true',
                         help="as the node's costmap.unknown_on_shift: no free cells while the model's smoothed shift "
                              'score is above its threshold')
+    parser.add_argument('--pool', type=int, default=None,
+                        help="image pixels per costmap sample side (the node's costmap.pool; default: the costmap's)")
     parser.add_argument('--gt-labels', action='store_true',
                         help="score the bag's ground-truth labels instead of the model's (the geometry's limit)")
 
@@ -327,7 +329,8 @@ def run(args):
     out = Path(args.out) if args.out else None
     evaluator = evaluate_bag(args.model or default_model_path(), args.bag, out, thresholds, args.min_confidence,
                              limit=args.limit, threads=args.threads, max_png=args.png, gt_labels=args.gt_labels,
-                             depth=args.depth, overhang_margin=args.overhang_margin, shift_gate=args.shift_gate)
+                             depth=args.depth, overhang_margin=args.overhang_margin, shift_gate=args.shift_gate,
+                             pool=args.pool)
     if not evaluator.frames:
         raise UserError(f'{args.bag}: no frame has an image, CameraInfo, pose and ground truth of one stamp')
     table = evaluator.table_markdown()
