@@ -116,3 +116,19 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
         assert sum(n.name.startswith('shift_features/') for n in graph.node) == (1 if groups else 0)
         assert [o.name for o in graph.output].count('shift_features') == (1 if groups else 0)
         assert np.array_equal(refit.infer(rgb).labels, a.labels)
+
+
+@pytest.mark.skipif(not (REPO / 'models' / 'adaptive_topformer_tiny_scenes.onnx').exists(),
+                    reason='models/adaptive_topformer_tiny_scenes.onnx not present')
+def test_taps_of_a_model_with_a_knob_input():
+    """The channel probe feeds the knob (refine_threshold) too; the shipped adaptive model carries its taps."""
+    path = REPO / 'models' / 'adaptive_topformer_tiny_scenes.onnx'
+    proto = onnx.load(str(path))
+    sf.remove_shift_features(proto)
+    assert 'shift_features' not in [o.name for o in proto.graph.output]
+    assert sf.tap_channels(proto, [('/ppa/', 'mean'), ('/tpm/stem/', 'std')], np.zeros((1, 3, 64, 64), np.float32)) \
+        == [208, 16]
+    engine = SegmentationEngine(str(path))
+    result = engine.infer(np.full((96, 128, 3), 90, np.uint8), refine_threshold=0.0)
+    score = ShiftScorer(engine.meta['shift_stats']).score(result.logits, result.shift_features)
+    assert np.isfinite(score) and score > 0

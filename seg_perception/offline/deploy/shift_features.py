@@ -116,7 +116,9 @@ def tap_channels(proto: onnx.ModelProto, taps: list[tuple[str, str]], image: np.
     for t in names:
         probe.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=['CPUExecutionProvider'])
-    values = session.run(names, {'images': image})
+    # a knob input (refine_threshold, exit_threshold: float scalars) at 1.0, its every-path end
+    knobs = {i.name: np.array(1.0, np.float32) for i in session.get_inputs() if i.name != 'images' and not i.shape}
+    values = session.run(names, {'images': image, **knobs})
     for (name, _), v in zip(taps, values):
         if v.ndim != 4:
             raise ValueError(f'tap {name!r} is a {v.ndim}-D tensor; taps must be (N, C, h, w) feature maps')
