@@ -50,3 +50,17 @@ def make_tiny_model(path, num_classes=6, dynamic=True, output_kind='labels', res
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def with_shift_threshold(src, dst, threshold):
+    """A copy of logits model ``src`` with logits shift statistics whose alarm threshold is ``threshold`` (window 1):
+    -1 = every frame alarms, 1e9 = none does."""
+    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.runtime.shift import feature_names, fit_statistics
+    proto = onnx.load(str(src))
+    meta = read_metadata(proto)
+    features = np.random.default_rng(0).normal(0, 1, (40, len(feature_names(len(meta['names'])))))
+    set_metadata(proto, {**meta, 'shift_stats': {**fit_statistics(features, ['entropy']), 'threshold': threshold,
+                                                 'window': 1}})
+    onnx.save(proto, str(dst))
+    return str(dst)

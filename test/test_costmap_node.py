@@ -170,20 +170,10 @@ def test_bad_camera_info_is_refused_and_counted(costmap_node):
 
 @pytest.mark.parametrize('unknown_on_shift', [True, False])
 def test_shift_alarm_withholds_free_cells(tiny_logits_model, tmp_path, unknown_on_shift):
-    import onnx
-
-    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
-    from seg_perception.runtime.shift import feature_names, fit_statistics
-    proto = onnx.load(tiny_logits_model)
-    meta = read_metadata(proto)
-    names = feature_names(len(meta['names']))
-    features = np.random.default_rng(0).normal(0, 1, (40, len(names)))
-    # statistics every frame is far from: threshold below any score, so the alarm is up from the first frame
-    stats = {**fit_statistics(features, ['entropy']), 'threshold': -1.0, 'window': 1}
-    set_metadata(proto, {**meta, 'shift_stats': stats})
-    model = tmp_path / 'alarmed.onnx'
-    onnx.save(proto, str(model))
-    with running_node(str(model), **{'costmap.unknown_on_shift': unknown_on_shift}) as (node, h):
+    from onnx_models import with_shift_threshold
+    # a threshold below any score: the alarm is up from the first frame
+    model = with_shift_threshold(tiny_logits_model, tmp_path / 'alarmed.onnx', -1.0)
+    with running_node(model, **{'costmap.unknown_on_shift': unknown_on_shift}) as (node, h):
         image = scene_image()
         h.send(camera_info(), image)
         assert h.wait_for(lambda: h.grids), 'no costmap published'

@@ -92,19 +92,12 @@ def test_bag_without_poses_is_a_user_error(tmp_path, tiny_model):
 
 def test_shift_gate_withholds_free_cells_while_the_alarm_is_up(rendered_bag, tmp_path, tiny_model,
                                                               tiny_logits_model):
-    import onnx
+    from onnx_models import with_shift_threshold
 
     from seg_perception.errors import UserError
-    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
-    from seg_perception.runtime.shift import feature_names, fit_statistics
     path, _ = rendered_bag
-    proto = onnx.load(tiny_logits_model)
-    meta = read_metadata(proto)
-    features = np.random.default_rng(0).normal(0, 1, (40, len(feature_names(len(meta['names'])))))
     for name, threshold in (('quiet', 1e9), ('alarmed', -1.0)):   # never / always above the threshold
-        set_metadata(proto, {**meta, 'shift_stats': {**fit_statistics(features, ['entropy']),
-                                                     'threshold': threshold, 'window': 1}})
-        onnx.save(proto, str(tmp_path / f'{name}.onnx'))
+        with_shift_threshold(tiny_logits_model, tmp_path / f'{name}.onnx', threshold)
     plain = evaluate_bag(str(tmp_path / 'quiet.onnx'), str(path))
     quiet = evaluate_bag(str(tmp_path / 'quiet.onnx'), str(path), shift_gate=True)
     alarmed = evaluate_bag(str(tmp_path / 'alarmed.onnx'), str(path), shift_gate=True)

@@ -94,10 +94,14 @@ def _blocks(graph: np.ndarray, groups: list[dict]) -> list[np.ndarray]:
     return np.split(np.asarray(graph), np.cumsum([g['size'] for g in groups])[:-1], axis=1)
 
 
+def _whitened(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> list[np.ndarray]:
+    """(N, G) raw graph statistics -> each tap's block centred and whitened, as the graph outputs it."""
+    return [(block - center) @ whiten for block, (center, whiten) in zip(_blocks(graph, groups), fits)]
+
+
 def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> np.ndarray:
     """(N, G) raw graph statistics -> (N, taps): each tap's whitened (Mahalanobis) distance."""
-    return np.stack([np.linalg.norm((block - center) @ whiten, axis=1)
-                     for block, (center, whiten) in zip(_blocks(graph, groups), fits)], axis=1)
+    return np.stack([np.linalg.norm(block, axis=1) for block in _whitened(graph, groups, fits)], axis=1)
 
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
@@ -125,11 +129,11 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if engine.has_shift_features and shift:   # refit the model's own taps (or replace them with ``taps``)
         taps = taps or [(g['name'], g['stat']) for g in engine.meta['shift_stats'].get('graph_groups', ())]
         sf.remove_shift_features(proto)
-    untapped = onnx.ModelProto()
-    untapped.CopyFrom(proto)
     if taps:
         if not shift:
             raise UserError('--taps need --shift (the training frames their statistics come from)')
+        untapped = onnx.ModelProto()   # the graph without taps, for the chosen ones (--choose-features)
+        untapped.CopyFrom(proto)
         probe = np.zeros((1, 3, *(engine.net_hw or engine.meta['input_size'])), np.float32)
         channels = sf.tap_channels(proto, taps, probe)
         groups = sf.add_shift_features(proto, taps, channels)
@@ -200,18 +204,15 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                 fits = [fits[i] for i in chosen_taps]
                 groups = [groups[i] for i in chosen_taps]
                 if kept:
-                    scales = [g['scale'] for g in groups]
-                    groups = sf.add_shift_features(proto, kept, [channels[i] for i in chosen_taps])
-                    for group, scale in zip(groups, scales):
-                        group['scale'] = scale
+                    groups = [{**new, 'scale': old['scale']} for new, old in
+                              zip(sf.add_shift_features(proto, kept, [channels[i] for i in chosen_taps]), groups)]
         stats = fit_statistics(train['features'], features)
         held_graph = [None] * len(held['features'])
         if groups:   # each term divided by its median on the training frames, so the terms weigh alike
             stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
             sf.set_whitening(proto, [c for c, _ in fits], [w for _, w in fits])
             stats['graph_groups'] = groups
-            held_graph = np.concatenate([(block - c) @ w for block, (c, w) in
-                                         zip(_blocks(held['graph'], groups), fits)], axis=1)
+            held_graph = np.concatenate(_whitened(held['graph'], groups, fits), axis=1)
         scorer = ShiftScorer({**stats, 'window': window})
         held_scores = [scorer.distance(f, g) for f, g in zip(held['features'], held_graph)]
         smoothed = smooth(held_scores, window)
