@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from seg_perception.offline.data import datasets
-from seg_perception.offline.training.augment import TrainDataset, add_haze, recolor_classes
+from seg_perception.offline.training.augment import TrainDataset, add_haze, add_shadows, recolor_classes
 from seg_perception.offline.training.config import check_config
 
 H, W = 16, 24
@@ -70,11 +70,36 @@ def test_recolor_changes_colours_per_class_and_keeps_shape():
     assert hazy.shape == image.shape and hazy[0].mean() > image[0].mean()
 
 
+def test_grain_flat_haze_and_shadows():
+    """Fine grain adds pixel-scale variation inside a class; flat haze lowers contrast evenly; shadows only
+    darken, softly, and leave most of the frame alone."""
+    image = np.full((H, W, 3), (120, 80, 40), np.uint8)
+    image[:, W // 2:] = (40, 60, 200)
+    label = np.zeros((H, W), np.uint8)
+    label[:, W // 2:] = 1
+
+    def local_variation(img):
+        grey = img.astype(np.float32).mean(2)
+        return np.abs(np.diff(grey, axis=1))[:, :W // 2 - 1].mean()
+
+    plain = recolor_classes(image, label, np.random.default_rng(3), grain=0.0)
+    grainy = recolor_classes(image, label, np.random.default_rng(3), grain=1.0)
+    assert local_variation(grainy) > local_variation(plain) + 0.5
+    rng = np.random.default_rng(0)
+    fog = add_haze(image, rng, flat=True)
+    contrast = lambda img: np.ptp(img.astype(np.float32).mean(2))   # noqa: E731
+    assert contrast(fog) < contrast(image)
+    top, bottom = (fog[0].astype(int) - image[0]).mean(), (fog[-1].astype(int) - image[-1]).mean()
+    assert abs(top - bottom) < 1                   # even veil, unlike the default haze
+    shaded = add_shadows(image, np.random.default_rng(1))
+    assert shaded.shape == image.shape and (shaded <= image).all() and (shaded < image).any()
+
+
 def test_domain_randomized_training_samples_are_deterministic(tmp_path):
     _camvid_shared_layout(tmp_path / 'camvid')
     ds = datasets.open_dataset(tmp_path / 'camvid', split='train')
     cfg = check_config({'data': 'x', 'input_size': [32, 32], 'crop_size': [32, 32], 'domain_randomization': 1.0,
-                        'class_recolor': 1.0})
+                        'class_recolor': 1.0, 'texture_grain': 1.0, 'haze': 1.0, 'flat_haze': 0.5, 'shadows': 1.0})
     train = TrainDataset(ds, cfg)
     a, b = train[(0, 5)], train[(0, 5)]
     assert a[0].shape == (3, 32, 32) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

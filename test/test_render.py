@@ -118,3 +118,26 @@ def test_cli_writes_dataset_and_bag(tmp_path):
     classes = yaml.safe_load((out / 'classes.yaml').read_text())
     assert classes['names'] == list(SCENE_CLASS_NAMES) and classes['ignore_index'] == 255
     assert (bag / 'metadata.yaml').exists()
+
+
+def test_variety_textures_objects_and_poses_limbs():
+    """--variety: textured obstacles (more variation inside obstacle pixels than flat-coloured ones) and limbs
+    turned about their joint (a limb lifted sideways by 90 degrees sticks out level with its joint)."""
+    from seg_perception.offline.data.render import _Scene
+
+    def spread_inside_obstacles(variety):
+        values = []
+        for f in render_frames(6, seed=3, width=128, height=96, seq_len=2, clutter=(1.0, 1.0), layouts=('room',),
+                               variety=variety):
+            grey = f['image'].astype(np.float32).mean(2)
+            inner = cv2.erode((f['label'] == OBSTACLE).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            if inner.sum() > 50:
+                values.append(np.abs(grey - cv2.blur(grey, (3, 3)))[inner].mean())
+        return np.mean(values)
+
+    assert spread_inside_obstacles(1.0) > 1.5 * spread_inside_obstacles(0.0)
+    kind, (radius, length), centre, _, angles = _Scene._limb(np.pi / 2, 0.0, (0, 0.2, 1.3), 0.05, 0.4, (1, 1, 1, 1))
+    assert kind == 'capsule' and angles == (np.pi / 2, 0.0)
+    np.testing.assert_allclose(centre, (0, 0.2 + 0.25, 1.3), atol=1e-9)
+    _, _, centre, _, _ = _Scene._limb(0.0, np.pi / 2, (0, 0, 1.0), 0.05, 0.4, (1, 1, 1, 1))
+    np.testing.assert_allclose(centre, (-0.25, 0, 1.0), atol=1e-9)

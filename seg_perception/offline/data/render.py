@@ -247,9 +247,9 @@ class _Textures:
 class _Scene:
     """One randomised scene in a pybullet client, with the class of every body and its floor footprint."""
 
-    def __init__(self, p, data_path, textures, rng, clutter, layout, seq_len):
+    def __init__(self, p, data_path, textures, rng, clutter, layout, seq_len, variety=0.0):
         self.p, self.data_path, self.textures, self.rng = p, data_path, textures, rng
-        self.clutter, self.layout, self.seq_len = clutter, layout, seq_len
+        self.clutter, self.layout, self.seq_len, self.variety = clutter, layout, seq_len, variety
         self.body_class = {}
         self.footprints = []
         self.movers = []
@@ -267,18 +267,23 @@ class _Scene:
         return p.createVisualShape(shape, radius=dims[0], length=dims[1], rgbaColor=rgba)
 
     def _compound(self, parts, x, y, yaw, cls, texture=None):
-        """A rigid body made of primitive parts ``(kind, dims, (lx, ly, lz), rgba)``; returns its id.
+        """A rigid body made of primitive parts ``(kind, dims, (lx, ly, lz), rgba[, (roll, pitch)])``; returns
+        its id. With probability ``variety`` an obstacle, person or robot without a texture gets a random one.
 
         Its footprint is the union of the parts' floor projections (boxes: their rectangles; round parts:
         the bounding square of their radius)."""
         p = self.p
-        visuals = [self._visual(kind, dims, rgba) for kind, dims, _, rgba in parts]
+        if texture is None and cls != WALL and self.variety > 0 and self.rng.random() < self.variety:
+            texture = self.textures.make(self.rng, _Textures.KINDS[self.rng.integers(len(_Textures.KINDS))])
+        visuals = [self._visual(kind, dims, rgba) for kind, dims, _, rgba, *_ in parts]
         n = len(parts)
+        orientations = [p.getQuaternionFromEuler([*part[4], 0]) if len(part) > 4 else [0, 0, 0, 1]
+                        for part in parts]
         body = p.createMultiBody(
             baseMass=0, baseVisualShapeIndex=-1, baseCollisionShapeIndex=-1, basePosition=[x, y, 0],
             baseOrientation=p.getQuaternionFromEuler([0, 0, yaw]),
             linkMasses=[0] * n, linkCollisionShapeIndices=[-1] * n, linkVisualShapeIndices=visuals,
-            linkPositions=[list(off) for _, _, off, _ in parts], linkOrientations=[[0, 0, 0, 1]] * n,
+            linkPositions=[list(part[2]) for part in parts], linkOrientations=orientations,
             linkInertialFramePositions=[[0, 0, 0]] * n, linkInertialFrameOrientations=[[0, 0, 0, 1]] * n,
             linkParentIndices=[0] * n, linkJointTypes=[p.JOINT_FIXED] * n, linkJointAxis=[[0, 0, 1]] * n)
         if texture is not None:
@@ -286,7 +291,7 @@ class _Scene:
             for link in range(n):
                 p.changeVisualShape(body, link, textureUniqueId=tex)
         polys = []
-        for kind, dims, (lx, ly, lz), _ in parts:
+        for kind, dims, (lx, ly, lz), *_ in parts:
             half_height = _half_height(kind, dims)
             if lz - half_height > _FOOTPRINT_MAX_Z:
                 continue
@@ -561,15 +566,32 @@ class _Scene:
         torso_h, shoulder = 0.5 * scale, hip + 0.55 * scale
         arm_swing = rng.normal(0, 0.08)
         parts = [('capsule', [0.16 * scale, torso_h * 0.6], (0, 0, hip + torso_h / 2 + 0.02), shirt)]
+        posed = self.variety > 0 and rng.random() < self.variety
         for side in (-1, 1):
+            arm = shirt if rng.random() < 0.5 else skin
+            if posed:   # arms lifted sideways (0-160 deg) and swung forward/back, legs in a stride
+                parts.append(self._limb(rng.uniform(0, math.radians(160)) * side, rng.uniform(-1.4, 0.6),
+                                        (0, side * 0.23 * scale, shoulder - 0.05 * scale), 0.05 * scale,
+                                        0.45 * scale, arm))
+                stride = rng.uniform(-0.45, 0.45)
+                parts.append(self._limb(side * rng.uniform(0, 0.15), stride, (0, side * 0.09 * scale, hip * 0.8),
+                                        0.065 * scale, leg_len, pants))
+                continue
             parts.append(('capsule', [0.065 * scale, leg_len], (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
             parts.append(('capsule', [0.05 * scale, 0.45 * scale],
-                          (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale),
-                          shirt if rng.random() < 0.5 else skin))
+                          (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
         parts.append(('sphere', [0.11 * scale], (0, 0, shoulder + 0.17 * scale), skin))
         if rng.random() < 0.5:
             parts.append(('cylinder', [0.115 * scale, 0.06], (0, 0, shoulder + 0.25 * scale), _colour(rng)))
         self._compound(parts, x, y, yaw, PERSON)
+
+    @staticmethod
+    def _limb(roll, pitch, joint, radius, length, rgba):
+        """A capsule hanging from ``joint`` turned by ``roll`` (sideways) then ``pitch`` (forward/back)."""
+        sr, cr, sp, cp = math.sin(roll), math.cos(roll), math.sin(pitch), math.cos(pitch)
+        down = np.array([-sp * cr, sr, -cp * cr])       # R_y(pitch) R_x(roll) (0, 0, -1)
+        centre = np.asarray(joint) + down * (length / 2 + radius)
+        return ('capsule', [radius, length], tuple(float(v) for v in centre), rgba, (roll, pitch))
 
     def _robot(self, x, y, yaw):
         rng = self.rng
@@ -653,13 +675,15 @@ def _sky(rng, height, width):
 
 def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=10, layouts=LAYOUTS,
                   fov_range=(50.0, 85.0), height_range=(0.25, 1.6), pitch_range=(-30.0, 5.0),
-                  shadows=0.3, name_prefix=''):
+                  shadows=0.3, variety=0.0, name_prefix=''):
     """Yield ``n`` rendered frames (dicts described in the module docstring), ``seq_len`` per scene.
 
     ``clutter`` is the (lo, hi) range of the per-sequence clutter level (0 empty .. 1 crowded), ``layouts`` the
     scene kinds drawn from, ``fov_range`` the vertical field of view in degrees, ``height_range`` the camera
     height in metres, ``pitch_range`` its pitch in degrees (negative looks down), ``shadows`` the fraction of
-    sequences rendered with shadows. The same arguments always give the same frames."""
+    sequences rendered with shadows, ``variety`` the share of obstacles, people and robots given a random
+    procedural texture and of people in varied poses (arms raised or swung, legs in a stride). The same
+    arguments always give the same frames."""
     p, data_path = _pybullet()
     textures = _Textures(data_path)
     lo, hi = float(clutter[0]), float(clutter[1])
@@ -670,7 +694,7 @@ def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=
             rng = np.random.default_rng([seed, seq])
             layout = layouts[rng.integers(len(layouts))]
             level = float(rng.uniform(lo, hi)) if hi > lo else lo
-            scene = _Scene(p, data_path, textures, rng, level, layout, seq_len)
+            scene = _Scene(p, data_path, textures, rng, level, layout, seq_len, variety)
             fov = rng.uniform(*fov_range)
             cam_h = rng.uniform(*height_range)
             pitch0 = math.radians(rng.uniform(*pitch_range))
@@ -778,6 +802,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cam-height', default='0.25,1.6', help='lo,hi camera height in metres')
     parser.add_argument('--pitch', default='-30,5', help='lo,hi camera pitch in degrees (negative looks down)')
     parser.add_argument('--shadows', type=float, default=0.3, help='fraction of sequences with shadows')
+    parser.add_argument('--variety', type=float, default=0.0,
+                        help='share of obstacles, people and robots with random textures and of people in varied '
+                             'poses (0 = the renderer as the shipped scene models were trained)')
     parser.add_argument('--jpeg', action='store_true', help='bag: also /camera/image_raw/compressed')
     parser.add_argument('--jpeg-quality', type=int, default=90, help='bag: JPEG quality of the compressed topic')
     parser.add_argument('--no-raw', action='store_true', help='bag: leave out /camera/image_raw')
@@ -800,6 +827,8 @@ def run(args: argparse.Namespace) -> int:
         _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
     if args.bag and Path(args.bag).exists():
         raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
+    if not 0 <= args.variety <= 1:
+        raise UserError(f'--variety {args.variety} must be a share in [0, 1]')
     if args.generator == 'raycast':
         from .raycast import raycast_frames
         frames = raycast_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
@@ -812,7 +841,7 @@ def run(args: argparse.Namespace) -> int:
     frames = render_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
                            clutter=_pair(args.clutter), seq_len=args.seq_len, layouts=layouts,
                            fov_range=_pair(args.fov), height_range=_pair(args.cam_height),
-                           pitch_range=_pair(args.pitch), shadows=args.shadows)
+                           pitch_range=_pair(args.pitch), shadows=args.shadows, variety=args.variety)
     return _write(args, frames)
 
 

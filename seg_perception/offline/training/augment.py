@@ -62,33 +62,63 @@ def camera_randomization(p: float) -> list:
     ], p=p)]
 
 
-def recolor_classes(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def recolor_classes(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                    grain: float = 0.0) -> np.ndarray:
     """Domain randomization of appearance: each class gets its own random hue rotation, saturation and
     brightness change and, half the time, a smooth random texture multiplied in, so colour and texture stop being
-    a shortcut to the class and shape and context have to carry it."""
+    a shortcut to the class and shape and context have to carry it. With probability ``grain`` a class's texture
+    also gets fine grain (cells of 2-6 pixels), as stucco, fabric or sensor-scale detail have."""
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.float32)
     h, w = label.shape
     n = 256
     hue, sat, val = rng.uniform(0, 180, n), rng.uniform(0.3, 1.6, n), rng.uniform(0.6, 1.3, n)
     texture = np.ones((h, w), np.float32)
     for cls in np.unique(label):
+        mask = None
         if rng.random() < 0.5:
             cells = int(rng.integers(3, 24))
             noise = cv2.resize(rng.random((cells, cells), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
             mask = label == cls
             texture[mask] = 1 + rng.uniform(0.1, 0.6) * (noise[mask] - 0.5)
+        if grain > 0 and rng.random() < grain:
+            size = rng.uniform(2, 6)
+            fine = cv2.resize(rng.random((max(2, int(h / size)), max(2, int(w / size))), dtype=np.float32), (w, h),
+                              interpolation=cv2.INTER_LINEAR)
+            mask = label == cls if mask is None else mask
+            texture[mask] *= 1 + rng.uniform(0.1, 0.5) * (fine[mask] - 0.5)
     hsv[..., 0] = np.mod(hsv[..., 0] + hue[label], 180)
     hsv[..., 1] = np.clip(hsv[..., 1] * sat[label], 0, 255)
     hsv[..., 2] = np.clip(hsv[..., 2] * val[label] * texture, 0, 255)
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
 
 
-def add_haze(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Haze: the image blended towards a light, slightly tinted colour, more towards the top (farther away)."""
+def add_haze(image: np.ndarray, rng: np.random.Generator, flat: bool = False) -> np.ndarray:
+    """Haze: the image blended towards a light, slightly tinted colour, more towards the top (farther away);
+    ``flat``: fog veiling the whole frame evenly (low contrast everywhere, as a dim or misty scene gives)."""
     h = image.shape[0]
     colour = rng.uniform(170, 250) * rng.uniform(0.9, 1.05, 3)
-    strength = rng.uniform(0.1, 0.5) * np.linspace(1.0, 0.3, h, dtype=np.float32)[:, None, None]
+    if flat:
+        strength = np.float32(rng.uniform(0.15, 0.6))
+    else:
+        strength = rng.uniform(0.1, 0.5) * np.linspace(1.0, 0.3, h, dtype=np.float32)[:, None, None]
     return np.clip(image * (1 - strength) + colour * strength, 0, 255).astype(np.uint8)
+
+
+def add_shadows(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Soft cast shadows: 1-3 random polygons, blurred at the edges, darken what they cover by 20-60 %, as
+    the sun through windows or objects' shadows on the floor do; shadows cross class boundaries, so they carry
+    no label information."""
+    h, w = image.shape[:2]
+    shade = np.zeros((h, w), np.float32)
+    for _ in range(int(rng.integers(1, 4))):
+        centre = rng.uniform((0, h * 0.2), (w, h))
+        radius = rng.uniform(0.1, 0.5) * max(h, w)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 7))))
+        points = centre + radius * rng.uniform(0.4, 1.0, (angles.size, 1)) * np.stack([np.cos(angles),
+                                                                                       np.sin(angles)], 1)
+        cv2.fillPoly(shade, [points.astype(np.int32)], float(rng.uniform(0.2, 0.6)))
+    shade = cv2.GaussianBlur(shade, (0, 0), rng.uniform(1.0, 0.03 * max(h, w) + 1.0))
+    return np.clip(image * (1 - shade)[..., None], 0, 255).astype(np.uint8)
 
 
 def letterbox(image: np.ndarray, label: np.ndarray, input_size, fill) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +148,9 @@ class TrainDataset(torch.utils.data.Dataset):
         self.mean, self.std = cfg['mean'], cfg['std']
         self.letterbox_size = cfg['input_size'] if cfg['resize_mode'] == 'letterbox' else None
         self.fill = tuple(int(round(v)) for v in cfg['mean'])
-        self.class_recolor = cfg['class_recolor']
-        self.haze = cfg['domain_randomization'] * 0.15
+        self.class_recolor, self.grain = cfg['class_recolor'], cfg['texture_grain']
+        self.haze = cfg['haze'] if cfg['haze'] >= 0 else cfg['domain_randomization'] * 0.15
+        self.flat_haze, self.shadows = cfg['flat_haze'], cfg['shadows']
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -129,13 +160,15 @@ class TrainDataset(torch.utils.data.Dataset):
         image, label = self.dataset[index]
         rng = np.random.default_rng(seed)
         if rng.random() < self.class_recolor:
-            image = recolor_classes(image, label, rng)
+            image = recolor_classes(image, label, rng, self.grain)
+        if self.shadows > 0 and rng.random() < self.shadows:   # in the scene, before the camera pipeline
+            image = add_shadows(image, rng)
         if self.letterbox_size is not None:
             image, label = letterbox(image, label, self.letterbox_size, self.fill)
         self.transform.set_random_seed(seed)
         sample = self.transform(image=image, mask=label)
         if rng.random() < self.haze:
-            sample['image'] = add_haze(sample['image'], rng)
+            sample['image'] = add_haze(sample['image'], rng, self.flat_haze > 0 and rng.random() < self.flat_haze)
         return normalize(sample['image'], self.mean, self.std), torch.from_numpy(sample['mask'].astype(np.int64))
 
 

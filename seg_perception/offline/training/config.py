@@ -35,6 +35,10 @@ DEFAULTS = {
     'photometric': 0.5,            # probability of colour jitter (brightness, contrast, saturation, hue)
     'domain_randomization': 0.0,   # probability of the camera pipeline (blur, noise, JPEG, gamma, colour cast, fog)
     'class_recolor': 0.0,          # probability of recolouring/retexturing each class's pixels at random
+    'texture_grain': 0.0,          # probability (per recoloured class) of fine grain mixed into its texture
+    'haze': -1.0,                  # probability of haze/fog; < 0: 0.15 x domain_randomization
+    'flat_haze': 0.0,              # share of hazes that veil the whole frame evenly (fog) instead of the far part
+    'shadows': 0.0,                # probability of soft cast shadows (dark blurred polygons)
     'mean': IMAGENET_MEAN,         # RGB, 0-255 scale
     'std': IMAGENET_STD,
     'batch_size': 8,               # total over all processes
