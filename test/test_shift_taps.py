@@ -116,6 +116,13 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
         assert sum(n.name.startswith('shift_features/') for n in graph.node) == (1 if groups else 0)
         assert [o.name for o in graph.output].count('shift_features') == (1 if groups else 0)
         assert np.array_equal(refit.infer(rgb).labels, a.labels)
+    # --quantile: the threshold from that quantile of the held-out smoothed scores instead of their largest
+    capsys.readouterr()
+    assert main([*args, '--taps', 'ppa:mean,trans:mean', '--quantile', '0.5', '-o', str(tmp_path / 'q.onnx')]) == 0
+    assert 'quantile 0.5:' in capsys.readouterr().out
+    assert SegmentationEngine(str(tmp_path / 'q.onnx')).meta['shift_stats']['threshold'] < stats['threshold']
+    assert main([*args, '--quantile', '0', '-o', str(tmp_path / 'y.onnx')]) == 2
+    assert '--quantile (0.0)' in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (REPO / 'models' / 'adaptive_topformer_tiny_scenes.onnx').exists(),

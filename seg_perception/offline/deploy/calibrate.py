@@ -10,8 +10,9 @@
 * Shift statistics (``--shift TRAIN_SPEC``): mean and precision of the per-frame features of
   :mod:`seg_perception.runtime.shift` over training frames (``--shift-split``), and the alarm threshold: the
   largest smoothed score (window ``--window``) on the held-out ``--data`` frames, times ``--margin``, so those
-  frames raise no alarm. Stored as metadata ``shift_stats``. ``--taps stem:std,trans:mean`` also adds pooled
-  statistics of internal tensors to the graph, whitened with the same training frames
+  frames raise no alarm (``--quantile Q``: the Q-quantile instead, so that degenerate held-out views, such as a
+  wall filling the frame, do not set it). Stored as metadata ``shift_stats``. ``--taps stem:std,trans:mean``
+  also adds pooled statistics of internal tensors to the graph, whitened with the same training frames
   (:mod:`.shift_features`, output ``shift_features``); the score adds their distances.
 
 ``--choose-features SPEC[:SPLIT] ...`` picks the features by measuring instead: every set of one to three of
@@ -106,7 +107,7 @@ def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> 
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
               shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
-              report=None, seed=0, progress=True, measure=True, taps=None, choose_against=()) -> dict:
+              report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
     (``measure``: also the ECE of the written file on ``data``, one more pass). ``taps`` ([(name, stat)], with
     ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
@@ -216,10 +217,12 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         scorer = ShiftScorer({**stats, 'window': window})
         held_scores = [scorer.distance(f, g) for f, g in zip(held['features'], held_graph)]
         smoothed = smooth(held_scores, window)
-        stats.update({'threshold': float(np.max(smoothed) * margin), 'window': int(window)})
+        stats.update({'threshold': float(np.quantile(smoothed, quantile) * margin), 'window': int(window)})
         meta['shift_stats'] = stats
         result['shift'] = {'train': f'{shift} ({shift_split}, {train["frames"]} frames)', 'window': int(window),
                            'threshold': stats['threshold'], 'held_out_max_smoothed': float(np.max(smoothed)),
+                           'quantile': float(quantile),
+                           'held_out_quantile_smoothed': float(np.quantile(smoothed, quantile)),
                            'held_out_mean_frame_score': float(np.mean(held_scores)),
                            'taps': [f'{g["name"]}:{g["stat"]} ({g["size"]} channels)' for g in groups or ()]}
     if not out:
@@ -271,7 +274,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'prefix; needs --shift')
     parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
     parser.add_argument('--margin', type=float, default=1.1,
-                        help='shift threshold = margin x the largest smoothed score on the held-out frames')
+                        help='shift threshold = margin x the --quantile of the smoothed scores on the held-out frames')
+    parser.add_argument('--quantile', type=float, default=1.0,
+                        help='quantile of the held-out smoothed scores the threshold is set from (1 = the largest; '
+                             'lower lets that share of held-out frames, such as a wall filling the view, alarm)')
     parser.add_argument('--report', default=None, help='folder for reliability diagrams and calibration.json')
     parser.add_argument('--seed', type=int, default=0, help='pixel sampling seed')
     target = parser.add_mutually_exclusive_group(required=True)
@@ -280,9 +286,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1:
+    if args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1 or not 0 < args.quantile <= 1:
         raise UserError(f'--window ({args.window}) and --pixels-per-frame ({args.pixels_per_frame}) must be >= 1, '
-                        f'--margin ({args.margin}) > 0')
+                        f'--margin ({args.margin}) > 0, --quantile ({args.quantile}) in (0, 1]')
     if not Path(args.model).is_file():
         raise FileNotFoundError(f'model {args.model} not found')
     out = args.model if args.in_place else args.output
@@ -293,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
         result = calibrate(args.model, args.data, args.split, args.per_class, args.limit, args.pixels_per_frame,
                            args.shift, args.shift_split, args.shift_limit,
                            [f.strip() for f in args.features.split(',') if f.strip()], args.window, args.margin, out,
-                           args.report, args.seed, taps=taps, choose_against=args.choose_features)
+                           args.report, args.seed, taps=taps, choose_against=args.choose_features,
+                           quantile=args.quantile)
     except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
         raise UserError(str(exc)) from None
     temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
@@ -307,8 +314,9 @@ def run(args: argparse.Namespace) -> int:
               + ', '.join(f'{v:.3f} vs {k}' for k, v in c['auroc'].items()) + ')')
     if 'shift' in result:
         s = result['shift']
+        quantile = f'; quantile {s["quantile"]:g}: {s["held_out_quantile_smoothed"]:.3f}' if s['quantile'] < 1 else ''
         print(f'shift statistics from {s["train"]}: threshold {s["threshold"]:.3f} (window {s["window"]}; largest '
-              f'smoothed held-out score {s["held_out_max_smoothed"]:.3f})'
+              f'smoothed held-out score {s["held_out_max_smoothed"]:.3f}{quantile})'
               + (f'; taps in the graph: {", ".join(s["taps"])}' if s['taps'] else ''))
     print(f'written: {out}')
     return 0
