@@ -134,25 +134,3 @@ def test_recover_rebuilds_a_checkpoint_from_an_export(tmp_path):
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-3, atol=1e-4)
-
-
-def test_feature_noise_redraws_channel_statistics_in_training_only():
-    from seg_perception.errors import UserError
-    from seg_perception.offline.training.feature_noise import FeatureNoise, perturb_statistics
-
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, 8, 8) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1) + torch.randn(4, 3, 1, 1)
-    y = perturb_statistics(x)
-    assert y.shape == x.shape and not torch.allclose(y, x)
-    # the pattern inside each channel is kept: standardised maps are equal
-    standard = lambda t: (t - t.mean((2, 3), keepdim=True)) / t.std((2, 3), keepdim=True)   # noqa: E731
-    torch.testing.assert_close(standard(y), standard(x), atol=1e-4, rtol=1e-4)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.ReLU())
-    noise = FeatureNoise(model, ['0'], p=1.0)
-    model.eval()
-    torch.testing.assert_close(model(x), torch.relu(model[0](x)))      # evaluation: untouched
-    model.train()
-    assert not torch.allclose(model(x), torch.relu(model[0](x)))
-    noise.remove()
-    with pytest.raises(UserError, match='no module backbone.stem'):
-        FeatureNoise(model, ['backbone.stem'], p=0.5)

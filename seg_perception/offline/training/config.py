@@ -39,8 +39,6 @@ DEFAULTS = {
     'haze': -1.0,                  # probability of haze/fog; < 0: 0.15 x domain_randomization
     'flat_haze': 0.0,              # share of hazes that veil the whole frame evenly (fog) instead of the far part
     'shadows': 0.0,                # probability of soft cast shadows (dark blurred polygons)
-    'feature_noise': 0.0,          # probability per batch of redrawing channel statistics at each module below
-    'feature_noise_modules': [],   # module names (model.named_modules()), e.g. [backbone.tpm.stem]
     'mean': IMAGENET_MEAN,         # RGB, 0-255 scale
     'std': IMAGENET_STD,
     'batch_size': 8,               # total over all processes

@@ -51,7 +51,6 @@ from ..evaluation.metrics import ConfusionMatrix
 from ..predict import load_checkpoint, predict
 from .augment import InfiniteSampler, TrainDataset, mix_seed, open_data, worker_init
 from .config import check_config, config_keys_help, load_config
-from .feature_noise import FeatureNoise
 
 # --------------------------------------------------------------------------------------------------- model
 
@@ -205,8 +204,6 @@ class Trainer:
                             'no training_loss')
         if cfg['init']:
             load_init_weights(model, cfg['init'], self.log)
-        if cfg['feature_noise'] > 0 and cfg['feature_noise_modules']:
-            FeatureNoise(model, cfg['feature_noise_modules'], cfg['feature_noise'])
         model.to(self.device).train()
         self.optimizer = build_optimizer(model, cfg)
         self.teacher = None
