@@ -74,17 +74,15 @@ def recolor_classes(image: np.ndarray, label: np.ndarray, rng: np.random.Generat
     hue, sat, val = rng.uniform(0, 180, n), rng.uniform(0.3, 1.6, n), rng.uniform(0.6, 1.3, n)
     texture = np.ones((h, w), np.float32)
     for cls in np.unique(label):
-        mask = None
+        mask = label == cls
         if rng.random() < 0.5:
             cells = int(rng.integers(3, 24))
             noise = cv2.resize(rng.random((cells, cells), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-            mask = label == cls
             texture[mask] = 1 + rng.uniform(0.1, 0.6) * (noise[mask] - 0.5)
         if grain > 0 and rng.random() < grain:
             size = rng.uniform(2, 6)
             fine = cv2.resize(rng.random((max(2, int(h / size)), max(2, int(w / size))), dtype=np.float32), (w, h),
                               interpolation=cv2.INTER_LINEAR)
-            mask = label == cls if mask is None else mask
             texture[mask] *= 1 + rng.uniform(0.1, 0.5) * (fine[mask] - 0.5)
     hsv[..., 0] = np.mod(hsv[..., 0] + hue[label], 180)
     hsv[..., 1] = np.clip(hsv[..., 1] * sat[label], 0, 255)
