@@ -71,7 +71,7 @@ class ShiftOutput:
 
     @property
     def alarm(self) -> bool:
-        return self._scorer is not None and self.score is not None and self.score > self._scorer.threshold
+        return self._scorer is not None and self.score is not None and bool(self._scorer.alarmed(self.score))
 
     def diagnostics(self, engine) -> dict:
         values = {'confidence_calibration': 'uncalibrated' if engine is None or not engine.calibrated else

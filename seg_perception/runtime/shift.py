@@ -124,6 +124,10 @@ class ShiftScorer:
         self._recent.append(frame)
         return frame, float(np.mean(self._recent))
 
+    def alarmed(self, smoothed):
+        """The alarm rule: a smoothed score (or an array of them) above the threshold."""
+        return np.greater(smoothed, self.threshold)
+
     def reset(self) -> None:
         self._recent.clear()
 

@@ -217,12 +217,13 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         scorer = ShiftScorer({**stats, 'window': window})
         held_scores = [scorer.distance(f, g) for f, g in zip(held['features'], held_graph)]
         smoothed = smooth(held_scores, window)
-        stats.update({'threshold': float(np.quantile(smoothed, quantile) * margin), 'window': int(window)})
+        base = float(np.quantile(smoothed, quantile))   # quantile 1: the largest
+        stats.update({'threshold': base * margin, 'window': int(window)})
         meta['shift_stats'] = stats
         result['shift'] = {'train': f'{shift} ({shift_split}, {train["frames"]} frames)', 'window': int(window),
                            'threshold': stats['threshold'], 'held_out_max_smoothed': float(np.max(smoothed)),
                            'quantile': float(quantile),
-                           'held_out_quantile_smoothed': float(np.quantile(smoothed, quantile)),
+                           'held_out_quantile_smoothed': base,
                            'held_out_mean_frame_score': float(np.mean(held_scores)),
                            'taps': [f'{g["name"]}:{g["stat"]} ({g["size"]} channels)' for g in groups or ()]}
     if not out:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import onnx
 
-from .onnx_graph import OUTPUTS, logits_tensor_name, read_metadata, set_metadata
+from .onnx_graph import OUTPUTS, logits_tensor_name, read_metadata, replace_field, set_metadata
 
 
 def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -40,9 +40,7 @@ def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
         if i is not None and i not in keep:
             keep.add(i)
             stack.extend(graph.node[i].input)
-    kept_nodes = [node for i, node in enumerate(graph.node) if i in keep]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
+    replace_field(graph.node, [node for i, node in enumerate(graph.node) if i in keep])
     graph.node.append(onnx.helper.make_node('Identity', [logits], ['logits'], name='logits_output'))
     num_classes = len(meta['names'])
     del graph.output[:]
@@ -50,9 +48,7 @@ def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
                                                            [1, num_classes, None, None]))
     graph.output.extend(extra)
     used = {name for node in graph.node for name in node.input}
-    kept_inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
+    replace_field(graph.initializer, [t for t in graph.initializer if t.name in used])
     set_metadata(out, dict(meta, output_kind='logits'))
     onnx.checker.check_model(out)
     return out

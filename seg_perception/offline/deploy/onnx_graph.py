@@ -27,6 +27,13 @@ def set_metadata(proto, meta):
         entry.key, entry.value = key, value
 
 
+def replace_field(field, items) -> None:
+    """Make the repeated protobuf ``field`` (``graph.node``, ``.initializer``, ``.output``) hold ``items``."""
+    items = list(items)
+    del field[:]
+    field.extend(items)
+
+
 def _producers(graph):
     return {out: node for node in graph.node for out in node.output}
 

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .onnx_graph import replace_field
+
 OUTPUT = 'shift_features'
 STATS = ('mean', 'std')
 TOPFORMER_TAPS = {'stem': '/model/backbone/tpm/stem/', 'ppa': '/model/backbone/ppa/', 'trans': '/model/backbone/trans/',
@@ -88,15 +90,9 @@ def add_shift_features(proto: onnx.ModelProto, taps: list[tuple[str, str]], chan
 def remove_shift_features(proto: onnx.ModelProto) -> None:
     """Take what :func:`add_shift_features` added out of ``proto`` again (nodes, constants, the output)."""
     graph = proto.graph
-    keep = [n for n in graph.node if not n.name.startswith(('shift_tap', 'shift_features/'))]
-    del graph.node[:]
-    graph.node.extend(keep)
-    inits = [i for i in graph.initializer if not i.name.startswith('shift_tap')]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    outputs = [o for o in graph.output if o.name != OUTPUT]
-    del graph.output[:]
-    graph.output.extend(outputs)
+    replace_field(graph.node, [n for n in graph.node if not n.name.startswith(('shift_tap', 'shift_features/'))])
+    replace_field(graph.initializer, [i for i in graph.initializer if not i.name.startswith('shift_tap')])
+    replace_field(graph.output, [o for o in graph.output if o.name != OUTPUT])
 
 
 def set_whitening(proto: onnx.ModelProto, centers: list[np.ndarray], whiteners: list[np.ndarray]) -> None:

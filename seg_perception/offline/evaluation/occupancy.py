@@ -253,6 +253,8 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
     from ...runtime.shift import ShiftScorer
     from ..data.bags import iter_bag_images
 
+    if shift_gate and gt_labels:
+        raise UserError('--shift-gate scores the model\'s frames; with --gt-labels there are none')
     topics = {**TOPICS, **(topics or {})}
     engine = SegmentationEngine(model, intra_op_threads=threads)
     infos, gts = _by_stamp(bag, topics['camera_info']), _by_stamp(bag, topics['gt'])
@@ -266,8 +268,6 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
                                    **options)
     evaluator.skipped = 0
     scorer = None
-    if shift_gate and gt_labels:
-        raise UserError('--shift-gate scores the model\'s frames; with --gt-labels there are none')
     if shift_gate:
         if not engine.meta.get('shift_stats'):
             raise UserError(f'{model} has no shift statistics (seg-perception calibrate --shift): no shift gate')
@@ -287,7 +287,7 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
             result = engine.infer(rgb)
             labels, confidence = result.labels, result.confidence
             if scorer is not None:
-                trust_free = scorer.update(result.logits, result.shift_features)[1] <= scorer.threshold
+                trust_free = not scorer.alarmed(scorer.update(result.logits, result.shift_features)[1])
         evaluator.add_frame(labels, confidence, infos[stamp], poses[stamp], gts[stamp], stamp, rgb,
                             depths.get(stamp), trust_free)
     return evaluator

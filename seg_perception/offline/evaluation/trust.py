@@ -64,7 +64,7 @@ def report(model, own, foreign, limit=0, out=None) -> str:
         for spec in specs:
             res = results[spec] = measure_set(engine, scorer, spec, limit)
             smoothed = smooth(res['scores'], scorer.window) if scorer else None
-            alarm = f'{100 * np.mean(smoothed > scorer.threshold):.1f} %' if scorer else 'n/a'
+            alarm = f'{100 * np.mean(scorer.alarmed(smoothed)):.1f} %' if scorer else 'n/a'
             accuracy, before, after = (('n/a (other classes)', 'n/a', 'n/a') if res['pixel_accuracy'] is None else
                                        (f'{res["pixel_accuracy"]:.3f}', f'{100 * res["ece_uncalibrated"]:.2f} %',
                                         f'{100 * res["ece_calibrated"]:.2f} %'))
