@@ -188,6 +188,24 @@ def test_depth_places_pixels_in_3d():
     assert (frame.obstacles[:, 2] > 0.04).all() and np.allclose(frame.obstacles[:, 0], 2.0, atol=0.01)
 
 
+@pytest.mark.parametrize('camera_height', [0.4, 1.2])
+def test_depth_keeps_floor_under_an_overhang_and_mislabelled_floor_unknown(camera_height):
+    """A table top (0.6-0.7 m high, x 2-3 m): the floor seen beneath it, farther than its front edge in the same
+    column, is not free, from a camera below or above the top; the floor in front is. Pixels labelled floor
+    whose points stand above the floor (a box read as floor) are not free either."""
+    cam, cam_pose = camera(320, 240, 200.0), pose(camera_height, math.radians(12))
+    table = ((2.0, -0.6, 0.6), (3.0, 0.6, 0.7), OBSTACLE)
+    labels, depth = raycast(cam, cam_pose, [table])
+    grid = make(cam, cam_pose, pool=1).update(labels, depth=depth).grid
+    under = [cell_value(GRID, grid, x, y) for x in np.arange(2.1, 2.95, 0.05) for y in (-0.3, 0.0, 0.3)]
+    assert 0 not in under
+    assert all(cell_value(GRID, grid, x, 0.0) == 0 for x in np.arange(1.4, 1.9, 0.1))
+    box = ((1.5, -0.3, 0.0), (1.9, 0.3, 0.5), FLOOR)
+    labels, depth = raycast(cam, cam_pose, [box])
+    grid = make(cam, cam_pose, pool=1).update(labels, depth=depth).grid
+    assert all(cell_value(GRID, grid, x, y) != 0 for x in (1.6, 1.7, 1.8) for y in (-0.2, 0.0, 0.2))
+
+
 @pytest.mark.parametrize('pool', [1, 2])
 def test_low_confidence_pixels_never_make_free_cells(pool):
     cam, cam_pose = camera(), pose(1.0, math.radians(30))

@@ -53,7 +53,10 @@ Per frame (:meth:`GroundCostmap.update`)
 
   With a depth image (metres along the optical axis, REP 117) pixels are placed in 3-D instead: ground classes
   at their point's cell, standing classes where their point is between ``min_obstacle_height`` and
-  ``max_obstacle_height``; pixels without a valid depth are dropped.
+  ``max_obstacle_height``; pixels without a valid depth are dropped. Floor is free only where it can be: a
+  floor pixel lower in its image column than a standing point and farther away (by more than a cell) is seen
+  beneath that point, under a table top or a vehicle body, and a "floor" pixel whose point is
+  ``min_obstacle_height`` or more above the ground is not on the floor: both make their cells unknown.
 
   ``fusion_decay`` > 0 blends frames: each cell keeps a decayed weighted mean of what it was given (weight
   ``decay ** age``) and is published while that weight is >= 0.5; 0 (default) publishes each frame alone. The
@@ -559,9 +562,18 @@ class GroundCostmap:
         standing_rank = standing.reshape(-1)[idx]
         tall = (standing_rank > 0) & (pts[:, 2] >= self.min_obstacle_height) & (pts[:, 2] <= self.max_obstacle_height)
         flat_rank = np.where(tall, standing_rank, flat_rank)
+        # floor seen under a standing point (lower in the image column, farther away) lies beneath an overhang:
+        # unknown, not free. Down a column the nearest standing point seen so far bounds the free floor.
+        reach = np.hypot(pts[:, 0] - self._origin[0], pts[:, 1] - self._origin[1])
+        nearest = np.full(z.size, np.inf, np.float32)
+        nearest[idx[tall]] = reach[tall]
+        nearest = np.minimum.accumulate(nearest.reshape(depth.shape), axis=0).reshape(-1)[idx]
+        # and "floor" that is not on the floor (a point min_obstacle_height or higher) is not free either
+        flat_rank = np.where((flat_rank == _RANK_FREE) & ((reach > nearest + self.grid.resolution)
+                                                          | (pts[:, 2] >= self.min_obstacle_height)),
+                             _RANK_UNKNOWN, flat_rank)
         if self.max_range > 0:
-            flat_rank = np.where(np.hypot(pts[:, 0] - self._origin[0], pts[:, 1] - self._origin[1])
-                                 <= self.max_range, flat_rank, _RANK_NONE)
+            flat_rank = np.where(reach <= self.max_range, flat_rank, _RANK_NONE)
         cells = self.grid.cell_index(pts[:, 0], pts[:, 1])
         inside = cells >= 0
         grid_rank = np.zeros(self.grid.width * self.grid.height, np.uint8)
