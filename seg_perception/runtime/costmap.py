@@ -425,7 +425,9 @@ class GroundCostmap:
         self._cell_buckets = _cell_buckets(cells, pixels)
         self.pixel_cells = pix_cell
         self._ground_xy = np.stack([gx, gy], 1).astype(np.float32)
-        self._rays_robot = rays.astype(np.float32)
+        # per pixel, for depth: a point at depth z is origin + z * ray; its ground distance is z * ray_reach
+        self._ray_x, self._ray_y, self._ray_z = (np.ascontiguousarray(rays[:, i], np.float32) for i in range(3))
+        self._ray_reach = np.hypot(rays[:, 0], rays[:, 1]).astype(np.float32)
         self._origin = origin.astype(np.float32)
         self.visible = visible.reshape(self.grid.shape) | (np.bincount(
             pix_cell[fwd_pix], minlength=self.grid.width * self.grid.height).reshape(self.grid.shape) > 0)
@@ -556,31 +558,29 @@ class GroundCostmap:
     def _update_depth(self, rank, standing, depth):
         z = depth.reshape(-1).astype(np.float32, copy=False)
         valid = np.isfinite(z) & (z > 0)
-        idx = np.flatnonzero(valid)
-        pts = self._origin + z[idx, None] * self._rays_robot[idx]
-        flat_rank = rank.reshape(-1)[idx]
-        standing_rank = standing.reshape(-1)[idx]
-        tall = (standing_rank > 0) & (pts[:, 2] >= self.min_obstacle_height) & (pts[:, 2] <= self.max_obstacle_height)
-        flat_rank = np.where(tall, standing_rank, flat_rank)
-        # floor seen under a standing point (lower in the image column, farther away) lies beneath an overhang:
+        z = np.where(valid, z, np.float32(0))
+        height = self._origin[2] + z * self._ray_z
+        reach = z * self._ray_reach
+        standing = standing.reshape(-1)
+        tall = valid & (standing > 0) & (height >= self.min_obstacle_height) & (height <= self.max_obstacle_height)
+        flat_rank = np.where(tall, standing, rank.reshape(-1))
+        # floor seen under a standing point (lower in the image column, farther away) lies beneath an overhang,
+        # and "floor" that is not on the floor (a point min_obstacle_height or higher) is a misread obstacle:
         # unknown, not free. Down a column the nearest standing point seen so far bounds the free floor.
-        reach = np.hypot(pts[:, 0] - self._origin[0], pts[:, 1] - self._origin[1])
-        nearest = np.full(z.size, np.inf, np.float32)
-        nearest[idx[tall]] = reach[tall]
-        nearest = np.minimum.accumulate(nearest.reshape(depth.shape), axis=0).reshape(-1)[idx]
-        # and "floor" that is not on the floor (a point min_obstacle_height or higher) is not free either
-        flat_rank = np.where((flat_rank == _RANK_FREE) & ((reach > nearest + self.grid.resolution)
-                                                          | (pts[:, 2] >= self.min_obstacle_height)),
-                             _RANK_UNKNOWN, flat_rank)
+        nearest = np.minimum.accumulate(np.where(tall, reach, np.float32(np.inf)).reshape(depth.shape), axis=0)
+        not_free = (reach > nearest.reshape(-1) + self.grid.resolution) | (height >= self.min_obstacle_height)
+        flat_rank = np.where((flat_rank == _RANK_FREE) & not_free, _RANK_UNKNOWN, flat_rank)
         if self.max_range > 0:
             flat_rank = np.where(reach <= self.max_range, flat_rank, _RANK_NONE)
-        cells = self.grid.cell_index(pts[:, 0], pts[:, 1])
+        x, y = self._origin[0] + z * self._ray_x, self._origin[1] + z * self._ray_y
+        cells = np.where(valid, self.grid.cell_index(x, y), -1)
         inside = cells >= 0
         grid_rank = np.zeros(self.grid.width * self.grid.height, np.uint8)
         np.maximum.at(grid_rank, cells[inside], flat_rank[inside])
-        obstacle = inside & tall & (flat_rank > _RANK_UNKNOWN)
+        obstacle = np.flatnonzero(inside & tall & (flat_rank > _RANK_UNKNOWN))
         _, first = np.unique(cells[obstacle], return_index=True)
-        return grid_rank, pts[obstacle][first].astype(np.float32)
+        keep = obstacle[first]
+        return grid_rank, np.stack([x[keep], y[keep], height[keep]], 1).astype(np.float32)
 
     def _finish(self, grid_rank, points):
         grid = cv2.LUT(grid_rank, _RANK_TO_VALUE_BITS).view(np.int8).reshape(self.grid.shape)
