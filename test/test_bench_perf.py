@@ -1,4 +1,4 @@
-"""``seg-perception bench engine | peak | peer | node`` run and print their tables (tiny sizes: these are
+"""``seg-perception bench engine | peak | peer | node | costmap`` run and print their tables (tiny sizes: these are
 commands that measure, not timed tests), and bad arguments are refused in one line."""
 import pytest
 
@@ -52,6 +52,23 @@ def test_bench_node_over_rclpy(tiny_logits_model, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith('| 64x48 | 2 |'))
     assert 'n/a' not in row
+
+
+def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_path, capsys):
+    pytest.importorskip('pybullet')
+    from seg_perception.offline.data.bags import write_bag
+    from seg_perception.offline.data.render import render_frames
+    bag = tmp_path / 'bag'
+    write_bag(str(bag), list(render_frames(2, seed=5, width=160, height=120, seq_len=2, layouts=('room',))),
+              depth=True)
+    fast = ['--frames', '1', '--warmup', '0', '--repeat', '1']
+    assert cli.main(['bench', 'costmap', '--model', tiny_logits_model, *fast]) == 0
+    assert cli.main(['bench', 'costmap', '--model', tiny_logits_model, '--bag', str(bag), '--depth', '--pool', '2',
+                     *fast]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| 1 |')]
+    assert rows[0].startswith('| 1 | 640x480 | no | 3 |') and rows[1].startswith('| 1 | 160x120 | yes | 2 |')
+    assert cli.main(['bench', 'costmap', '--depth']) == 2
+    assert '--depth needs --bag' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -577,9 +577,11 @@ class GroundCostmap:
         inside = cells >= 0
         grid_rank = np.zeros(self.grid.width * self.grid.height, np.uint8)
         np.maximum.at(grid_rank, cells[inside], flat_rank[inside])
+        # one obstacle point per occupied cell (its first pixel), in cell order: a scatter, not a sort
         obstacle = np.flatnonzero(inside & tall & (flat_rank > _RANK_UNKNOWN))
-        _, first = np.unique(cells[obstacle], return_index=True)
-        keep = obstacle[first]
+        first = np.full(grid_rank.size, z.size, np.int64)
+        np.minimum.at(first, cells[obstacle], obstacle)
+        keep = first[first < z.size]
         return grid_rank, np.stack([x[keep], y[keep], height[keep]], 1).astype(np.float32)
 
     def _finish(self, grid_rank, points):

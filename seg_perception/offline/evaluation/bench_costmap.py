@@ -10,6 +10,9 @@ see the same machine load:
   and confidence, the nav_msgs/OccupancyGrid and sensor_msgs/PointCloud2 messages;
 * geometry: rebuilding the pixel<->cell tables (only when the camera or its pose changes).
 
+Frames come from the shipped sample bag, or ``--bag`` (a bag of ``seg-perception render --bag``); ``--depth``
+passes the bag's depth images to the costmap (the node's ``costmap.use_depth``: pixels placed in 3-D).
+
 Times are CPU time of the process by default (``--clock cpu``: other load on the machine does not count; every
 thread of the process does), or elapsed time (``--clock wall``). The costmap is ``--grid`` metres square at
 ``--resolution`` (default 10 m at 5 cm: 200 x 200 cells), the camera ``--camera-z`` metres up, pitched
@@ -25,8 +28,9 @@ from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, 
 CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
 
 
-def _candidates(engine, costmap, info, pose, rgb) -> dict:
-    """The timed steps for one frame: {'node': fn, 'costmap': fn, 'geometry': fn}."""
+def _candidates(engine, costmap, info, pose, rgb, depth=None) -> dict:
+    """The timed steps for one frame (``depth``: its depth image in metres, or None): {'node': fn, 'costmap': fn,
+    'geometry': fn}."""
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
@@ -50,7 +54,7 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
 
     def costmap_frame():
         costmap.set_camera(camera, pose)
-        frame = costmap.update(result.labels, result.confidence)
+        frame = costmap.update(result.labels, result.confidence, depth)
         occupancy_grid_msg(frame.grid, costmap.grid, header)
         point_cloud_msg(frame.obstacles, header)
 
@@ -62,9 +66,9 @@ def _candidates(engine, costmap, info, pose, rgb) -> dict:
 
 
 def bench_costmap(model, frames, info, grid_m=10.0, resolution=0.05, camera_z=1.0, camera_pitch=0.35,
-                  threads=1, warmup=2, repeat=7, clock='cpu', pool=3) -> dict:
+                  threads=1, warmup=2, repeat=7, clock='cpu', pool=3, depths=None) -> dict:
     """Medians (ms) per frame of the node's frame work and of the costmap, and of a geometry rebuild (two
-    rebuilds timed together, halved)."""
+    rebuilds timed together, halved). ``depths``: one depth image (metres) per frame, or None."""
     from ...runtime.costmap import OPTICAL_IN_BODY, GridSpec, GroundCostmap, class_cost_table
     from ...runtime.engine import SegmentationEngine
     from ...runtime.pose import pose_matrix
@@ -74,12 +78,12 @@ def bench_costmap(model, frames, info, grid_m=10.0, resolution=0.05, camera_z=1.
                             min_confidence=0.5, overhang_margin=0.5, pool=pool)
     pose = pose_matrix(0.0, 0.0, camera_z, 0.0, camera_pitch, 0.0) @ OPTICAL_IN_BODY
     rows = []
-    for rgb in frames:
-        fns = _candidates(engine, costmap, info, pose, rgb)
+    for rgb, depth in zip(frames, depths or [None] * len(frames)):
+        fns = _candidates(engine, costmap, info, pose, rgb, depth)
         times = interleaved_medians({'node': fns['node'], 'costmap': fns['costmap']}, warmup, repeat, CLOCKS[clock])
         times['geometry'] = interleaved_medians({'geometry': fns['geometry']}, 0, 1, CLOCKS[clock])['geometry'] / 2
         rows.append(times)
-    return {'frames': len(rows), 'size': frames[0].shape[:2], 'pool': pool,
+    return {'frames': len(rows), 'size': frames[0].shape[:2], 'pool': pool, 'depth': depths is not None,
             'cells': costmap.grid.width * costmap.grid.height,
             'node_ms': float(np.median([r['node'] for r in rows])),
             'costmap_ms': float(np.median([r['costmap'] for r in rows])),
@@ -91,9 +95,10 @@ def costmap_table(report: dict) -> str:
     h, w = report['size']
     side = int(round(math.sqrt(report['cells'])))
     return markdown_table(
-        ['frames', 'image', 'pool', 'grid cells', 'node frame ms (median)', 'costmap ms (median)',
+        ['frames', 'image', 'depth', 'pool', 'grid cells', 'node frame ms (median)', 'costmap ms (median)',
          'costmap / node frame', 'geometry rebuild ms'],
-        [[report['frames'], f'{w}x{h}', report['pool'], f'{side}x{side}', fmt(report['node_ms']),
+        [[report['frames'], f'{w}x{h}', 'yes' if report['depth'] else 'no', report['pool'], f'{side}x{side}',
+          fmt(report['node_ms']),
           fmt(report['costmap_ms']),
           f'{ratio(report["costmap_ms"], report["node_ms"], 3)} (sums: {report["ratio_of_sums"]:.3f})',
           fmt(report['geometry_ms'], 1)]])
@@ -101,7 +106,11 @@ def costmap_table(report: dict) -> str:
 
 def add_costmap_arguments(parser) -> None:
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped scene model)')
-    parser.add_argument('--frames', type=int, default=8, help='frames of the shipped sample bag (640x480)')
+    parser.add_argument('--frames', type=int, default=8, help='frames, spread over the bag')
+    parser.add_argument('--bag', default='', help='a rendered bag (seg-perception render --bag) to take frames and '
+                                                  'CameraInfo from (default: the shipped sample bag, 640x480)')
+    parser.add_argument('--depth', action='store_true',
+                        help="give the costmap the bag's depth images (the node's costmap.use_depth)")
     parser.add_argument('--grid', type=float, default=10.0, help='grid side in metres')
     parser.add_argument('--resolution', type=float, default=0.05, help='cell size in metres')
     parser.add_argument('--camera-z', type=float, default=1.0, help='camera height in metres')
@@ -113,16 +122,40 @@ def add_costmap_arguments(parser) -> None:
     add_common_arguments(parser)
 
 
-def run_costmap(args) -> int:
-    from ...paths import default_model_path
-    from ..data.bags import TOPICS, read_raw_messages, typestore
-    from .bench_models import SAMPLE_BAG, sample_frames
+def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
+    """``count`` RGB frames spread over ``bag`` (with their depth images when ``depth``) and its first
+    CameraInfo; a missing bag, topic or depth image is a UserError."""
+    from ...errors import UserError
+    from ..data.bags import TOPICS, iter_bag_images, read_raw_messages, typestore
 
-    frames = sample_frames(args.frames)
-    _, msgtype, raw, _ = next(read_raw_messages(str(SAMPLE_BAG), [TOPICS['camera_info'][0]]))
-    info = typestore().deserialize_cdr(raw, msgtype)
+    try:
+        images = [(stamp, image) for stamp, _, image in iter_bag_images(bag, TOPICS['image'][0])]
+        infos = read_raw_messages(bag, [TOPICS['camera_info'][0]])
+        _, msgtype, raw, _ = next(infos, (None, None, None, None))
+        depths = {stamp: d for stamp, _, d in iter_bag_images(bag, TOPICS['depth'][0])} if depth else {}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f'--bag {bag}: {exc}') from exc
+    if not images or raw is None:
+        raise UserError(f'--bag {bag}: no {TOPICS["image"][0]} images or no {TOPICS["camera_info"][0]}')
+    images = images[::max(1, len(images) // count)][:count]
+    missing = [stamp for stamp, _ in images if depth and stamp not in depths]
+    if missing:
+        raise UserError(f'--depth: {len(missing)} of {len(images)} frames of {bag} have no {TOPICS["depth"][0]} '
+                        'image (render the bag with --depth)')
+    return ([image for _, image in images], [depths[stamp] for stamp, _ in images] if depth else None,
+            typestore().deserialize_cdr(raw, msgtype))
+
+
+def run_costmap(args) -> int:
+    from ...errors import UserError
+    from ...paths import default_model_path
+    from .bench_models import SAMPLE_BAG
+
+    if args.depth and not args.bag:
+        raise UserError('--depth needs --bag: the shipped sample bag has no depth images')
+    frames, depths, info = _bag_frames(args.bag or str(SAMPLE_BAG), args.frames, args.depth)
     report = bench_costmap(args.model or default_model_path(), frames, info, args.grid, args.resolution,
                            args.camera_z, args.camera_pitch, args.threads, args.warmup, args.repeat, args.clock,
-                           args.pool)
+                           args.pool, depths)
     emit(args, 'Costmap share of the node frame', costmap_table(report))
     return 0
