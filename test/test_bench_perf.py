@@ -69,6 +69,8 @@ def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_p
     assert rows[0].startswith('| 1 | 640x480 | no | 3 |') and rows[1].startswith('| 1 | 160x120 | yes | 2 |')
     assert cli.main(['bench', 'costmap', '--depth']) == 2
     assert '--depth needs --bag' in capsys.readouterr().err
+    assert cli.main(['bench', 'costmap', '--frames', '0']) == 2
+    assert '--frames 0' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -128,10 +128,13 @@ def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
     from ...errors import UserError
     from ..data.bags import TOPICS, iter_bag_images, read_raw_messages, typestore
 
+    if count < 1:
+        raise UserError(f'--frames {count}: must be at least 1')
     try:
         images = [(stamp, image) for stamp, _, image in iter_bag_images(bag, TOPICS['image'][0])]
         infos = read_raw_messages(bag, [TOPICS['camera_info'][0]])
         _, msgtype, raw, _ = next(infos, (None, None, None, None))
+        infos.close()
         depths = {stamp: d for stamp, _, d in iter_bag_images(bag, TOPICS['depth'][0])} if depth else {}
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f'--bag {bag}: {exc}') from exc
