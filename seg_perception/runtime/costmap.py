@@ -562,13 +562,14 @@ class GroundCostmap:
         height = self._origin[2] + z * self._ray_z
         reach = z * self._ray_reach
         standing = standing.reshape(-1)
-        tall = valid & (standing > 0) & (height >= self.min_obstacle_height) & (height <= self.max_obstacle_height)
+        raised = height >= self.min_obstacle_height
+        tall = valid & (standing > 0) & raised & (height <= self.max_obstacle_height)
         flat_rank = np.where(tall, standing, rank.reshape(-1))
         # floor seen under a standing point (lower in the image column, farther away) lies beneath an overhang,
         # and "floor" that is not on the floor (a point min_obstacle_height or higher) is a misread obstacle:
         # unknown, not free. Down a column the nearest standing point seen so far bounds the free floor.
         nearest = np.minimum.accumulate(np.where(tall, reach, np.float32(np.inf)).reshape(depth.shape), axis=0)
-        not_free = (reach > nearest.reshape(-1) + self.grid.resolution) | (height >= self.min_obstacle_height)
+        not_free = (reach > nearest.reshape(-1) + self.grid.resolution) | raised
         flat_rank = np.where((flat_rank == _RANK_FREE) & not_free, _RANK_UNKNOWN, flat_rank)
         if self.max_range > 0:
             flat_rank = np.where(reach <= self.max_range, flat_rank, _RANK_NONE)

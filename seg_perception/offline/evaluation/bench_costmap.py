@@ -127,6 +127,7 @@ def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
     CameraInfo; a missing bag, topic or depth image is a UserError."""
     from ...errors import UserError
     from ..data.bags import TOPICS, iter_bag_images, read_raw_messages, typestore
+    from .bench_models import spread
 
     if count < 1:
         raise UserError(f'--frames {count}: must be at least 1')
@@ -140,7 +141,7 @@ def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
         raise UserError(f'--bag {bag}: {exc}') from exc
     if not images or raw is None:
         raise UserError(f'--bag {bag}: no {TOPICS["image"][0]} images or no {TOPICS["camera_info"][0]}')
-    images = images[::max(1, len(images) // count)][:count]
+    images = spread(images, count)
     missing = [stamp for stamp, _ in images if depth and stamp not in depths]
     if missing:
         raise UserError(f'--depth: {len(missing)} of {len(images)} frames of {bag} have no {TOPICS["depth"][0]} '

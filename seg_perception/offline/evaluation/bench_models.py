@@ -36,11 +36,16 @@ def _set_meta(proto, meta):
         proto.metadata_props.add(key=key, value=value)
 
 
+def spread(items: list, count: int) -> list:
+    """At most ``count`` of ``items``, evenly spaced from the first."""
+    return items[::max(1, len(items) // count)][:count]
+
+
 def sample_frames(count: int = 8) -> list:
     """``count`` RGB frames spread over the shipped sample bag (640x480)."""
     from ..data.bags import TOPICS, iter_bag_pairs
-    frames = [image for _, image, _ in iter_bag_pairs(str(SAMPLE_BAG), TOPICS['image'][0], TOPICS['labels'][0])]
-    return frames[::max(1, len(frames) // count)][:count]
+    return spread([image for _, image, _ in iter_bag_pairs(str(SAMPLE_BAG), TOPICS['image'][0],
+                                                           TOPICS['labels'][0])], count)
 
 
 def with_labels_head(proto):
