@@ -205,7 +205,9 @@ def mix_seed(*values: int) -> int:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker: seed numpy and random from the worker's torch seed."""
+    """DataLoader worker: seed numpy and random from the worker's torch seed; OpenCV on one thread (the
+    workers are the parallelism)."""
+    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
