@@ -174,8 +174,10 @@ def test_engine_applies_the_temperature_labels_unchanged(tmp_path):
 
 @needs_scene_model
 def test_calibration_lowers_ece_on_held_out_frames(calibrated_model, tmp_path):
-    """On held-out frames of the training renderer (data/scenes test when rendered, else the first 40 frames of
-    that split rendered here: the same seed gives the same frames)."""
+    """On held-out frames of the training renderer (data/scenes test when rendered, else the first 80 frames of
+    that split rendered here: the same seed gives the same frames). 80, not fewer: with per-class temperatures
+    the ECE of 40 frames is noise (the shipped model: 1.25 -> 1.42 % on the first 40, 1.27 -> 1.04 % on 80,
+    1.85 -> 1.35 % on all 300)."""
     from seg_perception.offline.data.datasets import open_dataset
     from seg_perception.offline.evaluation.calibration import collect
     from seg_perception.runtime.engine import SegmentationEngine
@@ -187,13 +189,13 @@ def test_calibration_lowers_ece_on_held_out_frames(calibrated_model, tmp_path):
         for sub in DATASET_FOLDERS:
             (tmp_path / sub / 'test').mkdir(parents=True)
         write_classes_yaml(tmp_path / 'classes.yaml')
-        for frame in render_frames(40, seed=2, width=320, height=240):
+        for frame in render_frames(80, seed=2, width=320, height=240):
             save_frame(tmp_path, frame, 'test')
         test = open_dataset(str(tmp_path), split='test')
     raw = SegmentationEngine(str(SCENE_MODEL))
     raw.inv_temperature = None   # as exported, whatever the shipped file carries
-    before = collect(raw, test, limit=40, progress=False, pixels=False)['reliability'].ece()
-    after = collect(SegmentationEngine(calibrated_model), test, limit=40, progress=False,
+    before = collect(raw, test, limit=80, progress=False, pixels=False)['reliability'].ece()
+    after = collect(SegmentationEngine(calibrated_model), test, limit=80, progress=False,
                     pixels=False)['reliability'].ece()
     assert after < before, (before, after)
 
