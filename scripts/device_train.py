@@ -37,9 +37,10 @@ def parse_run(spec: str) -> tuple[str, str, list[str]]:
 
 
 def launch(config: str, overrides: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, TQDM_MININTERVAL='10', PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, '-m', 'seg_perception.offline.cli', 'train', config, *overrides],
-                            stdout=open(log, 'w'), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    with open(log, 'w') as out:   # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, '-m', 'seg_perception.offline.cli', 'train', config, *overrides],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, int | None]:
