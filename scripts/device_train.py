@@ -29,11 +29,19 @@ PROBE_ITERS = 60
 
 
 def parse_run(spec: str) -> tuple[str, str, list[str]]:
+    """'NAME=CONFIG.yaml key=value ...' -> (name, config, overrides)."""
     name, _, rest = spec.partition('=')
     config, *overrides = rest.split() or ['']
     if not name or not config:
         raise SystemExit(f'run {spec!r} is not "NAME=CONFIG.yaml [key=value ...]"')
     return name, config, overrides
+
+
+def run_dir(config: str, overrides: list[str]) -> Path:
+    """The run's ``out`` folder: the config's, or its ``out=`` override."""
+    from seg_perception.offline.training.config import load_config
+
+    return Path(load_config(config, overrides)['out'])
 
 
 def launch(config: str, overrides: list[str], log: Path) -> subprocess.Popen:
@@ -114,7 +122,7 @@ def train_all(args: argparse.Namespace) -> int:
             return 1
         speed[name] = json.loads(metrics.read_text())['sec_per_iter']
     left = deadline - time.time() - args.reserve
-    iters = {name: max(100, int(left * args.margin / (speed[name] * args.slowdown))) for name in speed}
+    iters = {name: max(100, int(left * args.margin / speed[name])) for name in speed}
     print(f'probe after {time.time() - start:.0f} s: ' + ', '.join(
         f'{n} {1000 * s:.0f} ms/iter -> {iters[n]} iterations' for n, s in speed.items()), flush=True)
     procs = {name: launch(config, [*overrides, f'iters={iters[name]}', f'save_interval={max(1, iters[name] // 8)}',
@@ -122,16 +130,17 @@ def train_all(args: argparse.Namespace) -> int:
              for name, config, overrides in runs}
     codes = wait_all(procs, deadline - args.reserve / 2)
     status = 0
-    for (name, _, overrides), code in zip(runs, codes.values()):
-        run_dir = Path(next((o.split('=', 1)[1] for o in overrides if o.startswith('out=')), ''))
-        last = run_dir / 'last.pt'
+    for (name, config, overrides), code in zip(runs, codes.values()):
+        last = run_dir(config, overrides) / 'last.pt'
+        state = {0: 'finished', None: 'stopped at the deadline'}.get(code, f'failed (exit {code}; see {name}.log)')
+        if code not in (0, None):
+            status = 1
         if not last.exists():
-            print(f'{name}: no checkpoint (exit {code}); see {name}.log')
+            print(f'{name}: {state}, no checkpoint')
             status = 1
             continue
         parts = save_parts(last, out / name, args.part_mib)
-        state = 'finished' if code == 0 else f'stopped at the deadline (exit {code})'
-        print(f'{name}: {state}; {run_dir}/last.pt -> {name}/{", ".join(parts)}', flush=True)
+        print(f'{name}: {state}; {last} -> {name}/{", ".join(parts)}', flush=True)
     print(f'total {time.time() - start:.0f} s')
     return status
 
@@ -147,14 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('runs', nargs='+',
-                        help='"NAME=CONFIG.yaml [key=value ...]", one quoted word per run; give each an out=')
+                        help='"NAME=CONFIG.yaml [key=value ...]", one quoted word per run')
     parser.add_argument('--budget', type=float, required=True, help='seconds for everything, probe included')
     parser.add_argument('--out', required=True, help='folder for what comes back')
     parser.add_argument('--scratch', default='/tmp/device_probe', help='folder for the probe runs')
     parser.add_argument('--reserve', type=float, default=40.0, help='seconds kept for saving what comes back')
     parser.add_argument('--margin', type=float, default=0.85, help='share of the time left planned for training')
-    parser.add_argument('--slowdown', type=float, default=1.0,
-                        help='factor on the probe speed (start-up and data loading the probe misses)')
     parser.add_argument('--part-mib', type=float, default=15.0)
     return train_all(parser.parse_args(argv))
 

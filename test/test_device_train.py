@@ -38,3 +38,9 @@ def test_run_specs(device_train):
     assert (name, config, overrides) == ('tiny', 'config/train/x.yaml', ['out=/tmp/a', 'crop_size=[64,96]'])
     with pytest.raises(SystemExit, match='NAME=CONFIG'):
         device_train.parse_run('config/train/x.yaml')
+
+
+def test_run_dir_is_the_configs_out_or_its_override(device_train):
+    config = str(Path(__file__).resolve().parents[1] / 'config' / 'train' / 'topformer_tiny_camvid_s4.yaml')
+    assert device_train.run_dir(config, []) == Path('runs/topformer_tiny_camvid_s4')
+    assert device_train.run_dir(config, ['out=/tmp/elsewhere']) == Path('/tmp/elsewhere')
