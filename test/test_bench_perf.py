@@ -91,3 +91,33 @@ def test_bench_ops_profiles_fp32_and_int8(capsys):
     assert '| Conv |' in out and '| QuantizeLinear |' in out and 'QLinearConv' in out
     total = next(line for line in out.splitlines() if line.startswith('| **total (kernels)** |'))
     assert 'n/a' not in total
+
+
+def test_bench_cascade_rows_and_ends(tmp_path, capsys):
+    """The cascade baselines from two static models: at share -1 every frame and tile takes the large model's
+    labels (its mIoU), at share 1 none (the small model's); classes must match."""
+    import cv2
+    import numpy as np
+    from onnx_models import make_tiny_model
+
+    from seg_perception.offline.data.render import write_classes_yaml
+    from seg_perception.offline.evaluation.bench_adaptive import bench_cascade
+    rng = np.random.default_rng(0)
+    for sub in ('images', 'masks'):
+        (tmp_path / 'data' / sub).mkdir(parents=True)
+    write_classes_yaml(tmp_path / 'data' / 'classes.yaml')
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / 'data' / 'images' / f'{k}.png'), rng.integers(0, 255, (48, 64, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / 'data' / 'masks' / f'{k}.png'), rng.integers(0, 6, (48, 64), np.uint8))
+    small = make_tiny_model(str(tmp_path / 'small.onnx'), output_kind='logits', seed=1)
+    large = make_tiny_model(str(tmp_path / 'large.onnx'), output_kind='logits', seed=2)
+    report = bench_cascade(small, large, str(tmp_path / 'data'), [-1.0, 1.0], split='', grid=4)
+    rows = {(r['rule'], r['share']): r for r in report['rows']}
+    for rule in ('frame', 'tile'):
+        assert rows[(rule, -1.0)]['taken'] == 1.0 and rows[(rule, -1.0)]['miou'] == report['large_miou']
+        assert rows[(rule, 1.0)]['taken'] == 0.0 and rows[(rule, 1.0)]['miou'] == report['small_miou']
+    assert report['small_miou'] != report['large_miou']
+    seven = make_tiny_model(str(tmp_path / 'seven.onnx'), num_classes=7, output_kind='logits')
+    assert cli.main(['bench', 'cascade', '--small', small, '--large', seven, '--data', str(tmp_path / 'data'),
+                     '--split', '']) == 2
+    assert 'must match' in capsys.readouterr().err

@@ -197,6 +197,8 @@ BENCHMARKS = {
     'refine-rule': ('the adaptive refine rule on a trained TopFormer-tiny (logits file): tiles refined per knob value '
                     'and the share of errors inside them', bench_adaptive.add_refine_rule_arguments,
                     bench_adaptive.run_refine_rule),
+    'cascade': ('issue 9\'s cascade baselines from two static models: the large model on unsure frames or on unsure '
+                'tiles, mIoU and cost', bench_adaptive.add_cascade_arguments, bench_adaptive.run_cascade),
 }
 
 

@@ -422,3 +422,89 @@ def run_refine_rule(args):
           f'have an early confidence below the threshold; network input {args.input_size[0]}x{args.input_size[1]}; '
           'halves of frames by their refined fraction.')
     return 0
+
+
+def bench_cascade(small, large, data, shares, split='val', image_topic=None, gt_topic=None, threads=1, grid=8,
+                  confidence=0.9, limit=0):
+    """Issue 9's cascade baselines from two static models, no training: per frame both run through the engine
+    (CPU time of each ``infer``) and the small model's pixels below ``confidence`` decide where the large one's
+    labels are taken. Frame cascade (option d): a frame whose share of such pixels exceeds s takes the large
+    model's labels; cost small + large on those frames. Tile cascade (regions without shared features): each tile
+    of a ``grid`` x ``grid`` split of the image whose share exceeds s takes the large model's labels there; cost
+    small + the tiles' area share of large (a lower bound: crops need context). Returns a dict with the two
+    models' mean ms and mIoU and one row per (rule, s): share of frames or tiles taken, mIoU, mean ms."""
+    from ...runtime.engine import SegmentationEngine
+    from .bench import iter_labelled_frames
+
+    engines = [SegmentationEngine(path, intra_op_threads=threads) for path in (small, large)]
+    num_classes, ignore = len(engines[0].names), engines[0].meta['ignore_index']
+    if len(engines[1].names) != num_classes:
+        raise UserError(f'{small} has {num_classes} classes, {large} {len(engines[1].names)}: they must match')
+    rules = [(rule, s) for rule in ('frame', 'tile') for s in shares]
+    matrices = {key: ConfusionMatrix(num_classes, ignore) for key in [*rules, 'small', 'large']}
+    taken = {key: [] for key in rules}
+    times = [[], []]
+    for rgb, label, _ in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+        outs = []
+        for engine, spent in zip(engines, times):
+            tic = time.process_time()
+            outs.append(engine.infer(rgb))
+            spent.append(time.process_time() - tic)
+        (a, b), (h, w) = outs, label.shape
+        matrices['small'].update(a.labels, label)
+        matrices['large'].update(b.labels, label)
+        unsure = a.confidence < confidence
+        rows, cols = np.arange(h) * grid // h, np.arange(w) * grid // w
+        tile_share = np.zeros((grid, grid))
+        np.add.at(tile_share, (rows[:, None], cols[None, :]), unsure)
+        tile_share /= np.bincount(rows, minlength=grid)[:, None] * np.bincount(cols, minlength=grid)[None, :]
+        for rule, s in rules:
+            if rule == 'frame':
+                use = np.full((grid, grid), unsure.mean() > s)
+            else:
+                use = tile_share > s
+            taken[(rule, s)].append(use.mean())
+            matrices[(rule, s)].update(np.where(use[rows[:, None], cols[None, :]], b.labels, a.labels), label)
+    if not times[0]:
+        raise UserError(f'{data}: no labelled frames')
+    small_ms, large_ms = (1000 * float(np.mean(t)) for t in times)
+    return {'frames': len(times[0]), 'small_ms': small_ms, 'large_ms': large_ms,
+            'small_miou': matrices['small'].compute()['mIoU'], 'large_miou': matrices['large'].compute()['mIoU'],
+            'rows': [{'rule': rule, 'share': s, 'taken': float(np.mean(taken[(rule, s)])),
+                      'miou': matrices[(rule, s)].compute()['mIoU'],
+                      'ms': small_ms + float(np.mean(taken[(rule, s)])) * large_ms} for rule, s in rules]}
+
+
+def add_cascade_arguments(parser):
+    parser.add_argument('--small', required=True, help='the cheap static model (e.g. TopFormer-tiny)')
+    parser.add_argument('--large', required=True, help='the larger static model (same classes)')
+    parser.add_argument('--data', required=True, help='dataset folder, YAML or rosbag2 (with the topics)')
+    parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
+    parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
+    parser.add_argument('--split', default='val', help='dataset split for open_dataset')
+    parser.add_argument('--shares', type=float, nargs='+', default=[0.02, 0.05, 0.1, 0.2, 0.4],
+                        help='share of unsure pixels above which a frame or tile goes to the large model')
+    parser.add_argument('--confidence', type=float, default=0.9, help='the small model\'s pixels below it are unsure')
+    parser.add_argument('--grid', type=int, default=8, help='tiles per image side for the tile cascade')
+    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--limit', type=int, default=0, help='first N frames only (0: all)')
+    parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
+
+
+def run_cascade(args):
+    from .bench_common import emit
+
+    if args.grid < 1 or not 0 < args.confidence <= 1:
+        raise UserError(f'--grid {args.grid} must be >= 1 and --confidence {args.confidence} in (0, 1]')
+    report = bench_cascade(args.small, args.large, args.data, args.shares, args.split, args.image_topic,
+                           args.gt_topic, args.threads, args.grid, args.confidence, args.limit)
+    large_ms = report['large_ms']
+    rows = [['small model alone', '', '0', fmt(100 * report['small_miou']), fmt(report['small_ms']),
+             ratio(report['small_ms'], large_ms)],
+            ['large model alone', '', '1', fmt(100 * report['large_miou']), fmt(large_ms), '1.00']]
+    rows += [[f'{r["rule"]} cascade', f'> {r["share"]:g}', fmt(r['taken'], 3), fmt(100 * r['miou']), fmt(r['ms']),
+              ratio(r['ms'], large_ms)] for r in report['rows']]
+    table = markdown_table(['rule', 'unsure share', 'frames or tiles to the large model', 'mIoU',
+                            'ms per frame (CPU time; tile rows: small + area share x large)', '/ large'], rows)
+    emit(args, f'Cascade baselines on {report["frames"]} frames of {args.data}', table)
+    return 0
