@@ -455,9 +455,9 @@ def bench_cascade(small, large, data, shares, split='val', image_topic=None, gt_
         matrices['large'].update(b.labels, label)
         unsure = a.confidence < confidence
         rows, cols = np.arange(h) * grid // h, np.arange(w) * grid // w
-        tile_share = np.zeros((grid, grid))
-        np.add.at(tile_share, (rows[:, None], cols[None, :]), unsure)
-        tile_share /= np.bincount(rows, minlength=grid)[:, None] * np.bincount(cols, minlength=grid)[None, :]
+        tile = (rows[:, None] * grid + cols[None, :]).ravel()
+        tile_share = (np.bincount(tile, weights=unsure.ravel(), minlength=grid * grid)
+                      / np.bincount(tile, minlength=grid * grid)).reshape(grid, grid)
         for rule, s in rules:
             if rule == 'frame':
                 use = np.full((grid, grid), unsure.mean() > s)
