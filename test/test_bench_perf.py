@@ -121,3 +121,6 @@ def test_bench_cascade_rows_and_ends(tmp_path, capsys):
     assert cli.main(['bench', 'cascade', '--small', small, '--large', seven, '--data', str(tmp_path / 'data'),
                      '--split', '']) == 2
     assert 'must match' in capsys.readouterr().err
+    assert cli.main(['bench', 'cascade', '--small', small, '--large', large, '--data', str(tmp_path / 'data'),
+                     '--split', '', '--grid', '100']) == 2
+    assert '--grid 100' in capsys.readouterr().err

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from .bench_common import complexity_halves, fmt, interleaved_medians, machine_line, markdown_table, ratio
+from .bench_common import complexity_halves, emit, fmt, interleaved_medians, machine_line, markdown_table, ratio
 from .metrics import ConfusionMatrix
 
 
@@ -451,6 +451,8 @@ def bench_cascade(small, large, data, shares, split='val', image_topic=None, gt_
             outs.append(engine.infer(rgb))
             spent.append(time.process_time() - tic)
         (a, b), (h, w) = outs, label.shape
+        if grid > min(h, w):
+            raise UserError(f'--grid {grid}: more tiles per side than the {w}x{h} frames have pixels')
         matrices['small'].update(a.labels, label)
         matrices['large'].update(b.labels, label)
         unsure = a.confidence < confidence
@@ -492,8 +494,6 @@ def add_cascade_arguments(parser):
 
 
 def run_cascade(args):
-    from .bench_common import emit
-
     if args.grid < 1 or not 0 < args.confidence <= 1:
         raise UserError(f'--grid {args.grid} must be >= 1 and --confidence {args.confidence} in (0, 1]')
     report = bench_cascade(args.small, args.large, args.data, args.shares, args.split, args.image_topic,
