@@ -77,6 +77,11 @@ def test_scorer_adds_scaled_block_lengths_and_needs_the_graph_output():
         scorer.score(logits)
     with pytest.raises(ValueError, match='positive'):
         ShiftScorer({**stats, 'graph_groups': [{'name': 'a', 'stat': 'mean', 'size': 2, 'scale': 0}]})
+    # no logit statistics: the taps' distances alone; with no taps either, nothing to score
+    taps_only = {**fit_statistics(feats, []), 'graph_groups': stats['graph_groups']}
+    assert ShiftScorer(taps_only).score(logits, np.array([3.0, 4.0, -1.0])) == pytest.approx(5 / 5 + 1 / 0.5)
+    with pytest.raises(ValueError, match='nothing to score'):
+        ShiftScorer(fit_statistics(feats, []))
 
 
 @needs_scene_model

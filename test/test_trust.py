@@ -146,6 +146,35 @@ def test_features_are_chosen_by_the_worst_auroc_against_foreign_frames():
     assert np.asarray(stats['precision']).shape == (1, 1)
 
 
+@needs_scene_model
+def test_features_are_chosen_by_the_worst_margin_above_each_sets_target():
+    from seg_perception.offline.deploy.calibrate import choose_features, parse_foreign
+    names = feature_names(2)
+    rng = np.random.default_rng(5)
+    train, held = rng.normal(0, 1, (400, 9)), rng.normal(0, 1, (400, 9))
+    a, b = rng.normal(0, 1, (400, 9)), rng.normal(0, 1, (400, 9))
+    a[:, names.index('std1')] += 2.5   # std1 separates both sets alike (AUROC 0.92-0.93)
+    b[:, names.index('std1')] += 2.5
+    a[:, names.index('energy')] -= 6.0   # energy: set a all but perfectly (1.0), set b less (0.87)
+    b[:, names.index('energy')] -= 1.9
+    plain, _, scores = choose_features(train, held, {'a': a, 'b': b}, max_size=1)
+    assert plain == ['std1'] and min(scores.values()) > 0.9
+    aimed, _, scores = choose_features(train, held, {'a': a, 'b': b}, max_size=1, targets={'a': 0.99, 'b': 0.85})
+    assert aimed == ['energy'] and scores['a'] > 0.99 and scores['b'] > 0.85
+    assert parse_foreign('data/raycast_sel:val@0.95') == ('data/raycast_sel', 'val', 0.95)
+    assert parse_foreign('bag') == ('bag', '', 0.0)
+    with pytest.raises(ValueError, match="not '1.5'"):
+        parse_foreign('bag@1.5')
+    # logit statistics that see nothing foreign only add noise: the taps alone win
+    noise = [rng.normal(0, 1, (n, 9)) for n in (300, 300, 200, 200)]
+    graph = {key: np.abs(rng.normal(1, 0.2, (len(x), 3))) for key, x in zip(('train', 'held', 'a', 'b'), noise)}
+    graph['a'][:, 0] += 0.4
+    graph['b'][:, 2] += 0.4
+    chosen, taps, scores = choose_features(noise[0], noise[1], {'a': noise[2], 'b': noise[3]}, max_size=1,
+                                           graph=graph)
+    assert chosen == [] and taps == [0, 2] and min(scores.values()) > 0.75
+
+
 def test_engine_applies_the_temperature_labels_unchanged(tmp_path):
     import onnx
 
@@ -295,6 +324,10 @@ def test_calibrate_refuses_a_labels_model_in_one_line(tmp_path, capsys):
                  str(SAMPLE_BAG), '-o', str(tmp_path / 'x.onnx')])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and '--choose-features needs --shift' in err[0]
+    code = main(['calibrate', '--model', str(SCENE_MODEL), '--data', str(SAMPLE_BAG), '--shift', str(SAMPLE_BAG),
+                 '--choose-features', f'{SAMPLE_BAG}@high', '-o', str(tmp_path / 'x.onnx')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not 'high'" in err[0] and not (tmp_path / 'x.onnx').exists()
 
 
 @needs_scene_model

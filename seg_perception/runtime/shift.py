@@ -5,15 +5,15 @@ logits (no extra graph output), to the mean and covariance of the same vector ov
 (stored in the model's metadata as ``shift_stats`` by ``seg-perception calibrate --shift``). The features
 (``FEATURES``): per class the spatial mean and standard deviation of the logit and the share of pixels
 predicted, plus the mean max-softmax, mean normalised entropy and mean energy (-logsumexp) over the frame; the
-statistics use a selection of them (``select``, chosen by measuring AUROC: for the scene model the spread of
-the floor logit, the floor share and the energy, ``std0 share0 energy``). Confidence statistics alone miss
-scenes the model is wrongly sure about (mean max-softmax: AUROC 0.56 own vs independent renderer).
+statistics use a selection of them (``select``, chosen by measuring AUROC; the shipped scene model uses none,
+its internal features below separate better). Confidence statistics alone miss scenes the model is wrongly sure
+about (mean max-softmax: AUROC 0.56 own vs independent renderer).
 
 Optionally (``calibrate --taps``) the graph itself also outputs ``shift_features``: pooled statistics of internal
 feature maps, centred and whitened with training statistics, one block per tap, so each block's length is that
 tap's Mahalanobis distance (``seg_perception.offline.deploy.shift_features``). The frame score is then the sum of
-the distances, each divided by its median over the training frames (``scale``): the logits term and one term per
-block (metadata ``graph_groups``: name, stat, size, scale).
+the distances, each divided by its median over the training frames (``scale``): the logits term (none when
+``select`` is empty) and one term per block (metadata ``graph_groups``: name, stat, size, scale).
 
 The node smooths the per-frame score over a window of frames (mean) and warns above the metadata's threshold.
 Robot side: numpy only.
@@ -55,11 +55,14 @@ def mahalanobis(selected: np.ndarray, mean, precision) -> np.ndarray:
 
 def fit_statistics(features: np.ndarray, select: list[str], shrinkage: float = 0.05) -> dict:
     """Mean and precision (inverse of the shrunk covariance) of the ``select``-ed features (names, see
-    :func:`feature_names`) of (N, 3C + 3) training-frame features."""
+    :func:`feature_names`) of (N, 3C + 3) training-frame features. An empty ``select``: no logits term (a score
+    of graph taps only; :class:`ShiftScorer` then needs ``graph_groups``)."""
     names = feature_names((np.asarray(features).shape[1] - 3) // 3)
     unknown = [n for n in select if n not in names]
-    if unknown or not select:
-        raise ValueError(f'unknown shift features {unknown or select}; choose from {", ".join(names)}')
+    if unknown:
+        raise ValueError(f'unknown shift features {unknown}; choose from {", ".join(names)}')
+    if not select:
+        return {'features': FEATURES, 'select': [], 'mean': [], 'precision': []}
     features = np.asarray(features, np.float64)[:, [names.index(n) for n in select]]
     mean = features.mean(axis=0)
     cov = np.atleast_2d(np.cov(features, rowvar=False))   # one feature: a 1x1 matrix
@@ -83,6 +86,8 @@ class ShiftScorer:
             raise ValueError('shift_stats select and mean differ in length')
         self._index = None   # positions of the selected features, once the number of classes is known
         self.precision = np.asarray(stats['precision'], np.float64)
+        if not self.select:   # no logits term: graph taps only
+            self.precision = self.precision.reshape(0, 0)
         if self.precision.shape != (len(self.mean), len(self.mean)):
             raise ValueError('shift_stats precision must be a DxD matrix for a D-long mean')
         self.threshold = float(stats.get('threshold', np.inf))
@@ -92,6 +97,8 @@ class ShiftScorer:
         self.groups = [(str(g['name']), int(g['size']), float(g['scale'])) for g in stats.get('graph_groups', ())]
         if self.logits_scale <= 0 or any(size < 1 or scale <= 0 for _, size, scale in self.groups):
             raise ValueError('shift_stats scales and group sizes must be positive')
+        if not self.select and not self.groups:
+            raise ValueError('shift_stats select no logit statistics and no graph taps: nothing to score')
         self.graph_size = sum(size for _, size, _ in self.groups)
         self._group_starts = np.cumsum([size for _, size, _ in self.groups])[:-1]   # where each block begins
 
@@ -109,7 +116,8 @@ class ShiftScorer:
             if missing:
                 raise ValueError(f'shift_stats use features {missing} this model\'s logits do not have')
             self._index = (len(features), [names.index(n) for n in self.select])
-        total = float(mahalanobis(np.asarray(features)[self._index[1]], self.mean, self.precision)) / self.logits_scale
+        total = 0.0 if not self.select else (
+            float(mahalanobis(np.asarray(features)[self._index[1]], self.mean, self.precision)) / self.logits_scale)
         if self.groups:
             blocks = None if graph_features is None else np.asarray(graph_features, np.float64).reshape(-1)
             if blocks is None or len(blocks) != self.graph_size:

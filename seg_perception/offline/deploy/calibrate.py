@@ -15,11 +15,12 @@
   also adds pooled statistics of internal tensors to the graph, whitened with the same training frames
   (:mod:`.shift_features`, output ``shift_features``); the score adds their distances.
 
-``--choose-features SPEC[:SPLIT] ...`` picks the features by measuring instead: every set of one to three of
-them, scored by its per-frame AUROC between the held-out ``--data`` frames and each of the given frames unlike
-the training data (never the sets the model will be judged on); the set with the highest worst AUROC wins.
-With ``--taps`` it also chooses which of the taps (none to three) the score adds, the same way; the graph keeps
-only those.
+``--choose-features SPEC[:SPLIT][@AUROC] ...`` picks the features by measuring instead: every set of one to
+three of them, scored by its per-frame AUROC between the held-out ``--data`` frames and each of the given frames
+unlike the training data (never the sets the model will be judged on); the set whose smallest margin above the
+sets' target AUROCs (``@AUROC``, default 0: then the highest worst AUROC) is largest wins. With ``--taps`` it
+also chooses which of the taps (none to three) the score adds, the same way; the graph keeps only those.
+``--tap-shrinkage`` sets how far each tap's covariance is shrunk towards its average variance.
 
 The ECE before and after (pixel level, 15 bins) is printed; ``--report DIR`` also writes reliability diagrams
 and ``calibration.json``.
@@ -38,17 +39,19 @@ DEFAULT_FEATURES = ('std0', 'share0', 'energy')
 
 
 def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size: int = 3,
-                    graph: dict | None = None, max_taps: int = 3, keep: int = 15, margin: float = 0.005) -> tuple:
+                    graph: dict | None = None, max_taps: int = 3, keep: int = 15, margin: float = 0.005,
+                    targets: dict | None = None) -> tuple:
     """The shift features (names) whose score separates best: every set of 1..``max_size`` features, fitted on
     ``train`` (N, D) frame features, scored by its per-frame AUROC between ``held`` (own held-out frames) and
-    each ``foreign`` {name: (M, D)}; the set with the highest worst AUROC wins.
+    each ``foreign`` {name: (M, D)}; the set with the largest worst margin above ``targets`` {name: AUROC}
+    (missing: 0, so without targets the highest worst AUROC) wins.
 
     ``graph`` (candidate taps): {'train': (N, G), 'held': (N', G), name of each foreign set: (M, G)} distances of
     each of G tap blocks, each divided by its median on the training frames. Then the ``keep`` best feature sets
     are each combined with every set of 0..``max_taps`` taps (the score the node computes: the sum of the terms,
-    the logits term also divided by its training median): the fewest taps whose best combination comes within
-    ``margin`` of the best of any number wins (each tap costs graph time; a smaller gain is noise on a few dozen
-    frames).
+    the logits term also divided by its training median), and so is no logits term at all (taps only): the fewest
+    taps whose best combination comes within ``margin`` of the best of any number wins (each tap costs graph time;
+    a smaller gain is noise on a few dozen frames).
 
     Returns (features, indices of the chosen taps, {foreign name: AUROC})."""
     import itertools
@@ -57,6 +60,11 @@ def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size
     from ..evaluation.calibration import auroc
 
     names = feature_names((train.shape[1] - 3) // 3)
+    targets = targets or {}
+
+    def worst(scores):
+        return min(v - targets.get(name, 0.0) for name, v in scores.items())
+
     ranked = []
     for size in range(1, max_size + 1):
         for chosen in itertools.combinations(names, size):
@@ -67,27 +75,45 @@ def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size
             other = {name: mahalanobis(np.asarray(frames)[:, index], *fitted) / scale
                      for name, frames in foreign.items()}
             scores = {name: auroc(own, far) for name, far in other.items()}
-            ranked.append((min(scores.values()), list(chosen), own, other, scores))
+            ranked.append((worst(scores), list(chosen), own, other, scores))
     ranked.sort(key=lambda r: -r[0])   # stable: among equals the smaller, earlier set
     best_worst, best, _, _, best_scores = ranked[0]
     best_taps = ()
     if graph is not None:   # the best combination per number of taps; fewer taps unless more gain > ``margin``
         by_count = [(best_worst, best, best_taps, best_scores)]
         taps = range(np.asarray(graph['held']).shape[1])
+        no_logits = (None, [], np.zeros(len(held)), {name: np.zeros(len(f)) for name, f in foreign.items()}, None)
         for count in range(1, max_taps + 1):
-            top = (-1.0,)
-            for _, chosen, own, other, _ in ranked[:keep]:
+            top = (-2.0,)
+            for _, chosen, own, other, _ in ranked[:keep] + [no_logits]:
                 for subset in itertools.combinations(taps, count):
                     cols = list(subset)
                     scores = {name: auroc(own + graph['held'][:, cols].sum(1),
                                           far + np.asarray(graph[name])[:, cols].sum(1))
                               for name, far in other.items()}
-                    if min(scores.values()) > top[0]:
-                        top = (min(scores.values()), chosen, subset, scores)
+                    if worst(scores) > top[0]:
+                        top = (worst(scores), chosen, subset, scores)
             by_count.append(top)
         highest = max(entry[0] for entry in by_count)
         best_worst, best, best_taps, best_scores = next(e for e in by_count if e[0] >= highest - margin)
     return best, list(best_taps), best_scores
+
+
+def parse_foreign(item: str) -> tuple[str, str, float]:
+    """``SPEC[:SPLIT][@AUROC]`` -> (spec, split or '', target AUROC, 0 when not given); ValueError names a
+    target that is not a number in [0, 1]."""
+    where, at, target = item.rpartition('@')
+    if not at:
+        where, target = item, '0'
+    try:
+        value = float(target)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f'--choose-features {item!r}: the target AUROC after @ must be a number in [0, 1], '
+                         f'not {target!r}')
+    spec, _, part = where.partition(':')
+    return spec, part, value
 
 
 def _blocks(graph: np.ndarray, groups: list[dict]) -> list[np.ndarray]:
@@ -107,12 +133,14 @@ def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> 
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
               shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
-              report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0) -> dict:
+              report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0,
+              tap_shrinkage=0.2) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
     (``measure``: also the ECE of the written file on ``data``, one more pass). ``taps`` ([(name, stat)], with
     ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
-    ``choose_against`` (SPEC[:SPLIT] strings, with ``shift``): choose ``features`` by :func:`choose_features`
-    against these frames."""
+    ``choose_against`` (SPEC[:SPLIT][@AUROC] strings, with ``shift``): choose ``features`` by
+    :func:`choose_features` against these frames (and target AUROCs). ``tap_shrinkage``: of each tap's
+    covariance (:func:`.shift_features.fit_whitening`)."""
     import tempfile
 
     import onnx
@@ -179,13 +207,13 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         train = collect(engine, dataset(shift, shift_split), shift_limit, progress=progress,
                         pixels=False)
         if groups:   # whitening of each tap's statistics, and its distance's median on the training frames
-            fits = [sf.fit_whitening(block) for block in _blocks(train['graph'], groups)]
+            fits = [sf.fit_whitening(block, tap_shrinkage) for block in _blocks(train['graph'], groups)]
             for group, distances in zip(groups, _tap_distances(train['graph'], groups, fits).T):
                 group['scale'] = float(np.median(distances))
         if choose_against:
-            foreign = {}
+            foreign, targets = {}, {}
             for item in choose_against:
-                spec, _, part = item.partition(':')
+                spec, part, targets[item] = parse_foreign(item)
                 foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
                                         progress=progress, pixels=False, labels=False)
             terms = None if not groups else {
@@ -193,7 +221,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                 for name, frames in {'train': train, 'held': held, **foreign}.items()}
             features, chosen_taps, chosen_by = choose_features(
                 np.asarray(train['features']), np.asarray(held['features']),
-                {name: frames['features'] for name, frames in foreign.items()}, graph=terms)
+                {name: frames['features'] for name, frames in foreign.items()}, graph=terms, targets=targets)
             result['features_chosen'] = {'features': features, 'auroc': chosen_by}
             if groups:   # keep only the chosen taps in the graph
                 result['features_chosen']['taps'] = [f'{groups[i]["name"]}:{groups[i]["stat"]}' for i in chosen_taps]
@@ -210,7 +238,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
         stats = fit_statistics(train['features'], features)
         held_graph = [None] * len(held['features'])
         if groups:   # each term divided by its median on the training frames, so the terms weigh alike
-            stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
+            if features:   # (a score of taps only has no logits term)
+                stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
             sf.set_whitening(proto, [c for c, _ in fits], [w for _, w in fits])
             stats['graph_groups'] = groups
             held_graph = np.concatenate(_whitened(held['graph'], groups, fits), axis=1)
@@ -264,15 +293,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='use the first N training frames (0 = all)')
     parser.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                         help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '
-                             'energy)')
-    parser.add_argument('--choose-features', nargs='+', default=(), metavar='SPEC[:SPLIT]',
-                        help='choose --features by measuring: the set of 1-3 features with the highest worst per-frame '
-                             'AUROC between --data and these frames unlike the training data (needs --shift); with '
-                             '--taps, also which of the taps (0-3) the score adds (the others leave the graph)')
+                             "energy); '' with --taps: the score adds the taps' distances only")
+    parser.add_argument('--choose-features', nargs='+', default=(), metavar='SPEC[:SPLIT][@AUROC]',
+                        help='choose --features by measuring: the set of 1-3 features with the largest worst margin of '
+                             'its per-frame AUROC between --data and these frames unlike the training data above '
+                             'their targets (@AUROC, default 0: the highest worst AUROC; needs --shift); with --taps, '
+                             'also which of the taps (0-3) the score adds (the others leave the graph)')
     parser.add_argument('--taps', default='',
                         help='also score pooled statistics of internal tensors, computed in the graph: comma list '
-                             'of NAME:mean|std, NAME a TopFormer short name (stem, ppa, trans, fuse) or a node-name '
-                             'prefix; needs --shift')
+                             'of NAME:mean|std, NAME a TopFormer short name (stem, tpm1-tpm9, ppa, trans, fuse) or '
+                             'a node-name prefix; needs --shift')
+    parser.add_argument('--tap-shrinkage', type=float, default=0.2,
+                        help="shrink each tap's covariance this far towards its average variance (0-1] before "
+                             'whitening')
     parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
     parser.add_argument('--margin', type=float, default=1.1,
                         help='shift threshold = margin x the --quantile of the smoothed scores on the held-out frames')
@@ -287,9 +320,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1 or not 0 < args.quantile <= 1:
+    if (args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1 or not 0 < args.quantile <= 1
+            or not 0 < args.tap_shrinkage <= 1):
         raise UserError(f'--window ({args.window}) and --pixels-per-frame ({args.pixels_per_frame}) must be >= 1, '
-                        f'--margin ({args.margin}) > 0, --quantile ({args.quantile}) in (0, 1]')
+                        f'--margin ({args.margin}) > 0, --quantile ({args.quantile}) and --tap-shrinkage '
+                        f'({args.tap_shrinkage}) in (0, 1]')
     if not Path(args.model).is_file():
         raise FileNotFoundError(f'model {args.model} not found')
     out = args.model if args.in_place else args.output
@@ -297,11 +332,16 @@ def run(args: argparse.Namespace) -> int:
         taps = parse_taps(args.taps) if args.taps else None
         if args.choose_features and not args.shift:
             raise UserError('--choose-features needs --shift (the training frames the features are fitted on)')
+        for item in args.choose_features:   # a bad target is named before the long passes
+            parse_foreign(item)
+        features = [f.strip() for f in args.features.split(',') if f.strip()]
+        if args.shift and not (features or taps or args.choose_features):
+            raise UserError('--features is empty and there are no --taps: the shift score would have no terms')
         result = calibrate(args.model, args.data, args.split, args.per_class, args.limit, args.pixels_per_frame,
                            args.shift, args.shift_split, args.shift_limit,
-                           [f.strip() for f in args.features.split(',') if f.strip()], args.window, args.margin, out,
+                           features, args.window, args.margin, out,
                            args.report, args.seed, taps=taps, choose_against=args.choose_features,
-                           quantile=args.quantile)
+                           quantile=args.quantile, tap_shrinkage=args.tap_shrinkage)
     except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
         raise UserError(str(exc)) from None
     temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
@@ -311,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     if 'features_chosen' in result:
         c = result['features_chosen']
         taps = f' + taps {",".join(c["taps"]) or "none"}' if 'taps' in c else ''
-        print(f'shift features chosen: {",".join(c["features"])}{taps} (per-frame AUROC '
+        print(f'shift features chosen: {",".join(c["features"]) or "no logit statistics"}{taps} (per-frame AUROC '
               + ', '.join(f'{v:.3f} vs {k}' for k, v in c['auroc'].items()) + ')')
     if 'shift' in result:
         s = result['shift']

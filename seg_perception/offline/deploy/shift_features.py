@@ -10,8 +10,9 @@ per tap; the labels and logits of the model are untouched.
 
 Taps are named by the prefix of the node names that produce them: the tensor is the output of the last node
 (in graph order) whose name starts with it. ``TOPFORMER_TAPS`` gives short names for the TopFormer exports:
-``stem`` (the first convolutions, 1/2 resolution), ``ppa`` (the pooled token pyramid, 1/64), ``trans`` (the
-global tokens after the transformer) and ``fuse`` (the decode head's fused features, 1/8).
+``stem`` (the first convolutions, 1/2 resolution), ``tpm1`` ... ``tpm9`` (the token pyramid's inverted-residual
+layers, 1/2 to 1/32), ``ppa`` (the pooled token pyramid, 1/64), ``trans`` (the global tokens after the
+transformer) and ``fuse`` (the decode head's fused features, 1/8).
 """
 import numpy as np
 import onnx
@@ -22,7 +23,8 @@ from .onnx_graph import replace_field
 OUTPUT = 'shift_features'
 STATS = ('mean', 'std')
 TOPFORMER_TAPS = {'stem': '/model/backbone/tpm/stem/', 'ppa': '/model/backbone/ppa/', 'trans': '/model/backbone/trans/',
-                  'fuse': '/model/decode_head/linear_fuse/'}
+                  'fuse': '/model/decode_head/linear_fuse/',
+                  **{f'tpm{i}': f'/model/backbone/tpm/layer{i}/' for i in range(1, 10)}}
 
 
 def parse_taps(text: str) -> list[tuple[str, str]]:

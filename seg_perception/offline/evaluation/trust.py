@@ -72,7 +72,8 @@ def report(model, own, foreign, limit=0, out=None) -> str:
                         f'{np.mean(res["scores"]) if scorer else float("nan"):.2f} | {alarm} |')
     temps = ' '.join(f'{t:.3f}' for t in engine.meta.get('temperature', [])) or 'none'
     lines = [f'Model `{model}`: temperature {temps}; shift threshold '
-             f'{scorer.threshold:.3f} (window {scorer.window}, features {" ".join(scorer.select)})' if scorer else
+             f'{scorer.threshold:.3f} (window {scorer.window}, features {" ".join(scorer.select) or "none"}, '
+             f'taps {" ".join(name for name, _, _ in scorer.groups) or "none"})' if scorer else
              f'Model `{model}`: temperature {temps}; no shift statistics', '',
              '| frames | n | pixel accuracy | ECE uncalibrated | ECE calibrated | mean shift score '
              '| alarm (smoothed) |',
