@@ -12,6 +12,7 @@ from seg_perception.runtime.costmap import (
     GridSpec,
     GroundCostmap,
     PinholeCamera,
+    _running_min_down,
     class_cost_table,
     parse_class_costs,
     resolve_min_confidence,
@@ -340,3 +341,10 @@ def test_cell_buckets_give_each_cells_maximum():
         got.update(zip(ids.tolist(), ranks.take(idx).max(axis=0).tolist()))
     assert got == {int(k): int(v) for k, v in expected.items()}
     assert _cell_buckets(np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+
+
+def test_running_min_down_equals_numpy_accumulate():
+    rng = np.random.default_rng(3)
+    for rows in (1, 2, 5, 64, 161):
+        image = np.where(rng.random((rows, 7)) < 0.3, rng.random((rows, 7)), np.inf).astype(np.float32)
+        assert np.array_equal(_running_min_down(image), np.minimum.accumulate(image, axis=0))

@@ -106,6 +106,19 @@ def _lookup(labels, table):
     return cv2.LUT(labels, table[:256]) if labels.dtype == np.uint8 else table.take(labels)
 
 
+def _running_min_down(image: np.ndarray) -> np.ndarray:
+    """``np.minimum.accumulate(image, axis=0)`` (each pixel: the minimum of its column from the top row down to it)
+    as a doubling scan: log2(rows) whole-image minimums, a few times faster than numpy's strided accumulate."""
+    done, spare = image.copy(), np.empty_like(image)
+    step = 1
+    while step < image.shape[0]:
+        spare[:step] = done[:step]
+        np.minimum(done[step:], done[:-step], out=spare[step:])
+        done, spare = spare, done
+        step *= 2
+    return done
+
+
 def _cell_buckets(cells: np.ndarray, pixels: np.ndarray) -> list:
     """(cell, pixel) pairs sorted by cell -> [(cell ids (n,), pixel indices (L, n))]: one bucket per range of pixels
     per cell, a cell's list padded by repeating its last pixel (the maximum does not change), so that a frame's
@@ -556,31 +569,41 @@ class GroundCostmap:
         return np.ascontiguousarray(image[p // 2:h * p:p, p // 2:w * p:p])
 
     def _update_depth(self, rank, standing, depth):
-        z = depth.reshape(-1).astype(np.float32, copy=False)
-        valid = np.isfinite(z) & (z > 0)
-        z = np.where(valid, z, np.float32(0))
+        valid = (depth > 0) & (depth < np.inf)            # NaN compares false
+        z = np.zeros(depth.size, np.float32)
+        np.copyto(z, depth.reshape(-1), where=valid.reshape(-1))
+        valid = valid.reshape(-1)
         height = self._origin[2] + z * self._ray_z
         reach = z * self._ray_reach
-        standing = standing.reshape(-1)
         raised = height >= self.min_obstacle_height
-        tall = valid & (standing > 0) & raised & (height <= self.max_obstacle_height)
-        flat_rank = np.where(tall, standing, rank.reshape(-1))
+        tall_mask = valid & raised & (standing.reshape(-1) > 0) & (height <= self.max_obstacle_height)
+        tall = np.flatnonzero(tall_mask)
+        flat_rank = rank.reshape(-1).copy()
+        flat_rank[tall] = standing.reshape(-1)[tall]
         # floor seen under a standing point (lower in the image column, farther away) lies beneath an overhang,
         # and "floor" that is not on the floor (a point min_obstacle_height or higher) is a misread obstacle:
         # unknown, not free. Down a column the nearest standing point seen so far bounds the free floor.
-        nearest = np.minimum.accumulate(np.where(tall, reach, np.float32(np.inf)).reshape(depth.shape), axis=0)
-        not_free = (reach > nearest.reshape(-1) + self.grid.resolution) | raised
-        flat_rank = np.where((flat_rank == _RANK_FREE) & not_free, _RANK_UNKNOWN, flat_rank)
+        bound = np.full(z.size, np.inf, np.float32)
+        np.copyto(bound, reach, where=tall_mask)
+        nearest = _running_min_down(bound.reshape(depth.shape)).reshape(-1)
+        not_free = (reach > nearest + np.float32(self.grid.resolution)) | raised
+        np.copyto(flat_rank, _RANK_UNKNOWN, where=(flat_rank == _RANK_FREE) & not_free)
         if self.max_range > 0:
-            flat_rank = np.where(reach <= self.max_range, flat_rank, _RANK_NONE)
+            np.copyto(flat_rank, _RANK_NONE, where=reach > self.max_range)
         x, y = self._origin[0] + z * self._ray_x, self._origin[1] + z * self._ray_y
-        cells = np.where(valid, self.grid.cell_index(x, y), -1)
-        inside = cells >= 0
-        grid_rank = np.zeros(self.grid.width * self.grid.height, np.uint8)
-        np.maximum.at(grid_rank, cells[inside], flat_rank[inside])
+        # each point's cell (as GridSpec.cell_index); points outside the grid or without depth go to a spare cell
+        col = (x - self.grid.origin_x) / self.grid.resolution
+        row = (y - self.grid.origin_y) / self.grid.resolution
+        outside = ~(valid & (col >= 0) & (col < self.grid.width) & (row >= 0) & (row < self.grid.height))
+        size = self.grid.width * self.grid.height
+        cells = row.astype(np.intp) * self.grid.width + col.astype(np.intp)
+        np.copyto(cells, size, where=outside)
+        grid_rank = np.zeros(size + 1, np.uint8)
+        np.maximum.at(grid_rank, cells, flat_rank)
+        grid_rank = grid_rank[:size]
         # one obstacle point per occupied cell (its first pixel), in cell order: a scatter, not a sort
-        obstacle = np.flatnonzero(inside & tall & (flat_rank > _RANK_UNKNOWN))
-        first = np.full(grid_rank.size, z.size, np.int64)
+        obstacle = tall[(flat_rank[tall] > _RANK_UNKNOWN) & ~outside[tall]]
+        first = np.full(size, z.size, np.intp)
         np.minimum.at(first, cells[obstacle], obstacle)
         keep = first[first < z.size]
         return grid_rank, np.stack([x[keep], y[keep], height[keep]], 1).astype(np.float32)
