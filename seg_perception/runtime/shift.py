@@ -104,20 +104,23 @@ class ShiftScorer:
 
     def score(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> float:
         """One frame's score: the Mahalanobis distance of its logits features to the training statistics, plus,
-        for a model with ``graph_groups``, the lengths of its ``shift_features`` blocks (each term scaled)."""
-        return self.distance(frame_features(logits), graph_features)
+        for a model with ``graph_groups``, the lengths of its ``shift_features`` blocks (each term scaled). Without
+        logit statistics (``select`` empty) the logits are not read."""
+        return self.distance(frame_features(logits) if self.select else None, graph_features)
 
-    def distance(self, features: np.ndarray, graph_features: np.ndarray | None = None) -> float:
-        """The score of a full :func:`frame_features` vector (its selected entries) and the graph's
-        ``shift_features`` (required when the statistics have ``graph_groups``)."""
-        if self._index is None or len(features) != self._index[0]:
-            names = feature_names((len(features) - 3) // 3)
-            missing = [n for n in self.select if n not in names]
-            if missing:
-                raise ValueError(f'shift_stats use features {missing} this model\'s logits do not have')
-            self._index = (len(features), [names.index(n) for n in self.select])
-        total = 0.0 if not self.select else (
-            float(mahalanobis(np.asarray(features)[self._index[1]], self.mean, self.precision)) / self.logits_scale)
+    def distance(self, features: np.ndarray | None, graph_features: np.ndarray | None = None) -> float:
+        """The score of a full :func:`frame_features` vector (its selected entries; unused, may be None, without
+        logit statistics) and the graph's ``shift_features`` (required when the statistics have ``graph_groups``)."""
+        total = 0.0
+        if self.select:
+            if self._index is None or len(features) != self._index[0]:
+                names = feature_names((len(features) - 3) // 3)
+                missing = [n for n in self.select if n not in names]
+                if missing:
+                    raise ValueError(f'shift_stats use features {missing} this model\'s logits do not have')
+                self._index = (len(features), [names.index(n) for n in self.select])
+            distance = mahalanobis(np.asarray(features)[self._index[1]], self.mean, self.precision)
+            total = float(distance) / self.logits_scale
         if self.groups:
             blocks = None if graph_features is None else np.asarray(graph_features, np.float64).reshape(-1)
             if blocks is None or len(blocks) != self.graph_size:
