@@ -82,6 +82,7 @@ def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size
     if graph is not None:   # the best combination per number of taps; fewer taps unless more gain > ``margin``
         by_count = [(best_worst, best, best_taps, best_scores)]
         taps = range(np.asarray(graph['held']).shape[1])
+        # the candidate without logit statistics: a logits term of zero on every frame
         no_logits = (None, [], np.zeros(len(held)), {name: np.zeros(len(f)) for name, f in foreign.items()}, None)
         for count in range(1, max_taps + 1):
             top = (-2.0,)
