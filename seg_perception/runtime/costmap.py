@@ -222,11 +222,12 @@ class GridSpec:
         return self.height, self.width
 
     def cell_index(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Flat cell index (row * width + col) of points (x, y); -1 outside the grid."""
-        col = np.floor((np.asarray(x) - self.origin_x) / self.resolution)
-        row = np.floor((np.asarray(y) - self.origin_y) / self.resolution)
+        """Flat cell index (row * width + col) of points (x, y); -1 outside the grid (and for NaN)."""
+        col = (np.asarray(x) - self.origin_x) / self.resolution
+        row = (np.asarray(y) - self.origin_y) / self.resolution
         inside = (col >= 0) & (col < self.width) & (row >= 0) & (row < self.height)
-        return np.where(inside, row * self.width + col, -1).astype(np.int64)
+        with np.errstate(invalid='ignore'):   # truncation is the floor inside the grid; NaN casts are masked out
+            return np.where(inside, row.astype(np.int64) * self.width + col.astype(np.int64), -1)
 
     def cell_centres(self) -> tuple:
         """(x, y) of every cell centre, each (height, width)."""
@@ -591,12 +592,10 @@ class GroundCostmap:
         if self.max_range > 0:
             np.copyto(flat_rank, _RANK_NONE, where=reach > self.max_range)
         x, y = self._origin[0] + z * self._ray_x, self._origin[1] + z * self._ray_y
-        # each point's cell (as GridSpec.cell_index); points outside the grid or without depth go to a spare cell
-        col = (x - self.grid.origin_x) / self.grid.resolution
-        row = (y - self.grid.origin_y) / self.grid.resolution
-        outside = ~(valid & (col >= 0) & (col < self.grid.width) & (row >= 0) & (row < self.grid.height))
+        # each point's cell; points outside the grid or without depth go to a spare cell
         size = self.grid.width * self.grid.height
-        cells = row.astype(np.intp) * self.grid.width + col.astype(np.intp)
+        cells = self.grid.cell_index(x, y)
+        outside = (cells < 0) | ~valid
         np.copyto(cells, size, where=outside)
         grid_rank = np.zeros(size + 1, np.uint8)
         np.maximum.at(grid_rank, cells, flat_rank)
