@@ -120,7 +120,6 @@ def calibrated_model(tmp_path_factory):
     return str(out)
 
 
-@needs_scene_model
 def test_features_are_chosen_by_the_worst_auroc_against_foreign_frames():
     from seg_perception.offline.deploy.calibrate import choose_features
     names = feature_names(2)   # 9 features
@@ -146,7 +145,6 @@ def test_features_are_chosen_by_the_worst_auroc_against_foreign_frames():
     assert np.asarray(stats['precision']).shape == (1, 1)
 
 
-@needs_scene_model
 def test_features_are_chosen_by_the_worst_margin_above_each_sets_target():
     from seg_perception.offline.deploy.calibrate import choose_features, parse_foreign
     names = feature_names(2)
