@@ -163,6 +163,7 @@ def test_unsubscribed_outputs_are_not_computed(ros, tiny_model):
     assert not h.received['color'] and not h.received['confidence']
     h.node.destroy_subscription(next(s for s in h.node.subscriptions if s.topic_name.endswith('labels')))
     assert h.wait_for(lambda: node.pub_labels.get_subscription_count() == 0)
+    assert node.worker.wait_idle(5)  # the previous frame's outcome is counted after its publish
     before = node.frame_counts()['processed']
     h.publish(_rgb(40, 40), 'rgb8')
     assert h.wait_for(lambda: node.frame_counts()['idle_no_subscribers'] >= 1)
