@@ -223,8 +223,11 @@ class GridSpec:
 
     def cell_index(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Flat cell index (row * width + col) of points (x, y); -1 outside the grid (and for NaN)."""
-        col = (np.asarray(x) - self.origin_x) / self.resolution
-        row = (np.asarray(y) - self.origin_y) / self.resolution
+        return self.index_of_cell_coords((np.asarray(x) - self.origin_x) / self.resolution,
+                                         (np.asarray(y) - self.origin_y) / self.resolution)
+
+    def index_of_cell_coords(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """Flat cell index of points given in cells from cell (0, 0)'s corner; -1 outside the grid (and NaN)."""
         inside = (col >= 0) & (col < self.width) & (row >= 0) & (row < self.height)
         with np.errstate(invalid='ignore'):   # truncation is the floor inside the grid; NaN casts are masked out
             return np.where(inside, row.astype(np.int64) * self.width + col.astype(np.int64), -1)
@@ -443,6 +446,11 @@ class GroundCostmap:
         self._ray_x, self._ray_y, self._ray_z = (np.ascontiguousarray(rays[:, i], np.float32) for i in range(3))
         self._ray_reach = np.hypot(rays[:, 0], rays[:, 1]).astype(np.float32)
         self._origin = origin.astype(np.float32)
+        # the same rays and origin in grid cells from cell (0, 0)'s corner: a point's cell without metres
+        self._ray_col, self._ray_row = (np.ascontiguousarray(rays[:, i] / self.grid.resolution, np.float32)
+                                        for i in range(2))
+        self._origin_cells = np.float32([(origin[0] - self.grid.origin_x) / self.grid.resolution,
+                                         (origin[1] - self.grid.origin_y) / self.grid.resolution])
         self.visible = visible.reshape(self.grid.shape) | (np.bincount(
             pix_cell[fwd_pix], minlength=self.grid.width * self.grid.height).reshape(self.grid.shape) > 0)
         self._build_verticals(camera, rays, origin)
@@ -576,25 +584,32 @@ class GroundCostmap:
         valid = valid.reshape(-1)
         height = self._origin[2] + z * self._ray_z
         reach = z * self._ray_reach
-        raised = height >= self.min_obstacle_height
-        tall_mask = valid & raised & (standing.reshape(-1) > 0) & (height <= self.max_obstacle_height)
+        # "floor" that is not on the floor (a point min_obstacle_height or higher) is a misread obstacle: unknown,
+        # not free
+        not_free = height >= self.min_obstacle_height
+        tall_mask = valid & not_free & (standing.reshape(-1) > 0) & (height <= self.max_obstacle_height)
         tall = np.flatnonzero(tall_mask)
         flat_rank = rank.reshape(-1).copy()
         flat_rank[tall] = standing.reshape(-1)[tall]
-        # floor seen under a standing point (lower in the image column, farther away) lies beneath an overhang,
-        # and "floor" that is not on the floor (a point min_obstacle_height or higher) is a misread obstacle:
-        # unknown, not free. Down a column the nearest standing point seen so far bounds the free floor.
-        bound = np.full(z.size, np.inf, np.float32)
-        np.copyto(bound, reach, where=tall_mask)
-        nearest = _running_min_down(bound.reshape(depth.shape)).reshape(-1)
-        not_free = (reach > nearest + np.float32(self.grid.resolution)) | raised
+        if tall.size:
+            # floor seen under a standing point (lower in the image column, farther away) lies beneath an
+            # overhang: unknown, not free. Down a column the nearest standing point seen so far bounds the free
+            # floor; the scan starts at the first row with a standing point (above it nothing is bounded)
+            start = tall[0] // depth.shape[1] * depth.shape[1]
+            bound = np.full(z.size - start, np.inf, np.float32)
+            np.copyto(bound, reach[start:], where=tall_mask[start:])
+            nearest = _running_min_down(bound.reshape(-1, depth.shape[1])).reshape(-1)
+            nearest += np.float32(self.grid.resolution)
+            not_free[start:] |= reach[start:] > nearest
         np.copyto(flat_rank, _RANK_UNKNOWN, where=(flat_rank == _RANK_FREE) & not_free)
         if self.max_range > 0:
             np.copyto(flat_rank, _RANK_NONE, where=reach > self.max_range)
-        x, y = self._origin[0] + z * self._ray_x, self._origin[1] + z * self._ray_y
         # each point's cell; points outside the grid or without depth go to a spare cell
         size = self.grid.width * self.grid.height
-        cells = self.grid.cell_index(x, y)
+        col, row = z * self._ray_col, z * self._ray_row
+        col += self._origin_cells[0]
+        row += self._origin_cells[1]
+        cells = self.grid.index_of_cell_coords(col, row)
         outside = (cells < 0) | ~valid
         np.copyto(cells, size, where=outside)
         grid_rank = np.zeros(size + 1, np.uint8)
@@ -605,7 +620,8 @@ class GroundCostmap:
         first = np.full(size, z.size, np.intp)
         np.minimum.at(first, cells[obstacle], obstacle)
         keep = first[first < z.size]
-        return grid_rank, np.stack([x[keep], y[keep], height[keep]], 1).astype(np.float32)
+        x, y = self._origin[0] + z[keep] * self._ray_x[keep], self._origin[1] + z[keep] * self._ray_y[keep]
+        return grid_rank, np.stack([x, y, height[keep]], 1).astype(np.float32)
 
     def _finish(self, grid_rank, points):
         grid = cv2.LUT(grid_rank, _RANK_TO_VALUE_BITS).view(np.int8).reshape(self.grid.shape)
