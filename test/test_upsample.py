@@ -109,3 +109,16 @@ def test_confidence_alone_equals_the_confidence_of_a_full_call():
     for up in (LogitsUpsampler.for_resize((32, 40), (480, 640)),
                LogitsUpsampler.for_geometry((32, 40), (256, 320), (240, 320), (8, 0), (480, 640))):
         assert np.array_equal(up.confidence(logits), up(logits)[1])
+
+
+def test_edge_runs_are_split_so_blocks_pad_to_the_usual_run():
+    """The clamped first run (22 rows for 32 -> 480) is two entries, so every cell pads to 15 rows, not 22, and
+    the labels stay exact on cells at the edges."""
+    up = LogitsUpsampler.for_resize((32, 40), (480, 640))
+    rows, cols = up._row_blocks, up._col_blocks
+    assert rows.index.shape[1] == 15 and cols.index.shape[1] == 16
+    assert rows.count[0] == 22 and rows.entries[0] == 2 and rows.entries[1] == 1
+    assert np.array_equal(np.unique(rows.index), np.arange(480))
+    logits = synthetic_logits(6, (32, 40), regions=12, seed=5)
+    logits[:, :2] = logits[:, :2, ::-1]       # boundaries in the first rows: edge cells are refined
+    assert np.array_equal(up(logits)[0], _torch_labels(logits, (480, 640))[0])

@@ -85,14 +85,32 @@ def bilinear_logits(logits: np.ndarray, rows: AxisMap, cols: AxisMap) -> np.ndar
     return (rowed[:, :, cols.i0] * (1 - fx) + rowed[:, :, cols.i1] * fx).astype(np.float32)
 
 
-def _blocks(axis: AxisMap, n_in: int) -> tuple:
-    """Per coarse index j, the output indices whose ``i0`` is j (a contiguous run) and their weights, padded
-    to the longest run by repeating the run's last entry: (indices (n_in, B), frac (n_in, B), count (n_in,))."""
-    starts = np.searchsorted(axis.i0, np.arange(n_in), 'left')
-    counts = np.searchsorted(axis.i0, np.arange(n_in), 'right') - starts
-    steps = np.minimum(np.arange(max(int(counts.max()), 1))[None], np.maximum(counts - 1, 0)[:, None])
-    index = np.minimum(starts[:, None] + steps, len(axis.i0) - 1)
-    return index, axis.frac[index], counts
+@dataclasses.dataclass(frozen=True)
+class _Blocks:
+    """One axis's output indices grouped by coarse index j (the outputs whose ``i0`` is j: a contiguous run). A run
+    longer than the axis's usual one (at a clamped edge) is split into entries of at most that length, so that
+    every entry pads to the usual length, not to the edge's: ``index``/``frac`` (E, B), each entry's run padded
+    by repeating its last output; per coarse index its output ``count``, its ``first`` entry and ``entries``."""
+    index: np.ndarray
+    frac: np.ndarray
+    count: np.ndarray
+    first: np.ndarray
+    entries: np.ndarray
+
+    @classmethod
+    def build(cls, axis: AxisMap, n_in: int) -> '_Blocks':
+        starts = np.searchsorted(axis.i0, np.arange(n_in), 'left')
+        count = np.searchsorted(axis.i0, np.arange(n_in), 'right') - starts
+        length = max(1, -(-len(axis.i0) // max(1, int((count > 0).sum()))))   # the usual run, rounded up
+        entries = -(-count // length)
+        first = np.cumsum(entries) - entries
+        owner = np.repeat(np.arange(n_in), entries)
+        part = np.arange(len(owner)) - first[owner]
+        begin = starts[owner] + part * length
+        size = np.minimum(count[owner] - part * length, length)
+        steps = np.minimum(np.arange(length)[None], np.maximum(size - 1, 0)[:, None])
+        index = np.minimum(begin[:, None] + steps, len(axis.i0) - 1)
+        return cls(index, axis.frac[index], count, first, entries)
 
 
 class LogitsUpsampler:
@@ -113,8 +131,8 @@ class LogitsUpsampler:
         # the coarse neighbour below / right of each coarse pixel (edges repeat themselves)
         self._down = np.minimum(np.arange(h) + 1, h - 1)
         self._right = np.minimum(np.arange(w) + 1, w - 1)
-        self._row_blocks = _blocks(rows, h)
-        self._col_blocks = _blocks(cols, w)
+        self._row_blocks = _Blocks.build(rows, h)
+        self._col_blocks = _Blocks.build(cols, w)
         # the confidence (one channel): cv2.resize when the grid is a plain resize, else a fixed-point remap
         plain = [AxisMap.resize(len(a.i0), n) for a, n in ((rows, h), (cols, w))]
         self._plain_resize = all(np.array_equal(a.i0, p.i0) and np.allclose(a.frac, p.frac, atol=1e-6)
@@ -149,16 +167,18 @@ class LogitsUpsampler:
         labels = self._fill(coarse, label_dtype)
         confidence = self._enlarge(conf)
         # cells no output pixel falls in (outside a letterbox's content) need nothing
-        ambiguous &= (self._row_blocks[2] > 0)[:, None] & (self._col_blocks[2] > 0)[None, :]
+        ambiguous &= (self._row_blocks.count > 0)[:, None] & (self._col_blocks.count > 0)[None, :]
         cell_y, cell_x = np.nonzero(ambiguous)
         self.counters = {'ambiguous_cells': len(cell_y), 'max_candidates': 0,
-                         'ambiguous_fraction': float(self._row_blocks[2][cell_y] @ self._col_blocks[2][cell_x])
+                         'ambiguous_fraction': float(self._row_blocks.count[cell_y] @ self._col_blocks.count[cell_x])
                          / (self.out_hw[0] * self.out_hw[1])}
         if not len(cell_y):
             return labels, confidence
         ry, rx, w = down[cell_y], right[cell_x], self.coarse_hw[1]
         flat = logits.reshape(logits.shape[0], -1)
         pix = np.stack([cell_y * w + cell_x, cell_y * w + rx, ry * w + cell_x, ry * w + rx])   # (4, n) corners
+        # from here on a "cell" is a block entry: a cell at a clamped edge is one entry per part of its run
+        cell_y, cell_x, pix = self._entries(cell_y, cell_x, pix)
         if logits.shape[0] > self.FEW:
             # most cells are settled by their corners' two best classes, without looking at all C classes
             settled = self._refine_top_two(labels, flat, pix, cell_y, cell_x)
@@ -190,6 +210,17 @@ class LogitsUpsampler:
                 break
         self.counters['max_candidates'] = max(self.counters['max_candidates'], int(needed.max()))
         return labels, confidence
+
+    def _entries(self, cell_y, cell_x, pix) -> tuple:
+        """Coarse cells -> their block entries (row entry, column entry) and each entry's (4, E) corners."""
+        rows, cols = self._row_blocks, self._col_blocks
+        ny, nx = rows.entries[cell_y], cols.entries[cell_x]
+        if (ny == 1).all() and (nx == 1).all():
+            return rows.first[cell_y], cols.first[cell_x], pix
+        per_cell = ny * nx
+        cell = np.repeat(np.arange(len(cell_y)), per_cell)
+        k = np.arange(len(cell)) - (np.cumsum(per_cell) - per_cell)[cell]
+        return rows.first[cell_y][cell] + k // nx[cell], cols.first[cell_x][cell] + k % nx[cell], pix[:, cell]
 
     def _refine_top_two(self, labels, flat, pix, cell_y, cell_x) -> np.ndarray:
         """Exact labels in the cells whose winners are provably among their 4 corners' two best classes; returns
@@ -276,8 +307,8 @@ class LogitsUpsampler:
         returns whether (bool (n,)) the candidates' top is strictly above the bound's interpolation at every pixel
         of each cell."""
         k = cand.shape[1]
-        row_index, row_frac, _ = self._row_blocks
-        col_index, col_frac, _ = self._col_blocks
+        row_index, row_frac = self._row_blocks.index, self._row_blocks.frac
+        col_index, col_frac = self._col_blocks.index, self._col_blocks.frac
         fx = col_frac[cell_x]                                                   # (n, Bx)
         fy = row_frac[cell_y][:, :, None]                                       # (n, By, 1)
         cand = cand.astype(labels.dtype)
