@@ -72,7 +72,9 @@ class Harness:
         msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
         msg.header.frame_id = 'cam_optical'
         self.info_pub.publish(info)
-        time.sleep(0.2)
+        # the image only once the node holds this CameraInfo (best-effort topics: no order between the two)
+        assert self.wait_for(lambda: self.costmap_output._info is not None
+                             and self.costmap_output._info.header.stamp == info.header.stamp), 'CameraInfo not taken'
         self.image_pub.publish(msg)
 
 
@@ -89,10 +91,12 @@ def running_node(model, **extra):
               'costmap.class_costs': 'floor:0, wall:100, obstacle:100, person:100, robot:100, background:0', **extra}
     node = SegmentationNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     harness = Harness(ctx)
+    harness.costmap_output = node.costmap
     executor.add_node(node)
     executor.add_node(harness.node)
     try:
         assert harness.wait_for(lambda: node.sub.get_publisher_count() > 0 and node.costmap.wanted()
+                                and harness.info_pub.get_subscription_count() > 0
                                 and all(s.get_publisher_count() > 0 for s in harness.node.subscriptions)), 'discovery'
         yield node, harness
     finally:

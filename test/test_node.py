@@ -216,7 +216,9 @@ def test_diagnostics_report_rates_latency_and_drops(ros, tiny_model):
                 if 'segmentation' in s.name:
                     return {kv.key: kv.value for kv in s.values}
         return {}
-    assert h.wait_for(lambda: int(latest().get('frames_received', 0)) == 10, timeout=5)
+    # every frame received and its outcome counted (a frame still in flight is in no outcome yet)
+    assert h.wait_for(lambda: int(latest().get('frames_received', 0)) == 10
+                      and latest().get('frames_in_flight') == '0', timeout=5)
     d = latest()
     assert d['provider'] == 'CPUExecutionProvider' and float(d['latency_p50_ms']) > 0
     assert float(d['input_rate_hz']) > 0 and float(d['output_rate_hz']) > 0

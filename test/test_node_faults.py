@@ -166,8 +166,9 @@ def test_counters_add_up_at_every_diagnostics_message(ros, tiny_model):
         return len(seen) > 25 and seen[-1] == seen[-25] > 0 and node.worker.wait_idle(0)
     assert h.wait_for(settled, timeout=15)
     received = str(node.frame_counts()['received'])
-    assert h.wait_for(lambda: _diag_values(h)[-1]['frames_received'] == received, timeout=5)
-    time.sleep(0.3)
+    # a diagnostics message taken after the worker went idle (one from before may still show a frame in flight)
+    assert h.wait_for(lambda: _diag_values(h)[-1]['frames_received'] == received
+                      and _diag_values(h)[-1]['frames_in_flight'] == '0', timeout=5)
     values = _diag_values(h)
     assert len(values) >= 3
     for v in values:
