@@ -47,6 +47,8 @@ MISTAKES = [
     ('render', ['--out', '{d}/r', '--layouts', 'castle'], ['castle']),
     ('render', ['--bag', '{d}/existing_bag', '--frames', '1'], ['existing_bag', 'exists']),
     ('render', [], ['--out']),
+    ('cover', ['{d}/nowhere', '--out', '{d}/c'], ['nowhere', 'no masks']),
+    ('cover', ['{d}', '--out', '{d}'], ['--out']),
     ('train', ['{d}/missing.yaml'], ['missing.yaml', 'not found']),
     ('train', ['{d}/typo.yaml'], ['val_intervall', "did you mean 'val_interval'"]),
     ('train', ['{d}/good.yaml', 'lr=fast'], ['lr']),

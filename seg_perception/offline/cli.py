@@ -21,6 +21,8 @@ from ..errors import UserError
 COMMANDS = {
     'render': ('seg_perception.offline.data.render',
                'render labelled scenes (pybullet, or the independent ray-cast generator) to a dataset and/or bag'),
+    'cover': ('seg_perception.offline.data.covered',
+              "relabel a rendered dataset's floor seen under things as covered_floor (for monocular costmaps)"),
     'train': ('seg_perception.offline.training.train', 'train a model from a YAML config'),
     'evaluate': ('seg_perception.offline.evaluation.evaluate', 'mIoU, per-class IoU and latency on a dataset or bag'),
     'export': ('seg_perception.offline.deploy.export', 'export a model to ONNX with its metadata'),
@@ -42,6 +44,7 @@ COMMANDS = {
 # one example per sub-command, for the top-level help (a test checks every command has one)
 EXAMPLES = {
     'render': 'seg-perception render --out data/scenes --split train --frames 200 --seed 1',
+    'cover': 'seg-perception cover data/scenes --split val --out data/scenes_cover',
     'train': 'seg-perception train config/train/topformer_tiny_scenes.yaml iters=500 out=runs/try',
     'evaluate': 'seg-perception evaluate --model models/topformer_tiny_scenes.onnx --data samples/scenes_sample',
     'export': 'seg-perception export --checkpoint runs/try/best.pt --resize-mode resize -o model.onnx',

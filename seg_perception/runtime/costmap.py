@@ -82,8 +82,8 @@ DEFAULT_CLASS_COSTS = {
     'wall': LETHAL, 'obstacle': LETHAL, 'person': LETHAL, 'pedestrian': LETHAL, 'robot': LETHAL,
     'car': LETHAL, 'vehicle': LETHAL, 'bicyclist': LETHAL, 'building': LETHAL, 'fence': LETHAL, 'pole': LETHAL,
     'tree': LETHAL,
-    # unknown
-    'background': UNKNOWN, 'sky': UNKNOWN, 'void': UNKNOWN,
+    # unknown; covered_floor: floor seen under a table top or a shelf (inside a footprint): never free
+    'background': UNKNOWN, 'sky': UNKNOWN, 'void': UNKNOWN, 'covered_floor': UNKNOWN,
 }
 DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
 FUSION_MIN_WEIGHT = 0.5

@@ -34,6 +34,7 @@ from ...runtime.costmap import (
     class_cost_table,
     resolve_min_confidence,
 )
+from ..data.covered import COVERED_FLOOR, covered_floor
 
 COUNT_KEYS = ('gt_occupied', 'gt_free', 'pred_free', 'hit_occupied', 'hit_occupied_1cell', 'false_free',
               'hit_free', 'union_occupied', 'visible_cells')
@@ -238,14 +239,26 @@ def _by_stamp(bag, topic):
     return out
 
 
+def _with_covered_floor(labels, depth, info, camera_to_robot, gt_msg, covered_id, floor_id):
+    """The ground-truth labels with floor inside the ground-truth footprints as ``covered_id``."""
+    k = np.asarray(info.k, np.float64).reshape(3, 3)
+    spec = grid_spec_of(gt_msg)
+    mask = covered_floor(labels, depth, {'fx': k[0, 0], 'fy': k[1, 1], 'cx': k[0, 2], 'cy': k[1, 2]},
+                         np.asarray(camera_to_robot), grid_of(gt_msg),
+                         {'resolution': spec.resolution, 'origin': [spec.origin_x, spec.origin_y]}, floor_id)
+    return np.where(mask, np.uint8(covered_id), labels)
+
+
 def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, class_costs=None, limit=0,
                  threads=1, max_png=20, topics=None, gt_labels=False, depth=False, overhang_margin=None,
                  shift_gate=False, pool=None) -> OccupancyEvaluator:
     """Segment every image of ``bag`` that has a CameraInfo, a pose and a ground-truth grid of the same stamp
     with the engine, and score its costmap; frames missing one of them are counted in ``skipped``.
     ``gt_labels``: use the bag's ground-truth labels (confidence 1) instead of the model's: the geometry's own
-    limit, what a perfect segmentation would score. ``depth``: place pixels in 3-D with the bag's depth images
-    (the node's ``costmap.use_depth``); ``overhang_margin``, ``pool``: the costmap's (None = its default).
+    limit, what a perfect segmentation would score (for a model with a ``covered_floor`` class, the floor
+    under footprints relabelled from the bag's depth images, as ``seg-perception cover`` does for training).
+    ``depth``: place pixels in 3-D with the bag's depth images (the node's ``costmap.use_depth``);
+    ``overhang_margin``, ``pool``: the costmap's (None = its default).
     ``shift_gate``: as the node's ``costmap.unknown_on_shift``, the model's shift score over the bag's frames in
     order, and no free cells while its smoothed value is above the threshold (needs shift statistics)."""
     from ...errors import UserError
@@ -273,7 +286,12 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
             raise UserError(f'{model} has no shift statistics (seg-perception calibrate --shift): no shift gate')
         scorer = ShiftScorer(engine.meta['shift_stats'])
     truth = {stamp: label for stamp, _, label in iter_bag_images(bag, topics['labels'])} if gt_labels else {}
-    depths = {stamp: d for stamp, _, d in iter_bag_images(bag, topics['depth'])} if depth else {}
+    covered = engine.names.index(COVERED_FLOOR) if gt_labels and COVERED_FLOOR in engine.names else None
+    depths = ({stamp: d for stamp, _, d in iter_bag_images(bag, topics['depth'])}
+              if depth or covered is not None else {})
+    if covered is not None and not depths:
+        raise UserError(f'{bag}: no depth images on {topics["depth"]}: the ground truth of {COVERED_FLOOR!r} needs '
+                        'them (render the bag with --depth)')
     for stamp, _, rgb in iter_bag_images(bag, topics['image']):
         if limit and len(evaluator.frames) >= limit:
             break
@@ -283,13 +301,16 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
         trust_free = True
         if gt_labels:
             labels, confidence = truth[stamp], None
+            if covered is not None:
+                labels = _with_covered_floor(labels, depths[stamp], infos[stamp], poses[stamp], gts[stamp], covered,
+                                             engine.names.index('floor'))
         else:
             result = engine.infer(rgb)
             labels, confidence = result.labels, result.confidence
             if scorer is not None:
                 trust_free = not scorer.alarmed(scorer.update(result.logits, result.shift_features)[1])
         evaluator.add_frame(labels, confidence, infos[stamp], poses[stamp], gts[stamp], stamp, rgb,
-                            depths.get(stamp), trust_free)
+                            depths.get(stamp) if depth else None, trust_free)
     return evaluator
 
 

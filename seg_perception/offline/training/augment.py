@@ -147,6 +147,11 @@ class TrainDataset(torch.utils.data.Dataset):
         self.letterbox_size = cfg['input_size'] if cfg['resize_mode'] == 'letterbox' else None
         self.fill = tuple(int(round(v)) for v in cfg['mean'])
         self.class_recolor, self.grain = cfg['class_recolor'], cfg['texture_grain']
+        # the class whose look each label id takes when classes are recoloured (classes told apart by where they
+        # are, not by how they look, share one)
+        self.look = np.arange(256, dtype=np.uint8)
+        for cls, like in cfg['same_look'].items():
+            self.look[int(cls)] = int(like)
         self.haze = cfg['haze'] if cfg['haze'] >= 0 else cfg['domain_randomization'] * 0.15
         self.flat_haze, self.shadows = cfg['flat_haze'], cfg['shadows']
 
@@ -158,7 +163,7 @@ class TrainDataset(torch.utils.data.Dataset):
         image, label = self.dataset[index]
         rng = np.random.default_rng(seed)
         if rng.random() < self.class_recolor:
-            image = recolor_classes(image, label, rng, self.grain)
+            image = recolor_classes(image, self.look[label], rng, self.grain)
         if self.shadows > 0 and rng.random() < self.shadows:   # in the scene, before the camera pipeline
             image = add_shadows(image, rng)
         if self.letterbox_size is not None:

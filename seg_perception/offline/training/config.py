@@ -35,6 +35,7 @@ DEFAULTS = {
     'photometric': 0.5,            # probability of colour jitter (brightness, contrast, saturation, hue)
     'domain_randomization': 0.0,   # probability of the camera pipeline (blur, noise, JPEG, gamma, colour cast, fog)
     'class_recolor': 0.0,          # probability of recolouring/retexturing each class's pixels at random
+    'same_look': {},               # {class: class}: recoloured as that class (one look, e.g. floor under tables)
     'texture_grain': 0.0,          # probability (per recoloured class) of fine grain mixed into its texture
     'haze': -1.0,                  # probability of haze/fog; < 0: 0.15 x domain_randomization
     'flat_haze': 0.0,              # share of hazes that veil the whole frame evenly (fog) instead of the far part

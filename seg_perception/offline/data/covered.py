@@ -1,0 +1,115 @@
+"""``seg-perception cover``: floor seen under things, relabelled ``covered_floor`` in a rendered dataset.
+
+A single camera image cannot tell the floor under a table top from the floor in front of a box: both are floor
+pixels below a standing thing, and the table's contact (where its top meets the floor in the image) lies beyond
+the floor under it. Projected onto the ground, that floor is published free although the table occupies it; on
+the held-out costmap bag this is most of the monocular false-free cells (README, "Costmap"). A model that labels
+such floor as its own class lets the costmap keep it out of the free space.
+
+The renderer knows where the floor is covered: every frame of ``seg-perception render --out`` carries its depth
+image, the camera's pose, and the ground-truth occupancy around the robot (object footprints). A floor pixel
+whose 3-D point falls in an occupied cell, one cell inside the footprint's edge (no relabelled band around every
+obstacle's base), becomes ``covered_floor`` (the next class id). Points off the occupancy grid keep their label.
+
+Writes a dataset in the same layout: ``masks/`` relabelled, ``images/`` linked to the source's, and
+``classes.yaml`` with the class appended. Torch-free (numpy, OpenCV).
+"""
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from ...errors import UserError
+from ...runtime.pose import invert, pose_matrix, quat_to_matrix, transform_matrix
+
+COVERED_FLOOR = 'covered_floor'
+COVERED_COLOUR = (255, 160, 0)
+FLOOR = 0
+
+
+def camera_to_base(meta: dict) -> np.ndarray:
+    """4x4 transform of the camera optical frame into the robot base frame, from a rendered frame's meta."""
+    pose, base = meta['pose'], meta['base_pose']
+    camera = transform_matrix(pose['position'], quat_to_matrix(*pose['orientation']))
+    return invert(pose_matrix(base['x'], base['y'], 0.0, 0.0, 0.0, base['yaw'])) @ camera
+
+
+def covered_floor(mask: np.ndarray, depth_m: np.ndarray, intrinsics: dict, to_base: np.ndarray,
+                  occupancy: np.ndarray, info: dict, floor: int = FLOOR) -> np.ndarray:
+    """Bool (H, W): floor pixels of ``mask`` whose point (``depth_m`` along the optical axis, pinhole
+    ``intrinsics`` fx fy cx cy, ``to_base`` optical -> base) lies in an occupied cell (>= 50) of ``occupancy``
+    (row = y, ``info`` resolution and origin) that is not on the footprint's edge."""
+    v, u = np.nonzero((mask == floor) & np.isfinite(depth_m) & (depth_m > 0))
+    z = depth_m[v, u].astype(np.float64)
+    points = np.stack([(u - intrinsics['cx']) * z / intrinsics['fx'], (v - intrinsics['cy']) * z / intrinsics['fy'],
+                       z], 1) @ to_base[:3, :3].T + to_base[:3, 3]
+    res, (ox, oy) = info['resolution'], info['origin'][:2]
+    col = np.floor((points[:, 0] - ox) / res).astype(np.int64)
+    row = np.floor((points[:, 1] - oy) / res).astype(np.int64)
+    inside = (col >= 0) & (col < occupancy.shape[1]) & (row >= 0) & (row < occupancy.shape[0])
+    core = cv2.erode((occupancy >= 50).astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=0) > 0
+    hit = np.zeros(len(v), bool)
+    hit[inside] = core[row[inside], col[inside]]
+    out = np.zeros(mask.shape, bool)
+    out[v[hit], u[hit]] = True
+    return out
+
+
+def cover_dataset(src: Path, dst: Path, split: str = '') -> dict:
+    """Relabel one split of a rendered dataset into ``dst``; returns frame and pixel counts."""
+    sub = Path(split) if split else Path()
+    masks = sorted((src / 'masks' / sub).glob('*.png'))
+    if not masks:
+        raise UserError(f'{src / "masks" / sub}: no masks (a dataset of `seg-perception render --out`?)')
+    if not (src / 'classes.yaml').is_file():
+        raise UserError(f'{src}: no classes.yaml (a dataset of `seg-perception render --out`?)')
+    classes = yaml.safe_load((src / 'classes.yaml').read_text())
+    if COVERED_FLOOR in classes['names']:
+        raise UserError(f'{src}: already has {COVERED_FLOOR!r}')
+    label = len(classes['names'])
+    (dst / 'masks' / sub).mkdir(parents=True, exist_ok=True)
+    images = dst / 'images' / sub
+    if not images.exists():
+        images.parent.mkdir(parents=True, exist_ok=True)
+        images.symlink_to((src / 'images' / sub).resolve(), target_is_directory=True)
+    counts = {'frames': 0, 'floor_pixels': 0, 'covered_pixels': 0}
+    for path in masks:
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        depth = cv2.imread(str(src / 'depth' / sub / path.name), cv2.IMREAD_UNCHANGED)
+        occupancy = cv2.imread(str(src / 'occupancy' / sub / path.name), cv2.IMREAD_UNCHANGED)
+        meta_path = src / 'meta' / sub / f'{path.stem}.json'
+        if depth is None or occupancy is None or not meta_path.is_file():
+            raise UserError(f'{path.stem}: no depth, occupancy or meta beside its mask in {src}')
+        meta = json.loads(meta_path.read_text())
+        covered = covered_floor(mask, depth.astype(np.float64) / 1000.0, meta['intrinsics'], camera_to_base(meta),
+                                occupancy.astype(np.int16) * (occupancy != 255), meta['occupancy_info'])
+        mask = mask.copy()
+        mask[covered] = label
+        cv2.imwrite(str(dst / 'masks' / sub / path.name), mask)
+        counts['frames'] += 1
+        counts['floor_pixels'] += int((mask == FLOOR).sum() + covered.sum())
+        counts['covered_pixels'] += int(covered.sum())
+    classes['names'] = [*classes['names'], COVERED_FLOOR]
+    if 'palette' in classes:
+        classes['palette'] = [*classes['palette'], list(COVERED_COLOUR)]
+    (dst / 'classes.yaml').write_text(yaml.safe_dump(classes))
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('data', help='a dataset of `seg-perception render --out` (depth/, occupancy/, meta/ inside)')
+    parser.add_argument('--out', required=True, help='dataset folder to write (masks relabelled, images linked)')
+    parser.add_argument('--split', default='', help='the split subfolder (train, val, ...; "" = none)')
+
+
+def run(args) -> int:
+    src, dst = Path(args.data), Path(args.out)
+    if src.resolve() == dst.resolve():
+        raise UserError('--out must be another folder than the source dataset')
+    counts = cover_dataset(src, dst, args.split)
+    share = 100.0 * counts['covered_pixels'] / max(counts['floor_pixels'], 1)
+    print(f'{counts["frames"]} frames -> {dst}: {share:.2f} % of the floor pixels are {COVERED_FLOOR}')
+    return 0
