@@ -45,20 +45,22 @@ def _occupancy():
     return occ
 
 
-def test_floor_inside_a_footprint_is_covered_and_its_edge_is_not():
+def test_floor_inside_a_footprint_is_covered_its_edge_unless_inset():
     to_base = pose_matrix(0.0, 0.0, 1.0, 0.0, 0.5, 0.0) @ OPTICAL_IN_BODY
     depth, ground = _floor_scene(to_base)
     mask = np.zeros((H, W), np.uint8)
     mask[:, :10] = 2                                           # an obstacle column: never relabelled
-    covered = covered_floor(mask, depth, K, to_base, _occupancy(), INFO)
     x, y = ground[..., 0], ground[..., 1]
     x0, x1, y0, y1 = SQUARE
     inner = (x > x0 + 0.15) & (x < x1 - 0.15) & (y > y0 + 0.15) & (y < y1 - 0.15) & (mask == 0)
     outer = ~((x > x0 - 0.05) & (x < x1 + 0.05) & (y > y0 - 0.05) & (y < y1 + 0.05))
-    edge = ((x > x0) & (x < x0 + 0.05)) & (np.abs(y) < 0.3)  # the footprint's first cell row: not covered
-    assert inner.sum() > 200 and covered[inner].all()
-    assert not covered[outer].any() and not covered[edge].any() and not covered[mask == 2].any()
-    assert not covered[~np.isfinite(depth)].any()               # above the horizon: no point, no label
+    edge = ((x > x0 + 0.01) & (x < x0 + 0.04)) & (np.abs(y) < 0.3) & (mask == 0)   # the first cell row
+    for inset, edge_covered in ((0, True), (1, False)):
+        covered = covered_floor(mask, depth, K, to_base, _occupancy(), INFO, inset=inset)
+        assert inner.sum() > 200 and covered[inner].all()
+        assert edge.any() and (covered[edge].all() if edge_covered else not covered[edge].any())
+        assert not covered[outer].any() and not covered[mask == 2].any()
+        assert not covered[~np.isfinite(depth)].any()           # above the horizon: no point, no label
 
 
 def test_camera_to_base_from_render_meta():

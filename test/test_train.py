@@ -182,6 +182,18 @@ def test_init_from_checkpoint_with_another_head(scenes, tmp_path):
     same = [k for k, v in model.state_dict().items() if torch.equal(v, ckpt['model'][k])]
     assert len(same) > 0.9 * len(ckpt['model']) and 'kept fresh' in messages[0]
 
+    # one class more, its classifier rows copied from class 0: the old classes' rows as they were
+    old_classes = ckpt['model']['decode_head.conv_seg.bias'].shape[0]
+    wider = create_model('topformer_tiny', num_classes=old_classes + 1)
+    tr.load_init_weights(wider, tmp_path / 'src' / 'last.pt', messages.append, {old_classes: 0})
+    for key in ('decode_head.conv_seg.weight', 'decode_head.conv_seg.bias'):
+        new, src = wider.state_dict()[key], ckpt['model'][key]
+        assert torch.equal(new[:old_classes], src) and torch.equal(new[old_classes], src[0])
+    assert 'kept fresh' not in messages[-1]
+    with pytest.raises(ValueError, match='no old class for new class'):
+        tr.load_init_weights(create_model('topformer_tiny', num_classes=old_classes + 1),
+                             tmp_path / 'src' / 'last.pt', messages.append, {old_classes + 5: 0})
+
 
 def test_ddp_two_gloo_processes(scenes, tmp_path):
     val = write_scenes(tmp_path / 'val', n=3, seed=1)  # 3 images: the ranks validate 2 and 1

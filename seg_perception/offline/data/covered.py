@@ -8,8 +8,10 @@ such floor as its own class lets the costmap keep it out of the free space.
 
 The renderer knows where the floor is covered: every frame of ``seg-perception render --out`` carries its depth
 image, the camera's pose, and the ground-truth occupancy around the robot (object footprints). A floor pixel
-whose 3-D point falls in an occupied cell, one cell inside the footprint's edge (no relabelled band around every
-obstacle's base), becomes ``covered_floor`` (the next class id). Points off the occupancy grid keep their label.
+whose 3-D point falls in an occupied cell becomes ``covered_floor`` (the next class id), the footprint's edge
+cells included by default (the floor right at an object's base is in its footprint's cell: on the held-out costmap
+bag, perfect labels leave 0.8 % of the free cells occupied with them, 3.0 % with ``inset`` 1, which keeps one cell
+in from the edge). Points off the occupancy grid keep their label.
 
 Writes a dataset in the same layout: ``masks/`` relabelled, ``images/`` linked to the source's, and
 ``classes.yaml`` with the class appended. Torch-free (numpy, OpenCV).
@@ -38,10 +40,10 @@ def camera_to_base(meta: dict) -> np.ndarray:
 
 
 def covered_floor(mask: np.ndarray, depth_m: np.ndarray, intrinsics: dict, to_base: np.ndarray,
-                  occupancy: np.ndarray, info: dict, floor: int = FLOOR) -> np.ndarray:
+                  occupancy: np.ndarray, info: dict, floor: int = FLOOR, inset: int = 0) -> np.ndarray:
     """Bool (H, W): floor pixels of ``mask`` whose point (``depth_m`` along the optical axis, pinhole
     ``intrinsics`` fx fy cx cy, ``to_base`` optical -> base) lies in an occupied cell (>= 50) of ``occupancy``
-    (row = y, ``info`` resolution and origin) that is not on the footprint's edge."""
+    (row = y, ``info`` resolution and origin) at least ``inset`` cells in from the footprint's edge."""
     v, u = np.nonzero((mask == floor) & np.isfinite(depth_m) & (depth_m > 0))
     z = depth_m[v, u].astype(np.float64)
     points = np.stack([(u - intrinsics['cx']) * z / intrinsics['fx'], (v - intrinsics['cy']) * z / intrinsics['fy'],
@@ -50,15 +52,17 @@ def covered_floor(mask: np.ndarray, depth_m: np.ndarray, intrinsics: dict, to_ba
     col = np.floor((points[:, 0] - ox) / res).astype(np.int64)
     row = np.floor((points[:, 1] - oy) / res).astype(np.int64)
     inside = (col >= 0) & (col < occupancy.shape[1]) & (row >= 0) & (row < occupancy.shape[0])
-    core = cv2.erode((occupancy >= 50).astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=0) > 0
+    core = (occupancy >= 50).astype(np.uint8)
+    if inset > 0:
+        core = cv2.erode(core, np.ones((2 * inset + 1,) * 2, np.uint8), borderValue=0)
     hit = np.zeros(len(v), bool)
-    hit[inside] = core[row[inside], col[inside]]
+    hit[inside] = core[row[inside], col[inside]] > 0
     out = np.zeros(mask.shape, bool)
     out[v[hit], u[hit]] = True
     return out
 
 
-def cover_dataset(src: Path, dst: Path, split: str = '') -> dict:
+def cover_dataset(src: Path, dst: Path, split: str = '', inset: int = 0) -> dict:
     """Relabel one split of a rendered dataset into ``dst``; returns frame and pixel counts."""
     sub = Path(split) if split else Path()
     masks = sorted((src / 'masks' / sub).glob('*.png'))
@@ -85,7 +89,7 @@ def cover_dataset(src: Path, dst: Path, split: str = '') -> dict:
             raise UserError(f'{path.stem}: no depth, occupancy or meta beside its mask in {src}')
         meta = json.loads(meta_path.read_text())
         covered = covered_floor(mask, depth.astype(np.float64) / 1000.0, meta['intrinsics'], camera_to_base(meta),
-                                occupancy.astype(np.int16) * (occupancy != 255), meta['occupancy_info'])
+                                occupancy.astype(np.int16) * (occupancy != 255), meta['occupancy_info'], inset=inset)
         mask = mask.copy()
         mask[covered] = label
         cv2.imwrite(str(dst / 'masks' / sub / path.name), mask)
@@ -103,13 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('data', help='a dataset of `seg-perception render --out` (depth/, occupancy/, meta/ inside)')
     parser.add_argument('--out', required=True, help='dataset folder to write (masks relabelled, images linked)')
     parser.add_argument('--split', default='', help='the split subfolder (train, val, ...; "" = none)')
+    parser.add_argument('--inset', type=int, default=0,
+                        help="cells in from a footprint's edge where covered floor starts (0: the edge cells too)")
 
 
 def run(args) -> int:
     src, dst = Path(args.data), Path(args.out)
     if src.resolve() == dst.resolve():
         raise UserError('--out must be another folder than the source dataset')
-    counts = cover_dataset(src, dst, args.split)
+    if args.inset < 0:
+        raise UserError(f'--inset {args.inset}: must be >= 0')
+    counts = cover_dataset(src, dst, args.split, args.inset)
     share = 100.0 * counts['covered_pixels'] / max(counts['floor_pixels'], 1)
     print(f'{counts["frames"]} frames -> {dst}: {share:.2f} % of the floor pixels are {COVERED_FLOOR}')
     return 0

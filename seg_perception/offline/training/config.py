@@ -19,6 +19,7 @@ DEFAULTS = {
     'arch': 'topformer_tiny',      # a name from nets.list_models()
     'num_classes': 0,              # 0: the number of classes of the training set
     'init': '',                    # checkpoint to start from (ours or official); shape mismatches are skipped
+    'init_new_classes_from': {},   # {new class id: class id}: more classes than `init`, new ones copied from these
     # data
     'data': '',                    # dataset folder, dataset YAML or rosbag2 path
     'val_data': '',                # '' = `data` with split `val_split`; 'none' = no validation

@@ -60,14 +60,28 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, 'module') else model
 
 
-def load_init_weights(model: torch.nn.Module, path: str | Path, log: Callable[[str], None] = print) -> None:
-    """Load a checkpoint (ours or an official one) into ``model``, skipping keys whose shapes differ."""
+def load_init_weights(model: torch.nn.Module, path: str | Path, log: Callable[[str], None] = print,
+                      new_classes_from: dict | None = None) -> None:
+    """Load a checkpoint (ours or an official one) into ``model``, skipping keys whose shapes differ.
+    ``new_classes_from`` {new class id: old class id}: a model with more classes than the checkpoint gets the
+    checkpoint's per-class rows (classifier weights and biases) for its old classes and, for each new class, a
+    copy of the named old class's rows."""
     from ...nets import read_checkpoint_file
 
     state = read_checkpoint_file(path)
     own = model.state_dict()
     if not set(state) & set(own) and hasattr(model, 'checkpoint_filter_fn'):
         state = model.checkpoint_filter_fn(state)
+    for key, value in list(state.items()) if new_classes_from else ():
+        mine = own.get(key)
+        if mine is not None and value.dim() >= 1 and mine.dim() == value.dim() and mine.shape[1:] == value.shape[1:] \
+                and mine.shape[0] == value.shape[0] + len(new_classes_from):
+            missing = sorted(set(range(value.shape[0], mine.shape[0])) - {int(c) for c in new_classes_from})
+            if missing:
+                raise ValueError(f'init_new_classes_from names no old class for new class(es) {missing}')
+            copy = {int(c): int(old) for c, old in new_classes_from.items()}
+            rows = [value[copy[c]] for c in range(value.shape[0], mine.shape[0])]
+            state[key] = torch.cat([value, torch.stack(rows)])
     loaded = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     if not loaded:
         raise ValueError(f'{path}: no parameter matches {type(model).__name__}')
@@ -205,7 +219,7 @@ class Trainer:
             raise TypeError(f'{cfg["arch"]} ({type(model).__name__}) is not a nets.SegmentationModel: it declares '
                             'no training_loss')
         if cfg['init']:
-            load_init_weights(model, cfg['init'], self.log)
+            load_init_weights(model, cfg['init'], self.log, cfg['init_new_classes_from'])
         model.to(self.device).train()
         self.optimizer = build_optimizer(model, cfg)
         self.teacher = None
