@@ -57,6 +57,7 @@ MISTAKES = [
     ('train', ['{d}/good.yaml'], ['last.pt', 'exist']),
     ('train', ['{d}/empty.yaml'], ['empty_dataset', 'no image']),
     ('evaluate', ['--model', str(MODEL), '--data', '{d}/nowhere'], ['nowhere', 'not found']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}', '--merge', 'covered_floor'], ['--merge', 'covered_floor']),
     ('evaluate', ['--model', str(MODEL), '--data', '{d}'], ['not a dataset']),
     ('evaluate', ['--model', str(MODEL), '--data', str(BAG), '--image-topic', '/cam'],
      ['/cam', '/camera/image_raw']),

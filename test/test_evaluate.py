@@ -95,3 +95,18 @@ def test_rosbag_raw_and_compressed_topics(trained, tmp_path):
     assert raw['images'] == jpeg['images'] == 4
     assert raw['mIoU'] == pytest.approx(from_files['mIoU'], abs=1e-9)
     assert abs(jpeg['aAcc'] - raw['aAcc']) < 0.1
+
+
+def test_merge_table_scores_a_class_the_dataset_lacks_as_one_it_has():
+    from seg_perception.errors import UserError
+    from seg_perception.offline.evaluation.evaluate import merge_table
+
+    model = ['floor', 'wall', 'covered_floor']
+    table = merge_table(model, ['floor', 'wall'], {'covered_floor': 'floor'})
+    assert table.tolist() == [0, 1, 0]
+    with pytest.raises(UserError, match='--merge covered_floor:CLASS'):
+        merge_table(model, ['floor', 'wall'], {})
+    with pytest.raises(UserError, match="no class 'grass'"):
+        merge_table(model, ['floor', 'wall'], {'covered_floor': 'grass'})
+    with pytest.raises(UserError, match='the model predicts 3 classes'):
+        merge_table(model, ['wall', 'floor'], {'covered_floor': 'floor'})     # another order

@@ -98,10 +98,31 @@ def _percentiles(values):
     return {'mean': float(np.mean(values)), 'p50': float(p50), 'p90': float(p90), 'p99': float(p99)}
 
 
+def merge_table(model_names, dataset_names, merge) -> np.ndarray:
+    """Model class id -> dataset class id, with ``merge`` {model class: dataset class} (e.g. covered_floor:
+    floor): the model's other classes must be the dataset's, in its order; a mismatch is a UserError."""
+    from ...errors import UserError
+
+    for name, into in merge.items():
+        if name not in model_names or into not in dataset_names:
+            raise UserError(f'--merge {name}:{into}: the model has no class {name!r} or the dataset no class '
+                            f'{into!r} (model: {", ".join(model_names)}; dataset: {", ".join(dataset_names)})')
+    kept = [n for n in model_names if n not in merge]
+    if kept != list(dataset_names):
+        hint = ''
+        extra = [n for n in model_names if n not in dataset_names and n not in merge]
+        if extra and len(model_names) - len(extra) == len(dataset_names):
+            hint = f' (--merge {extra[0]}:CLASS scores its pixels as a dataset class)'
+        raise UserError(f'the model predicts {len(model_names)} classes {list(model_names)}, the dataset has '
+                        f'{len(dataset_names)} {list(dataset_names)}{hint}')
+    return np.array([list(dataset_names).index(merge.get(n, n)) for n in model_names], np.uint8)
+
+
 def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=None, out=None, limit=0,
              providers=None, threads=None, exit_threshold=None, input_size=None, warmup=2, progress=True,
-             refine_threshold=None):
+             refine_threshold=None, merge=None):
     """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``).
+    ``merge`` {model class: dataset class}: score a class the dataset lacks as one it has.
 
     Adaptive-cost models also get ``groups``: frames, GMACs, latency, refined / kept fraction and mIoU of the
     easy and the cluttered half (by the renderer's clutter level when every frame has one, else by the
@@ -114,9 +135,9 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     dataset = open_dataset(str(data), split=split, layout=layout, **kwargs)
     predictor = open_predictor(model, providers, threads, exit_threshold, input_size, refine_threshold)
     classes = [str(c) for c in dataset.classes]
-    if len(predictor.names) != len(classes):
-        raise ValueError(f'the model predicts {len(predictor.names)} classes {predictor.names}, the dataset has '
-                         f'{len(classes)} {classes}')
+    to_dataset = merge_table([str(n) for n in predictor.names], classes, merge or {}) if merge else None
+    if to_dataset is None and len(predictor.names) != len(classes):
+        merge_table([str(n) for n in predictor.names], classes, {})   # says why, as a UserError
     count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
@@ -128,7 +149,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     for i in tqdm(range(count), desc='evaluate', disable=not progress, dynamic_ncols=True):
         image, label = dataset[i]
         result = predictor(image)
-        labels = result['labels']
+        labels = result['labels'] if to_dataset is None else to_dataset[result['labels']]
         if labels.shape != label.shape:
             raise ValueError(f'image {i}: prediction {labels.shape} and label {label.shape} differ in size')
         confusion.update(labels, label)
@@ -264,14 +285,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
                         help='checkpoints: network input size (default: the checkpoint\'s; 0 0 = whole image)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
+    parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
+                        help='score a model class the dataset lacks as one it has (e.g. covered_floor:floor)')
 
 
 def run(args: argparse.Namespace) -> int:
+    from ...errors import UserError
+
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
+    merge = {}
+    for item in args.merge:
+        name, sep, into = item.partition(':')
+        if not (sep and name and into):
+            raise UserError(f"--merge {item}: expected MODEL_CLASS:DATASET_CLASS, e.g. covered_floor:floor")
+        merge[name] = into
     report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,
                       gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,
                       threads=args.threads, exit_threshold=args.exit_threshold, input_size=args.input_size,
-                      warmup=args.warmup, refine_threshold=args.refine_threshold)
+                      warmup=args.warmup, refine_threshold=args.refine_threshold, merge=merge)
     print(report['table'])
     if args.out:
         extra = ', reliability.png' if report.get('ece') is not None else ''
