@@ -90,9 +90,10 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
     out = tmp_path / 'tapped.onnx'
     args = ['calibrate', '--model', str(SCENE_MODEL), '--data', str(SAMPLE_BAG), '--limit', '20',
             '--pixels-per-frame', '200', '--shift', str(SAMPLE_BAG), '--shift-limit', '30']
-    assert main([*args, '--taps', 'ppa:mean,trans:mean', '-o', str(out)]) == 0
+    assert main([*args, '--taps', 'ppa:mean,trans:mean', '--costmap-min-confidence', '0.8', '-o', str(out)]) == 0
     assert 'taps in the graph: ppa:mean (208 channels), trans:mean (208 channels)' in capsys.readouterr().out
     engine, plain = SegmentationEngine(str(out)), SegmentationEngine(str(SCENE_MODEL))
+    assert engine.meta['costmap_min_confidence'] == 0.8
     stats = engine.meta['shift_stats']
     assert [g['name'] for g in stats['graph_groups']] == ['ppa', 'trans'] and stats['logits_scale'] > 0
     from seg_perception.offline.data.datasets import open_dataset
@@ -107,6 +108,8 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
     assert "'ppa:max'" in capsys.readouterr().err
     assert main([*args, '--taps', 'nothere:mean', '-o', str(tmp_path / 'x.onnx')]) == 2
     assert "'nothere'" in capsys.readouterr().err
+    assert main([*args, '--taps', 'ppa:mean', '--costmap-min-confidence', '1.5', '-o', str(tmp_path / 'x.onnx')]) == 2
+    assert '--costmap-min-confidence 1.5' in capsys.readouterr().err
     assert not (tmp_path / 'x.onnx').exists()
     # a tapped model: --taps replaces its taps, --shift alone refits the same ones; nothing of the old ones stays
     import onnx

@@ -135,8 +135,9 @@ def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
               shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
               report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0,
-              tap_shrinkage=0.2) -> dict:
+              tap_shrinkage=0.2, costmap_min_confidence=None) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
+    (``costmap_min_confidence``: also store the costmap's confidence threshold for the calibrated confidence)
     (``measure``: also the ECE of the written file on ``data``, one more pass). ``taps`` ([(name, stat)], with
     ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
     ``choose_against`` (SPEC[:SPLIT][@AUROC] strings, with ``shift``): choose ``features`` by
@@ -259,6 +260,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if not out:
         return result
     read_metadata(proto)   # still a seg_perception model
+    if costmap_min_confidence is not None:
+        meta['costmap_min_confidence'] = float(costmap_min_confidence)
     set_metadata(proto, meta)
     onnx.save(proto, str(out))
     if not measure:
@@ -313,6 +316,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quantile', type=float, default=1.0,
                         help='quantile of the held-out smoothed scores the threshold is set from (1 = the largest; '
                              'lower lets that share of held-out frames, such as a wall filling the view, alarm)')
+    parser.add_argument('--costmap-min-confidence', type=float, default=None,
+                        help="also store the costmap's confidence threshold in the model (0-1; pixels below it "
+                             'are never free): chosen for the calibrated confidence, so set here')
     parser.add_argument('--report', default=None, help='folder for reliability diagrams and calibration.json')
     parser.add_argument('--seed', type=int, default=0, help='pixel sampling seed')
     target = parser.add_mutually_exclusive_group(required=True)
@@ -326,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'--window ({args.window}) and --pixels-per-frame ({args.pixels_per_frame}) must be >= 1, '
                         f'--margin ({args.margin}) > 0, --quantile ({args.quantile}) and --tap-shrinkage '
                         f'({args.tap_shrinkage}) in (0, 1]')
+    if args.costmap_min_confidence is not None and not 0 <= args.costmap_min_confidence < 1:
+        raise UserError(f'--costmap-min-confidence {args.costmap_min_confidence}: must be in [0, 1)')
     if not Path(args.model).is_file():
         raise FileNotFoundError(f'model {args.model} not found')
     out = args.model if args.in_place else args.output
@@ -342,7 +350,8 @@ def run(args: argparse.Namespace) -> int:
                            args.shift, args.shift_split, args.shift_limit,
                            features, args.window, args.margin, out,
                            args.report, args.seed, taps=taps, choose_against=args.choose_features,
-                           quantile=args.quantile, tap_shrinkage=args.tap_shrinkage)
+                           quantile=args.quantile, tap_shrinkage=args.tap_shrinkage,
+                           costmap_min_confidence=args.costmap_min_confidence)
     except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
         raise UserError(str(exc)) from None
     temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
