@@ -77,6 +77,10 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     for weights in ([1.0, 2.0], [1.0, 0.0, 1.0], 'balanced'):
         with pytest.raises(ValueError, match='class_weights'):
             tc.check_config({'data': 'x', 'num_classes': 3, 'loss_kwargs': {'class_weights': weights}})
+    for key in ('same_look', 'init_new_classes_from'):
+        with pytest.raises(ValueError, match=key):
+            tc.check_config({'data': 'x', key: {6: 'floor'}})
+        assert tc.check_config({'data': 'x', key: {6: 0}})[key] == {6: 0}
     assert tc.check_config({'data': 'x', 'loss_kwargs': {'class_weights': [1, 2.5]}})['loss_kwargs']
     path = tmp_path / 'cfg.yaml'
     path.write_text(yaml.safe_dump({'data': 'd', 'lr': 1, 'crop_size': [64, 64]}))

@@ -137,8 +137,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
               report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0,
               tap_shrinkage=0.2, costmap_min_confidence=None) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
-    (``costmap_min_confidence``: also store the costmap's confidence threshold for the calibrated confidence)
-    (``measure``: also the ECE of the written file on ``data``, one more pass). ``taps`` ([(name, stat)], with
+    (``measure``: also the ECE of the written file on ``data``, one more pass). ``costmap_min_confidence``: also
+    store the costmap's confidence threshold, chosen for the calibrated confidence. ``taps`` ([(name, stat)], with
     ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
     ``choose_against`` (SPEC[:SPLIT][@AUROC] strings, with ``shift``): choose ``features`` by
     :func:`choose_features` against these frames (and target AUROCs). ``tap_shrinkage``: of each tap's

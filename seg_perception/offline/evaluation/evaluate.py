@@ -135,9 +135,9 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     dataset = open_dataset(str(data), split=split, layout=layout, **kwargs)
     predictor = open_predictor(model, providers, threads, exit_threshold, input_size, refine_threshold)
     classes = [str(c) for c in dataset.classes]
-    to_dataset = merge_table([str(n) for n in predictor.names], classes, merge or {}) if merge else None
-    if to_dataset is None and len(predictor.names) != len(classes):
-        merge_table([str(n) for n in predictor.names], classes, {})   # says why, as a UserError
+    names = [str(n) for n in predictor.names]
+    # a model whose classes differ in number from the dataset's is refused there (with a --merge hint)
+    to_dataset = merge_table(names, classes, merge or {}) if merge or len(names) != len(classes) else None
     count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError(f'{data}: no labelled images')

@@ -295,7 +295,8 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
     for stamp, _, rgb in iter_bag_images(bag, topics['image']):
         if limit and len(evaluator.frames) >= limit:
             break
-        if stamp not in infos or stamp not in gts or stamp not in poses or (depth and stamp not in depths):
+        if stamp not in infos or stamp not in gts or stamp not in poses or \
+                ((depth or covered is not None) and stamp not in depths):
             evaluator.skipped += 1
             continue
         trust_free = True

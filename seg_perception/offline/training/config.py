@@ -162,6 +162,10 @@ def check_config(cfg: dict) -> dict:
                                 or (out['num_classes'] and len(weights) != out['num_classes'])):
         raise ValueError(f'loss_kwargs.class_weights {weights!r} must be positive numbers, one per class '
                          f'({out["num_classes"] or "num_classes"})')
+    for key in ('same_look', 'init_new_classes_from'):
+        if not all(isinstance(k, int) and isinstance(v, int) and 0 <= k < 255 and 0 <= v < 255
+                   for k, v in out[key].items()):
+            raise ValueError(f'{key} {out[key]!r} must map class ids to class ids (integers 0-254)')
     return out
 
 
