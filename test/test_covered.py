@@ -11,12 +11,13 @@ import yaml
 from seg_perception.offline.data.covered import camera_to_base, cover_dataset, covered_floor
 from seg_perception.offline.training.augment import TrainDataset
 from seg_perception.offline.training.config import check_config
-from seg_perception.runtime.costmap import OPTICAL_IN_BODY
+from seg_perception.runtime.costmap import OPTICAL_IN_BODY, GridSpec
 from seg_perception.runtime.pose import pose_matrix
 
 H, W, F = 120, 160, 100.0
 K = {'fx': F, 'fy': F, 'cx': W / 2, 'cy': H / 2}
 INFO = {'resolution': 0.1, 'width': 60, 'height': 60, 'origin': [-3.0, -3.0, 0.0]}
+GRID = GridSpec(INFO['resolution'], INFO['width'], INFO['height'], *INFO['origin'][:2])
 SQUARE = (1.5, 2.5, -0.5, 0.5)          # x0, x1, y0, y1 (metres, base frame): an occupied footprint
 
 
@@ -56,7 +57,7 @@ def test_floor_inside_a_footprint_is_covered_its_edge_unless_inset():
     outer = ~((x > x0 - 0.05) & (x < x1 + 0.05) & (y > y0 - 0.05) & (y < y1 + 0.05))
     edge = ((x > x0 + 0.01) & (x < x0 + 0.04)) & (np.abs(y) < 0.3) & (mask == 0)   # the first cell row
     for inset, edge_covered in ((0, True), (1, False)):
-        covered = covered_floor(mask, depth, K, to_base, _occupancy(), INFO, inset=inset)
+        covered = covered_floor(mask, depth, K, to_base, _occupancy(), GRID, inset=inset)
         assert inner.sum() > 200 and covered[inner].all()
         assert edge.any() and (covered[edge].all() if edge_covered else not covered[edge].any())
         assert not covered[outer].any() and not covered[mask == 2].any()

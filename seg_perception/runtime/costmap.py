@@ -223,8 +223,11 @@ class GridSpec:
 
     def cell_index(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Flat cell index (row * width + col) of points (x, y); -1 outside the grid (and for NaN)."""
-        return self.index_of_cell_coords((np.asarray(x) - self.origin_x) / self.resolution,
-                                         (np.asarray(y) - self.origin_y) / self.resolution)
+        return self.index_of_cell_coords(*self.cell_coords(x, y))
+
+    def cell_coords(self, x, y) -> tuple:
+        """Points (x, y) in metres -> (col, row) in cells from cell (0, 0)'s corner (fractional)."""
+        return (np.asarray(x) - self.origin_x) / self.resolution, (np.asarray(y) - self.origin_y) / self.resolution
 
     def index_of_cell_coords(self, col: np.ndarray, row: np.ndarray) -> np.ndarray:
         """Flat cell index of points given in cells from cell (0, 0)'s corner; -1 outside the grid (and NaN)."""
@@ -449,8 +452,7 @@ class GroundCostmap:
         # the same rays and origin in grid cells from cell (0, 0)'s corner: a point's cell without metres
         self._ray_col, self._ray_row = (np.ascontiguousarray(rays[:, i] / self.grid.resolution, np.float32)
                                         for i in range(2))
-        self._origin_cells = np.float32([(origin[0] - self.grid.origin_x) / self.grid.resolution,
-                                         (origin[1] - self.grid.origin_y) / self.grid.resolution])
+        self._origin_cells = np.float32(self.grid.cell_coords(origin[0], origin[1]))
         self.visible = visible.reshape(self.grid.shape) | (np.bincount(
             pix_cell[fwd_pix], minlength=self.grid.width * self.grid.height).reshape(self.grid.shape) > 0)
         self._build_verticals(camera, rays, origin)

@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from ...errors import UserError
+from ...runtime.costmap import GridSpec
 from ...runtime.pose import invert, pose_matrix, quat_to_matrix, transform_matrix
 
 COVERED_FLOOR = 'covered_floor'
@@ -40,23 +41,20 @@ def camera_to_base(meta: dict) -> np.ndarray:
 
 
 def covered_floor(mask: np.ndarray, depth_m: np.ndarray, intrinsics: dict, to_base: np.ndarray,
-                  occupancy: np.ndarray, info: dict, floor: int = FLOOR, inset: int = 0) -> np.ndarray:
+                  occupancy: np.ndarray, grid: GridSpec, floor: int = FLOOR, inset: int = 0) -> np.ndarray:
     """Bool (H, W): floor pixels of ``mask`` whose point (``depth_m`` along the optical axis, pinhole
     ``intrinsics`` fx fy cx cy, ``to_base`` optical -> base) lies in an occupied cell (>= 50) of ``occupancy``
-    (row = y, ``info`` resolution and origin) at least ``inset`` cells in from the footprint's edge."""
+    (the cells of ``grid``, row = y) at least ``inset`` cells in from the footprint's edge."""
     v, u = np.nonzero((mask == floor) & np.isfinite(depth_m) & (depth_m > 0))
     z = depth_m[v, u].astype(np.float64)
     points = np.stack([(u - intrinsics['cx']) * z / intrinsics['fx'], (v - intrinsics['cy']) * z / intrinsics['fy'],
                        z], 1) @ to_base[:3, :3].T + to_base[:3, 3]
-    res, (ox, oy) = info['resolution'], info['origin'][:2]
-    col = np.floor((points[:, 0] - ox) / res).astype(np.int64)
-    row = np.floor((points[:, 1] - oy) / res).astype(np.int64)
-    inside = (col >= 0) & (col < occupancy.shape[1]) & (row >= 0) & (row < occupancy.shape[0])
+    cells = grid.cell_index(points[:, 0], points[:, 1])
     core = (occupancy >= 50).astype(np.uint8)
     if inset > 0:
         core = cv2.erode(core, np.ones((2 * inset + 1,) * 2, np.uint8), borderValue=0)
-    hit = np.zeros(len(v), bool)
-    hit[inside] = core[row[inside], col[inside]] > 0
+    hit = cells >= 0
+    hit[hit] = core.reshape(-1)[cells[hit]] > 0
     out = np.zeros(mask.shape, bool)
     out[v[hit], u[hit]] = True
     return out
@@ -88,8 +86,11 @@ def cover_dataset(src: Path, dst: Path, split: str = '', inset: int = 0) -> dict
         if depth is None or occupancy is None or not meta_path.is_file():
             raise UserError(f'{path.stem}: no depth, occupancy or meta beside its mask in {src}')
         meta = json.loads(meta_path.read_text())
+        info = meta['occupancy_info']
+        origin_x, origin_y = (float(v) for v in info['origin'][:2])
+        grid = GridSpec(float(info['resolution']), occupancy.shape[1], occupancy.shape[0], origin_x, origin_y)
         covered = covered_floor(mask, depth.astype(np.float64) / 1000.0, meta['intrinsics'], camera_to_base(meta),
-                                occupancy.astype(np.int16) * (occupancy != 255), meta['occupancy_info'], inset=inset)
+                                occupancy.astype(np.int16) * (occupancy != 255), grid, inset=inset)
         mask = mask.copy()
         mask[covered] = label
         cv2.imwrite(str(dst / 'masks' / sub / path.name), mask)

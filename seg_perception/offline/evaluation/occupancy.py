@@ -242,10 +242,8 @@ def _by_stamp(bag, topic):
 def _with_covered_floor(labels, depth, info, camera_to_robot, gt_msg, covered_id, floor_id):
     """The ground-truth labels with floor inside the ground-truth footprints as ``covered_id``."""
     k = np.asarray(info.k, np.float64).reshape(3, 3)
-    spec = grid_spec_of(gt_msg)
     mask = covered_floor(labels, depth, {'fx': k[0, 0], 'fy': k[1, 1], 'cx': k[0, 2], 'cy': k[1, 2]},
-                         np.asarray(camera_to_robot), grid_of(gt_msg),
-                         {'resolution': spec.resolution, 'origin': [spec.origin_x, spec.origin_y]}, floor_id)
+                         np.asarray(camera_to_robot), grid_of(gt_msg), grid_spec_of(gt_msg), floor_id)
     return np.where(mask, np.uint8(covered_id), labels)
 
 
