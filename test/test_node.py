@@ -12,6 +12,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy', reason='ROS 2 rclpy not installed (pip install .[ros])')
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from onnx_models import make_tiny_model  # noqa: E402
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
@@ -22,6 +23,11 @@ from seg_perception.node import LATCHED_QOS, SegmentationNode  # noqa: E402
 from seg_perception.runtime.imgmsg import array_to_image_fields, rgb_to_compressed_bytes  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Harness endpoints are destroyed while the executor spins in another thread. rclpy's default QoS-event
+# handlers race with that (the executor may add an event whose destruction was just requested to its wait
+# set: InvalidHandle kills the spin thread), so the harness creates its endpoints without them.
+NO_PUB_EVENTS = {'event_callbacks': PublisherEventCallbacks(use_default_callbacks=False)}
+NO_SUB_EVENTS = {'event_callbacks': SubscriptionEventCallbacks(use_default_callbacks=False)}
 
 
 class Harness:
@@ -30,12 +36,12 @@ class Harness:
     def __init__(self, ctx, prefix=''):
         self.node = rclpy.create_node('test_harness', context=ctx)
         self.received = {k: [] for k in ('labels', 'color', 'confidence', 'label_info', 'diagnostics')}
-        self.image_pub = self.node.create_publisher(Image, prefix + 'image', qos_profile_sensor_data)
+        self.image_pub = self.node.create_publisher(Image, prefix + 'image', qos_profile_sensor_data, **NO_PUB_EVENTS)
         self.comp_pub = self.node.create_publisher(CompressedImage, prefix + 'image/compressed',
-                                                   qos_profile_sensor_data)
+                                                   qos_profile_sensor_data, **NO_PUB_EVENTS)
         for name in ('labels', 'color', 'confidence'):
             self.node.create_subscription(Image, f'{prefix}segmentation/{name}',
-                                          lambda m, n=name: self.received[n].append(m), 10)
+                                          lambda m, n=name: self.received[n].append(m), 10, **NO_SUB_EVENTS)
         self.node.create_subscription(String, prefix + 'segmentation/label_info',
                                       lambda m: self.received['label_info'].append(m), LATCHED_QOS)
         self.node.create_subscription(DiagnosticArray, '/diagnostics',

@@ -19,7 +19,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
-from test_node import Harness, _rgb  # noqa: E402
+from test_node import NO_PUB_EVENTS, Harness, _rgb  # noqa: E402
 
 from seg_perception.node import LATCHED_QOS  # noqa: E402
 
@@ -139,7 +139,7 @@ def test_publisher_restarts_with_another_encoding_and_size(ros, tiny_model):
     assert h.wait_for(lambda: h.received['labels'])
     h.node.destroy_publisher(h.image_pub)
     assert h.wait_for(lambda: node.sub.get_publisher_count() == 0)
-    h.image_pub = h.node.create_publisher(Image, 'image', qos_profile_sensor_data)
+    h.image_pub = h.node.create_publisher(Image, 'image', qos_profile_sensor_data, **NO_PUB_EVENTS)
     assert h.wait_for(lambda: node.sub.get_publisher_count() == 1)
     h.publish(_rgb(90, 70, seed=3)[..., 0], 'mono8', stamp=(2, 0), pad=3)
     assert h.wait_for(lambda: any(m.header.stamp.sec == 2 for m in h.received['labels']))
