@@ -57,6 +57,23 @@ def test_preprocess_normalises_and_pads_with_zero():
     assert np.allclose(blob[0, :, 1:3], 2.0) and np.all(blob[0, :, 0] == 0) and np.all(blob[0, :, 3] == 0)
 
 
+def test_preprocess_opencv_and_numpy_paths_agree(monkeypatch):
+    """OpenCV 4.8+ normalises with its blob maker, older OpenCV (apt on Humble) with numpy: the same blob."""
+    import cv2
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    g = eng.compute_geometry((48, 80), (64, 64), 'letterbox')
+    fast = eng.preprocess(rgb, g, mean, std)
+    if hasattr(cv2.dnn, 'blobFromImageWithParams'):
+        monkeypatch.delattr(cv2.dnn, 'blobFromImageWithParams')
+    plain = eng.preprocess(rgb, g, mean, std)
+    assert fast.shape == plain.shape == (1, 3, 64, 64) and fast.dtype == plain.dtype == np.float32
+    assert np.array_equal(fast, plain)
+    oy, ox = g.offset_yx
+    assert oy > 0 and np.all(plain[0, :, :oy] == 0) and np.all(plain[0, :, -oy:] == 0)
+    assert np.all(plain[0, :, oy:-oy].std(axis=(1, 2)) > 0.5)   # the content is the image, normalised
+
+
 def test_logits_model_matches_labels_model(tmp_path):
     """The two output conventions give the same labels for the same weights (engine upsampling vs graph)."""
     a = SegmentationEngine(make_tiny_model(str(tmp_path / 'a.onnx'), output_kind='labels', dynamic=True))
