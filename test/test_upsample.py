@@ -1,5 +1,6 @@
 """LogitsUpsampler: labels equal to "bilinear upsample of the logits, then argmax" (PyTorch's own), at any output
 size and for letterboxed inputs, with 6 and 150 classes; the engine gives logits models' labels at camera size."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 from seg_perception.offline.evaluation.bench_engine import exact_labels, synthetic_logits
 from seg_perception.runtime.engine import SegmentationEngine, compute_geometry
-from seg_perception.runtime.upsample import LogitsUpsampler, bilinear_logits
+from seg_perception.runtime.upsample import LogitsUpsampler, bilinear_logits, coarse_label_confidence, max_softmax
 
 
 def _torch_labels(logits, out_hw):
@@ -122,3 +123,20 @@ def test_edge_runs_are_split_so_blocks_pad_to_the_usual_run():
     logits = synthetic_logits(6, (32, 40), regions=12, seed=5)
     logits[:, :2] = logits[:, :2, ::-1]       # boundaries in the first rows: edge cells are refined
     assert np.array_equal(up(logits)[0], _torch_labels(logits, (480, 640))[0])
+
+
+@pytest.mark.parametrize('layout', ['C', 'F', 'strided'])
+def test_max_softmax_and_coarse_argmax_on_any_memory_layout(layout):
+    """The softmax exponentiates in place through a flat view: inputs in any memory layout give numpy's values;
+    with many classes the per-pixel-row argmax and softmax equal the class-loop ones."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(0, 4, (150, 24, 30)).astype(np.float32)
+    logits = {'C': base, 'F': np.asfortranarray(base), 'strided': base[:, ::2, ::3]}[layout]
+    ref = np.exp(logits - logits.max(axis=0))
+    ref = ref.max(axis=0) / ref.sum(axis=0)
+    assert np.allclose(max_softmax(logits), ref, rtol=1e-5, atol=1e-7)
+    assert np.allclose(max_softmax(np.moveaxis(logits, 0, -1), axis=-1), ref, rtol=1e-5, atol=1e-7)
+    loop = coarse_label_confidence(logits)
+    rows = coarse_label_confidence(logits, cv2.transpose(np.ascontiguousarray(logits).reshape(150, -1)))
+    assert np.array_equal(loop[0], logits.argmax(axis=0)) and np.array_equal(rows[0], loop[0])
+    assert np.allclose(rows[1], loop[1], rtol=1e-5, atol=1e-7)
