@@ -19,6 +19,7 @@ from seg_perception.offline.evaluation import replay
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / 'models' / 'topformer_tiny_scenes.onnx'
 TOKENPASS = ROOT / 'models' / 'tokenpass_vit_mini_scenes.onnx'
+COVER = ROOT / 'models' / 'topformer_tiny_scenes_cover.onnx'
 FRAMES = 8
 
 
@@ -109,6 +110,35 @@ def test_offline_two_models_mcap_raw(mcap_bag, tmp_path, capfd):
     video = cv2.VideoCapture(str(out / 'overlay.mp4'))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == FRAMES
     video.release()
+
+
+def test_merge_scores_covered_floor_as_floor(mcap_bag, tmp_path, capfd):
+    """The covered-floor model on a 6-class bag: with --merge its covered_floor pixels count as floor (the same
+    accuracy as `evaluate --merge` on the same bag); the costmap keeps the class; bad merges exit 2."""
+    from seg_perception.offline.evaluation.evaluate import evaluate
+
+    base = ['replay', mcap_bag, '--model', COVER, '--model', SHIPPED, '--limit', 4, '--no-video']
+    code, _, err = run_cli([*base, '--merge', 'covered_floor:floor', '--out', tmp_path / 'merged'], capfd)
+    assert code == 0, err
+    cover, default = json.loads((tmp_path / 'merged' / 'report.json').read_text())['models']
+    assert cover['merged'] == {'covered_floor': 'floor'} and default['merged'] == {}
+    covered = cover['classes'].index('covered_floor')
+    matrix = np.array(cover['confusion_matrix'])
+    assert matrix[:, covered].sum() == 0 and cover['metrics']['IoU']['covered_floor'] is None
+    reference = evaluate(str(COVER), str(mcap_bag), image_topic='/camera/image_raw', gt_topic='/ground_truth/labels',
+                         limit=4, progress=False, warmup=0, merge={'covered_floor': 'floor'})
+    assert cover['metrics']['mIoU'] == pytest.approx(reference['mIoU'], abs=1e-9)
+    assert '| topformer_tiny_scenes_cover (covered_floor scored as floor) |' in (tmp_path / 'merged' / 'report.md'
+                                                                               ).read_text()
+    code, _, err = run_cli([*base, '--out', tmp_path / 'plain'], capfd)
+    assert code == 0, err
+    plain = json.loads((tmp_path / 'plain' / 'report.json').read_text())['models'][0]
+    assert np.array(plain['confusion_matrix'])[:, covered].sum() > 0      # without it: counted as wrong
+    assert plain['metrics']['mIoU'] < cover['metrics']['mIoU']
+    for merge, words in (('covered_floor:sky', "no class 'sky'"), ('nope:floor', "no model has a class 'nope'"),
+                         ('covered_floor', 'expected MODEL_CLASS:DATASET_CLASS')):
+        code, _, err = run_cli([*base, '--merge', merge, '--out', tmp_path / 'bad'], capfd)
+        assert code == 2 and words in err and 'Traceback' not in err, err
 
 
 def test_offline_sqlite_compressed_only(sqlite_bag, tiny_model, second_model, tmp_path, capfd):

@@ -98,6 +98,20 @@ def _percentiles(values):
     return {'mean': float(np.mean(values)), 'p50': float(p50), 'p90': float(p90), 'p99': float(p99)}
 
 
+def parse_merge(items: list) -> dict:
+    """``--merge`` values ``MODEL_CLASS:DATASET_CLASS`` -> {model class: dataset class}; a malformed one is a
+    UserError."""
+    from ...errors import UserError
+
+    merge = {}
+    for item in items:
+        name, sep, into = item.partition(':')
+        if not (sep and name and into):
+            raise UserError(f"--merge {item}: expected MODEL_CLASS:DATASET_CLASS, e.g. covered_floor:floor")
+        merge[name] = into
+    return merge
+
+
 def merge_table(model_names, dataset_names, merge) -> np.ndarray:
     """Model class id -> dataset class id, with ``merge`` {model class: dataset class} (e.g. covered_floor:
     floor): the model's other classes must be the dataset's, in its order; a mismatch is a UserError."""
@@ -290,15 +304,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...errors import UserError
 
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
-    merge = {}
-    for item in args.merge:
-        name, sep, into = item.partition(':')
-        if not (sep and name and into):
-            raise UserError(f"--merge {item}: expected MODEL_CLASS:DATASET_CLASS, e.g. covered_floor:floor")
-        merge[name] = into
+    merge = parse_merge(args.merge)
     report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,
                       gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,
                       threads=args.threads, exit_threshold=args.exit_threshold, input_size=args.input_size,

@@ -339,12 +339,21 @@ def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_ind
 class ModelRun:
     """One model's engine and everything measured on it during the offline pass."""
 
-    def __init__(self, path, name, threads, providers, exit_threshold):
+    def __init__(self, path, name, threads, providers, exit_threshold, merge=None):
         from .calibration import ReliabilityStats
         from .metrics import ConfusionMatrix
         self.path, self.name = str(path), name
         self.engine = SegmentationEngine(self.path, providers=providers, intra_op_threads=threads)
         self.exit_threshold = exit_threshold
+        # ``merge`` {class: class}: the model's classes it has are scored as the other (the ground truth knows only
+        # the model's other classes, e.g. no covered_floor); the costmap keeps the model's own labels
+        names = list(self.engine.names)
+        self.merged = {k: v for k, v in (merge or {}).items() if k in names}
+        for name, into in self.merged.items():
+            if into not in names or into in self.merged:
+                raise UserError(f'--merge {name}:{into}: {self.name} has no class {into!r} to score {name!r} as '
+                                f'(its classes: {", ".join(names)})')
+        self.score_as = np.array([names.index(self.merged.get(n, n)) for n in names], np.uint16)
         self.confusion = ConfusionMatrix(self.engine.num_classes, self.engine.meta.get('ignore_index', 255))
         self.reliability = ReliabilityStats()   # the published confidence against the labels' correctness (ECE)
         self.per_frame = []         # dicts, one per frame
@@ -365,9 +374,10 @@ class ModelRun:
             if frame.label.shape != result.labels.shape:
                 raise UserError(f'frame {frame.index}: ground truth {frame.label.shape[1]}x{frame.label.shape[0]}'
                                   f' and image {result.labels.shape[1]}x{result.labels.shape[0]} differ in size')
-            self.confusion.update(result.labels, frame.label)
-            self.reliability.add(result.confidence, result.labels, frame.label, self.confusion.ignore_index)
-            row['mIoU'], row['pixel_accuracy'] = frame_miou(result.labels, frame.label, self.engine.num_classes,
+            labels = self.score_as[result.labels] if self.merged else result.labels
+            self.confusion.update(labels, frame.label)
+            self.reliability.add(result.confidence, labels, frame.label, self.confusion.ignore_index)
+            row['mIoU'], row['pixel_accuracy'] = frame_miou(labels, frame.label, self.engine.num_classes,
                                                             self.confusion.ignore_index)
         self.per_frame.append(row)
         self.label_digest[frame.stamp_ns] = label_digest(result.labels)
@@ -461,6 +471,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='comma list of ONNX Runtime execution providers (default: the engine\'s)')
     parser.add_argument('--exit-threshold', type=float, default=None,
                         help="token-pass models' stopping threshold (default: the model's own)")
+    parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:CLASS',
+                        help="score a model's class the ground truth lacks as another of its classes (e.g. "
+                             'covered_floor:floor); the costmap scores keep it')
     parser.add_argument('--sync-tolerance-ms', type=float, default=20.0,
                         help='pair side messages (ground truth, CameraInfo, occupancy) with a frame within this (ms)')
     parser.add_argument('--no-video', action='store_true', help='skip overlay.mp4 (strip.png is always written)')
@@ -517,6 +530,7 @@ def _check_args(args):
 def run(args: argparse.Namespace) -> int:
     from ...paths import default_model_path
     from . import replay_report
+    from .evaluate import parse_merge
 
     _check_args(args)
     model_paths = args.model or [default_model_path()]
@@ -529,7 +543,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f'{args.bag}: no messages on {topics.image}')
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
     names = model_names(model_paths)
-    models = [ModelRun(p, n, args.threads, providers, args.exit_threshold) for p, n in zip(model_paths, names)]
+    merge = parse_merge(args.merge)
+    models = [ModelRun(p, n, args.threads, providers, args.exit_threshold, merge) for p, n in zip(model_paths, names)]
+    unused = [k for k in merge if not any(k in m.merged for m in models)]
+    if unused:
+        raise UserError(f'--merge {unused[0]}:{merge[unused[0]]}: no model has a class {unused[0]!r}')
     out = prepare_out(args.out or os.path.join('out', 'replay', Path(args.bag).name.split('.')[0]))
     for line in topics.notes:
         print(line, file=sys.stderr)

@@ -146,7 +146,7 @@ def model_summary(m):
     refined = [r['refined_fraction'] for r in rows if r['refined_fraction'] is not None]
     return {
         'name': m.name, 'path': m.path, 'arch': m.engine.meta.get('arch', ''), 'provider': m.engine.provider,
-        'classes': list(m.engine.names), 'frames': len(rows), 'frames_scored': len(scored),
+        'classes': list(m.engine.names), 'merged': m.merged, 'frames': len(rows), 'frames_scored': len(scored),
         'metrics': compute_metrics(m.confusion.matrix, m.engine.names) if scored else None,
         'latency_ms': percentiles([r['latency_ms'] for r in rows]),
         'model_ms': percentiles([r['model_ms'] for r in rows]),
@@ -190,7 +190,8 @@ def models_table(summaries):
              'kept / refined fraction | provider |', '|---|---|---:|---:|---:|---|---|---:|---|']
     for s in summaries:
         met = s['metrics'] or {}
-        lines.append(f'| {s["name"]} | {s["arch"]} | {_f(met.get("mIoU"), scale=100)} | '
+        merged = ''.join(f' ({k} scored as {v})' for k, v in s['merged'].items())
+        lines.append(f'| {s["name"]}{merged} | {s["arch"]} | {_f(met.get("mIoU"), scale=100)} | '
                      f'{_f(met.get("aAcc"), scale=100)} | {_f(s["ece"], "{:.2f} %", 100)} ({s["calibration"]}) | '
                      f'{_lat(s["latency_ms"])} | {_cost(s)} | '
                      f'{_adaptive(s)} | {s["provider"]} |')
