@@ -348,3 +348,20 @@ def test_a_model_without_calibration_or_statistics_runs_and_diagnostics_say_so(t
     assert values['shift_monitor'].startswith('no shift statistics') and 'shift_score' not in values
     labels_model = shift.diagnostics(SegmentationEngine(tiny_model))
     assert labels_model['shift_monitor'].startswith('not available (labels model')
+
+
+@pytest.mark.skipif(not (REPO / 'models' / 'topformer_tiny_scenes_cover.onnx').exists() or not SAMPLE_BAG.exists(),
+                    reason='needs models/topformer_tiny_scenes_cover.onnx and samples/scenes_sample')
+def test_trust_merges_a_class_the_frames_lack(tmp_path, capsys):
+    """A 7-class model on 6-class frames: the alarm only, unless --merge maps covered_floor onto floor; then the
+    ECE is measured on the merged labels; a malformed --merge is one line, exit 2."""
+    from seg_perception.offline.evaluation import trust
+    cover = REPO / 'models' / 'topformer_tiny_scenes_cover.onnx'
+    plain = trust.report(cover, [str(SAMPLE_BAG)], [], limit=4)
+    assert '| n/a (other classes) |' in plain
+    merged = trust.report(cover, [str(SAMPLE_BAG)], [], limit=4, out=tmp_path, merge={'covered_floor': 'floor'})
+    assert 'covered_floor scored as floor' in merged and 'n/a' not in merged.split('(own)')[1].split('\n')[0]
+    assert len(list(tmp_path.glob('reliability_*.png'))) == 2   # uncalibrated and calibrated, of the one set
+    argv = ['--model', str(cover), '--own', str(SAMPLE_BAG), '--limit', '2', '--merge', 'covered_floor']
+    assert trust.main(argv) == 2
+    assert 'expected MODEL_CLASS:DATASET_CLASS' in capsys.readouterr().err

@@ -7,10 +7,13 @@ separation, false alarms and cost, on held-out data of its own renderer and on f
 
 ``--own`` sets are frames of the model's own training distribution (never its training split): the alarm should
 stay quiet there; ``--foreign`` sets should raise it. AUROC is per frame (the first ``--own`` set against each
-``--foreign`` one); alarm rates use the smoothed score the node publishes. Prints a Markdown table.
+``--foreign`` one); alarm rates use the smoothed score the node publishes. Prints a Markdown table. Sets with
+other classes than the model's are scored for the alarm only, unless ``--merge MODEL_CLASS:DATASET_CLASS`` maps
+the model's extra classes onto theirs (e.g. covered_floor:floor), as in ``evaluate``.
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -24,14 +27,24 @@ DEFAULT_OWN = ('data/scenes:test', 'samples/scenes_sample')
 DEFAULT_FOREIGN = ('data/raycast:test', 'config/data/camvid_test_scene_classes.yaml:test')
 
 
-def measure_set(engine, scorer, spec, limit=0):
+def measure_set(engine, scorer, spec, limit=0, merge=None):
     from ..data.datasets import open_dataset
+    from .evaluate import merge_table
 
     path, _, split = spec.partition(':')
     dataset = open_dataset(path, split=split or None)
     count = len(dataset) if limit <= 0 else min(limit, len(dataset))
     ignore = getattr(dataset, 'ignore_index', 255)
-    labelled = len(dataset.classes) == engine.num_classes   # else frames of another class set: score only
+    classes = [str(c) for c in dataset.classes]
+    # another class set: the alarm is scored only, unless merge maps the model's extra classes onto the set's
+    to_dataset = None
+    if merge and len(classes) != engine.num_classes and all(into in classes for into in merge.values()):
+        to_dataset = merge_table([str(n) for n in engine.names], classes, merge)
+    labelled = len(classes) == engine.num_classes or to_dataset is not None
+
+    def scored(labels):
+        return labels if to_dataset is None else to_dataset[labels]
+
     inv = engine.inv_temperature
     raw, cal, scores, cost_ms, frame_ms = ReliabilityStats(), ReliabilityStats(), [], [], []
     for i in range(count):
@@ -39,11 +52,11 @@ def measure_set(engine, scorer, spec, limit=0):
         if labelled:
             engine.inv_temperature = None
             r = engine.infer(image)
-            raw.add(r.confidence, r.labels, gt, ignore)
+            raw.add(r.confidence, scored(r.labels), gt, ignore)
             engine.inv_temperature = inv
         c = engine.infer(image)
         if labelled:
-            cal.add(c.confidence, c.labels, gt, ignore)
+            cal.add(c.confidence, scored(c.labels), gt, ignore)
         frame_ms.append(c.latency_ms)
         if scorer is not None:
             t0 = time.perf_counter()
@@ -55,14 +68,14 @@ def measure_set(engine, scorer, spec, limit=0):
             'reliability': (raw, cal)}
 
 
-def report(model, own, foreign, limit=0, out=None) -> str:
+def report(model, own, foreign, limit=0, out=None, merge=None) -> str:
     engine = SegmentationEngine(str(model), intra_op_threads=1)
     stats = engine.meta.get('shift_stats')
     scorer = ShiftScorer(stats) if stats else None
     rows, results = [], {}
     for kind, specs in (('own', own), ('foreign', foreign)):
         for spec in specs:
-            res = results[spec] = measure_set(engine, scorer, spec, limit)
+            res = results[spec] = measure_set(engine, scorer, spec, limit, merge)
             smoothed = smooth(res['scores'], scorer.window) if scorer else None
             alarm = f'{100 * np.mean(scorer.alarmed(smoothed)):.1f} %' if scorer else 'n/a'
             accuracy, before, after = (('n/a (other classes)', 'n/a', 'n/a') if res['pixel_accuracy'] is None else
@@ -71,6 +84,7 @@ def report(model, own, foreign, limit=0, out=None) -> str:
             rows.append(f'| `{spec}` ({kind}) | {res["frames"]} | {accuracy} | {before} | {after} | '
                         f'{np.mean(res["scores"]) if scorer else float("nan"):.2f} | {alarm} |')
     temps = ' '.join(f'{t:.3f}' for t in engine.meta.get('temperature', [])) or 'none'
+    temps += ''.join(f'; {k} scored as {v}' for k, v in (merge or {}).items())
     lines = [f'Model `{model}`: temperature {temps}; shift threshold '
              f'{scorer.threshold:.3f} (window {scorer.window}, features {" ".join(scorer.select) or "none"}, '
              f'taps {" ".join(name for name, _, _ in scorer.groups) or "none"})' if scorer else
@@ -116,9 +130,17 @@ def main(argv=None) -> int:
                         help=f'frames unlike the training data, SPEC[:SPLIT] (default: {DEFAULT_FOREIGN})')
     parser.add_argument('--limit', type=int, default=0, help='frames per set (0 = all)')
     parser.add_argument('--out', default=None, help='folder for trust.md, trust.json, reliability diagrams')
+    parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
+                        help="score a model's class the sets lack as one they have (e.g. covered_floor:floor)")
     args = parser.parse_args(argv)
-    print(report(args.model, args.own or list(DEFAULT_OWN), args.foreign or list(DEFAULT_FOREIGN), args.limit,
-                 args.out))
+    from ...errors import UserError
+    from .evaluate import parse_merge
+    try:
+        print(report(args.model, args.own or list(DEFAULT_OWN), args.foreign or list(DEFAULT_FOREIGN), args.limit,
+                     args.out, parse_merge(args.merge)))
+    except UserError as exc:
+        print(f'trust: error: {exc}', file=sys.stderr)
+        return 2
     return 0
 
 
