@@ -94,6 +94,25 @@ def test_input_size_override_and_native(tiny_model):
         SegmentationEngine(tiny_model, input_size=(100, 128))
 
 
+def test_symbolic_input_dims_are_fixed_to_the_size_the_engine_runs(tiny_model):
+    """A graph exported with a symbolic height and width runs at the engine's one network size, so the session
+    fixes them (ONNX Runtime then folds the shape arithmetic); 'native' input keeps them free. Same labels."""
+    import onnxruntime as ort
+    rgb = np.random.default_rng(4).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    fixed = SegmentationEngine(tiny_model, input_size=(96, 128))
+    assert fixed.session.get_inputs()[0].shape == [1, 3, 96, 128]
+    free = SegmentationEngine(tiny_model, input_size=(96, 128))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    free.session = ort.InferenceSession(tiny_model, opts, providers=['CPUExecutionProvider'])
+    assert free.session.get_inputs()[0].shape == [1, 3, 'H', 'W']
+    a, b = fixed.infer(rgb), free.infer(rgb)
+    assert np.array_equal(a.labels, b.labels) and np.allclose(a.confidence, b.confidence, atol=1e-6)
+    native = SegmentationEngine(tiny_model, input_size=(0, 0))
+    assert native.session.get_inputs()[0].shape == [1, 3, 'H', 'W']
+    assert native.infer(rgb).labels.shape == (60, 90)
+
+
 def test_more_than_255_classes_gives_uint16(tmp_path):
     e = SegmentationEngine(make_tiny_model(str(tmp_path / 'm.onnx'), num_classes=300))
     r = e.infer(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8))
