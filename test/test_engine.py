@@ -113,6 +113,21 @@ def test_symbolic_input_dims_are_fixed_to_the_size_the_engine_runs(tiny_model):
     assert native.infer(rgb).labels.shape == (60, 90)
 
 
+def test_one_symbolic_name_for_height_and_width_stays_free_at_a_non_square_size(tiny_model, tmp_path):
+    import onnx
+    model = onnx.load(tiny_model)
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in ('H', 'W'):
+                dim.dim_param = 'S'
+    onnx.save(model, str(tmp_path / 'square_name.onnx'))
+    engine = SegmentationEngine(str(tmp_path / 'square_name.onnx'), input_size=(96, 128))
+    assert engine.session.get_inputs()[0].shape == [1, 3, 'S', 'S']
+    assert engine.infer(np.zeros((60, 90, 3), np.uint8)).labels.shape == (60, 90)
+    square = SegmentationEngine(str(tmp_path / 'square_name.onnx'), input_size=(96, 96))
+    assert square.session.get_inputs()[0].shape == [1, 3, 96, 96]
+
+
 def test_more_than_255_classes_gives_uint16(tmp_path):
     e = SegmentationEngine(make_tiny_model(str(tmp_path / 'm.onnx'), num_classes=300))
     r = e.infer(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8))

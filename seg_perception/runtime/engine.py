@@ -179,9 +179,13 @@ class SegmentationEngine:
         # Runtime fold the graph's shape arithmetic (TopFormer-tiny at 256x320, 1 thread: 6.2 -> 5.3 ms)
         images = next((i for i in probe.get_inputs() if i.name == 'images'), None)
         if images is not None and self.net_hw is not None and len(images.shape) == 4:
+            fixed = {}
             for dim, value in zip(images.shape[2:], self.net_hw):
                 if isinstance(dim, str) and dim:
-                    opts.add_free_dimension_override_by_name(dim, int(value))
+                    fixed.setdefault(dim, set()).add(int(value))
+            for dim, values in fixed.items():
+                if len(values) == 1:   # one name for both sides of a non-square size: left free
+                    opts.add_free_dimension_override_by_name(dim, values.pop())
         self.requested_providers = list(providers or DEFAULT_PROVIDERS)
         self.session = self._open(opts, select_providers(self.requested_providers))
         self.provider = self.session.get_providers()[0]
