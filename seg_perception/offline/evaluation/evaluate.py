@@ -304,7 +304,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
     merge = parse_merge(args.merge)
     report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,

@@ -359,6 +359,10 @@ class ModelRun:
         self.per_frame = []         # dicts, one per frame
         self.label_digest = {}      # header stamp -> digest of the labels (live mode compares the node's)
 
+    def scored(self, labels: np.ndarray) -> np.ndarray:
+        """The labels as scored against the ground truth (``--merge`` applied); the costmap keeps the model's."""
+        return self.score_as[labels] if self.merged else labels
+
     def warm_up(self, image):
         for _ in range(2):
             self.engine.infer(image, exit_threshold=self.exit_threshold)
@@ -374,7 +378,7 @@ class ModelRun:
             if frame.label.shape != result.labels.shape:
                 raise UserError(f'frame {frame.index}: ground truth {frame.label.shape[1]}x{frame.label.shape[0]}'
                                   f' and image {result.labels.shape[1]}x{result.labels.shape[0]} differ in size')
-            labels = self.score_as[result.labels] if self.merged else result.labels
+            labels = self.scored(result.labels)
             self.confusion.update(labels, frame.label)
             self.reliability.add(result.confidence, labels, frame.label, self.confusion.ignore_index)
             row['mIoU'], row['pixel_accuracy'] = frame_miou(labels, frame.label, self.engine.num_classes,

@@ -346,7 +346,7 @@ def _score(result, source, model):
     for frame in source:
         pred = labels.get(frame.stamp_ns)
         if pred is not None and frame.label is not None and pred.shape == frame.label.shape:
-            confusion.update(model.score_as[pred] if model.merged else pred, frame.label)   # as offline (--merge)
+            confusion.update(model.scored(pred), frame.label)   # as offline (--merge)
             scored += 1
     if scored:
         result['mIoU'] = compute_metrics(confusion.matrix)['mIoU']
