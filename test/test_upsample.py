@@ -140,3 +140,17 @@ def test_max_softmax_and_coarse_argmax_on_any_memory_layout(layout):
     rows = coarse_label_confidence(logits, cv2.transpose(np.ascontiguousarray(logits).reshape(150, -1)))
     assert np.array_equal(loop[0], logits.argmax(axis=0)) and np.array_equal(rows[0], loop[0])
     assert np.allclose(rows[1], loop[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('offset', [0.0, 55.0, -55.0, 70.0, -70.0])
+def test_per_pixel_row_softmax_without_shifting_and_with(offset):
+    """The per-pixel-row softmax exponentiates the logits unshifted while they fit float32 (tops within +-60) and
+    shifts them by their top otherwise: the same max softmax either way, also with logits that underflow."""
+    logits = np.random.default_rng(6).normal(0, 6, (150, 12, 16)).astype(np.float32) + np.float32(offset)
+    logits[:, 0, 0] = -200.0
+    logits[3, 0, 0] = offset   # one pixel whose other classes all underflow
+    ref = np.exp(logits.astype(np.float64) - logits.max(axis=0))
+    ref = (ref.max(axis=0) / ref.sum(axis=0)).astype(np.float32)
+    labels, conf = coarse_label_confidence(logits, cv2.transpose(logits.reshape(150, -1)))
+    assert np.array_equal(labels, logits.argmax(axis=0))
+    assert np.allclose(conf, ref, rtol=1e-5, atol=1e-7) and conf[0, 0] == 1.0
