@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 
 from seg_perception.offline import cli
@@ -139,6 +140,18 @@ def test_merge_scores_covered_floor_as_floor(mcap_bag, tmp_path, capfd):
                          ('covered_floor', 'expected MODEL_CLASS:DATASET_CLASS')):
         code, _, err = run_cli([*base, '--merge', merge, '--out', tmp_path / 'bad'], capfd)
         assert code == 2 and words in err and 'Traceback' not in err, err
+    # a merged class listed before a kept one: the bag's ids would no longer be the model's
+    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    proto = onnx.load(str(COVER))
+    meta = read_metadata(proto)
+    order = [0, 1, 2, 6, 3, 4, 5]
+    meta['names'] = [meta['names'][i] for i in order]
+    meta['palette'] = [meta['palette'][i] for i in order]
+    set_metadata(proto, meta)
+    onnx.save(proto, str(tmp_path / 'reordered.onnx'))
+    code, _, err = run_cli(['replay', mcap_bag, '--model', tmp_path / 'reordered.onnx', '--limit', 2, '--no-video',
+                            '--merge', 'covered_floor:floor', '--out', tmp_path / 'bad'], capfd)
+    assert code == 2 and "lists 'covered_floor' before classes it keeps" in err and 'Traceback' not in err, err
 
 
 def test_offline_sqlite_compressed_only(sqlite_bag, tiny_model, second_model, tmp_path, capfd):

@@ -353,6 +353,13 @@ class ModelRun:
             if into not in names or into in self.merged:
                 raise UserError(f'--merge {name}:{into}: {self.name} has no class {into!r} to score {name!r} as '
                                 f'(its classes: {", ".join(names)})')
+        # the bag's ground truth is class ids without names, the model's other classes in its order: a merged
+        # class listed before a kept one would shift every id after it
+        misplaced = [n for n in names[:len(names) - len(self.merged)] if n in self.merged]
+        if misplaced:
+            raise UserError(f'--merge {misplaced[0]}:{self.merged[misplaced[0]]}: {self.name} lists {misplaced[0]!r} '
+                            f'before classes it keeps ({", ".join(names)}); replay compares class ids with the '
+                            f"bag's ground truth, so a merged class must come after the others")
         self.score_as = np.array([names.index(self.merged.get(n, n)) for n in names], np.uint16)
         self.confusion = ConfusionMatrix(self.engine.num_classes, self.engine.meta.get('ignore_index', 255))
         self.reliability = ReliabilityStats()   # the published confidence against the labels' correctness (ECE)
