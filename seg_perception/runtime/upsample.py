@@ -150,15 +150,6 @@ class LogitsUpsampler:
         self._row_blocks = _Blocks.build(rows, h)
         self._col_blocks = _Blocks.build(cols, w)
         self._row_offsets = self._row_blocks.index * self.out_hw[1]   # (E, B): where each entry's rows start
-        self._block_hw = (self._row_blocks.index.shape[1], self._col_blocks.index.shape[1])
-        # bilinear weights of an entry's pixels on its 4 corners: one (4, By * Bx) matrix per kind of entry
-        # (the distinct fraction runs of each axis: inside the image all entries have the same)
-        row_fracs, self._row_kind = np.unique(self._row_blocks.frac, axis=0, return_inverse=True)
-        col_fracs, self._col_kind = np.unique(self._col_blocks.frac, axis=0, return_inverse=True)
-        fy = row_fracs.astype(np.float64)[:, None, :, None]                   # (Py, 1, By, 1)
-        fx = col_fracs.astype(np.float64)[None, :, None, :]                   # (1, Px, 1, Bx)
-        self._weights = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=2).reshape(
-            len(row_fracs), len(col_fracs), 4, -1).astype(np.float32)         # corners: c00, c01, c10, c11
         # the confidence (one channel): cv2.resize when the grid is a plain resize, else a fixed-point remap
         plain = [AxisMap.resize(len(a.i0), n) for a, n in ((rows, h), (cols, w))]
         self._plain_resize = all(np.array_equal(a.i0, p.i0) and np.allclose(a.frac, p.frac, atol=1e-6)
@@ -347,31 +338,48 @@ class LogitsUpsampler:
 
     def _evaluate(self, labels, cand, corners, cell_y, cell_x, bound=None):
         """Labels in the given cells: the argmax over each cell's candidate classes ``cand`` (n, k), ascending,
-        of their bilinearly interpolated (4, n, k) corner logits. With ``bound`` ((4, n) corner values): returns
-        whether (bool (n,)) the candidates' top is strictly above the bound's interpolation at every pixel of
-        each cell."""
-        n, k = cand.shape
-        if bound is not None:   # the bound is interpolated as one more row per cell
-            corners = np.concatenate([corners, bound[:, :, None]], axis=2)
-        values = self._interpolate(corners, cell_y, cell_x)                    # (n, k (+1), By * Bx)
-        best = values[:, 0].copy()
-        slot = np.zeros(best.shape, np.uint8 if k <= 256 else np.uint16)   # the winning candidate's index
-        for j in range(1, k):   # a running max: the first of equal values (the lowest class) stays the winner
-            better = np.greater(values[:, j], best).view(np.uint8)
-            np.maximum(best, values[:, j], out=best)
-            slot += better * (slot.dtype.type(j) - slot)   # integer arithmetic (wrapping): 4x a masked copy
-        winner = cand.astype(labels.dtype).reshape(-1).take(slot + (np.arange(n) * k)[:, None])
-        self._scatter(labels, cell_y, cell_x, winner.reshape(n, *self._block_hw))
-        return None if bound is None else (best > values[:, k]).all(axis=1)
+        of their bilinearly interpolated (4, n, k) corner logits. With ``bound`` ((4, n) corner values, k <= FEW):
+        returns whether (bool (n,)) the candidates' top is strictly above the bound's interpolation at every pixel
+        of each cell."""
+        k = cand.shape[1]
+        fx = self._col_blocks.frac[cell_x]                                      # (n, Bx)
+        fy = self._row_blocks.frac[cell_y][:, :, None]                          # (n, By, 1)
+        cand = cand.astype(labels.dtype)
+        if k > self.FEW:   # many candidates: all at once, argmax over the last (contiguous) axis
+            c00, c01, c10, c11 = (v[:, None, :] for v in corners)               # (n, 1, k)
+            top = c00 + (c01 - c00) * fx[:, :, None]                            # (n, Bx, k)
+            bottom = c10 + (c11 - c10) * fx[:, :, None]
+            bottom -= top
+            value = top[:, None] + bottom[:, None] * fy[:, :, :, None]           # (n, By, Bx, k)
+            winner = np.take_along_axis(cand[:, None, None, :], value.argmax(axis=3)[..., None], axis=3)[..., 0]
+            self._scatter(labels, cell_y, cell_x, winner)
+            return None
 
-    def _interpolate(self, corners, cell_y, cell_x) -> np.ndarray:
-        """(4, n, k) corner values of the given block entries -> their bilinear interpolation at every pixel of
-        each entry, (n, k, By * Bx) float32, as matrix products with each entry's (4, By * Bx) weights (4x faster
-        than interpolating each candidate by broadcasting)."""
-        rows = corners.transpose(1, 2, 0)                                      # (n, k, 4)
-        kind = self._row_kind[cell_y] * self._weights.shape[1] + self._col_kind[cell_x]
-        weights = self._weights.reshape(-1, *self._weights.shape[2:])
-        if (kind == kind[0]).all():   # usually: no entry at a clamped edge
-            n, k = corners.shape[1:]
-            return (np.ascontiguousarray(rows).reshape(-1, 4) @ weights[kind[0]]).reshape(n, k, -1)
-        return np.matmul(rows, weights[kind])
+        def interpolate(c00, c01, c10, c11):   # (n,) corners -> (n, By, Bx)
+            top = c00[:, None] + (c01 - c00)[:, None] * fx                       # (n, Bx)
+            bottom = c10[:, None] + (c11 - c10)[:, None] * fx
+            return top[:, None, :] + (bottom - top)[:, None, :] * fy
+
+        if k == 2:   # two candidates: the sign of their interpolated difference decides
+            diff = interpolate(*(corners[:, :, 1] - corners[:, :, 0]))
+            winner = np.where(diff > 0, cand[:, 1][:, None, None], cand[:, 0][:, None, None])
+            self._scatter(labels, cell_y, cell_x, winner)
+            if bound is None:
+                return None
+            above = np.maximum(diff, 0) > interpolate(*(bound - corners[:, :, 0]))   # first + max(diff, 0) > bound
+            return above.reshape(len(cell_y), -1).all(axis=1)
+
+        # few candidates: a running max (argmax over a short last axis is slow per pixel); the winner's index as a
+        # wrapping uint8 (4x faster than a masked copy of its class); equal values keep the first (lowest class)
+        best = interpolate(*corners[:, :, 0])
+        slot = np.zeros(best.shape, np.uint8)
+        for j in range(1, k):
+            value = interpolate(*corners[:, :, j])
+            better = np.greater(value, best).view(np.uint8)
+            np.maximum(best, value, out=best)
+            slot += better * (np.uint8(j) - slot)   # j where better, unchanged elsewhere
+        winner = cand.reshape(-1).take(slot + (np.arange(len(cell_y)) * k)[:, None, None])
+        self._scatter(labels, cell_y, cell_x, winner)
+        if bound is None:
+            return None
+        return (best > interpolate(*bound)).reshape(len(cell_y), -1).all(axis=1)
