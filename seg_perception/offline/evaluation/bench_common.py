@@ -21,7 +21,8 @@ def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, cloc
     untimed call of the same fn, as in a steady stream of frames; use it with two or more threads, where the
     worker threads of the candidate timed before (ONNX Runtime's spin for a while after a run, as do OpenMP's)
     would otherwise compete with the next one (measured: a 2-thread network timed right after another session's
-    run took 22-25 ms instead of 12-14 ms)."""
+    run took 22-25 ms instead of 12-14 ms), and where one candidate is so heavy that it evicts the caches of the
+    one timed after it (``bench peer``: the 150-class official-style graph, 0.3-0.6 s and 157 MB of output)."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()

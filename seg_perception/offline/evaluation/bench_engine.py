@@ -195,7 +195,7 @@ def _peer_row(name, classes, size, threads, logits_sess, labels_sess, x, logits_
         'official': lambda: labels_sess.run(None, {'images': x}),
         # as the engine does it: the upsampler right after the run (beside the run's still-spinning workers)
         'ours': lambda: (logits_sess.run(None, {'images': x}), up(logits_for_upsampler)),
-    }, warmup, repeat, prime=True)
+    }, warmup, repeat, prime=True)   # one thread too: 'official' would otherwise evict the caches of 'ours'
     ours, conf = up(logits_for_upsampler)
     ref, ref_conf = exact_labels(logits_for_upsampler, up)
     return {'model': name, 'classes': classes, 'size': list(size), 'threads': threads, 'net_ms': ms['net'],
