@@ -61,7 +61,7 @@ def coarse_label_confidence(logits: np.ndarray, by_pixel: np.ndarray | None = No
 
     numpy's ``argmax(axis=0)`` walks the class axis with a stride of a whole plane (30x slower at 150 classes), so
     the argmax is a loop over the classes; or, given ``by_pixel`` (the logits as (h * w, C) rows, one
-    ``cv2.transpose``: worth it with many classes), an argmax, a shift and a sum along contiguous rows."""
+    ``cv2.transpose``: worth it with many classes), an argmax, exponentials and a sum along contiguous rows."""
     if by_pixel is not None:
         labels = by_pixel.argmax(axis=1)
         top = by_pixel[np.arange(len(labels)), labels]
