@@ -69,7 +69,7 @@ from .shift_node import ShiftOutput
 
 RCLError = _rclpy.RCLError
 # Parameters that rebuild the engine when changed at run time.
-ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'input_size')
+ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'intra_op_spinning', 'input_size')
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 OUTPUT_QOS = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
@@ -98,6 +98,9 @@ PARAMETERS = {
     'intra_op_threads': (0, 'ONNX Runtime intra-op threads (0 = ORT default: one per core).',
                          {'integer_range': _int_range(0, 64)}),
     'inter_op_threads': (0, 'ONNX Runtime inter-op threads (0 = ORT default).', {'integer_range': _int_range(0, 64)}),
+    'intra_op_spinning': (False, 'With 2+ intra-op threads: let ONNX Runtime\'s worker threads busy-wait between '
+                                 'frames (its own default). A little lower latency, but each waiting thread keeps a '
+                                 'core busy; false: they sleep between frames.', {}),
     'input_size': ([0, 0], 'Network input [H, W] for models with dynamic input (multiples of 32); [0, 0] = '
                            "the size stored in the model.", {}),
     'overlay': (False, 'Blend the colour mask over the input image on segmentation/color.', {}),
@@ -272,6 +275,7 @@ class SegmentationPipeline:
             engine = SegmentationEngine(path, providers=list(settings['providers']),
                                         intra_op_threads=settings['intra_op_threads'],
                                         inter_op_threads=settings['inter_op_threads'],
+                                        spinning=settings['intra_op_spinning'],
                                         input_size=None if input_size == (0, 0) else input_size)
         except (EngineError, ValueError) as exc:
             if strict:

@@ -54,6 +54,18 @@ def test_bench_node_over_rclpy(tiny_logits_model, capsys):
     assert 'n/a' not in row
 
 
+def test_bench_node_cpu_sleeping_and_spinning(tiny_logits_model, capsys):
+    pytest.importorskip('rclpy')
+    assert cli.main(['bench', 'node-cpu', '--model', tiny_logits_model, '--size', '48x64', '--rate', '20',
+                     '--seconds', '1']) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(('| sleeping', '| spinning'))]
+    assert len(rows) == 2, out
+    for row in rows:
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        assert int(cells[3]) > 0 and cells[4].endswith('%'), row   # labels came back; the node's CPU was read
+
+
 def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_path, capsys):
     pytest.importorskip('pybullet')
     from seg_perception.offline.data.bags import write_bag
@@ -78,6 +90,8 @@ def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_p
     (['bench', 'engine', '--sizes', '0x100'], 'positive'),
     (['bench', 'engine', '--models', 'nonet'], 'neither an .onnx file'),
     (['bench', 'node', '--model', 'missing.onnx'], 'no such file'),
+    (['bench', 'node-cpu', '--threads', '1'], '--threads must be 2 or more'),
+    (['bench', 'node-cpu', '--rate', '0'], '--rate and --seconds must be positive'),
 ])
 def test_bad_arguments_are_one_line(argv, message, capsys):
     assert cli.main(argv) == 2

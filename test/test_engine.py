@@ -113,6 +113,18 @@ def test_symbolic_input_dims_are_fixed_to_the_size_the_engine_runs(tiny_model):
     assert native.infer(rgb).labels.shape == (60, 90)
 
 
+def test_worker_thread_spinning_is_set_only_when_asked(tiny_model):
+    """``spinning`` reaches ONNX Runtime's session options; left at None, ONNX Runtime keeps its own default."""
+    def entry(engine):
+        try:
+            return engine.session.get_session_options().get_session_config_entry('session.intra_op.allow_spinning')
+        except RuntimeError:   # not set
+            return None
+    assert entry(SegmentationEngine(tiny_model, intra_op_threads=2, spinning=False)) == '0'
+    assert entry(SegmentationEngine(tiny_model, intra_op_threads=2, spinning=True)) == '1'
+    assert entry(SegmentationEngine(tiny_model, intra_op_threads=2)) is None
+
+
 def test_one_symbolic_name_for_height_and_width_stays_free_at_a_non_square_size(tiny_model, tmp_path):
     import onnx
     model = onnx.load(tiny_model)

@@ -194,6 +194,12 @@ def test_parameters_validated_and_model_reloaded(ros, tiny_model, tmp_path):
     other = make_tiny_model(str(tmp_path / 'other.onnx'), num_classes=3)
     assert node.set_parameters([Parameter('model_path', value=other)])[0].successful
     assert node.engine.num_classes == 3
+    # ONNX Runtime's worker threads sleep between frames unless asked to spin (a reload applies it)
+    spin = 'session.intra_op.allow_spinning'
+    assert node.engine.session.get_session_options().get_session_config_entry(spin) == '0'
+    assert node.set_parameters([Parameter('intra_op_spinning', value=True)])[0].successful
+    assert node.engine.session.get_session_options().get_session_config_entry(spin) == '1'
+    assert node.engine.num_classes == 3
     assert h.wait_for(lambda: any(len(json.loads(m.data)['classes']) == 3 for m in h.received['label_info']))
 
 

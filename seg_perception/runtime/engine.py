@@ -149,9 +149,10 @@ class SegmentationEngine:
 
     def __init__(self, model_path: str | os.PathLike, providers: list[str] | tuple[str, ...] | None = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 input_size: tuple[int, int] | list[int] | str | None = None):
+                 input_size: tuple[int, int] | list[int] | str | None = None, spinning: bool | None = None):
         """``input_size`` (H, W) overrides the metadata's size for dynamic models; ``(0, 0)`` or 'native'
-        runs a dynamic model at each image's own size (rounded up to its stride)."""
+        runs a dynamic model at each image's own size (rounded up to its stride). ``spinning``: whether ONNX
+        Runtime's intra-op worker threads busy-wait for the next run (False: they sleep; None: its default, on)."""
         self.model_path = str(model_path)
         try:
             check_model_file(self.model_path)  # before any parser sees the file
@@ -175,6 +176,8 @@ class SegmentationEngine:
         opts.intra_op_num_threads = int(intra_op_threads)
         opts.inter_op_num_threads = int(inter_op_threads)
         opts.log_severity_level = 3
+        if spinning is not None:
+            opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
         # a graph exported with a symbolic height and width runs here at one size only: fixing them lets ONNX
         # Runtime fold the graph's shape arithmetic (TopFormer-tiny at 256x320, 1 thread: 6.2 -> 5.3 ms)
         images = next((i for i in probe.get_inputs() if i.name == 'images'), None)

@@ -187,6 +187,8 @@ BENCHMARKS = {
              bench_engine.add_peer_arguments, bench_engine.run_peer),
     'node': ('the node\'s overhead (callback -> published) vs the bare engine, and end to end over rclpy',
              bench_node.add_node_arguments, bench_node.run_node),
+    'node-cpu': ('the node\'s CPU share and latency at a camera rate, ONNX Runtime worker threads sleeping or '
+                 'spinning between frames', bench_node.add_node_cpu_arguments, bench_node.run_node_cpu),
     'ops': ('per-operator time inside the graph, fp32 beside int8 (ONNX Runtime profiling)',
             bench_ops.add_ops_arguments, bench_ops.run_ops),
     'adaptive': ('adaptive model over its knob vs static models: MACs, latency, refined fraction, mIoU per '

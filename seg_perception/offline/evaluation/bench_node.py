@@ -15,6 +15,9 @@ large-data profile on both sides (unless the environment already chooses one). R
   arrays -> serialized messages (``image_cdr``; what the node does around ``infer``).
 
 Frames: the sample bag's 640x480 frames, and the same frames resized to the other ``--sizes``.
+
+``seg-perception bench node-cpu``: the same node fed at a camera rate, ONNX Runtime's worker threads sleeping
+between frames (the node's default) and spinning (ONNX Runtime's own): the node process's CPU and latency.
 """
 import os
 import threading
@@ -56,7 +59,7 @@ def _steps(engine, rgb, result) -> dict:
     return {k: v * 1e3 for k, v in out.items()}
 
 
-def _node_process(model, name, namespace, threads, log):
+def _node_process(model, name, namespace, threads, log, params=()):
     import subprocess
     import sys
     env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
@@ -64,6 +67,8 @@ def _node_process(model, name, namespace, threads, log):
            '-r', f'__ns:={namespace}', '-p', f'model_path:={os.path.abspath(model)}',
            '-p', f'intra_op_threads:={int(threads)}', '-p', 'stats_window:=600.0', '-p', 'diagnostics_period:=0.5',
            '-p', "providers:=['CPUExecutionProvider']"]
+    for param in params:
+        cmd += ['-p', param]
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -78,77 +83,102 @@ def _stop(proc):
             proc.wait()
 
 
+class _Driver:
+    """This process's side: a node that publishes camera frames to the node under test (started by
+    :meth:`start_node` in its own process) and records the arrival time of each output per header stamp
+    (``arrived``) and the node's latest /diagnostics values (``diag``), both guarded by ``done``."""
+
+    OUTPUTS = ('labels', 'color', 'confidence')
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        from ...launch_support import large_data_env
+        from ...paths import find_share_file
+        profile = find_share_file('config', 'fastdds_large_data.xml')
+        if profile:   # both processes need the large-data transport for camera-sized images
+            os.environ.update(large_data_env(profile))
+        self.name, self.namespace = f'seg_bench_{os.getpid()}', f'/seg_bench_{os.getpid()}'
+        self.arrived, self.diag = {}, {}
+        self.done = threading.Condition()
+        self._ctx = rclpy.context.Context()
+        rclpy.init(context=self._ctx)
+        self._executor = SingleThreadedExecutor(context=self._ctx)
+        self._node = rclpy.create_node(f'{self.name}_driver', context=self._ctx)
+        self._subs = [self._node.create_subscription(Image, f'{self.namespace}/segmentation/{o}',
+                                                     lambda m, o=o: self._on_output(m, o), 10) for o in self.OUTPUTS]
+        self._node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+        self.pub = self._node.create_publisher(Image, f'{self.namespace}/image', qos_profile_sensor_data)
+        self._executor.add_node(self._node)
+        threading.Thread(target=self._executor.spin, daemon=True).start()
+
+    def _on_output(self, msg, output):
+        now = time.perf_counter()
+        with self.done:
+            self.arrived.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), {})[output] = now
+            self.done.notify_all()
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if status.name.startswith(f'{self.name}:'):
+                with self.done:
+                    self.diag.clear()
+                    self.diag.update({kv.key: kv.value for kv in status.values})
+                    self.done.notify_all()
+
+    def start_node(self, model, threads, log, params=(), timeout=60.0):
+        """The node in its own process, once it and this driver have discovered each other."""
+        proc = _node_process(model, self.name, self.namespace, threads, log, params)
+        end = time.monotonic() + timeout
+        while not (self.pub.get_subscription_count() and all(s.get_publisher_count() for s in self._subs)):
+            if proc.poll() is not None or time.monotonic() > end:
+                _stop(proc)
+                log.seek(0)
+                raise UserError(f'the node did not start or was not discovered in {timeout:.0f} s: '
+                                + ' | '.join(log.read().strip().splitlines()[-3:]))
+            time.sleep(0.05)
+        return proc
+
+    def close(self):
+        import rclpy
+        self._executor.shutdown()
+        self._node.destroy_node()
+        rclpy.try_shutdown(context=self._ctx)
+
+
 def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0) -> dict:
     """The node in its own process (as on a robot), one start per camera size; this process publishes the
     frames, receives the outputs and reads the node's own statistics from its /diagnostics."""
     import tempfile
 
     import cv2
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    from ...launch_support import large_data_env
-    from ...paths import find_share_file
     from ...runtime.engine import SegmentationEngine
     from ...runtime.imgmsg import array_to_image_fields
-    profile = find_share_file('config', 'fastdds_large_data.xml')
-    if profile:   # both processes need the large-data transport for camera-sized images
-        os.environ.update(large_data_env(profile))
+    driver = _Driver()
     base = sample_frames(frames)
     bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    name, namespace = f'seg_bench_{os.getpid()}', f'/seg_bench_{os.getpid()}'
-    driver = rclpy.create_node(f'{name}_driver', context=ctx)
-    arrived, diag = {}, {}
-    done = threading.Condition()
-
-    def on_output(msg, output):
-        now = time.perf_counter()
-        with done:
-            arrived.setdefault((msg.header.stamp.sec, msg.header.stamp.nanosec), {})[output] = now
-            done.notify_all()
-
-    def on_diagnostics(msg):
-        for status in msg.status:
-            if status.name.startswith(f'{name}:'):
-                with done:
-                    diag.clear()
-                    diag.update({kv.key: kv.value for kv in status.values})
-                    done.notify_all()
-
-    subs = [driver.create_subscription(Image, f'{namespace}/segmentation/{o}', lambda m, o=o: on_output(m, o), 10)
-            for o in ('labels', 'color', 'confidence')]
-    driver.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
-    pub = driver.create_publisher(Image, f'{namespace}/image', qos_profile_sensor_data)
-    executor.add_node(driver)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    arrived, done = driver.arrived, driver.done
     rows, stamp = [], 0
     try:
         for size in sizes:
             images = [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
                       if f.shape[:2] != tuple(size) else f for f in base]
             with tempfile.TemporaryFile('w+') as log:
-                proc = _node_process(model, name, namespace, threads, log)
+                proc = driver.start_node(model, threads, log, timeout=timeout)
                 try:
-                    end = time.monotonic() + timeout
-                    while not (pub.get_subscription_count() and all(s.get_publisher_count() for s in subs)):
-                        if proc.poll() is not None or time.monotonic() > end:
-                            log.seek(0)
-                            raise UserError(f'the node did not start or was not discovered in {timeout:.0f} s: '
-                                            + ' | '.join(log.read().strip().splitlines()[-3:]))
-                        time.sleep(0.05)
                     e2e, e2e_all, bare_ms, steps = [], [], [], []
                     for i, rgb in enumerate([images[0]] * warmup + images):
                         stamp += 1
                         msg = Image(**array_to_image_fields(rgb, 'rgb8'))
                         msg.header.stamp.sec, msg.header.frame_id = stamp, 'camera'
                         t0 = time.perf_counter()
-                        pub.publish(msg)
+                        driver.pub.publish(msg)
                         end = time.monotonic() + timeout
                         with done:   # best effort: a frame lost before discovery settles is sent again
                             while not done.wait_for(lambda k=(stamp, 0): len(arrived.get(k, {})) == 3, 2.0):
@@ -157,7 +187,7 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0) -> di
                                                     f'in {timeout:.0f} s')
                                 if not arrived.get((stamp, 0)):
                                     t0 = time.perf_counter()
-                                    pub.publish(msg)
+                                    driver.pub.publish(msg)
                             received = arrived.pop((stamp, 0))
                         result = bare.infer(rgb)
                         if i >= warmup:
@@ -167,8 +197,8 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0) -> di
                             steps.append(_steps(bare, rgb, result))
                     sent = warmup + len(images)
                     with done:
-                        done.wait_for(lambda n=sent: int(diag.get('frames_processed', 0)) >= n, timeout)
-                        stats = dict(diag)
+                        done.wait_for(lambda n=sent: int(driver.diag.get('frames_processed', 0)) >= n, timeout)
+                        stats = dict(driver.diag)
                 finally:
                     _stop(proc)
             rows.append({'size': list(size), 'frames': len(e2e),
@@ -180,10 +210,69 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0) -> di
             print(f'  {size[1]}x{size[0]}: node {r["node_ms"]:.1f} ms, bare engine {r["bare_ms"]:.1f} ms, '
                   f'end to end {r["e2e_ms"]:.1f} ms', flush=True)
     finally:
-        executor.shutdown()
-        driver.destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        driver.close()
     return {'model': str(model), 'threads': threads, 'rows': rows}
+
+
+def _process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        with open(f'/proc/{pid}/stat') as fh:
+            fields = fh.read().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, timeout=60.0) -> dict:
+    """The node in its own process fed frames at a camera ``rate`` for ``seconds`` (after 2 s of warm-up), once with
+    ONNX Runtime's worker threads sleeping between frames (``intra_op_spinning:=false``, the node's default) and
+    once spinning (ONNX Runtime's own default): the node process's CPU time per second of the run, the labels
+    that came back, and the node's own latency p50s from its /diagnostics."""
+    import tempfile
+
+    import cv2
+    from sensor_msgs.msg import Image
+
+    from ...runtime.imgmsg import array_to_image_fields
+    driver = _Driver()
+    messages = [Image(**array_to_image_fields(np.ascontiguousarray(cv2.resize(f, size[::-1])), 'rgb8'))
+                for f in sample_frames(10)]
+    rows, stamp = [], 0
+    try:
+        for spinning in (False, True):
+            with tempfile.TemporaryFile('w+') as log:
+                proc = driver.start_node(model, threads, log, [f'intra_op_spinning:={str(spinning).lower()}'],
+                                         timeout=timeout)
+                try:
+                    counts = []
+                    for duration in (2.0, seconds):   # warm-up, then the measured run
+                        cpu0, start, first, sent = _process_cpu_seconds(proc.pid), time.monotonic(), stamp + 1, 0
+                        while time.monotonic() - start < duration:
+                            stamp, sent = stamp + 1, sent + 1
+                            msg = messages[stamp % len(messages)]
+                            msg.header.stamp.sec = stamp
+                            driver.pub.publish(msg)
+                            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+                        time.sleep(0.5)   # the last frames' outputs
+                        cpu1, wall = _process_cpu_seconds(proc.pid), time.monotonic() - start
+                        with driver.done:
+                            got = sum(1 for (sec, _), outs in driver.arrived.items()
+                                      if first <= sec <= stamp and 'labels' in outs)
+                            stats = dict(driver.diag)
+                        counts.append((sent, got, None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall))
+                finally:
+                    _stop(proc)
+            sent, got, cpu = counts[-1]
+            rows.append({'spinning': spinning, 'sent': sent, 'received': got, 'cpu_cores': cpu,
+                         'engine_ms': float(stats.get('latency_p50_ms', 'nan')),
+                         'node_ms': float(stats.get('input_to_output_p50_ms', 'nan'))})
+            print(f'  worker threads {"spinning" if spinning else "sleeping"}: node CPU '
+                  f'{"n/a" if cpu is None else f"{100 * cpu:.0f} %"} of a core, {got}/{sent} labels', flush=True)
+    finally:
+        driver.close()
+    return {'model': str(model), 'threads': threads, 'size': list(size), 'rate': rate, 'seconds': seconds,
+            'rows': rows}
 
 
 def node_table(report: dict) -> str:
@@ -223,3 +312,42 @@ def run_node(args) -> int:
     emit(args, 'Node overhead and transport', node_table(report))
     return 0
 
+
+
+def node_cpu_table(report: dict) -> str:
+    rows = [['spinning (ONNX Runtime default)' if r['spinning'] else 'sleeping (the node\'s default)',
+             f'{report["rate"]:g}', r['sent'], r['received'],
+             'n/a' if r['cpu_cores'] is None else f'{100 * r["cpu_cores"]:.0f} %', fmt(r['engine_ms']),
+             fmt(r['node_ms'])] for r in report['rows']]
+    head = ['worker threads between frames', 'camera Hz', 'frames sent', 'labels received',
+            'node CPU (% of one core)', 'engine p50 ms', 'node arrival -> published p50 ms']
+    return (markdown_table(head, rows) + f'\n\nModel `{os.path.basename(report["model"])}`, '
+            f'{report["threads"]} ONNX Runtime threads, {report["size"][1]}x{report["size"][0]} frames at '
+            f'{report["rate"]:g} Hz for {report["seconds"]:g} s after 2 s of warm-up; the node in its own process '
+            '(`intra_op_spinning`), CPU = its user + system time per second of the run (/proc).')
+
+
+def add_node_cpu_arguments(parser) -> None:
+    parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
+    parser.add_argument('--size', default='480x640', help='camera size HxW')
+    parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
+    parser.add_argument('--seconds', type=float, default=10.0, help='length of the measured run per setting')
+    parser.add_argument('--threads', type=int, default=2, help='ONNX Runtime intra-op threads (2 or more)')
+    parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
+
+
+def run_node_cpu(args) -> int:
+    try:
+        import rclpy  # noqa: F401
+    except ImportError:
+        raise UserError('bench node-cpu needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
+    if not os.path.isfile(args.model):
+        raise UserError(f'model {args.model}: no such file')
+    if args.rate <= 0 or args.seconds <= 0:
+        raise UserError(f'--rate and --seconds must be positive, got {args.rate:g} and {args.seconds:g}')
+    if args.threads < 2:
+        raise UserError(f'--threads must be 2 or more (one thread has no worker threads to spin), got {args.threads}')
+    report = bench_node_cpu(args.model, parse_size(args.size, stride=1), args.rate, args.seconds, args.threads)
+    emit(args, 'The node\'s CPU at a camera rate: ONNX Runtime worker threads sleeping or spinning',
+         node_cpu_table(report))
+    return 0
