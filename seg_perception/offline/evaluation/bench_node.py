@@ -300,13 +300,18 @@ def add_node_arguments(parser) -> None:
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
-def run_node(args) -> int:
+def _check_node_args(args, bench: str) -> None:
+    """One line (exit 2) for what a node benchmark cannot run without: rclpy and the model file."""
     try:
         import rclpy  # noqa: F401
     except ImportError:
-        raise UserError('bench node needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
+        raise UserError(f'bench {bench} needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
     if not os.path.isfile(args.model):
         raise UserError(f'model {args.model}: no such file')
+
+
+def run_node(args) -> int:
+    _check_node_args(args, 'node')
     report = bench_node(args.model, [parse_size(s, stride=1) for s in args.sizes], args.frames, args.threads,
                         args.warmup)
     emit(args, 'Node overhead and transport', node_table(report))
@@ -337,12 +342,7 @@ def add_node_cpu_arguments(parser) -> None:
 
 
 def run_node_cpu(args) -> int:
-    try:
-        import rclpy  # noqa: F401
-    except ImportError:
-        raise UserError('bench node-cpu needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
-    if not os.path.isfile(args.model):
-        raise UserError(f'model {args.model}: no such file')
+    _check_node_args(args, 'node-cpu')
     if args.rate <= 0 or args.seconds <= 0:
         raise UserError(f'--rate and --seconds must be positive, got {args.rate:g} and {args.seconds:g}')
     if args.threads < 2:
