@@ -268,7 +268,8 @@ def test_launch_with_documented_arguments(colcon_ros2, models, peer, tmp_path):
                      '/diagnostics [diagnostic_msgs/msg/DiagnosticArray]'):
             assert line in topics, f'{line!r} not in:\n{topics}'
         assert '/cam1/image_raw/compressed' not in topics   # input_mode:=raw won over the params file
-        assert subscribers(peer, '/cam1/camera_info') == ['/robot1/segmentation_node']   # camera_info_topic:=
+        expected = ['/robot1/segmentation_node']
+        assert subscribers(peer, '/cam1/camera_info', expected) == expected   # camera_info_topic:=
 
         def param(name):
             return cli_on_node(colcon_ros2, 'param', 'get', '/robot1/segmentation_node', name)
@@ -283,10 +284,15 @@ def test_launch_with_documented_arguments(colcon_ros2, models, peer, tmp_path):
     assert 'camera_publisher: ' in out                         # the camera process ended cleanly too
 
 
-def subscribers(peer, topic):
-    """Fully qualified names of the nodes subscribing to a topic, this test's own node left out."""
-    infos = peer.node.get_subscriptions_info_by_topic(topic)
-    return sorted(f'{i.node_namespace.rstrip("/")}/{i.node_name}' for i in infos if i.node_name != 'test_peer')
+def subscribers(peer, topic, expected, timeout=20.0):
+    """Fully qualified names of the nodes subscribing to a topic, this test's own node left out, once they are
+    ``expected`` or ``timeout`` s have passed: DDS discovers each endpoint on its own, so a node whose labels have
+    arrived may not have its subscriptions in this process's graph yet (seen once under load in a clean-clone run)."""
+    def names():
+        infos = peer.node.get_subscriptions_info_by_topic(topic)
+        return sorted(f'{i.node_namespace.rstrip("/")}/{i.node_name}' for i in infos if i.node_name != 'test_peer')
+    peer.wait(lambda: names() == expected, timeout)
+    return names()
 
 
 def cli_on_node(ros2, verb, *args):
@@ -377,7 +383,8 @@ def test_multi_camera_launch_two_cameras_two_models(colcon_ros2, models, peer, t
             labels, info = peer.received[f'/{ns}/segmentation/labels'], peer.received[f'/{ns}/segmentation/label_info']
             assert peer.wait(lambda a=labels, b=info: a and b, 60), f'{ns}: no outputs:\n{colcon_ros2.reap(proc)}'
             assert (labels[0].height, labels[0].width) == (720, 1280)
-            assert subscribers(peer, f'/{ns}/camera_info') == [f'/{ns}/segmentation_node']
+            expected = [f'/{ns}/segmentation_node']
+            assert subscribers(peer, f'/{ns}/camera_info', expected) == expected
             classes = json.loads(info[0].data)
             assert classes['model'] == os.path.basename(model)
             assert len(classes['classes']) == (6 if model == models['six'] else 3)
