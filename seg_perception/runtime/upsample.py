@@ -208,14 +208,8 @@ class LogitsUpsampler:
         else:
             corners = np.stack([np.take(flat, p, axis=1) for p in pix]).transpose(0, 2, 1).copy()
         highest = corners.max(axis=0)                       # (n, C): each class's best corner
-        lowest = corners.min(axis=0)
-        if not many:
-            alive = highest >= lowest.max(axis=1, keepdims=True)   # the interpolated top never falls below that
-        else:
-            leader = lowest.argmax(axis=1)                  # (n,): the class with the highest worst corner
-            alive = highest >= np.take_along_axis(lowest, leader[:, None], axis=1)
-            # ... and classes below the leader at all 4 corners are below it everywhere in the cell
-            alive &= ~(corners < np.take_along_axis(corners, leader[None, :, None], axis=2)).all(axis=0)
+        alive, leader = self._contenders(corners, prune_dominated=many)
+        if many:
             alive[np.arange(len(leader)), leader] = True
             highest = np.where(alive, highest, -np.inf)     # _refine takes each cell's top classes by this
         needed = alive.sum(axis=1)
@@ -267,12 +261,7 @@ class LogitsUpsampler:
         # the candidates: slots whose best corner reaches the slots' guaranteed top (the leader's worst corner) and
         # that are not below the leader at all 4 corners (the others never win), each class once, in ascending
         # class order (ties go to the lowest id); rows padded with their first candidate (it cannot overtake itself)
-        lowest = corners.min(axis=0)
-        leader = lowest.argmax(axis=1)
-        lead = np.take_along_axis(corners, leader[None, :, None], axis=2)      # (4, n, 1)
-        keep = corners.max(axis=0) >= np.take_along_axis(lowest, leader[:, None], axis=1)
-        keep &= ~(corners < lead).all(axis=0)
-        slots = np.where(keep, slots, num_classes)
+        slots = np.where(self._contenders(corners)[0], slots, num_classes)
         slots.sort(axis=1)
         slots[:, 1:][slots[:, 1:] == slots[:, :-1]] = num_classes
         slots.sort(axis=1)
@@ -329,6 +318,19 @@ class LogitsUpsampler:
         else:
             cand = np.broadcast_to(np.arange(k)[None], (n, k))
         self._evaluate(labels, cand, corners, cell_y, cell_x)
+
+    @staticmethod
+    def _contenders(corners, prune_dominated=True) -> tuple:
+        """(4, n, k) corner values of n cells -> (bool (n, k): the classes that can win somewhere in each cell,
+        (n,) each cell's leader: the class with the highest worst corner). A class whose best corner is below the
+        leader's worst never wins (the interpolated top never falls below that); with ``prune_dominated`` neither
+        does one below the leader at all 4 corners (an interpolation is a convex combination of the corners)."""
+        lowest = corners.min(axis=0)
+        leader = lowest.argmax(axis=1)
+        alive = corners.max(axis=0) >= np.take_along_axis(lowest, leader[:, None], axis=1)
+        if prune_dominated:
+            alive &= ~(corners < np.take_along_axis(corners, leader[None, :, None], axis=2)).all(axis=0)
+        return alive, leader
 
     def _scatter(self, labels, cell_y, cell_x, values):
         """Write (n, By, Bx) ``values`` into the C-ordered ``labels`` at the block entries ``cell_y`` x ``cell_x``
