@@ -99,7 +99,9 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
     from seg_perception.offline.data.datasets import open_dataset
     rgb = open_dataset(str(SAMPLE_BAG))[35][0]     # a frame the statistics did not see
     a, b = plain.infer(rgb), engine.infer(rgb)
-    assert np.array_equal(a.labels, b.labels) and b.shift_features.shape == (416,)
+    # the taps leave the network's logits untouched (labels may differ where the shipped file's per-class
+    # temperatures, replaced here by one, flip a near tie)
+    assert np.array_equal(a.logits, b.logits) and b.shift_features.shape == (416,)
     score = ShiftScorer(stats).score(b.logits, b.shift_features)
     assert 0 < score < 3 * stats['threshold']
     # a user's mistakes: one line, exit code 2, the bad value named
@@ -123,7 +125,7 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
         graph = onnx.load(str(again)).graph
         assert sum(n.name.startswith('shift_features/') for n in graph.node) == (1 if groups else 0)
         assert [o.name for o in graph.output].count('shift_features') == (1 if groups else 0)
-        assert np.array_equal(refit.infer(rgb).labels, a.labels)
+        assert np.array_equal(refit.infer(rgb).logits, a.logits)
     # --quantile: the threshold from that quantile of the held-out smoothed scores instead of their largest
     capsys.readouterr()
     assert main([*args, '--taps', 'ppa:mean,trans:mean', '--quantile', '0.5', '-o', str(tmp_path / 'q.onnx')]) == 0

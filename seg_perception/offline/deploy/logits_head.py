@@ -13,13 +13,12 @@ are bit-identical.
 
     python -m seg_perception.offline.deploy.logits_head models/topformer_tiny_scenes.onnx -o out.onnx
 """
-import argparse
 import sys
 from pathlib import Path
 
 import onnx
 
-from .onnx_graph import OUTPUTS, logits_tensor_name, read_metadata, replace_field, set_metadata
+from .onnx_graph import OUTPUTS, file_tool, logits_tensor_name, read_metadata, replace_field, set_metadata
 
 
 def to_logits_model(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -64,19 +63,12 @@ def convert_file(src: str, dst: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m seg_perception.offline.deploy.logits_head',
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument('model', help='a seg_perception model with labels/confidence outputs')
-    parser.add_argument('-o', '--output', required=True, help='the logits model to write (may be the input)')
-    args = parser.parse_args(argv)
-    try:
-        report = convert_file(args.model, args.output)
-    except (ValueError, OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
-        print(f'error: {args.model}: {exc}')
-        return 2
-    print(f'wrote {report["dst"]} ({report["bytes"] / 1e6:.2f} MB, {report["removed_nodes"]} nodes '
-          'removed, outputs logits at 1/8)')
-    return 0
+    def convert(model, output):
+        report = convert_file(model, output)
+        return (f'wrote {report["dst"]} ({report["bytes"] / 1e6:.2f} MB, {report["removed_nodes"]} nodes removed, '
+                'outputs logits at 1/8)')
+    return file_tool(argv, 'seg_perception.offline.deploy.logits_head', __doc__,
+                     'a seg_perception model with labels/confidence outputs', convert)
 
 
 if __name__ == '__main__':

@@ -2,9 +2,13 @@
 
 Owns: reading and writing seg_perception's ``metadata_props`` on an ONNX ModelProto (the schema itself is
 ``runtime.metadata``), finding the 1/8 logits tensor and the post-processing tail (final Resize -> labels /
-confidence) of an exported graph. Imports onnx and ``runtime.metadata`` only.
+confidence) of an exported graph, and the command line of the file-to-file graph tools (``file_tool``).
+Imports onnx and ``runtime.metadata`` only.
 """
+import argparse
+
 import onnx
+from google.protobuf.message import DecodeError
 
 from ...runtime import metadata as md
 
@@ -72,3 +76,18 @@ def with_logits_output(proto):
     debug.graph.node.append(onnx.helper.make_node('Identity', [name], ['logits'], name='parity_logits'))
     debug.graph.output.append(onnx.helper.make_tensor_value_info('logits', onnx.TensorProto.FLOAT, None))
     return debug
+
+
+def file_tool(argv, module: str, doc: str, model_help: str, convert) -> int:
+    """``python -m MODULE MODEL -o OUTPUT``: ``convert(model, output)`` returns the line to print; a file that is
+    missing, not ONNX or not convertible (ValueError) prints one ``error:`` line and gives exit code 2."""
+    parser = argparse.ArgumentParser(prog=f'python -m {module}', description=doc.splitlines()[0])
+    parser.add_argument('model', help=model_help)
+    parser.add_argument('-o', '--output', required=True, help='the file to write (may be the input)')
+    args = parser.parse_args(argv)
+    try:
+        print(convert(args.model, args.output))
+    except (ValueError, OSError, DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+        print(f'error: {args.model}: {exc}')
+        return 2
+    return 0

@@ -27,6 +27,7 @@ import onnx
 from ...runtime import engine as eng
 from ..data.images import evenly_spaced, load_images
 from .onnx_graph import postprocess_node_names, read_metadata, set_metadata
+from .resize_matmul import is_rewritten
 
 DEFAULT_CALIB_COUNT = 64
 
@@ -57,6 +58,9 @@ def quantize_model(fp32_path, int8_path, images, preprocess=True):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = onnx.load(str(fp32_path))
+    if is_rewritten(source):
+        raise ValueError(f'{fp32_path}: its Resize nodes were rewritten as matrix products (resize_matmul); '
+                         'quantize the file as exported (export --int8 does)')
     meta = read_metadata(source)
     input_names = [i.name for i in source.graph.input]
     feeds = []

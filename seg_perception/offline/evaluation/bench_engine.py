@@ -4,10 +4,10 @@
 ONNX Runtime fp32, ONNX Runtime int8 (static QDQ) and PyTorch eager on the same architecture with the same
 thread count, interleaved; GMACs (``flops.count_macs``), achieved GFLOP/s (2 MACs / latency) and its share of
 this machine's measured matrix-multiply peak (``bench peak``). Models: a shipped ``.onnx`` file (its
-``_int8`` twin when there is one; PyTorch runs the same architecture with random weights: latency does not
-depend on the weights) or a zoo name (``topformer_tiny``, ``seaformer_small:150``, ``rtformer_slim:19``;
-random weights, exported with a plain ``torch.onnx.export`` and quantized on sample frames, cached under
-``~/.cache/seg_perception/bench``).
+``_int8`` twin when there is one; PyTorch, and a plain ``torch.onnx.export`` of a logits file, run the same
+architecture with random weights: latency does not depend on the weights) or a zoo name (``topformer_tiny``,
+``seaformer_small:150``, ``rtformer_slim:19``; random weights, exported with a plain ``torch.onnx.export`` and
+quantized on sample frames, cached under ``~/.cache/seg_perception/bench``).
 
 ``bench peak``: float32 matrix multiply (1024^3) GFLOP/s in ONNX Runtime (MatMul, 1 and 2 threads) and numpy.
 
@@ -101,6 +101,8 @@ def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup
             xt = torch.from_numpy(x)
             for threads in threads_list:
                 candidates = {'ort': (lambda s=_session(bm.fp32, threads), x=x: s.run(None, {'images': x}))}
+                if bm.plain:
+                    candidates['plain'] = lambda s=_session(bm.plain, threads), x=x: s.run(None, {'images': x})
                 if bm.int8:
                     candidates['int8'] = lambda s=_session(bm.int8, threads), x=x: s.run(None, {'images': x})
                 if torch_eager:
@@ -112,7 +114,8 @@ def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup
                 ms = interleaved_medians(candidates, warmup, repeat, prime=threads > 1)
                 gflops = 2 * macs / ms['ort'] / 1e6
                 rows.append({'model': bm.name, 'size': list(size), 'threads': threads, 'gmacs': macs / 1e9,
-                             'ort_ms': ms['ort'], 'int8_ms': ms.get('int8'), 'torch_ms': ms.get('torch'),
+                             'ort_ms': ms['ort'], 'plain_ms': ms.get('plain'), 'int8_ms': ms.get('int8'),
+                             'torch_ms': ms.get('torch'),
                              'gflops': gflops, 'peak_gflops': peak['ort'][threads]})
                 print(f'  {bm.name} {size[0]}x{size[1]} threads={threads}: ' +
                       ', '.join(f'{k} {v:.1f} ms' for k, v in ms.items()), flush=True)
@@ -123,13 +126,16 @@ def engine_table(report: dict) -> str:
     rows = []
     for r in report['rows']:
         rows.append([r['model'], f'{r["size"][0]}x{r["size"][1]}', r['threads'], fmt(r['gmacs'], 3),
-                     fmt(r['ort_ms']), fmt(r['int8_ms']), ratio(r['ort_ms'], r['int8_ms']),
+                     fmt(r['ort_ms']), fmt(r.get('plain_ms')), ratio(r.get('plain_ms'), r['ort_ms']),
+                     fmt(r['int8_ms']), ratio(r['ort_ms'], r['int8_ms']),
                      fmt(r['torch_ms']), ratio(r['torch_ms'], r['ort_ms']), fmt(r['gflops'], 1),
                      f'{100 * r["gflops"] / r["peak_gflops"]:.0f} %'])
-    head = ['model', 'size', 'threads', 'GMACs', 'ORT fp32 ms', 'ORT int8 ms', 'int8 speed-up',
+    head = ['model', 'size', 'threads', 'GMACs', 'ORT fp32 ms', 'plain export ms', 'speed-up over plain',
+            'ORT int8 ms', 'int8 speed-up',
             'PyTorch eager ms', 'ORT speed-up vs eager', 'ORT fp32 GFLOP/s', 'of MatMul peak']
     return (markdown_table(head, rows) + '\n\nNetwork only (image tensor in, 1/8 logits out), median after warm-up, '
-            'candidates interleaved; GFLOP/s = 2 x MACs / ORT fp32 latency.\n\n' + peak_table(report['peak']))
+            'candidates interleaved; GFLOP/s = 2 x MACs / ORT fp32 latency; "plain export": a plain torch.onnx.export '
+            'of a model file\'s architecture (zoo rows are that export).\n\n' + peak_table(report['peak']))
 
 
 def add_engine_arguments(parser) -> None:

@@ -98,10 +98,14 @@ def with_labels_head(proto):
 
 class BenchModel:
     """One model under test: a PyTorch module of its architecture, its ONNX graph (bytes), optionally an int8
-    graph, and where the graph ends (``head``: 'logits', or 'labels' for a file with the in-graph tail)."""
+    graph, where the graph ends (``head``: 'logits', or 'labels' for a file with the in-graph tail) and, for a
+    model file, a plain ``torch.onnx.export`` of its architecture (``plain``: what the file is measured against;
+    ``export`` rewrites the network's Resize nodes, ``deploy.resize_matmul``)."""
 
-    def __init__(self, name: str, torch_model, fp32: bytes, int8: bytes = None, head: str = 'logits'):
+    def __init__(self, name: str, torch_model, fp32: bytes, int8: bytes = None, head: str = 'logits',
+                 plain: bytes = None):
         self.name, self.torch_model, self.fp32, self.int8, self.head = name, torch_model, fp32, int8, head
+        self.plain = plain
 
 
 def labels_bytes(path) -> bytes:
@@ -214,8 +218,9 @@ def load_bench_model(spec: str, int8: bool = True) -> BenchModel:
         model = create_model(arch, num_classes=num_classes).eval()
         twin = Path(spec[:-len('.onnx')] + '_int8.onnx')
         name = Path(spec).stem + ('' if meta['output_kind'] == 'logits' else ' (labels head)')
-        return BenchModel(name, model, Path(spec).read_bytes(),
-                          twin.read_bytes() if int8 and twin.exists() else None, meta['output_kind'])
+        plain = zoo_files(arch, num_classes, int8=False)[1] if meta['output_kind'] == 'logits' else None
+        return BenchModel(name, model, Path(spec).read_bytes(), twin.read_bytes() if int8 and twin.exists() else None,
+                          meta['output_kind'], plain.read_bytes() if plain else None)
     arch, _, classes = spec.partition(':')
     if arch not in list_models():
         raise UserError(f'model {spec!r}: neither an .onnx file nor one of {", ".join(list_models())}')
