@@ -38,13 +38,14 @@ def replace_field(field, items) -> None:
     field.extend(items)
 
 
-def _producers(graph):
+def tensor_producers(graph) -> dict:
+    """Tensor name -> the node that outputs it."""
     return {out: node for node in graph.node for out in node.output}
 
 
 def logits_tensor_name(proto):
     """Name of the 1/8 logits tensor: the data input of the Resize that ``confidence`` is computed from."""
-    producers = _producers(proto.graph)
+    producers = tensor_producers(proto.graph)
     node = producers.get('confidence')
     while node is not None and node.op_type != 'Resize':
         node = producers.get(node.input[0])
@@ -56,7 +57,7 @@ def logits_tensor_name(proto):
 def postprocess_node_names(proto):
     """Names of the nodes between the final Resize and ``labels`` / ``confidence`` (the Resize included),
     found by walking back from the outputs and stopping at Resize."""
-    producers = _producers(proto.graph)
+    producers = tensor_producers(proto.graph)
     names, stack = set(), [producers[o] for o in OUTPUTS if o in producers]
     while stack:
         node = stack.pop()

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_graph import file_tool, postprocess_node_names, read_metadata, replace_field
+from .onnx_graph import file_tool, postprocess_node_names, read_metadata, replace_field, tensor_producers
 
 MARK = '/as_matmul/'   # in the names of the nodes this rewrite adds
 
@@ -104,9 +104,8 @@ def resize_as_matmul(proto: onnx.ModelProto) -> int:
     graph = proto.graph
     if any(node.op_type in ('QuantizeLinear', 'DequantizeLinear') for node in graph.node):
         raise ValueError('the graph is quantized (QDQ): its int8 Resize nodes are already fast')
-    producers = {out: node for node in graph.node for out in node.output}
-    outputs = {o.name for o in graph.output}
-    tail = set(postprocess_node_names(proto)) if outputs & {'labels', 'confidence'} else set()
+    producers = tensor_producers(graph)
+    tail = set(postprocess_node_names(proto))   # empty for a logits model
     nodes, replaced = [], 0
     for node in graph.node:
         if node.name in tail or not _rewritable(node, producers):
@@ -150,8 +149,8 @@ def convert_file(src: str, dst: str, tolerance: float = 1e-4) -> int:
     before = _outputs(proto, size)
     replaced = resize_as_matmul(proto)
     for ref, new in zip(before, _outputs(proto, size)):
-        if ref.dtype.kind == 'f' and np.abs(new - ref).max() > tolerance * max(np.abs(ref).max(), 1e-6):
-            diff = np.abs(new - ref).max()
+        diff = np.abs(new - ref).max() if ref.dtype.kind == 'f' else 0.0
+        if diff > tolerance * max(np.abs(ref).max(), 1e-6):
             raise ValueError(f'the rewritten graph differs from the original (max |diff| {diff:.3g})')
     onnx.save_model(proto, str(dst), save_as_external_data=False)
     return replaced
