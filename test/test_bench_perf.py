@@ -5,6 +5,8 @@ import pytest
 from seg_perception.offline import cli
 from seg_perception.offline.evaluation import bench_models
 
+ADAPTIVE = bench_models.SHIPPED.with_name('adaptive_topformer_tiny_scenes.onnx')
+
 
 @pytest.fixture
 def bench_cache(tmp_path, monkeypatch):
@@ -89,6 +91,8 @@ def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_p
     (['bench', 'peer', '--sizes', '100x100'], 'multiples of 32'),
     (['bench', 'engine', '--sizes', '0x100'], 'positive'),
     (['bench', 'engine', '--models', 'nonet'], 'neither an .onnx file'),
+    (['bench', 'engine', '--models', 'adaptive_topformer_tiny'], 'use `seg-perception bench adaptive`'),
+    (['bench', 'ops', '--model', str(ADAPTIVE)], 'use `seg-perception bench adaptive`'),
     (['bench', 'node', '--model', 'missing.onnx'], 'no such file'),
     (['bench', 'node-cpu', '--threads', '1'], '--threads must be 2 or more'),
     (['bench', 'node-cpu', '--rate', '0'], '--rate and --seconds must be positive'),

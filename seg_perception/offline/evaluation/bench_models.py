@@ -202,6 +202,13 @@ def zoo_files(arch: str, num_classes: int, int8: bool) -> tuple:
     return model, fp32, (q if int8 else None), labels
 
 
+def _refuse_adaptive(arch: str, spec: str) -> None:
+    """A model whose cost depends on the frame (a run-time knob input) has its own benchmarks."""
+    for prefix, bench in (('tokenpass', 'tokenpass'), ('adaptive', 'adaptive')):
+        if arch.startswith(prefix):
+            raise UserError(f'model {spec!r}: its cost depends on the frame; use `seg-perception bench {bench}`')
+
+
 def load_bench_model(spec: str, int8: bool = True) -> BenchModel:
     """A model file (``.onnx``; its ``_int8`` twin when there is one) or a zoo ``arch[:classes]`` name."""
     import torch
@@ -214,6 +221,7 @@ def load_bench_model(spec: str, int8: bool = True) -> BenchModel:
         arch, num_classes = meta.get('arch'), len(meta['names'])
         if arch not in list_models():
             raise UserError(f'{spec}: its metadata arch {arch!r} is not in the zoo, PyTorch cannot run it')
+        _refuse_adaptive(arch, spec)
         torch.manual_seed(0)
         model = create_model(arch, num_classes=num_classes).eval()
         twin = Path(spec[:-len('.onnx')] + '_int8.onnx')
@@ -224,8 +232,7 @@ def load_bench_model(spec: str, int8: bool = True) -> BenchModel:
     arch, _, classes = spec.partition(':')
     if arch not in list_models():
         raise UserError(f'model {spec!r}: neither an .onnx file nor one of {", ".join(list_models())}')
-    if arch.startswith(('tokenpass', 'adaptive')):
-        raise UserError(f'model {spec!r}: its cost depends on the frame; use `seg-perception bench tokenpass`')
+    _refuse_adaptive(arch, spec)
     if classes and not classes.isdigit():
         raise UserError(f'model {spec!r}: the class count after ":" must be a number')
     num_classes = int(classes) if classes else (19 if arch.startswith('rtformer') else 150)
