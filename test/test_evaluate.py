@@ -8,7 +8,7 @@ import torch
 from test_train import tiny_config, write_scenes
 
 from seg_perception.offline import cli
-from seg_perception.offline.evaluation.evaluate import evaluate
+from seg_perception.offline.evaluation.evaluate import evaluate, open_predictor
 from seg_perception.offline.predict import load_checkpoint
 from seg_perception.offline.training import train as tr
 
@@ -110,3 +110,24 @@ def test_merge_table_scores_a_class_the_dataset_lacks_as_one_it_has():
         merge_table(model, ['floor', 'wall'], {'covered_floor': 'grass'})
     with pytest.raises(UserError, match='the model predicts 3 classes'):
         merge_table(model, ['wall', 'floor'], {'covered_floor': 'floor'})     # another order
+
+
+def test_input_size_reaches_the_engine(trained, tmp_path, capsys):
+    """``--input-size`` runs an .onnx file at that size as it does a checkpoint; bad or inapplicable values are
+    refused in one line."""
+    data, checkpoint, onnx_path = trained
+    size = [96, 128]
+    assert open_predictor(onnx_path, threads=1, input_size=size).engine.net_hw == tuple(size)
+    from_onnx = evaluate(onnx_path, data, threads=1, warmup=0, progress=False, input_size=size)
+    from_torch = evaluate(checkpoint, data, threads=1, warmup=0, progress=False, input_size=size)
+    assert from_torch['mIoU'] == pytest.approx(from_onnx['mIoU'], abs=0.01)
+    assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--input-size', '100', '100']) == 2
+    assert 'multiple of 32' in capsys.readouterr().err
+    from seg_perception.offline.deploy.export import build_metadata, export_model
+    model, ckpt = load_checkpoint(checkpoint)
+    fixed = tmp_path / 'fixed.onnx'
+    export_model(model, fixed, build_metadata(ckpt['num_classes'], ckpt['input_size'], names=ckpt['classes']),
+                 ckpt['input_size'], dynamic=False)
+    assert cli.main(['evaluate', '--model', str(fixed), '--data', str(data), '--input-size', '96', '128']) == 2
+    err = capsys.readouterr().err
+    assert '--input-size 96 128: fixed.onnx has a fixed input size (64x96)' in err and 'Traceback' not in err

@@ -12,8 +12,9 @@ An ``.onnx`` model runs through :class:`seg_perception.runtime.engine.Segmentati
 node runs, so the numbers are those of the robot (latency is the engine's ``latency_ms``; token-pass models
 also report their kept-token fraction and MACs per frame). A training checkpoint (``.pt``) runs in torch with
 the engine's geometry (:func:`seg_perception.offline.predict.predict`): the image is fitted to the checkpoint's
-``input_size`` by its ``resize_mode`` (``--input-size`` overrides the size; ``0 0`` = whole image rounded up to a
-multiple of 32 and padded), so a checkpoint scores what its export scores.
+``input_size`` by its ``resize_mode``, so a checkpoint scores what its export scores. ``--input-size`` overrides
+the size for both (``0 0`` = whole image rounded up to a multiple of 32 and padded; .onnx files with a dynamic
+input only).
 
 Intersections and unions are summed over the whole dataset (see :mod:`.metrics`). Written to ``--out``:
 ``metrics.json``, ``report.md`` and ``confusion.png`` (and ``reliability.png``, the reliability diagram of the
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import UserError
 from .calibration import ReliabilityStats
 from .metrics import ConfusionMatrix, metrics_table, save_confusion_png
 
@@ -34,10 +36,15 @@ from .metrics import ConfusionMatrix, metrics_table, save_confusion_png
 class OnnxPredictor:
     """An exported model through the runtime engine."""
 
-    def __init__(self, path, providers=None, threads=None, exit_threshold=None, refine_threshold=None):
+    def __init__(self, path, providers=None, threads=None, exit_threshold=None, refine_threshold=None,
+                 input_size=None):
         from ...runtime.engine import SegmentationEngine
 
-        self.engine = SegmentationEngine(str(path), providers=providers, intra_op_threads=threads or 0)
+        self.engine = SegmentationEngine(str(path), providers=providers, intra_op_threads=threads or 0,
+                                         input_size=input_size)
+        if input_size is not None and not self.engine.meta['dynamic_hw']:
+            raise UserError(f'--input-size {input_size[0]} {input_size[1]}: {Path(path).name} has a fixed input '
+                            f'size ({self.engine.net_hw[0]}x{self.engine.net_hw[1]})')
         self.exit_threshold = exit_threshold
         self.refine_threshold = refine_threshold
         self.names = list(self.engine.meta['names'])
@@ -87,7 +94,7 @@ def open_predictor(path, providers=None, threads=None, exit_threshold=None, inpu
     if not path.exists():
         raise FileNotFoundError(f'model {path} not found')
     if path.suffix == '.onnx':
-        return OnnxPredictor(path, providers, threads, exit_threshold, refine_threshold)
+        return OnnxPredictor(path, providers, threads, exit_threshold, refine_threshold, input_size)
     return TorchPredictor(path, input_size, threads)
 
 
@@ -101,8 +108,6 @@ def _percentiles(values):
 def parse_merge(items: list) -> dict:
     """``--merge`` values ``MODEL_CLASS:DATASET_CLASS`` -> {model class: dataset class}; a malformed one is a
     UserError."""
-    from ...errors import UserError
-
     merge = {}
     for item in items:
         name, sep, into = item.partition(':')
@@ -297,7 +302,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="adaptive TopFormer: refine threshold (0 = never refine, 1 = always; default: the "
                              "model's stored one)")
     parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
-                        help='checkpoints: network input size (default: the checkpoint\'s; 0 0 = whole image)')
+                        help="network input size, multiples of 32 (default: the model's; 0 0 = whole image; "
+                             '.onnx files with a dynamic input)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
     parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
                         help='score a model class the dataset lacks as one it has (e.g. covered_floor:floor)')
