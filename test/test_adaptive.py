@@ -257,10 +257,12 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
     data = _labelled_folder(tmp_path / 'data')
     assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'), '--data',
                  str(data), '--thresholds', '0', '1', '--warmup', '0', '--plot', str(tmp_path / 'curve.png'),
-                 '--json', str(tmp_path / 'bench.json'), '--clock', 'cpu']) == 0
+                 '--json', str(tmp_path / 'bench.json'), '--clock', 'cpu', '--markdown', str(tmp_path / 'b.md')]) == 0
     out = capsys.readouterr().out
     assert '| easy half | 2 |' in out and '| cluttered half | 2 |' in out and 'halves split by clutter' in out
     assert '(cpu clock;' in out
+    written = (tmp_path / 'b.md').read_text()
+    assert '| easy half | 2 |' in written and 'Command: `seg-perception bench adaptive --model' in written
     assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'), '--data',
                  str(data), '--warmup', '0', '--input-size', '128', '192', '--json', str(tmp_path / 'b2.json')]) == 0
     other = json.loads((tmp_path / 'b2.json').read_text())['groups']['all']

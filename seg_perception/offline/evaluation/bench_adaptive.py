@@ -208,6 +208,7 @@ def add_adaptive_arguments(parser):
                              'load on the machine)')
     parser.add_argument('--plot', default=None, help='write the mIoU-vs-latency chart to this PNG')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
+    parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
 def run_adaptive(args):
@@ -216,8 +217,8 @@ def run_adaptive(args):
     report = bench_adaptive(args.model, args.static, args.data, args.thresholds, args.threads, args.warmup,
                             args.limit, providers, args.image_topic, args.gt_topic, args.split,
                             tuple(args.input_size) if args.input_size else None, args.clock)
-    print(adaptive_table(report))
-    print(f'\nMachine: {machine_line()}; {time.perf_counter() - start:.0f} s')
+    emit(args, f'Adaptive model against static models on {args.data}', adaptive_table(report))
+    print(f'{time.perf_counter() - start:.0f} s')
     if args.plot:
         print(f'chart: {plot_curve(report, args.plot)}')
     if args.json:

@@ -7,7 +7,9 @@ this machine's measured matrix-multiply peak (``bench peak``). Models: a shipped
 ``_int8`` twin when there is one; PyTorch, and a plain ``torch.onnx.export`` of a logits file, run the same
 architecture with random weights: latency does not depend on the weights) or a zoo name (``topformer_tiny``,
 ``seaformer_small:150``, ``rtformer_slim:19``; random weights, exported with a plain ``torch.onnx.export`` and
-quantized on sample frames, cached under ``~/.cache/seg_perception/bench``).
+quantized on sample frames, cached under ``~/.cache/seg_perception/bench``). Every ONNX Runtime session, here
+and in ``bench peer``, is opened as the engine opens its own: the graph's height and width fixed to the size
+timed (``runtime.engine.fix_input_size``).
 
 ``bench peak``: float32 matrix multiply (1024^3) GFLOP/s in ONNX Runtime (MatMul, 1 and 2 threads) and numpy.
 
@@ -32,12 +34,23 @@ DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
 MATMUL_N = 1024
 
 
-def _session(source, threads: int):
+def _session(source, threads: int, hw: tuple | None = None):
+    """A CPU session; with ``hw``, its ``images`` height and width fixed to it as the engine opens its session
+    (``runtime.engine.fix_input_size``: ONNX Runtime folds the graph's shape arithmetic)."""
     import onnxruntime as ort
+
+    from ...runtime.engine import fix_input_size
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if hw is not None:
+        probe_opts = ort.SessionOptions()
+        probe_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        probe = ort.InferenceSession(source, sess_options=probe_opts, providers=['CPUExecutionProvider'])
+        images = next((i for i in probe.get_inputs() if i.name == 'images'), None)
+        if images is not None:
+            fix_input_size(opts, images.shape, hw)
     return ort.InferenceSession(source, sess_options=opts, providers=['CPUExecutionProvider'])
 
 
@@ -100,11 +113,11 @@ def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup
             x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
             xt = torch.from_numpy(x)
             for threads in threads_list:
-                candidates = {'ort': (lambda s=_session(bm.fp32, threads), x=x: s.run(None, {'images': x}))}
+                candidates = {'ort': (lambda s=_session(bm.fp32, threads, size), x=x: s.run(None, {'images': x}))}
                 if bm.plain:
-                    candidates['plain'] = lambda s=_session(bm.plain, threads), x=x: s.run(None, {'images': x})
+                    candidates['plain'] = lambda s=_session(bm.plain, threads, size), x=x: s.run(None, {'images': x})
                 if bm.int8:
-                    candidates['int8'] = lambda s=_session(bm.int8, threads), x=x: s.run(None, {'images': x})
+                    candidates['int8'] = lambda s=_session(bm.int8, threads, size), x=x: s.run(None, {'images': x})
                 if torch_eager:
                     def eager(model=bm.torch_model, threads=threads, xt=xt):
                         torch.set_num_threads(threads)
@@ -133,7 +146,8 @@ def engine_table(report: dict) -> str:
     head = ['model', 'size', 'threads', 'GMACs', 'ORT fp32 ms', 'plain export ms', 'speed-up over plain',
             'ORT int8 ms', 'int8 speed-up',
             'PyTorch eager ms', 'ORT speed-up vs eager', 'ORT fp32 GFLOP/s', 'of MatMul peak']
-    return (markdown_table(head, rows) + '\n\nNetwork only (image tensor in, 1/8 logits out), median after warm-up, '
+    return (markdown_table(head, rows) + '\n\nNetwork only (image tensor in, 1/8 logits out), ONNX Runtime sessions '
+            'opened as the engine opens them (height and width fixed to the row\'s size), median after warm-up, '
             'candidates interleaved; GFLOP/s = 2 x MACs / ORT fp32 latency; "plain export": a plain torch.onnx.export '
             'of a model file\'s architecture (zoo rows are that export).\n\n' + peak_table(report['peak']))
 
@@ -221,7 +235,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
     logits6, labels6 = SHIPPED.read_bytes(), labels_bytes(SHIPPED)
     for size in sizes:
         for threads in threads_list:
-            net, off = _session(logits6, threads), _session(labels6, threads)
+            net, off = _session(logits6, threads, size), _session(labels6, threads, size)
             per_frame = []
             for rgb in calib:
                 x = preprocess(rgb, compute_geometry(rgb.shape[:2], size, 'resize'), meta6['mean'], meta6['std'])
@@ -239,7 +253,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
     del model
     for size in sizes:
         for threads in threads_list:
-            net, off = _session(str(fp32), threads), _session(str(labels), threads)
+            net, off = _session(str(fp32), threads, size), _session(str(labels), threads, size)
             x = preprocess(cv2.resize(calib[0], size[::-1]), compute_geometry(size, size, 'resize'),
                            meta6['mean'], meta6['std'])
             shape = net.run(None, {'images': x})[0].shape[2:]
