@@ -88,8 +88,11 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
                     engine.infer(rgb, **kwargs)
         runs = {}
         for name, (engine, kwargs) in engines.items():
-            if threads > 1:   # as in a stream: the previous engine's spinning workers must not compete (prime)
-                engine.infer(rgb, **kwargs)
+            # prime, as in a stream of frames through one model: the call timed comes right after an untimed one of
+            # the same engine and frame (the previous engine's spinning workers must not compete, and its weights
+            # must not stand in this one's caches: unprimed, whichever configuration came first after another
+            # model's run was timed 1 ms slower on one thread)
+            engine.infer(rgb, **kwargs)
             result = engine.infer(rgb, **kwargs)
             ms = result.model_cpu_ms if clock == 'cpu' else result.model_ms
             runs[name] = {'labels': result.labels, 'ms': ms, 'engine_ms': result.latency_ms, 'macs': result.macs,
