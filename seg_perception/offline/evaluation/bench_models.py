@@ -204,9 +204,9 @@ def zoo_files(arch: str, num_classes: int, int8: bool) -> tuple:
 
 def _refuse_adaptive(arch: str, spec: str) -> None:
     """A model whose cost depends on the frame (a run-time knob input) has its own benchmarks."""
-    for prefix, bench in (('tokenpass', 'tokenpass'), ('adaptive', 'adaptive')):
-        if arch.startswith(prefix):
-            raise UserError(f'model {spec!r}: its cost depends on the frame; use `seg-perception bench {bench}`')
+    for family in ('tokenpass', 'adaptive'):
+        if arch.startswith(family):
+            raise UserError(f'model {spec!r}: its cost depends on the frame; use `seg-perception bench {family}`')
 
 
 def load_bench_model(spec: str, int8: bool = True) -> BenchModel:
