@@ -84,3 +84,22 @@ def test_cli_refuses_int8_and_bad_files(tmp_path, capsys):
                                   if '_int8' not in p], ids=os.path.basename)
 def test_shipped_float_models_are_rewritten(path):
     assert resize_matmul.resize_as_matmul(onnx.load(path)) == 0
+
+
+def test_export_int8_quantizes_the_resize_graph_and_compares_with_the_shipped_one(tmp_path, capsys):
+    """``export --int8``: the twin is quantized from the graph with its Resize nodes, and its report compares it
+    with the fp32 file as written (rewritten)."""
+    import cv2
+    calib = tmp_path / 'calib'
+    calib.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(calib / f'{i}.png'), np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8))
+    fp32, int8 = tmp_path / 'model.onnx', tmp_path / 'model_int8.onnx'
+    assert cli.main(['export', '--arch', 'topformer_tiny', '--num-classes', '6', '--input-size', '64', '96',
+                     '--resize-mode', 'resize', '--head', 'logits', '-o', str(fp32), '--int8', '--calib', str(calib),
+                     '--calib-count', '4']) == 0
+    out = capsys.readouterr().out
+    assert out.index('rewritten as matrix products') < out.index(f'int8 {int8}')
+    assert f'vs fp32 {fp32.stat().st_size / 1e6:.2f} MB' in out      # the size of the file as shipped
+    assert resize_matmul.is_rewritten(onnx.load(str(fp32)))
+    assert _ops(onnx.load(str(int8))).count('Resize') == 8 and not resize_matmul.is_rewritten(onnx.load(str(int8)))

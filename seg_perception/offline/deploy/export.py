@@ -29,6 +29,8 @@ Python API: :func:`export_model` (any ``nn.Module``), :func:`build_metadata`, :f
 import argparse
 import hashlib
 import io
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -484,16 +486,22 @@ def run(args: argparse.Namespace) -> int:
     if args.int8 and not args.calib:
         print('error: --int8 needs --calib (a folder of images or a rosbag with --calib-topic)')
         return 2
-    if args.int8:   # from the graph with its Resize nodes (int8 Resize is fast; quantized matrices are not exact)
-        from .quantize import format_int8_report, quantize_and_compare
-        int8_path = args.int8_output or str(Path(args.output).with_name(Path(args.output).stem + '_int8.onnx'))
-        int8_report = quantize_and_compare(args.output, int8_path, args.calib, topic=args.calib_topic,
-                                           count=args.calib_count, eval_data=args.eval_data,
-                                           eval_count=args.eval_count, eval_split=args.eval_split,
-                                           threads=args.threads)
-        print(format_int8_report(int8_report))
-    if not args.keep_resize:
-        from .resize_matmul import convert_file as resize_to_matmul
-        replaced = resize_to_matmul(args.output, args.output)
-        print(f'  {replaced} bilinear Resize node(s) rewritten as matrix products: {args.output}')
+    with tempfile.TemporaryDirectory() as tmp:
+        # int8 is quantized from the graph with its Resize nodes (int8 Resize is fast; quantized matrices are not
+        # exact) and compared with the fp32 file as shipped (rewritten)
+        source = args.output
+        if args.int8 and not args.keep_resize:
+            source = shutil.copyfile(args.output, Path(tmp) / 'with_resize.onnx')
+        if not args.keep_resize:
+            from .resize_matmul import convert_file as resize_to_matmul
+            replaced = resize_to_matmul(args.output, args.output)
+            print(f'  {replaced} bilinear Resize node(s) rewritten as matrix products: {args.output}')
+        if args.int8:
+            from .quantize import format_int8_report, quantize_and_compare
+            int8_path = args.int8_output or str(Path(args.output).with_name(Path(args.output).stem + '_int8.onnx'))
+            int8_report = quantize_and_compare(source, int8_path, args.calib, topic=args.calib_topic,
+                                               count=args.calib_count, eval_data=args.eval_data,
+                                               eval_count=args.eval_count, eval_split=args.eval_split,
+                                               threads=args.threads, reference=args.output)
+            print(format_int8_report(int8_report))
     return 0

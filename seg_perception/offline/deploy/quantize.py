@@ -152,18 +152,22 @@ def compare_models(fp32_path, int8_path, images, masks=None, threads=1, latency_
 
 
 def quantize_and_compare(fp32_path, int8_path, calib, topic='/camera/image_raw', count=DEFAULT_CALIB_COUNT,
-                         eval_data=None, eval_count=0, eval_split=None, threads=1, latency_runs=20):
-    """Calibrate, quantize and compare (on ``eval_data`` when given, else on the calibration images)."""
+                         eval_data=None, eval_count=0, eval_split=None, threads=1, latency_runs=20, reference=None):
+    """Calibrate, quantize and compare (on ``eval_data`` when given, else on the calibration images).
+    ``reference``: the fp32 file the int8 one is compared with (default ``fp32_path``; ``export`` passes the file it
+    ships, whose Resize nodes are rewritten as matrix products)."""
     images = load_calibration_images(calib, topic, count)
     report = quantize_model(fp32_path, int8_path, images)
+    reference = fp32_path if reference is None else reference
+    report['fp32_bytes'] = Path(reference).stat().st_size
     if eval_data:
         pairs = eval_pairs(eval_data, eval_count, eval_split)
         report['eval_data'] = str(eval_data)
-        report['compare'] = compare_models(fp32_path, int8_path, [p[0] for p in pairs], [p[1] for p in pairs],
+        report['compare'] = compare_models(reference, int8_path, [p[0] for p in pairs], [p[1] for p in pairs],
                                            threads, latency_runs)
     else:
         report['eval_data'] = None
-        report['compare'] = compare_models(fp32_path, int8_path, images, None, threads, latency_runs)
+        report['compare'] = compare_models(reference, int8_path, images, None, threads, latency_runs)
     return report
 
 
