@@ -367,7 +367,8 @@ class SegmentationPipeline:
             if self.get_parameter('overlay').value:
                 color = overlay(rgb, color, self.get_parameter('overlay_alpha').value)
             self.pub_color.publish(image_cdr(color, 'rgb8', header))
-        self.shift.process(engine, result.logits, result.shift_features)   # first: the costmap heeds its alarm
+        # the shift score first: the costmap heeds its alarm
+        self.shift.process(engine, result.logits, result.shift_features, publish='shift' in wanted)
         if 'costmap' in wanted:
             self.costmap.process(engine, header, result.labels, result.confidence, shifted=self.shift.alarm)
         self.counters['published'] += 1

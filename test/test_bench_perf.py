@@ -52,8 +52,9 @@ def test_bench_node_over_rclpy(tiny_logits_model, capsys):
     assert cli.main(['bench', 'node', '--model', tiny_logits_model, '--sizes', '48x64', '--frames', '2',
                      '--warmup', '1']) == 0
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith('| 64x48 | 2 |'))
-    assert 'n/a' not in row
+    for outputs in ('labels', 'labels + color + confidence'):   # one node run per set of subscribed outputs
+        row = next(line for line in out.splitlines() if line.startswith(f'| 64x48 | {outputs} | 2 |'))
+        assert 'n/a' not in row
 
 
 def test_bench_node_cpu_sleeping_and_spinning(tiny_logits_model, capsys):

@@ -46,3 +46,25 @@ def test_every_item_has_one_fate_in_every_snapshot():
         assert snap['in_flight'] <= 2
     assert final['in_flight'] == 0 and final['submitted'] == 3000
     assert final['dropped'] > 0 and final['processed'] > 0 and len(snapshots) > 10
+
+
+def test_an_idle_worker_has_taken_the_frame_when_submit_returns():
+    """The hand-over: the caller (the executor's thread) waits until an idle worker holds the frame, so a frame
+    submitted right after it is queued behind it, not dropped in its place."""
+    release = threading.Event()
+    seen = []
+
+    def process(item):
+        seen.append(item)
+        release.wait(5)
+        return 'processed'
+
+    worker = LatestFrameWorker(process, lambda exc, item: 'errors')
+    for round_ in range(20):
+        release.clear()
+        worker.submit((round_, 'first'), handover=1.0)   # the node's 5 ms, with room for a loaded machine
+        worker.submit((round_, 'second'))   # the worker is busy with the first one: this one waits
+        release.set()
+        assert worker.wait_idle(5)
+    assert worker.stop(1.0)
+    assert worker.snapshot()['dropped'] == 0 and len(seen) == 40

@@ -1,8 +1,10 @@
 """``seg-perception bench node``: the node's own overhead and the transport, on real rclpy + DDS.
 
 The real node (``python -m seg_perception.node``) in its own process, as on a robot, started once per camera
-size in its own namespace; this process publishes a camera frame, waits until labels, colour and confidence for
-it have arrived, then sends the next (no frame is ever dropped or queued). Fast DDS uses the package's
+size and set of subscribed outputs in its own namespace; this process subscribes to labels only (what a
+navigation stack takes) or to labels, colour and confidence (a robot with a viewer attached), publishes a camera
+frame, waits until every subscribed output for it has arrived, then sends the next (no frame is ever dropped or
+queued). Fast DDS uses the package's
 large-data profile on both sides (unless the environment already chooses one). Reported:
 
 * node: arrival in the image callback -> all outputs published (the node's ``input_to_output_p50_ms`` in its
@@ -109,12 +111,20 @@ class _Driver:
         rclpy.init(context=self._ctx)
         self._executor = SingleThreadedExecutor(context=self._ctx)
         self._node = rclpy.create_node(f'{self.name}_driver', context=self._ctx)
-        self._subs = [self._node.create_subscription(Image, f'{self.namespace}/segmentation/{o}',
-                                                     lambda m, o=o: self._on_output(m, o), 10) for o in self.OUTPUTS]
+        self._subs = []
         self._node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
         self.pub = self._node.create_publisher(Image, f'{self.namespace}/image', qos_profile_sensor_data)
         self._executor.add_node(self._node)
         threading.Thread(target=self._executor.spin, daemon=True).start()
+
+    def subscribe(self, outputs) -> None:
+        """Subscribe to these of the node's image outputs only (the node makes only what has subscribers); call
+        while no node runs."""
+        from sensor_msgs.msg import Image
+        for sub in self._subs:
+            self._node.destroy_subscription(sub)
+        self._subs = [self._node.create_subscription(Image, f'{self.namespace}/segmentation/{o}',
+                                                     lambda m, o=o: self._on_output(m, o), 10) for o in outputs]
 
     def _on_output(self, msg, output):
         now = time.perf_counter()
@@ -132,6 +142,8 @@ class _Driver:
 
     def start_node(self, model, threads, log, params=(), timeout=60.0):
         """The node in its own process, once it and this driver have discovered each other."""
+        with self.done:   # the previous node's last diagnostics must not stand for this one's
+            self.diag.clear()
         proc = _node_process(model, self.name, self.namespace, threads, log, params)
         end = time.monotonic() + timeout
         while not (self.pub.get_subscription_count() and all(s.get_publisher_count() for s in self._subs)):
@@ -150,68 +162,78 @@ class _Driver:
         rclpy.try_shutdown(context=self._ctx)
 
 
-def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0) -> dict:
-    """The node in its own process (as on a robot), one start per camera size; this process publishes the
-    frames, receives the outputs and reads the node's own statistics from its /diagnostics."""
+def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0,
+               output_sets=(('labels',), _Driver.OUTPUTS)) -> dict:
+    """The node in its own process (as on a robot), one start per camera size and set of subscribed outputs
+    (``output_sets``: the node makes only what is subscribed); this process publishes the frames, receives the
+    outputs and reads the node's own statistics from its /diagnostics."""
     import tempfile
 
     import cv2
-    from sensor_msgs.msg import Image
 
     from ...runtime.engine import SegmentationEngine
-    from ...runtime.imgmsg import array_to_image_fields
     driver = _Driver()
     base = sample_frames(frames)
     bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
-    arrived, done = driver.arrived, driver.done
     rows, stamp = [], 0
     try:
-        for size in sizes:
-            images = [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
-                      if f.shape[:2] != tuple(size) else f for f in base]
-            with tempfile.TemporaryFile('w+') as log:
-                proc = driver.start_node(model, threads, log, timeout=timeout)
-                try:
-                    e2e, e2e_all, bare_ms, steps = [], [], [], []
-                    for i, rgb in enumerate([images[0]] * warmup + images):
-                        stamp += 1
-                        msg = Image(**array_to_image_fields(rgb, 'rgb8'))
-                        msg.header.stamp.sec, msg.header.frame_id = stamp, 'camera'
-                        t0 = time.perf_counter()
-                        driver.pub.publish(msg)
-                        end = time.monotonic() + timeout
-                        with done:   # best effort: a frame lost before discovery settles is sent again
-                            while not done.wait_for(lambda k=(stamp, 0): len(arrived.get(k, {})) == 3, 2.0):
-                                if time.monotonic() > end:
-                                    raise UserError(f'no outputs from the node for a {size[1]}x{size[0]} frame '
-                                                    f'in {timeout:.0f} s')
-                                if not arrived.get((stamp, 0)):
-                                    t0 = time.perf_counter()
-                                    driver.pub.publish(msg)
-                            received = arrived.pop((stamp, 0))
-                        result = bare.infer(rgb)
-                        if i >= warmup:
-                            e2e.append((received['labels'] - t0) * 1e3)
-                            e2e_all.append((max(received.values()) - t0) * 1e3)
-                            bare_ms.append(result.latency_ms)
-                            steps.append(_steps(bare, rgb, result))
-                    sent = warmup + len(images)
-                    with done:
-                        done.wait_for(lambda n=sent: int(driver.diag.get('frames_processed', 0)) >= n, timeout)
-                        stats = dict(driver.diag)
-                finally:
-                    _stop(proc)
-            rows.append({'size': list(size), 'frames': len(e2e),
-                         'node_ms': float(stats.get('input_to_output_p50_ms', 'nan')),
-                         'node_engine_ms': float(stats.get('latency_p50_ms', 'nan')), 'bare_ms': _median(bare_ms),
-                         'e2e_ms': _median(e2e), 'e2e_all_ms': _median(e2e_all),
-                         **{k: _median([s[k] for s in steps]) for k in steps[0]}})
-            r = rows[-1]
-            print(f'  {size[1]}x{size[0]}: node {r["node_ms"]:.1f} ms, bare engine {r["bare_ms"]:.1f} ms, '
-                  f'end to end {r["e2e_ms"]:.1f} ms', flush=True)
+        for outputs in output_sets:
+            driver.subscribe(outputs)
+            for size in sizes:
+                images = [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
+                          if f.shape[:2] != tuple(size) else f for f in base]
+                with tempfile.TemporaryFile('w+') as log:
+                    proc = driver.start_node(model, threads, log, timeout=timeout)
+                    try:
+                        stamp, row = _frames_through_node(driver, bare, [images[0]] * warmup + images, warmup,
+                                                          stamp, len(outputs), timeout)
+                    finally:
+                        _stop(proc)
+                rows.append({'size': list(size), 'outputs': list(outputs), **row})
+                print(f'  {size[1]}x{size[0]}, {"+".join(outputs)}: node {row["node_ms"]:.1f} ms, '
+                      f'bare engine {row["bare_ms"]:.1f} ms, end to end {row["e2e_ms"]:.1f} ms', flush=True)
     finally:
         driver.close()
     return {'model': str(model), 'threads': threads, 'rows': rows}
+
+
+def _frames_through_node(driver, bare, images, warmup, stamp, n_outputs, timeout):
+    """Each frame published, its ``n_outputs`` outputs awaited, then the bare engine run on it; medians over
+    the frames after ``warmup`` and the node's own p50s from its diagnostics. Returns (last stamp, row)."""
+    from sensor_msgs.msg import Image
+
+    from ...runtime.imgmsg import array_to_image_fields
+    arrived, done = driver.arrived, driver.done
+    e2e, e2e_all, bare_ms, steps = [], [], [], []
+    for i, rgb in enumerate(images):
+        stamp += 1
+        msg = Image(**array_to_image_fields(rgb, 'rgb8'))
+        msg.header.stamp.sec, msg.header.frame_id = stamp, 'camera'
+        t0 = time.perf_counter()
+        driver.pub.publish(msg)
+        end = time.monotonic() + timeout
+        with done:   # best effort: a frame lost before discovery settles is sent again
+            while not done.wait_for(lambda k=(stamp, 0): len(arrived.get(k, {})) == n_outputs, 2.0):
+                if time.monotonic() > end:
+                    raise UserError(f'no outputs from the node for a {rgb.shape[1]}x{rgb.shape[0]} frame '
+                                    f'in {timeout:.0f} s')
+                if not arrived.get((stamp, 0)):
+                    t0 = time.perf_counter()
+                    driver.pub.publish(msg)
+            received = arrived.pop((stamp, 0))
+        result = bare.infer(rgb)
+        if i >= warmup:
+            e2e.append((received['labels'] - t0) * 1e3)
+            e2e_all.append((max(received.values()) - t0) * 1e3)
+            bare_ms.append(result.latency_ms)
+            steps.append(_steps(bare, rgb, result))
+    with done:
+        done.wait_for(lambda n=len(images): int(driver.diag.get('frames_processed', 0)) >= n, timeout)
+        stats = dict(driver.diag)
+    return stamp, {'frames': len(e2e), 'node_ms': float(stats.get('input_to_output_p50_ms', 'nan')),
+                   'node_engine_ms': float(stats.get('latency_p50_ms', 'nan')), 'bare_ms': _median(bare_ms),
+                   'e2e_ms': _median(e2e), 'e2e_all_ms': _median(e2e_all),
+                   **{k: _median([s[k] for s in steps]) for k in steps[0]}}
 
 
 def _process_cpu_seconds(pid: int) -> float | None:
@@ -236,6 +258,7 @@ def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, t
 
     from ...runtime.imgmsg import array_to_image_fields
     driver = _Driver()
+    driver.subscribe(driver.OUTPUTS)
     messages = [Image(**array_to_image_fields(np.ascontiguousarray(cv2.resize(f, size[::-1])), 'rgb8'))
                 for f in sample_frames(10)]
     rows, stamp = [], 0
@@ -278,17 +301,20 @@ def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, t
 def node_table(report: dict) -> str:
     rows = []
     for r in report['rows']:
-        rows.append([f'{r["size"][1]}x{r["size"][0]}', r['frames'], fmt(r['bare_ms']), fmt(r['node_engine_ms']),
-                     fmt(r['node_ms']), ratio(r['node_ms'], r['bare_ms']), fmt(r['e2e_ms']), fmt(r['e2e_all_ms']),
+        rows.append([f'{r["size"][1]}x{r["size"][0]}', ' + '.join(r['outputs']), r['frames'], fmt(r['bare_ms']),
+                     fmt(r['node_engine_ms']), fmt(r['node_ms']), ratio(r['node_ms'], r['bare_ms']), fmt(r['e2e_ms']),
+                     fmt(r['e2e_all_ms']),
                      fmt(r['e2e_all_ms'] - r['node_ms'] if r['e2e_all_ms'] and r['node_ms'] else None),
                      fmt(r['msg_to_array']), fmt(r['confidence_mono8']), fmt(r['colorize']), fmt(r['to_messages'])])
-    head = ['camera', 'frames', 'bare engine ms', 'engine in node ms', 'node arrival -> published ms',
-            'node / bare', 'end to end: labels ms', 'end to end: all 3 ms', 'transport + executor ms',
+    head = ['camera', 'outputs subscribed', 'frames', 'bare engine ms', 'engine in node ms',
+            'node arrival -> published ms', 'node / bare', 'end to end: labels ms', 'end to end: all subscribed ms',
+            'transport + executor ms',
             'msg -> array ms', 'confidence -> mono8 ms', 'colour mask ms', 'arrays -> 3 serialized messages ms']
     return (markdown_table(head, rows) + f'\n\nModel `{os.path.basename(report["model"])}`, '
             f'{report["threads"]} ONNX Runtime thread(s), medians over the frames; the node in its own process, '
-            'Fast DDS between the processes; end to end = publish -> labels (all three outputs) received; '
-            'transport + executor = end to end (all 3) - node arrival -> published.')
+            'Fast DDS between the processes; the node makes and publishes only the outputs subscribed; end to end = '
+            'publish -> labels (all subscribed outputs) received; transport + executor = end to end (all '
+            'subscribed) - node arrival -> published; the last four columns are each step alone on the frame.')
 
 
 def add_node_arguments(parser) -> None:
@@ -297,6 +323,9 @@ def add_node_arguments(parser) -> None:
     parser.add_argument('--frames', type=int, default=15, help='frames per size (from the sample bag)')
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames first (per size)')
+    parser.add_argument('--outputs', nargs='+', choices=['labels', 'all'], default=['labels', 'all'],
+                        help='image outputs subscribed, one node run each: labels only, or labels + colour + '
+                             'confidence')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
@@ -312,8 +341,9 @@ def _check_node_args(args, bench: str) -> None:
 
 def run_node(args) -> int:
     _check_node_args(args, 'node')
+    output_sets = [('labels',) if o == 'labels' else _Driver.OUTPUTS for o in dict.fromkeys(args.outputs)]
     report = bench_node(args.model, [parse_size(s, stride=1) for s in args.sizes], args.frames, args.threads,
-                        args.warmup)
+                        args.warmup, output_sets=output_sets)
     emit(args, 'Node overhead and transport', node_table(report))
     return 0
 
