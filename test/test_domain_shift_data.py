@@ -107,14 +107,16 @@ def test_domain_randomized_training_samples_are_deterministic(tmp_path):
         check_config({'data': 'x', 'class_recolor': 'often'})
 
 
-def test_recover_rebuilds_a_checkpoint_from_an_export(tmp_path):
-    """BatchNorm folded at export is unfolded with measured statistics: same 1/8 logits as the file."""
+@pytest.mark.parametrize('arch', ['topformer_tiny', 'adaptive_topformer_tiny'])
+def test_recover_rebuilds_a_checkpoint_from_an_export(arch, tmp_path):
+    """BatchNorm folded at export is unfolded with measured statistics: same 1/8 logits as the file (an adaptive
+    file compared at knob 1, the full model)."""
     from seg_perception.nets import create_model
     from seg_perception.offline.deploy.export import build_metadata, export_model
     from seg_perception.offline.deploy.recover import recover
 
     torch.manual_seed(0)
-    model = create_model('topformer_tiny', num_classes=3).eval()
+    model = create_model(arch, num_classes=3).eval()
     for m in model.modules():                      # non-trivial BatchNorms so that folding matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -122,14 +124,14 @@ def test_recover_rebuilds_a_checkpoint_from_an_export(tmp_path):
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
     path = tmp_path / 'm.onnx'
-    export_model(model, path, build_metadata(3, [64, 96], arch='topformer_tiny', resize_mode='resize'), [64, 96],
+    export_model(model, path, build_metadata(3, [64, 96], arch=arch, resize_mode='resize'), [64, 96],
                  check=False)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(6)]
-    report = recover(path, 'topformer_tiny', images, tmp_path / 'new' / 'ckpt.pt')   # the folder is created
+    report = recover(path, arch, images, tmp_path / 'new' / 'ckpt.pt')   # the folder is created
     assert report['labels_agree'] >= 0.999 and report['max_rel_diff'] < 1e-3
     ckpt = torch.load(tmp_path / 'new' / 'ckpt.pt', weights_only=True)
-    rebuilt = create_model('topformer_tiny', num_classes=3).eval()
+    rebuilt = create_model(arch, num_classes=3).eval()
     rebuilt.load_state_dict(ckpt['model'])
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():

@@ -167,18 +167,21 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     from .export import postprocess
     session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
     outputs = [o.name for o in session.get_outputs()]
+    # an adaptive file refines every tile at knob 1: what the model computes without a threshold
+    inputs = [i.name for i in session.get_inputs()]
+    knob = {'refine_threshold': np.array(1.0, np.float32)} if 'refine_threshold' in inputs else {}
     agree, worst = [], 0.0
     with torch.no_grad():
         for k in range(min(len(batch), 8)):
             x = batch[k:k + 1]
             logits = model(x)
             if 'logits' in outputs:
-                ref = session.run(['logits'], {'images': x.numpy()})[0]
+                ref = session.run(['logits'], {'images': x.numpy(), **knob})[0]
                 agree.append(float((logits.argmax(1).numpy() == ref.argmax(1)).mean()))
                 worst = max(worst, float(np.abs(logits.numpy() - ref).max() / max(np.abs(ref).max(), 1e-6)))
             else:
                 labels, confidence = postprocess(logits, x.shape[-2:])
-                ref_labels, ref_conf = session.run(['labels', 'confidence'], {'images': x.numpy()})
+                ref_labels, ref_conf = session.run(['labels', 'confidence'], {'images': x.numpy(), **knob})
                 agree.append(float((labels.numpy() == ref_labels).mean()))
                 worst = max(worst, float(np.abs(confidence.numpy() - ref_conf).max()))
     report = {'source': str(onnx_path), 'arch': arch, 'labels_agree': float(np.mean(agree)),
