@@ -93,6 +93,8 @@ MISTAKES = [
      ['missing.onnx', 'not found']),
     ('recover', [str(MODEL), '--arch', 'topformer_tiny', '--calib', str(BAG), '-o', '{d}/notes.pt'],
      ['notes.pt', 'exists']),
+    ('recover', [str(TOKENPASS), '--arch', 'tokenpass_vit_mini', '--calib', str(BAG), '-o', '{d}/r.pt'],
+     ['TokenPassViT', 'not found in the file', 'convolutions + BatchNorm']),
     ('demo', ['--bag', '{d}/nowhere'], ['nowhere', 'not found']),
     ('demo', ['--bag', str(BAG), '--image-topic', '/cam'], ['/cam', '/camera/image_raw']),
     ('demo', ['--model', '{d}/notes.onnx'], ['notes.onnx', 'not an ONNX']),

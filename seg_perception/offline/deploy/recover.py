@@ -70,7 +70,7 @@ def recover_state_dict(model: nn.Module, proto: onnx.ModelProto, images: torch.T
         raise UserError(f'the file has {len(convs)} convolutions, {type(model).__name__} calls {len(calls)}: '
                         'not an export of this architecture')
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    used = set()
+    used, filled = set(), set()
     # 1. everything the file keeps under its parameter name (export wraps the model as ``model.``)
     for key in state:
         for candidate in (f'model.{key}', key):
@@ -80,6 +80,7 @@ def recover_state_dict(model: nn.Module, proto: onnx.ModelProto, images: torch.T
                                     f'{tuple(state[key].shape)} in the model')
                 state[key] = torch.from_numpy(inits[candidate].copy())
                 used.add(candidate)
+                filled.add(key)
                 break
     # 2. convolutions, folded ones with their BatchNorm as identity + folded bias while measuring
     folded = {}
@@ -91,6 +92,7 @@ def recover_state_dict(model: nn.Module, proto: onnx.ModelProto, images: torch.T
         bias = inits[node.input[2]] if len(node.input) > 2 and node.input[2] in inits else None
         used.update(node.input[1:3])
         state[f'{name}.weight'] = torch.from_numpy(weight.copy())
+        filled.update({f'{name}.weight', f'{name}.bias'} | ({f'{bn}.weight', f'{bn}.bias'} if bn else set()))
         if bn is None:
             if bias is not None:
                 if conv.bias is None:
@@ -109,6 +111,11 @@ def recover_state_dict(model: nn.Module, proto: onnx.ModelProto, images: torch.T
     left = [n for n in inits if n.startswith('model.') and n not in used]
     if left:
         raise UserError(f'initializers of the file left unmatched: {", ".join(left[:8])}')
+    missing = [k for k, _ in model.named_parameters() if k not in filled]
+    if missing:   # e.g. a transformer's linear layers, exported as anonymous (transposed) MatMul weights
+        raise UserError(f'{len(missing)} parameters of {type(model).__name__} not found in the file '
+                        f'({", ".join(missing[:4])}, ...): recover rebuilds networks of convolutions + BatchNorm '
+                        'whose other weights keep their names')
     # 3. statistics of each folded convolution's output on the calibration images (the model now computes
     #    exactly what the file computes)
     model.load_state_dict(state)
@@ -164,12 +171,12 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     model.load_state_dict(state)
     model.eval()
     # parity against the file: its 1/8 logits (logits models) or its labels and confidence
-    from .export import postprocess
+    from .export import knob_name, postprocess
     session = ort.InferenceSession(str(onnx_path), providers=['CPUExecutionProvider'])
     outputs = [o.name for o in session.get_outputs()]
-    # an adaptive file refines every tile at knob 1: what the model computes without a threshold
-    inputs = [i.name for i in session.get_inputs()]
-    knob = {'refine_threshold': np.array(1.0, np.float32)} if 'refine_threshold' in inputs else {}
+    # a file with a knob (adaptive, token passing) at 1: every tile refined, no token stopped, what the model
+    # computes without one
+    knob = {knob_name(model): np.array(1.0, np.float32)} if len(session.get_inputs()) > 1 else {}
     agree, worst = [], 0.0
     with torch.no_grad():
         for k in range(min(len(batch), 8)):
@@ -187,7 +194,9 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     report = {'source': str(onnx_path), 'arch': arch, 'labels_agree': float(np.mean(agree)),
               'max_rel_diff': worst}
     if report['labels_agree'] < 0.999 or worst > PARITY_RTOL:
-        raise RuntimeError(f'recovered model differs from {onnx_path}: {report}')
+        raise UserError(f'the model rebuilt as {arch} differs from {onnx_path} (labels agree '
+                        f'{100 * report["labels_agree"]:.1f} %, max relative difference {worst:.3g}): not an export '
+                        'of this architecture, or weights recovery cannot rebuild (convolutions + BatchNorm only)')
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({'model': state, 'arch': arch, 'num_classes': num_classes, 'classes': meta['names'],
                 'palette': [list(c) for c in meta['palette']], 'mean': meta['mean'], 'std': meta['std'],
