@@ -68,7 +68,8 @@ def recover_state_dict(model: nn.Module, proto: onnx.ModelProto, images: torch.T
     convs, inits = _onnx_convs(proto)
     if len(calls) != len(convs):
         raise UserError(f'the file has {len(convs)} convolutions, {type(model).__name__} calls {len(calls)}: '
-                        'not an export of this architecture')
+                        'not an export of this architecture, or one whose export merges or reorders convolutions '
+                        '(recover rebuilds TopFormer and the adaptive TopFormer)')
     state = {k: v.clone() for k, v in model.state_dict().items()}
     used, filled = set(), set()
     # 1. everything the file keeps under its parameter name (export wraps the model as ``model.``)
