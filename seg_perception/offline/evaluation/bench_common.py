@@ -12,6 +12,30 @@ import numpy as np
 from ...errors import UserError
 
 
+def bench_session(source, threads: int, hw: tuple | None = None, profile_prefix: str | None = None):
+    """A CPU session; with ``hw``, its ``images`` height and width fixed to it as the engine opens its session
+    (``runtime.engine.fix_input_size``: ONNX Runtime folds the graph's shape arithmetic); with ``profile_prefix``,
+    ONNX Runtime's profiler on (``end_profiling()`` names its file)."""
+    import onnxruntime as ort
+
+    from ...runtime.engine import fix_input_size
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    if hw is not None:
+        probe_opts = ort.SessionOptions()
+        probe_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        probe = ort.InferenceSession(source, sess_options=probe_opts, providers=['CPUExecutionProvider'])
+        images = next((i for i in probe.get_inputs() if i.name == 'images'), None)
+        if images is not None:
+            fix_input_size(opts, images.shape, hw)
+    return ort.InferenceSession(source, sess_options=opts, providers=['CPUExecutionProvider'])
+
+
 def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, clock=time.perf_counter,
                         prime: bool = False) -> dict:
     """``{name: fn}`` -> ``{name: median ms}``: every fn runs ``warmup`` times, then the fns take turns

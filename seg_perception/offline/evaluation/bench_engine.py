@@ -28,33 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, parse_size, ratio
+from .bench_common import bench_session as _session
 from .bench_models import SHIPPED, labels_bytes, load_bench_model, sample_frames, zoo_files
 
 DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
 MATMUL_N = 1024
-
-
-def _session(source, threads: int, hw: tuple | None = None):
-    """A CPU session; with ``hw``, its ``images`` height and width fixed to it as the engine opens its session
-    (``runtime.engine.fix_input_size``: ONNX Runtime folds the graph's shape arithmetic)."""
-    import onnxruntime as ort
-
-    from ...runtime.engine import fix_input_size
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if hw is not None:
-        probe_opts = ort.SessionOptions()
-        probe_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        probe = ort.InferenceSession(source, sess_options=probe_opts, providers=['CPUExecutionProvider'])
-        images = next((i for i in probe.get_inputs() if i.name == 'images'), None)
-        if images is not None:
-            fix_input_size(opts, images.shape, hw)
-    return ort.InferenceSession(source, sess_options=opts, providers=['CPUExecutionProvider'])
-
-
-# ------------------------------------------------------------------------------------------------ models
 
 
 # ------------------------------------------------------------------------------------------------ peak
