@@ -1,10 +1,12 @@
-"""sensor_msgs encodings <-> numpy, step-aware, without ROS (messages are plain namespaces here)."""
+"""sensor_msgs encodings <-> numpy, step-aware, without ROS (messages are plain namespaces here; YUV and Bayer
+frames made by the bag writer's encoders)."""
 import types
 
 import cv2
 import numpy as np
 import pytest
 
+from seg_perception.offline.data.bags import rgb_to_bayer, rgb_to_yuv422
 from seg_perception.runtime import imgmsg
 
 
@@ -35,6 +37,38 @@ def test_colour_encodings_to_rgb(encoding, make, pad):
     assert out.shape == (5, 7, 3) and np.array_equal(out, RGB)
 
 
+@pytest.mark.parametrize('pattern', ['rggb', 'bggr', 'gbrg', 'grbg'])
+def test_bayer_to_rgb(pattern):
+    """Flat primaries come back as themselves (a wrong pattern swaps red and blue or greens), and a smooth image
+    within a few levels inside the frame."""
+    for colour in ([255, 0, 0], [0, 255, 0], [0, 0, 255]):
+        flat = np.broadcast_to(np.array(colour, np.uint8), (6, 8, 3))
+        out = imgmsg.image_to_rgb(msg(rgb_to_bayer(flat, f'bayer_{pattern}8'), f'bayer_{pattern}8', pad=2))
+        assert out.shape == (6, 8, 3) and np.array_equal(out[2:-2, 2:-2], flat[2:-2, 2:-2]), colour
+    yy, xx = np.mgrid[0:16, 0:20]
+    smooth = np.stack([60 + 6 * xx, 200 - 5 * yy, 90 + 3 * (xx + yy)], axis=-1).astype(np.uint8)
+    out = imgmsg.image_to_rgb(msg(rgb_to_bayer(smooth, f'bayer_{pattern}8'), f'bayer_{pattern}8'))
+    assert np.abs(out[2:-2, 2:-2].astype(int) - smooth[2:-2, 2:-2]).max() <= 3
+
+
+def test_yuv422_to_rgb():
+    """sensor_msgs 'yuv422' is UYVY, 'yuv422_yuy2' YUYV; reading one as the other gives other colours."""
+    rgb = np.repeat(np.array([[[200, 30, 40], [30, 160, 90], [20, 60, 220], [128, 128, 128]]], np.uint8), 2, axis=1)
+    rgb = np.repeat(rgb, 3, axis=0)                                        # (3, 8, 3): pixel pairs of one colour
+    for encoding in ('yuv422', 'yuv422_yuy2'):
+        out = imgmsg.image_to_rgb(msg(rgb_to_yuv422(rgb, encoding), encoding, pad=4))
+        assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).max() <= 3, encoding
+    swapped = imgmsg.image_to_rgb(msg(rgb_to_yuv422(rgb, 'yuv422'), 'yuv422_yuy2'))
+    assert np.abs(swapped.astype(int) - rgb).max() > 50
+
+
+def test_yuv_odd_width_and_tiny_bayer_refused():
+    with pytest.raises(imgmsg.ImageFormatError, match='odd width 7'):
+        imgmsg.image_to_rgb(msg(np.zeros((2, 7, 2), np.uint8), 'yuv422'))
+    with pytest.raises(imgmsg.ImageFormatError, match='2x2 cell'):
+        imgmsg.image_to_rgb(msg(np.zeros((1, 6), np.uint8), 'bayer_rggb8'))
+
+
 def test_mono8_to_rgb():
     g = RNG.integers(0, 256, (4, 9), dtype=np.uint8)
     out = imgmsg.image_to_rgb(msg(g, 'mono8', pad=5))
@@ -56,7 +90,7 @@ def test_tight_rgb8_is_zero_copy():
 
 
 @pytest.mark.parametrize('change, match', [
-    (dict(encoding='yuv422'), 'not a colour'),
+    (dict(encoding='bayer_rggb16'), 'not a colour'),
     (dict(encoding='16UC1'), 'not a colour'),
     (dict(step=10), 'step'),
     (dict(height=0), 'empty'),

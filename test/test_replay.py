@@ -373,3 +373,20 @@ def test_live_refuses_to_mix_in_another_publisher(mcap_bag, tiny_model, tmp_path
     assert not live['ok'] and live['frames_sent'] == 0
     assert any('another publisher' in p and '/intruder' in p for p in live['problems']), live['problems']
     assert '/intruder' in (out / 'report.md').read_text()
+
+
+@pytest.mark.parametrize('encoding', ['yuv422_yuy2', 'bayer_rggb8'])
+def test_camera_driver_encodings(frames, tiny_model, tmp_path, capfd, encoding):
+    """A bag of a USB camera's YUV 4:2:2 or a machine-vision camera's Bayer frames: found as the camera topic,
+    decoded to RGB near the rendered frame (chroma subsampling and demosaicing blur edges), segmented, scored."""
+    bag = tmp_path / encoding
+    bags.write_bag(str(bag), frames, storage='mcap', image_encoding=encoding)
+    topics = replay.resolve_topics(bag)
+    assert topics.image == '/camera/image_raw'
+    for f, original in zip(replay.FrameSource(topics), frames):
+        error = np.abs(f.image.astype(int) - original['image']).mean()
+        swapped = np.abs(f.image.astype(int) - original['image'][..., ::-1]).mean()   # red and blue exchanged
+        assert f.image.shape == original['image'].shape and error < 10 and error < swapped, (error, swapped)
+    out = tmp_path / 'report'
+    assert run_cli(['replay', bag, '--model', tiny_model, '--out', out], capfd)[0] == 0
+    assert json.loads((out / 'report.json').read_text())['models'][0]['frames_scored'] == FRAMES

@@ -23,12 +23,23 @@ ENCODINGS = {
     'rgb8': (np.uint8, 3), 'bgr8': (np.uint8, 3), 'rgba8': (np.uint8, 4), 'bgra8': (np.uint8, 4),
     'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1), '8UC3': (np.uint8, 3),
     'mono16': (np.uint16, 1), '16UC1': (np.uint16, 1), '32FC1': (np.float32, 1),
+    # packed YUV 4:2:2 (two bytes a pixel; sensor_msgs 'yuv422' is UYVY, 'yuv422_yuy2' YUYV) and 8-bit Bayer
+    # mosaics, as USB and machine-vision camera drivers publish them
+    'yuv422': (np.uint8, 2), 'yuv422_yuy2': (np.uint8, 2),
+    'bayer_rggb8': (np.uint8, 1), 'bayer_bggr8': (np.uint8, 1), 'bayer_gbrg8': (np.uint8, 1),
+    'bayer_grbg8': (np.uint8, 1),
 }
 # encodings the segmentation input accepts, and how to get RGB from them
 TO_RGB = {
     'rgb8': None, 'bgr8': cv2.COLOR_BGR2RGB, 'rgba8': cv2.COLOR_RGBA2RGB, 'bgra8': cv2.COLOR_BGRA2RGB,
     'mono8': cv2.COLOR_GRAY2RGB, '8UC3': cv2.COLOR_BGR2RGB,
+    'yuv422': cv2.COLOR_YUV2RGB_UYVY, 'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUYV,
+    # OpenCV names a Bayer pattern by its second row's first two pixels (cv_bridge's table): RGGB is "BayerBG"
+    'bayer_rggb8': cv2.COLOR_BayerBG2RGB, 'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
+    'bayer_gbrg8': cv2.COLOR_BayerGR2RGB, 'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
 }
+# the encodings of colour images (decoded to RGB; grey mono8 stays one channel where a caller wants it so)
+COLOUR = frozenset(TO_RGB) - {'mono8'}
 MAX_DIM = 16384
 
 
@@ -71,7 +82,17 @@ def image_to_rgb(msg):
                                f'(accepted: {", ".join(TO_RGB)})')
     arr = image_to_array(msg)
     code = TO_RGB[msg.encoding]
-    return arr if code is None else cv2.cvtColor(arr, code)
+    if msg.encoding.startswith('yuv422') and arr.shape[1] % 2:
+        raise ImageFormatError(f'{msg.encoding} image of odd width {arr.shape[1]} (two pixels share U and V)')
+    if msg.encoding.startswith('bayer_') and min(arr.shape[:2]) < 2:
+        raise ImageFormatError(f'{msg.encoding} image {arr.shape[1]}x{arr.shape[0]} smaller than one 2x2 cell')
+    if code is None:
+        return arr
+    try:
+        return cv2.cvtColor(arr, code)
+    except cv2.error as exc:   # a shape OpenCV's conversion refuses: the frame is rejected, the node goes on
+        raise ImageFormatError(f'cannot convert {arr.shape[1]}x{arr.shape[0]} {msg.encoding} to RGB: '
+                               f'{str(exc).strip().splitlines()[-1]}') from None
 
 
 def compressed_to_rgb(msg):

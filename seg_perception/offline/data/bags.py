@@ -7,8 +7,9 @@ into a rosbag2 directory (mcap, zstd chunk compression by default, or sqlite3) w
 Reading (mcap and sqlite3 alike):
 
 * :func:`iter_bag_images` yields ``(stamp_ns, frame_id, image)`` of one topic: ``sensor_msgs/msg/Image``
-  (rgb8, bgr8, rgba8, bgra8 -> HxWx3 RGB; mono8/8UC1, mono16/16UC1, 32FC1 -> HxW; rows padded beyond
-  ``width * pixel size`` (``step``) and big-endian data are handled) or ``sensor_msgs/msg/CompressedImage``
+  (rgb8, bgr8, rgba8, bgra8, yuv422, yuv422_yuy2, bayer_*8 -> HxWx3 RGB; mono8/8UC1, mono16/16UC1, 32FC1 -> HxW;
+  rows padded beyond ``width * pixel size`` (``step``) and big-endian data are handled) or
+  ``sensor_msgs/msg/CompressedImage``
   (jpeg/png via ``cv2.imdecode``; colour -> RGB, single channel -> HxW).
 * :func:`iter_bag_pairs` yields ``(stamp_ns, image, label)``, pairing each image with the ground-truth message of
   the same header stamp, else the nearest one within ``tolerance_ns``; images without a match are skipped.
@@ -54,12 +55,38 @@ def _header(stamp_ns, frame_id):
     return ts.types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
 
 
+def rgb_to_yuv422(rgb, encoding='yuv422_yuy2'):
+    """RGB (H, W even, 3) -> packed YUV 4:2:2 (H, W, 2) as a camera driver sends it: BT.601 video range, each pixel
+    pair's U and V from its first pixel; ``yuv422`` is UYVY, ``yuv422_yuy2`` YUYV (sensor_msgs)."""
+    r, g, b = (np.asarray(rgb)[..., i].astype(np.float64) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    chroma = np.empty_like(y)
+    chroma[:, 0::2] = (128 - 0.148 * r - 0.291 * g + 0.439 * b)[:, 0::2]
+    chroma[:, 1::2] = (128 + 0.439 * r - 0.368 * g - 0.071 * b)[:, 0::2]
+    planes = [y, chroma] if encoding == 'yuv422_yuy2' else [chroma, y]
+    return np.clip(np.rint(np.stack(planes, axis=-1)), 0, 255).astype(np.uint8)
+
+
+def rgb_to_bayer(rgb, encoding='bayer_rggb8'):
+    """RGB (H, W, 3) -> the (H, W) mosaic a Bayer sensor records (``bayer_rggb8``: R G on even rows, G B on odd)."""
+    rgb = np.asarray(rgb)
+    pattern = encoding[len('bayer_'):len('bayer_') + 4]
+    out = np.empty(rgb.shape[:2], np.uint8)
+    for k, colour in enumerate(pattern):
+        out[k // 2::2, k % 2::2] = rgb[k // 2::2, k % 2::2, 'rgb'.index(colour)]
+    return out
+
+
 def image_msg(image, encoding, stamp_ns, frame_id=CAMERA_FRAME, row_padding=0):
     """A ``sensor_msgs/msg/Image`` of ``image`` (RGB(A) or HxW array) in ``encoding``.
 
-    Colour input is RGB(A) and converted to the requested channel order; ``row_padding`` extra bytes end every
-    row (``step`` > width * pixel size), as some camera drivers do."""
+    Colour input is RGB(A) and converted to the requested channel order, or packed (YUV 4:2:2, Bayer);
+    ``row_padding`` extra bytes end every row (``step`` > width * pixel size), as some camera drivers do."""
     image = np.asarray(image)
+    if encoding.startswith('yuv422'):
+        image = rgb_to_yuv422(image, encoding)
+    elif encoding.startswith('bayer_'):
+        image = rgb_to_bayer(image, encoding)
     if encoding in ('bgr8', 'bgra8'):
         image = image[..., ::-1]
     if encoding in ('rgba8', 'bgra8') and image.shape[-1] == 3:
@@ -217,8 +244,8 @@ def header_stamp(rawdata):
 def decode_image(msg):
     """ndarray of a deserialized ``sensor_msgs/msg/Image`` (colour -> RGB HxWx3, else HxW), by the same
     step-aware conversion the node uses (:mod:`seg_perception.runtime.imgmsg`)."""
-    array = imgmsg.image_to_array(msg)
-    return np.ascontiguousarray(imgmsg.image_to_rgb(msg) if array.ndim == 3 else array)
+    return np.ascontiguousarray(imgmsg.image_to_rgb(msg) if msg.encoding in imgmsg.COLOUR
+                                else imgmsg.image_to_array(msg))
 
 
 def decode_compressed(msg):
