@@ -252,6 +252,31 @@ def test_diagnostics_report_rates_latency_and_drops(ros, tiny_model):
     assert int(d['frames_processed']) + int(d['frames_dropped']) + int(d['frames_idle_no_subscribers']) == 10
 
 
+def test_max_rate_skips_frames_on_arrival_and_counts_them(ros, tiny_model):
+    """max_rate 4: of 30 frames over ~0.9 s about 4 are segmented, the rest skipped on arrival and counted; set to
+    0 while running, every frame reaches the worker again."""
+    node, h = ros(model_path=tiny_model, max_rate=4.0)
+    start = time.monotonic()
+    for i in range(30):
+        h.publish(_rgb(60, 80, seed=i), 'rgb8', stamp=(i, 0))
+        time.sleep(0.03)
+    elapsed = time.monotonic() - start
+    assert h.wait_for(lambda: node.frame_counts()['received'] == 30 and node.frame_counts()['in_flight'] == 0)
+    counts = node.frame_counts()
+    admitted = counts['received'] - counts['skipped_rate']
+    assert 2 <= admitted <= 2 + 4 * elapsed and counts['processed'] >= 2, (counts, elapsed)
+    assert counts['received'] == sum(counts[k] for k in ('skipped_rate', 'processed', 'dropped', 'rejected', 'errors',
+                                                         'idle_no_subscribers', 'no_model', 'in_flight'))
+    assert node.set_parameters([Parameter('max_rate', value=0.0)])[0].successful
+    skipped = counts['skipped_rate']
+    for i in range(5):
+        h.publish(_rgb(60, 80, seed=i), 'rgb8', stamp=(100 + i, 0))
+        time.sleep(0.03)
+    assert h.wait_for(lambda: node.frame_counts()['received'] == 35)
+    assert node.frame_counts()['skipped_rate'] == skipped
+    assert not node.set_parameters([Parameter('max_rate', value=-1.0)])[0].successful   # the descriptor's range
+
+
 def test_node_process_with_params_file_large_images(tmp_path, tiny_model):
     """segmentation_node as its own process (--params-file, remapping) receives 640x480 frames over DDS."""
     params = tmp_path / 'p.yaml'

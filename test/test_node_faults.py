@@ -24,7 +24,7 @@ from test_node import NO_PUB_EVENTS, Harness, _rgb  # noqa: E402
 from seg_perception.node import LATCHED_QOS  # noqa: E402
 
 ros = test_node.ros  # the fixture: a SegmentationNode and a Harness in one rclpy context
-FATES = ('processed', 'dropped', 'rejected', 'errors', 'idle_no_subscribers', 'no_model', 'in_flight')
+FATES = ('skipped_rate', 'processed', 'dropped', 'rejected', 'errors', 'idle_no_subscribers', 'no_model', 'in_flight')
 
 
 class FaultySession:

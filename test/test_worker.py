@@ -3,7 +3,7 @@ import random
 import threading
 import time
 
-from seg_perception.runtime.worker import LatestFrameWorker
+from seg_perception.runtime.worker import LatestFrameWorker, RateLimiter
 
 
 def test_every_item_has_one_fate_in_every_snapshot():
@@ -68,3 +68,21 @@ def test_an_idle_worker_has_taken_the_frame_when_submit_returns():
         assert worker.wait_idle(5)
     assert worker.stop(1.0)
     assert worker.snapshot()['dropped'] == 0 and len(seen) == 40
+
+
+def test_rate_limiter_passes_the_rate_on_average_whatever_the_jitter():
+    rng = random.Random(1)
+    limiter = RateLimiter()
+    arrivals = [i / 30 + rng.uniform(-0.004, 0.004) for i in range(900)]   # 30 s of a jittery 30 Hz camera
+    passed = [t for t in arrivals if limiter.admit(t, 10.0)]
+    assert 298 <= len(passed) <= 302                                       # 10 Hz
+    gaps = [b - a for a, b in zip(passed, passed[1:])]
+    assert min(gaps) > 0.05 and max(gaps) < 0.15                           # every third frame, give or take one
+
+
+def test_rate_limiter_edges():
+    limiter = RateLimiter()
+    assert all(limiter.admit(i / 30, 0.0) for i in range(30))              # 0: no limit
+    assert all(limiter.admit(1 + i / 5, 10.0) for i in range(10))          # a camera slower than the limit
+    passed = [limiter.admit(60 + i / 100, 10.0) for i in range(20)]         # after a minute's pause: no burst
+    assert passed[:3] == [True, False, False] and sum(passed) == 3          # 0.2 s at 10 Hz, half a token saved

@@ -1,4 +1,5 @@
-"""A single inference worker that always takes the newest frame: no backlog, every frame accounted for."""
+"""A single inference worker that always takes the newest frame (no backlog, every frame accounted for), and the
+rate limit in front of it."""
 import collections
 import threading
 
@@ -77,3 +78,29 @@ class LatestFrameWorker:
             self._cond.notify_all()
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+
+class RateLimiter:
+    """Lets through at most ``rate`` items per second on average: a token bucket refilled at ``rate`` tokens per
+    second and holding at most 1.5, one token per item let through. The remainder of a token carries over, so a
+    30 Hz camera limited to 10 Hz passes every third frame even when arrivals jitter; after a pause at most one
+    frame passes at once. ``rate`` <= 0: everything passes."""
+
+    CAPACITY = 1.5
+
+    def __init__(self):
+        self._tokens = self.CAPACITY
+        self._last = None
+
+    def admit(self, now: float, rate: float) -> bool:
+        """Whether an item arriving at ``now`` (seconds, monotonic) passes at ``rate`` per second."""
+        if self._last is not None and rate > 0:
+            self._tokens = min(self.CAPACITY, self._tokens + (now - self._last) * rate)
+        self._last = now
+        if rate <= 0:
+            self._tokens = self.CAPACITY
+            return True
+        if self._tokens >= 1.0 - 1e-9:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -290,8 +290,9 @@ def _report(model, t_infer, rate, overload, sent, t0, elapsed, duration, rss, pr
     final = final or {}
     counts = {k: int(final.get(f'frames_{k}', -1)) for k in ('received', 'processed', 'published', 'dropped',
                                                               'rejected', 'errors', 'idle_no_subscribers',
-                                                              'no_model', 'in_flight')}
-    others = sum(counts[k] for k in ('rejected', 'errors', 'idle_no_subscribers', 'no_model', 'in_flight'))
+                                                              'no_model', 'in_flight', 'skipped_rate')}
+    others = sum(counts[k] for k in ('rejected', 'errors', 'idle_no_subscribers', 'no_model', 'in_flight',
+                                     'skipped_rate'))
     tracebacks = [line for line in log if 'Traceback' in line]
     checks = {
         'rss': (growth < max_rss_growth,
@@ -305,7 +306,8 @@ def _report(model, t_infer, rate, overload, sent, t0, elapsed, duration, rss, pr
                      f'received {counts["received"]} = processed {counts["processed"]} + dropped '
                      f'{counts["dropped"]}; rejected {counts["rejected"]}, errors {counts["errors"]}, idle '
                      f'{counts["idle_no_subscribers"]}, no model {counts["no_model"]}, in flight '
-                     f'{counts["in_flight"]}' if final else 'no diagnostics after the input stopped'),
+                     f'{counts["in_flight"]}, skipped by max_rate {counts["skipped_rate"]}' if final
+                     else 'no diagnostics after the input stopped'),
         'overload': (input_rate >= min_overload * output_rate > 0,
                      f'input {input_rate:.1f} Hz vs output {output_rate:.1f} Hz: '
                      f'{input_rate / max(output_rate, 1e-9):.1f} x (target {overload:g} x, limit {min_overload:g} x)'),
