@@ -60,13 +60,14 @@ def test_bench_node_over_rclpy(tiny_logits_model, capsys):
 def test_bench_node_cpu_sleeping_and_spinning(tiny_logits_model, capsys):
     pytest.importorskip('rclpy')
     assert cli.main(['bench', 'node-cpu', '--model', tiny_logits_model, '--size', '48x64', '--rate', '20',
-                     '--seconds', '1']) == 0
+                     '--seconds', '1', '--max-rate', '5']) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith(('| sleeping', '| spinning'))]
-    assert len(rows) == 2, out
-    for row in rows:
-        cells = [c.strip() for c in row.strip('|').split('|')]
-        assert int(cells[3]) > 0 and cells[4].endswith('%'), row   # labels came back; the node's CPU was read
+    rows = [[c.strip() for c in line.strip('|').split('|')] for line in out.splitlines()
+            if line.startswith(('| sleeping', '| spinning'))]
+    assert [r[1] for r in rows] == ['off', 'off', '5'], out
+    for cells in rows:
+        assert int(cells[4]) > 0 and cells[5].endswith('%'), cells   # labels came back; the node's CPU was read
+    assert int(rows[2][4]) < int(rows[0][4])                           # max_rate 5 Hz of a 20 Hz camera
 
 
 def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_path, capsys):
@@ -97,6 +98,7 @@ def test_bench_costmap_on_the_sample_bag_and_with_depth(tiny_logits_model, tmp_p
     (['bench', 'node', '--model', 'missing.onnx'], 'no such file'),
     (['bench', 'node-cpu', '--threads', '1'], '--threads must be 2 or more'),
     (['bench', 'node-cpu', '--rate', '0'], '--rate and --seconds must be positive'),
+    (['bench', 'node-cpu', '--max-rate', '-1'], '--max-rate must be 0'),
 ])
 def test_bad_arguments_are_one_line(argv, message, capsys):
     assert cli.main(argv) == 2

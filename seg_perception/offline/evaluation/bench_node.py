@@ -246,10 +246,12 @@ def _process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, timeout=60.0) -> dict:
+def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, timeout=60.0,
+                   max_rate=10.0) -> dict:
     """The node in its own process fed frames at a camera ``rate`` for ``seconds`` (after 2 s of warm-up), once with
-    ONNX Runtime's worker threads sleeping between frames (``intra_op_spinning:=false``, the node's default) and
-    once spinning (ONNX Runtime's own default): the node process's CPU time per second of the run, the labels
+    ONNX Runtime's worker threads sleeping between frames (``intra_op_spinning:=false``, the node's default), once
+    spinning (ONNX Runtime's own default) and, with ``max_rate`` > 0, once sleeping and limited to ``max_rate``
+    frames per second (the node's ``max_rate``): the node process's CPU time per second of the run, the labels
     that came back, and the node's own latency p50s from its /diagnostics."""
     import tempfile
 
@@ -263,10 +265,10 @@ def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, t
                 for f in sample_frames(10)]
     rows, stamp = [], 0
     try:
-        for spinning in (False, True):
+        for spinning, limit in [(False, 0.0), (True, 0.0)] + ([(False, float(max_rate))] if max_rate > 0 else []):
             with tempfile.TemporaryFile('w+') as log:
-                proc = driver.start_node(model, threads, log, [f'intra_op_spinning:={str(spinning).lower()}'],
-                                         timeout=timeout)
+                proc = driver.start_node(model, threads, log, [f'intra_op_spinning:={str(spinning).lower()}',
+                                                               f'max_rate:={limit}'], timeout=timeout)
                 try:
                     counts = []
                     for duration in (2.0, seconds):   # warm-up, then the measured run
@@ -287,10 +289,10 @@ def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, t
                 finally:
                     _stop(proc)
             sent, got, cpu = counts[-1]
-            rows.append({'spinning': spinning, 'sent': sent, 'received': got, 'cpu_cores': cpu,
+            rows.append({'spinning': spinning, 'max_rate': limit, 'sent': sent, 'received': got, 'cpu_cores': cpu,
                          'engine_ms': float(stats.get('latency_p50_ms', 'nan')),
                          'node_ms': float(stats.get('input_to_output_p50_ms', 'nan'))})
-            print(f'  worker threads {"spinning" if spinning else "sleeping"}: node CPU '
+            print(f'  worker threads {"spinning" if spinning else "sleeping"}, max_rate {limit:g}: node CPU '
                   f'{"n/a" if cpu is None else f"{100 * cpu:.0f} %"} of a core, {got}/{sent} labels', flush=True)
     finally:
         driver.close()
@@ -351,15 +353,15 @@ def run_node(args) -> int:
 
 def node_cpu_table(report: dict) -> str:
     rows = [['spinning (ONNX Runtime default)' if r['spinning'] else 'sleeping (the node\'s default)',
-             f'{report["rate"]:g}', r['sent'], r['received'],
+             f'{r["max_rate"]:g}' if r['max_rate'] else 'off', f'{report["rate"]:g}', r['sent'], r['received'],
              'n/a' if r['cpu_cores'] is None else f'{100 * r["cpu_cores"]:.0f} %', fmt(r['engine_ms']),
              fmt(r['node_ms'])] for r in report['rows']]
-    head = ['worker threads between frames', 'camera Hz', 'frames sent', 'labels received',
+    head = ['worker threads between frames', 'max_rate (Hz)', 'camera Hz', 'frames sent', 'labels received',
             'node CPU (% of one core)', 'engine p50 ms', 'node arrival -> published p50 ms']
     return (markdown_table(head, rows) + f'\n\nModel `{os.path.basename(report["model"])}`, '
             f'{report["threads"]} ONNX Runtime threads, {report["size"][1]}x{report["size"][0]} frames at '
             f'{report["rate"]:g} Hz for {report["seconds"]:g} s after 2 s of warm-up; the node in its own process '
-            '(`intra_op_spinning`), CPU = its user + system time per second of the run (/proc).')
+            '(`intra_op_spinning`, `max_rate`), CPU = its user + system time per second of the run (/proc).')
 
 
 def add_node_cpu_arguments(parser) -> None:
@@ -368,6 +370,8 @@ def add_node_cpu_arguments(parser) -> None:
     parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
     parser.add_argument('--seconds', type=float, default=10.0, help='length of the measured run per setting')
     parser.add_argument('--threads', type=int, default=2, help='ONNX Runtime intra-op threads (2 or more)')
+    parser.add_argument('--max-rate', type=float, default=10.0,
+                        help='a third run with the node limited to this many frames per second (0: none)')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
@@ -377,7 +381,10 @@ def run_node_cpu(args) -> int:
         raise UserError(f'--rate and --seconds must be positive, got {args.rate:g} and {args.seconds:g}')
     if args.threads < 2:
         raise UserError(f'--threads must be 2 or more (one thread has no worker threads to spin), got {args.threads}')
-    report = bench_node_cpu(args.model, parse_size(args.size, stride=1), args.rate, args.seconds, args.threads)
-    emit(args, 'The node\'s CPU at a camera rate: ONNX Runtime worker threads sleeping or spinning',
+    if not 0 <= args.max_rate <= 1000:
+        raise UserError(f'--max-rate must be 0 (no limited run) to 1000 frames per second, got {args.max_rate:g}')
+    report = bench_node_cpu(args.model, parse_size(args.size, stride=1), args.rate, args.seconds, args.threads,
+                            max_rate=args.max_rate)
+    emit(args, 'The node\'s CPU at a camera rate: ONNX Runtime worker threads sleeping or spinning, max_rate',
          node_cpu_table(report))
     return 0
