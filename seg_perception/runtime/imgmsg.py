@@ -34,7 +34,7 @@ TO_RGB = {
     'rgb8': None, 'bgr8': cv2.COLOR_BGR2RGB, 'rgba8': cv2.COLOR_RGBA2RGB, 'bgra8': cv2.COLOR_BGRA2RGB,
     'mono8': cv2.COLOR_GRAY2RGB, '8UC3': cv2.COLOR_BGR2RGB,
     'yuv422': cv2.COLOR_YUV2RGB_UYVY, 'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUYV,
-    # OpenCV names a Bayer pattern by its second row's first two pixels (cv_bridge's table): RGGB is "BayerBG"
+    # OpenCV names a Bayer pattern by the 2nd and 3rd pixels of its second row (cv_bridge's table): RGGB is BayerBG
     'bayer_rggb8': cv2.COLOR_BayerBG2RGB, 'bayer_bggr8': cv2.COLOR_BayerRG2RGB,
     'bayer_gbrg8': cv2.COLOR_BayerGR2RGB, 'bayer_grbg8': cv2.COLOR_BayerGB2RGB,
 }

@@ -94,12 +94,12 @@ class RateLimiter:
 
     def admit(self, now: float, rate: float) -> bool:
         """Whether an item arriving at ``now`` (seconds, monotonic) passes at ``rate`` per second."""
-        if self._last is not None and rate > 0:
+        if rate <= 0:
+            self._tokens, self._last = self.CAPACITY, now
+            return True
+        if self._last is not None:
             self._tokens = min(self.CAPACITY, self._tokens + (now - self._last) * rate)
         self._last = now
-        if rate <= 0:
-            self._tokens = self.CAPACITY
-            return True
         if self._tokens >= 1.0 - 1e-9:
             self._tokens -= 1.0
             return True

@@ -8,7 +8,8 @@ each folded weight into its convolution, and gives the BatchNorm after it the st
 folded convolution's output measured on calibration images, with ``gamma = sqrt(v + eps)`` and
 ``beta = b' + m``: the BatchNorm then computes ``x + b'`` in eval mode exactly and approximately in training mode
 (where batch statistics replace ``(m, v)``), so fine-tuning starts from the shipped model's function. Every other
-initializer (kept under its parameter name) is copied by name; anything left unmatched is an error. The result
+initializer (kept under its parameter name) is copied by name; anything left unmatched on either side (an
+initializer of the file, a parameter of the model) is an error. The result
 is checked against ONNX Runtime on the calibration images before it is written.
 """
 import argparse
@@ -197,7 +198,7 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     if report['labels_agree'] < 0.999 or worst > PARITY_RTOL:
         raise UserError(f'the model rebuilt as {arch} differs from {onnx_path} (labels agree '
                         f'{100 * report["labels_agree"]:.1f} %, max relative difference {worst:.3g}): not an export '
-                        'of this architecture, or weights recovery cannot rebuild (convolutions + BatchNorm only)')
+                        'of this architecture, or one recover cannot rebuild (convolutions + BatchNorm only)')
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({'model': state, 'arch': arch, 'num_classes': num_classes, 'classes': meta['names'],
                 'palette': [list(c) for c in meta['palette']], 'mean': meta['mean'], 'std': meta['std'],
