@@ -27,8 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, parse_size, ratio
-from .bench_common import bench_session as _session
+from .bench_common import (
+    add_common_arguments,
+    bench_session,
+    emit,
+    fmt,
+    interleaved_medians,
+    markdown_table,
+    parse_size,
+    ratio,
+)
 from .bench_models import SHIPPED, labels_bytes, load_bench_model, sample_frames, zoo_files
 
 DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
@@ -52,7 +60,7 @@ def matmul_peak(threads_list=(1, 2), n: int = MATMUL_N, repeat: int = 7) -> dict
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
     proto.ir_version = 8
     flop = 2.0 * n ** 3
-    candidates = {('ort', t): (lambda s=_session(proto.SerializeToString(), t): s.run(None, {'a': a}))
+    candidates = {('ort', t): (lambda s=bench_session(proto.SerializeToString(), t): s.run(None, {'a': a}))
                   for t in threads_list}
     candidates[('numpy', 0)] = lambda: a @ b
     ms = interleaved_medians(candidates, warmup=2, repeat=repeat, prime=True)
@@ -91,11 +99,9 @@ def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup
             x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
             xt = torch.from_numpy(x)
             for threads in threads_list:
-                candidates = {'ort': (lambda s=_session(bm.fp32, threads, size), x=x: s.run(None, {'images': x}))}
-                if bm.plain:
-                    candidates['plain'] = lambda s=_session(bm.plain, threads, size), x=x: s.run(None, {'images': x})
-                if bm.int8:
-                    candidates['int8'] = lambda s=_session(bm.int8, threads, size), x=x: s.run(None, {'images': x})
+                graphs = {'ort': bm.fp32, 'plain': bm.plain, 'int8': bm.int8}
+                candidates = {name: lambda s=bench_session(graph, threads, size), x=x: s.run(None, {'images': x})
+                              for name, graph in graphs.items() if graph}
                 if torch_eager:
                     def eager(model=bm.torch_model, threads=threads, xt=xt):
                         torch.set_num_threads(threads)
@@ -213,7 +219,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
     logits6, labels6 = SHIPPED.read_bytes(), labels_bytes(SHIPPED)
     for size in sizes:
         for threads in threads_list:
-            net, off = _session(logits6, threads, size), _session(labels6, threads, size)
+            net, off = bench_session(logits6, threads, size), bench_session(labels6, threads, size)
             per_frame = []
             for rgb in calib:
                 x = preprocess(rgb, compute_geometry(rgb.shape[:2], size, 'resize'), meta6['mean'], meta6['std'])
@@ -231,7 +237,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
     del model
     for size in sizes:
         for threads in threads_list:
-            net, off = _session(str(fp32), threads, size), _session(str(labels), threads, size)
+            net, off = bench_session(str(fp32), threads, size), bench_session(str(labels), threads, size)
             x = preprocess(cv2.resize(calib[0], size[::-1]), compute_geometry(size, size, 'resize'),
                            meta6['mean'], meta6['std'])
             shape = net.run(None, {'images': x})[0].shape[2:]

@@ -175,13 +175,14 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0,
     driver = _Driver()
     base = sample_frames(frames)
     bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
+    frames_at = {tuple(size): [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
+                               if f.shape[:2] != tuple(size) else f for f in base] for size in sizes}
     rows, stamp = [], 0
     try:
         for outputs in output_sets:
             driver.subscribe(outputs)
             for size in sizes:
-                images = [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
-                          if f.shape[:2] != tuple(size) else f for f in base]
+                images = frames_at[tuple(size)]
                 with tempfile.TemporaryFile('w+') as log:
                     proc = driver.start_node(model, threads, log, timeout=timeout)
                     try:
