@@ -44,6 +44,15 @@ def test_noisy_logits_every_cell_ambiguous_still_exact():
     assert up.counters['max_candidates'] > 8     # the catch-all group ran too
 
 
+def test_more_than_256_candidates_in_a_cell():
+    """Each pixel's winner is kept as an index among its cell's candidates: past 256 of them it needs 16 bits."""
+    logits = np.random.default_rng(1).normal(0, 1, (700, 4, 4)).astype(np.float32)
+    up = LogitsUpsampler.for_resize((4, 4), (64, 64))
+    labels, _ = up(logits, np.uint16)
+    assert up.counters['max_candidates'] > 256
+    assert np.array_equal(labels, _torch_labels(logits, (64, 64))[0])
+
+
 @pytest.mark.parametrize('n_in', [1, 7, 32, 60])
 def test_the_first_fill_takes_a_corner_of_each_pixels_cell(n_in):
     """Outside the ambiguous cells the labels are filled by nearest-neighbour resizing: each output pixel must
