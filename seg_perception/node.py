@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -101,6 +102,10 @@ PARAMETERS = {
     'intra_op_spinning': (False, 'With 2+ intra-op threads: let ONNX Runtime\'s worker threads busy-wait between '
                                  'frames (its own default). A little lower latency, but each waiting thread keeps a '
                                  'core busy; false: they sleep between frames.', {}),
+    'opencv_threads': (1, 'OpenCV threads for decoding, resizing and making the labels at camera size '
+                          "(cv2.setNumThreads, for the whole process; 0 = OpenCV's default, one per core). One: "
+                          'no slower at 640x480 and ~10 % less CPU per frame than two.',
+                       {'integer_range': _int_range(0, 64)}),
     'input_size': ([0, 0], 'Network input [H, W] for models with dynamic input (multiples of 32); [0, 0] = '
                            "the size stored in the model.", {}),
     'overlay': (False, 'Blend the colour mask over the input image on segmentation/color.', {}),
@@ -144,6 +149,7 @@ class SegmentationPipeline:
         for name, (default, description, extra) in {**PARAMETERS, **COSTMAP_PARAMETERS}.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
         self._validate_static()
+        self._set_opencv_threads(self.get_parameter('opencv_threads').value)
         # the node's own counters; what happened to each frame is counted by the worker (see frame_counts)
         self.counters = {'published': 0, 'skipped_rate': 0}
         self._rate_limiter = RateLimiter()
@@ -235,6 +241,10 @@ class SegmentationPipeline:
         if mode not in ('raw', 'compressed'):
             raise UserError(f"input_mode must be 'raw' or 'compressed', got {mode!r}")
 
+    @staticmethod
+    def _set_opencv_threads(count):
+        cv2.setNumThreads(count if count > 0 else -1)   # OpenCV: a negative count restores its default
+
     def _engine_settings(self, overrides):
         values = {name: self.get_parameter(name).value for name in ENGINE_PARAMS}
         values.update(overrides)
@@ -268,6 +278,8 @@ class SegmentationPipeline:
         for p in params:
             if p.name == 'costmap.min_confidence':   # LabelInfo.threshold follows it
                 self._publish_label_info(min_confidence=p.value)
+            elif p.name == 'opencv_threads':
+                self._set_opencv_threads(p.value)
         return SetParametersResult(successful=True)
 
     def _load_engine(self, settings, strict=False):

@@ -277,6 +277,27 @@ def test_max_rate_skips_frames_on_arrival_and_counts_them(ros, tiny_model):
     assert not node.set_parameters([Parameter('max_rate', value=-1.0)])[0].successful   # the descriptor's range
 
 
+def test_opencv_threads_follow_the_parameter(ros, tiny_model):
+    """OpenCV's thread count is the node's: 1 by default, changed live, 0 = OpenCV's own default; the frames
+    still come out."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(-1)
+    opencv_default = cv2.getNumThreads()
+    try:
+        node, h = ros(model_path=tiny_model)
+        assert node.get_parameter('opencv_threads').value == 1 and cv2.getNumThreads() == 1
+        assert node.set_parameters([Parameter('opencv_threads', value=3)])[0].successful
+        assert cv2.getNumThreads() == 3
+        assert node.set_parameters([Parameter('opencv_threads', value=0)])[0].successful
+        assert cv2.getNumThreads() == opencv_default
+        assert not node.set_parameters([Parameter('opencv_threads', value=-1)])[0].successful   # the range
+        assert cv2.getNumThreads() == opencv_default
+        h.publish(_rgb(60, 80), 'rgb8', stamp=(1, 0))
+        assert h.wait_for(lambda: len(h.received['labels']) == 1)
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_node_process_with_params_file_large_images(tmp_path, tiny_model):
     """segmentation_node as its own process (--params-file, remapping) receives 640x480 frames over DDS."""
     params = tmp_path / 'p.yaml'

@@ -10,8 +10,8 @@ large-data profile on both sides (unless the environment already chooses one). R
 * node: arrival in the image callback -> all outputs published (the node's ``input_to_output_p50_ms`` in its
   /diagnostics, p50 over every frame of that size including the warm-up ones), and the engine's share of it
   (``latency_p50_ms``: pre-processing + network + post-processing);
-* bare engine: ``SegmentationEngine.infer`` on the same frame, same model and threads, called directly while the
-  node is idle;
+* bare engine: ``SegmentationEngine.infer`` on the same frame, same model and threads (OpenCV's too: the node's
+  default ``opencv_threads`` of 1), called directly while the node is idle;
 * end to end: driver's publish -> labels received by the driver (DDS, executor and the node together);
 * the node's per-frame steps timed alone on the same frame: message -> array, confidence -> mono8, colour mask,
   arrays -> serialized messages (``image_cdr``; what the node does around ``infer``).
@@ -178,6 +178,8 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0,
     frames_at = {tuple(size): [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
                                if f.shape[:2] != tuple(size) else f for f in base] for size in sizes}
     rows, stamp = [], 0
+    opencv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)   # as the node sets it (its opencv_threads parameter's default)
     try:
         for outputs in output_sets:
             driver.subscribe(outputs)
@@ -195,6 +197,7 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0,
                       f'bare engine {row["bare_ms"]:.1f} ms, end to end {row["e2e_ms"]:.1f} ms', flush=True)
     finally:
         driver.close()
+        cv2.setNumThreads(opencv_threads)
     return {'model': str(model), 'threads': threads, 'rows': rows}
 
 
