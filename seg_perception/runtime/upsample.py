@@ -13,7 +13,8 @@ costs C interpolations per output pixel; with 150 classes at 512x512 that is sev
   in the cell: class j is out when its largest corner value is below ``max_k min_corners l_k`` (the
   interpolated top logit is never below that), or when it is below that leading class k at all 4 corners (an
   interpolation is a convex combination of the corners, so it stays below k everywhere in the cell). Exact,
-  not a heuristic.
+  not a heuristic: only float rounding can flip a near-tie, as it does between any two implementations of the
+  reference (against PyTorch: a few pixels in 7 of 300 random geometries and logits, >= 99.996 % in each).
 * With many classes, a cell is first tried with its corners' two best classes only: every other class is at
   most its corner's third best value at each corner, so below the interpolation of those values; where the
   candidates' top is strictly above that bound at every pixel of the cell, they decide alone (most cells), and
