@@ -40,6 +40,8 @@ TO_RGB = {
 }
 # the encodings of colour images (decoded to RGB; grey mono8 stays one channel where a caller wants it so)
 COLOUR = frozenset(TO_RGB) - {'mono8'}
+# colour frames as camera drivers send them undecoded: packed YUV 4:2:2 and Bayer mosaics
+PACKED = tuple(e for e in TO_RGB if e.startswith(('yuv422', 'bayer_')))
 MAX_DIM = 16384
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ...runtime import imgmsg
 from ...runtime.engine import SegmentationEngine, SegResult
 from ..data import bags
 
@@ -39,7 +40,6 @@ CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
 OCCUPANCY = 'nav_msgs/msg/OccupancyGrid'
 TF = 'tf2_msgs/msg/TFMessage'
 COLOUR_ENCODINGS = ('rgb8', 'bgr8', 'rgba8', 'bgra8')
-PACKED_ENCODINGS = ('yuv422', 'yuv422_yuy2', 'bayer_rggb8', 'bayer_bggr8', 'bayer_gbrg8', 'bayer_grbg8')
 LABEL_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1')
 LABEL_WORDS = ('label', 'semantic', 'segment', 'ground_truth', 'groundtruth')
 NOT_CAMERA_WORDS = LABEL_WORDS + ('depth', 'disparity', 'mask')
@@ -132,12 +132,12 @@ def resolve_topics(bag: str | os.PathLike, image_topic: str | None = None, gt_to
         raw = [t for t, e in encodings.items() if e in COLOUR_ENCODINGS or (
             e in ('mono8', '8UC1') and not _looks_like(t, NOT_CAMERA_WORDS))]
         # a driver's undecoded frames (YUV 4:2:2, Bayer) only where no decoded colour topic is there
-        raw = raw or [t for t, e in encodings.items() if e in PACKED_ENCODINGS]
+        raw = raw or [t for t, e in encodings.items() if e in imgmsg.PACKED]
         compressed = [t for t, ty in types.items() if ty == COMPRESSED and not _looks_like(t, NOT_CAMERA_WORDS)]
         cameras = raw + [t for t in compressed if t.rsplit('/', 1)[0] not in raw]
         if not cameras:
             raise UserError(f'{path}: no camera image topic found (Image in '
-                            f'{", ".join(COLOUR_ENCODINGS + PACKED_ENCODINGS)} or '
+                            f'{", ".join(COLOUR_ENCODINGS + imgmsg.PACKED)} or '
                             f'CompressedImage); its topics: {info.listing()}; give one with --image-topic')
         info.image = _pick('camera image', cameras, '--image-topic', path)
         info.notes.append(f'camera topic {info.image} found by type')
