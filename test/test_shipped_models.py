@@ -67,3 +67,18 @@ def test_shipped_token_pass_model_saves_compute(path, sample_frames):
     assert np.mean([r.macs for r in early]) < 0.8 * np.mean([r.macs for r in full])
     agree = np.mean([(a.labels == b.labels).mean() for a, b in zip(full, early)])
     assert agree > 0.9
+
+
+@pytest.mark.parametrize('path', [p for p in MODELS if os.path.basename(p).startswith('adaptive_')],
+                         ids=os.path.basename)
+def test_shipped_adaptive_model_refines_part_of_each_frame(path, sample_frames):
+    """The stored knob sits between the ends: it refines some tiles of the sample bag's frames, not all, for less
+    than the full model's MACs, and its labels mostly agree with the full model's."""
+    engine = SegmentationEngine(path, intra_op_threads=1)
+    assert engine.has_refine_threshold and 0 < engine.meta['refine_threshold'] < 1
+    full = [engine.infer(image, refine_threshold=1.0) for _, image, _ in sample_frames]
+    default = [engine.infer(image) for _, image, _ in sample_frames]
+    assert all(r.refined_fraction == 1.0 for r in full)
+    assert 0 < np.mean([r.refined_fraction for r in default]) < 1
+    assert np.mean([r.macs for r in default]) < 0.9 * np.mean([r.macs for r in full])
+    assert np.mean([(a.labels == b.labels).mean() for a, b in zip(full, default)]) > 0.9

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...errors import UserError
 from . import bench_adaptive, bench_costmap, bench_engine, bench_node, bench_ops
-from .bench_common import complexity_halves
+from .bench_common import complexity_halves, worker_spinning
 from .metrics import ConfusionMatrix
 
 
@@ -74,8 +74,8 @@ def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, li
     stopping, same weights), so the mIoU change caused by stopping alone is reported too."""
     from ...runtime.engine import SegmentationEngine
 
-    tp = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size)
-    st = SegmentationEngine(static, providers=providers, intra_op_threads=threads, input_size=input_size)
+    tp, st = (SegmentationEngine(path, providers=providers, intra_op_threads=threads, input_size=input_size,
+                                 spinning=worker_spinning(threads)) for path in (model, static))
     if not tp.has_exit_threshold:
         raise UserError(f'{model}: not a token-pass model (no exit_threshold input)')
     if threshold is None:

@@ -24,7 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
-from .bench_common import complexity_halves, emit, fmt, interleaved_medians, machine_line, markdown_table, ratio
+from .bench_common import (
+    bench_session,
+    complexity_halves,
+    emit,
+    fmt,
+    interleaved_medians,
+    machine_line,
+    markdown_table,
+    ratio,
+    worker_spinning,
+)
 from .metrics import ConfusionMatrix
 
 
@@ -67,7 +77,8 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     from ...runtime.engine import SegmentationEngine
     from .bench import iter_labelled_frames
 
-    adaptive = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size)
+    adaptive = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size,
+                                   spinning=worker_spinning(threads))
     knob = _knob(adaptive)
     if knob is None:
         raise UserError(f'{model}: not an adaptive model (no refine_threshold or exit_threshold input)')
@@ -76,7 +87,8 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     engines = {f'{Path(model).stem} {knob}={t:g}': (adaptive, {knob: t}) for t in thresholds}
     default_name = f'{Path(model).stem} {knob}={default:g}'
     for path in statics:
-        engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads, input_size=input_size)
+        engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads, input_size=input_size,
+                                     spinning=worker_spinning(threads))
         if engine.names != adaptive.names:
             raise UserError(f'{path} predicts {engine.names}, {model} predicts {adaptive.names}')
         engines[Path(path).stem] = (engine, {})
@@ -147,8 +159,10 @@ def adaptive_table(report):
                         + [fmt(g['refined_tiles'], 3), fmt(g['refined_frames'], 3),
                            fmt(100 * g['miou'] if g['miou'] is not None else None, 1)])
     note = (f'\n\n{report["knob"]} default {report["default"]:g}; network input {report["input_size"] or "native"}; '
-            f'{report["provider"]} with {report["threads"]} thread(s); halves split by {report["split_by"]}; '
-            f'latency = ONNX Runtime run time ({report.get("clock", "wall")} clock; mean ratios within this run); '
+            f'{report["provider"]} with {report["threads"]} thread(s)'
+            f'{" (workers sleeping between runs, as in the node)" if report["threads"] > 1 else ""}; '
+            f'halves split by {report["split_by"]}; latency = ONNX Runtime run time '
+            f'({report.get("clock", "wall")} clock; mean ratios within this run); '
             'engine ms = the whole infer() (pre-processing, run, labels and confidence at camera resolution), '
             'elapsed; tiles refined = mean fraction of '
             'tiles through the deep head; frames refined = fraction of frames with at least one.')
@@ -242,7 +256,6 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
     import tempfile
     import warnings
 
-    import onnxruntime as ort
     import torch
 
     from ...nets import create_model
@@ -277,13 +290,6 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
                               output_names=outputs + (['refined_fraction', 'macs'] if adaptive else []))
 
     torch.manual_seed(0)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = threads
-    opts.log_severity_level = 3
-
-    def session(source):
-        return ort.InferenceSession(source, opts, providers=['CPUExecutionProvider'])
-
     h, w = input_size
     images = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     model = create_model(arch, num_classes=num_classes).eval()
@@ -293,7 +299,7 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
             net = model if name == arch else create_model(name, num_classes=num_classes).eval()
             path = f'{tmp}/{name}.onnx'
             export(net, path, adaptive=name == arch)
-            sess = session(path)
+            sess = bench_session(path, threads)
             if name == arch:
                 for t in (0.0, 1.0):
                     feeds = {'images': images, 'refine_threshold': np.asarray(t, np.float32)}
@@ -312,7 +318,7 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
         torch.onnx.export(model.deep, torch.zeros(2, cin, size, size), buffer, dynamo=False, opset_version=17,
                           input_names=['windows'], output_names=['logits'],
                           dynamic_axes={'windows': {0: 'n'}, 'logits': {0: 'n'}})
-    deep = session(buffer.getvalue())
+    deep = bench_session(buffer.getvalue(), threads)
     tiles = model.num_tiles(h, w)
     for n in windows:
         if n > tiles:
@@ -440,7 +446,8 @@ def bench_cascade(small, large, data, shares, split='val', image_topic=None, gt_
     from ...runtime.engine import SegmentationEngine
     from .bench import iter_labelled_frames
 
-    engines = [SegmentationEngine(path, intra_op_threads=threads) for path in (small, large)]
+    engines = [SegmentationEngine(path, intra_op_threads=threads, spinning=worker_spinning(threads))
+               for path in (small, large)]
     num_classes, ignore = len(engines[0].names), engines[0].meta['ignore_index']
     if len(engines[1].names) != num_classes:
         raise UserError(f'{small} has {num_classes} classes, {large} {len(engines[1].names)}: they must match')

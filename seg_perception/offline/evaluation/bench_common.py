@@ -12,10 +12,21 @@ import numpy as np
 from ...errors import UserError
 
 
+def worker_spinning(threads: int) -> bool | None:
+    """Whether a benchmark's sessions let ONNX Runtime's intra-op workers busy-wait between runs: not with 2+
+    threads (``False``, as the node runs by default: its ``intra_op_spinning`` is false), else ONNX Runtime's
+    default (``None``). A benchmark takes turns between sessions in one process, and a spinning worker of one
+    steals the CPU of the next one's run, even after an untimed priming run: TopFormer-tiny and -base at 256x320,
+    2 threads, taking turns 3.1 -> 8.0 and 6.3 -> 14.2 ms (each alone -> interleaved, primed); with the workers
+    sleeping 4.6 -> 5.3 and 8.6 -> 9.2 ms (session 36)."""
+    return False if threads > 1 else None
+
+
 def bench_session(source, threads: int, hw: tuple | None = None, profile_prefix: str | None = None):
-    """A CPU session; with ``hw``, its ``images`` height and width fixed to it as the engine opens its session
-    (``runtime.engine.fix_input_size``: ONNX Runtime folds the graph's shape arithmetic); with ``profile_prefix``,
-    ONNX Runtime's profiler on (``end_profiling()`` names its file)."""
+    """A CPU session (workers sleeping between runs with 2+ threads: :func:`worker_spinning`); with ``hw``, its
+    ``images`` height and width fixed to it as the engine opens its session (``runtime.engine.fix_input_size``:
+    ONNX Runtime folds the graph's shape arithmetic); with ``profile_prefix``, ONNX Runtime's profiler on
+    (``end_profiling()`` names its file)."""
     import onnxruntime as ort
 
     from ...runtime.engine import fix_input_size
@@ -23,6 +34,8 @@ def bench_session(source, threads: int, hw: tuple | None = None, profile_prefix:
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if worker_spinning(threads) is False:
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
@@ -42,11 +55,10 @@ def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, cloc
     ``repeat`` rounds (so a burst of load hits all of them alike). ``clock``: ``time.perf_counter`` (wall) or
     ``time.thread_time`` (this thread's CPU time: with one ONNX Runtime thread the graph runs on the calling
     thread, so other processes' load does not inflate it). ``prime``: each timed call comes right after an
-    untimed call of the same fn, as in a steady stream of frames; use it with two or more threads, where the
-    worker threads of the candidate timed before (ONNX Runtime's spin for a while after a run, as do OpenMP's)
-    would otherwise compete with the next one (measured: a 2-thread network timed right after another session's
-    run took 22-25 ms instead of 12-14 ms), and where one candidate is so heavy that it evicts the caches of the
-    one timed after it (``bench peer``: the 150-class official-style graph, 0.3-0.6 s and 157 MB of output)."""
+    untimed call of the same fn, as in a steady stream of frames: where one candidate is so heavy that it evicts
+    the caches of the one timed after it (``bench peer``: the 150-class official-style graph, 0.3-0.6 s and 157 MB
+    of output). Priming does not stop the spinning workers of 2+ thread sessions from competing with the next
+    candidate: open them with :func:`worker_spinning`'s setting."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()

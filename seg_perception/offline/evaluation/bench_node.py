@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from ...errors import UserError
-from .bench_common import emit, fmt, markdown_table, parse_size, ratio
+from .bench_common import emit, fmt, markdown_table, parse_size, ratio, worker_spinning
 from .bench_models import SHIPPED, sample_frames
 
 
@@ -174,7 +174,8 @@ def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0,
     from ...runtime.engine import SegmentationEngine
     driver = _Driver()
     base = sample_frames(frames)
-    bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'])
+    bare = SegmentationEngine(str(model), intra_op_threads=threads, providers=['CPUExecutionProvider'],
+                              spinning=worker_spinning(threads))   # as the node: workers sleep between frames
     frames_at = {tuple(size): [np.ascontiguousarray(cv2.resize(f, size[::-1], interpolation=cv2.INTER_AREA))
                                if f.shape[:2] != tuple(size) else f for f in base] for size in sizes}
     rows, stamp = [], 0

@@ -288,11 +288,12 @@ def _report(model, t_infer, rate, overload, sent, t0, elapsed, duration, rss, pr
     input_rate = float(np.median([float(v['input_rate_hz']) for v in loaded])) if loaded else 0.0
     output_rate = float(np.median([float(v['output_rate_hz']) for v in loaded])) if loaded else 0.0
     final = final or {}
+    # every frame received is processed or dropped (counted); any other outcome fails the soak
+    other_outcomes = {'rejected': 'rejected', 'errors': 'errors', 'idle_no_subscribers': 'idle',
+                      'no_model': 'no model', 'in_flight': 'in flight', 'skipped_rate': 'skipped by max_rate'}
     counts = {k: int(final.get(f'frames_{k}', -1)) for k in ('received', 'processed', 'published', 'dropped',
-                                                              'rejected', 'errors', 'idle_no_subscribers',
-                                                              'no_model', 'in_flight', 'skipped_rate')}
-    others = sum(counts[k] for k in ('rejected', 'errors', 'idle_no_subscribers', 'no_model', 'in_flight',
-                                     'skipped_rate'))
+                                                              *other_outcomes)}
+    others = sum(counts[k] for k in other_outcomes)
     tracebacks = [line for line in log if 'Traceback' in line]
     checks = {
         'rss': (growth < max_rss_growth,
@@ -304,9 +305,8 @@ def _report(model, t_infer, rate, overload, sent, t0, elapsed, duration, rss, pr
                 f'(limit {max_age_ratio:g} x p99)'),
         'counters': (bool(final) and counts['received'] == counts['processed'] + counts['dropped'] and others == 0,
                      f'received {counts["received"]} = processed {counts["processed"]} + dropped '
-                     f'{counts["dropped"]}; rejected {counts["rejected"]}, errors {counts["errors"]}, idle '
-                     f'{counts["idle_no_subscribers"]}, no model {counts["no_model"]}, in flight '
-                     f'{counts["in_flight"]}, skipped by max_rate {counts["skipped_rate"]}' if final
+                     f'{counts["dropped"]}; ' + ', '.join(f'{text} {counts[k]}' for k, text in other_outcomes.items())
+                     if final
                      else 'no diagnostics after the input stopped'),
         'overload': (input_rate >= min_overload * output_rate > 0,
                      f'input {input_rate:.1f} Hz vs output {output_rate:.1f} Hz: '
