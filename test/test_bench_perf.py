@@ -15,6 +15,17 @@ def bench_cache(tmp_path, monkeypatch):
     return tmp_path
 
 
+def test_bench_sessions_sleep_between_runs_on_two_threads():
+    """Sessions that take turns must not spin: a spinning worker of one slows the next one's run."""
+    from seg_perception.offline.evaluation.bench_common import bench_session, worker_spinning
+    from seg_perception.runtime.engine import SegmentationEngine
+    assert worker_spinning(1) is None and worker_spinning(2) is False
+    entry = 'session.intra_op.allow_spinning'
+    assert bench_session(str(bench_models.SHIPPED), 2).get_session_options().get_session_config_entry(entry) == '0'
+    engine = SegmentationEngine(str(bench_models.SHIPPED), intra_op_threads=2, spinning=worker_spinning(2))
+    assert engine.session.get_session_options().get_session_config_entry(entry) == '0'
+
+
 def test_bench_peak(capsys):
     assert cli.main(['bench', 'peak', '--threads', '1', '--repeat', '1', '--warmup', '0']) == 0
     out = capsys.readouterr().out
