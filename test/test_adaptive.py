@@ -195,6 +195,39 @@ def test_onnx_runtime_chooses_the_same_tiles_as_torch(model, exported):
     assert all(r['ok'] for r in rows)
 
 
+def test_tile_buckets_tool_changes_cost_not_output(exported, tmp_path, capsys):
+    """``python -m seg_perception.offline.deploy.tile_buckets``: new buckets on an exported file, outputs equal at
+    every knob, fewer MACs where the padding shrinks; a file without buckets or bad fractions: one line, exit 2."""
+    import onnxruntime as ort
+
+    from seg_perception.offline.deploy import tile_buckets
+    from seg_perception.offline.deploy.export import build_metadata, export_model
+
+    plain, _ = exported
+    coarse, fine = tmp_path / 'coarse.onnx', tmp_path / 'fine.onnx'
+    model = _model(0, tile_buckets=(0.5, 1.0))
+    export_model(model, coarse, build_metadata(6, SIZE, arch='adaptive_topformer_tiny'), SIZE, check=False)
+    assert tile_buckets.main([str(coarse), '-o', str(fine), '--tile-buckets', '0.1', '0.25', '0.5', '1']) == 0
+    assert '[0.5, 1.0] -> [0.1, 0.25, 0.5, 1.0]' in capsys.readouterr().out
+    x = _image(0)
+    t = _partial_threshold(model, x)
+    with torch.no_grad():
+        _, fraction, _ = model.forward_with_stats(x, t)
+    assert float(fraction) <= 0.25              # 3 of 12 tiles or fewer: padded to 6 before, to 2 or 3 now
+    runs = []
+    for path in (coarse, fine):
+        session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+        runs.append(session.run(None, {'images': x.numpy(), 'refine_threshold': np.asarray(t, np.float32)}))
+    (labels_a, conf_a, frac_a, macs_a), (labels_b, conf_b, frac_b, macs_b) = runs
+    assert np.array_equal(labels_a, labels_b) and np.array_equal(conf_a, conf_b) and frac_a == frac_b
+    assert macs_b < macs_a
+    assert tile_buckets.main([str(plain), '-o', str(tmp_path / 'x.onnx'), '--tile-buckets', '1']) == 2
+    assert '0 tile-bucket constants found' in capsys.readouterr().out
+    assert tile_buckets.main([str(coarse), '-o', str(tmp_path / 'x.onnx'), '--tile-buckets', '0.5', '2']) == 2
+    assert 'must be fractions in (0, 1] including 1.0' in capsys.readouterr().out
+    assert not (tmp_path / 'x.onnx').exists()
+
+
 def test_engine_runs_the_knob_and_reports_stats(exported):
     from seg_perception.runtime.engine import SegmentationEngine
 

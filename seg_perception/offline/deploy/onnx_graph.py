@@ -38,6 +38,18 @@ def replace_field(field, items) -> None:
     field.extend(items)
 
 
+def random_image_outputs(proto: onnx.ModelProto, size: tuple, knob: float = 0.5) -> dict:
+    """ONNX Runtime's outputs of ``proto`` (name -> array) for one random image of ``size`` (H, W, seed 0); other
+    inputs (a token-pass or refine knob) at ``knob``."""
+    import numpy as np
+    import onnxruntime as ort
+    session = ort.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: (rng.standard_normal((1, 3, *size)).astype(np.float32) if i.name == 'images'
+                      else np.asarray(knob, np.float32)) for i in session.get_inputs()}
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
 def tensor_producers(graph) -> dict:
     """Tensor name -> the node that outputs it."""
     return {out: node for node in graph.node for out in node.output}
@@ -79,15 +91,19 @@ def with_logits_output(proto):
     return debug
 
 
-def file_tool(argv, module: str, doc: str, model_help: str, convert) -> int:
-    """``python -m MODULE MODEL -o OUTPUT``: ``convert(model, output)`` returns the line to print; a file that is
-    missing, not ONNX or not convertible (ValueError) prints one ``error:`` line and gives exit code 2."""
+def file_tool(argv, module: str, doc: str, model_help: str, convert, add_arguments=None) -> int:
+    """``python -m MODULE MODEL -o OUTPUT``: ``convert(model, output, **options)`` returns the line to print
+    (``options``: the arguments ``add_arguments(parser)`` adds, if given); a file that is missing, not ONNX or not
+    convertible (ValueError) prints one ``error:`` line and gives exit code 2."""
     parser = argparse.ArgumentParser(prog=f'python -m {module}', description=doc.splitlines()[0])
     parser.add_argument('model', help=model_help)
     parser.add_argument('-o', '--output', required=True, help='the file to write (may be the input)')
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in ('model', 'output')}
     try:
-        print(convert(args.model, args.output))
+        print(convert(args.model, args.output, **options))
     except (ValueError, OSError, DecodeError, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
         print(f'error: {args.model}: {exc}')
         return 2

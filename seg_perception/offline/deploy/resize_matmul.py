@@ -26,7 +26,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_graph import file_tool, postprocess_node_names, read_metadata, replace_field, tensor_producers
+from .onnx_graph import (
+    file_tool,
+    postprocess_node_names,
+    random_image_outputs,
+    read_metadata,
+    replace_field,
+    tensor_producers,
+)
 
 MARK = '/as_matmul/'   # in the names of the nodes this rewrite adds
 
@@ -129,26 +136,15 @@ def is_rewritten(proto: onnx.ModelProto) -> bool:
     return any(MARK in node.name for node in proto.graph.node)
 
 
-def _outputs(proto: onnx.ModelProto, size: tuple) -> list:
-    """ONNX Runtime's outputs of ``proto`` for one random image of ``size`` (H, W); other inputs (a token-pass
-    or refine knob) at 0.5."""
-    import onnxruntime as ort
-    session = ort.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
-    rng = np.random.default_rng(0)
-    feeds = {i.name: (rng.standard_normal((1, 3, *size)).astype(np.float32) if i.name == 'images'
-                      else np.asarray(0.5, np.float32)) for i in session.get_inputs()}
-    return session.run(None, feeds)
-
-
 def convert_file(src: str, dst: str, tolerance: float = 1e-4) -> int:
     """Rewrite ``src`` into ``dst`` (may be the same path) after checking that ONNX Runtime gives the same
     outputs (relative difference at most ``tolerance``) at the input size in its metadata; returns the number of
     Resize nodes replaced (ValueError, nothing written, when the outputs differ)."""
     proto = onnx.load(str(src))
     size = tuple(read_metadata(proto)['input_size'])
-    before = _outputs(proto, size)
+    before = random_image_outputs(proto, size).values()
     replaced = resize_as_matmul(proto)
-    for ref, new in zip(before, _outputs(proto, size)):
+    for ref, new in zip(before, random_image_outputs(proto, size).values()):
         diff = np.abs(new - ref).max() if ref.dtype.kind == 'f' else 0.0
         if diff > tolerance * max(np.abs(ref).max(), 1e-6):
             raise ValueError(f'the rewritten graph differs from the original (max |diff| {diff:.3g})')
