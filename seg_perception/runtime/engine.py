@@ -144,6 +144,19 @@ def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
     return cv2.addWeighted(color, float(alpha), rgb, 1.0 - float(alpha), 0.0)
 
 
+def session_options(intra_op_threads: int, inter_op_threads: int = 0,
+                    spinning: bool | None = None) -> 'ort.SessionOptions':
+    """ONNX Runtime session options with these thread counts (0 = its default), warnings only, and its intra-op
+    workers busy-waiting between runs or not (``spinning``; None = ONNX Runtime's default, which spins)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(intra_op_threads)
+    opts.inter_op_num_threads = int(inter_op_threads)
+    opts.log_severity_level = 3
+    if spinning is not None:
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
+    return opts
+
+
 def fix_input_size(opts: 'ort.SessionOptions', images_shape: list, hw: tuple) -> None:
     """Fix the symbolic height and width of an (N, C, H, W) ``images`` input to ``hw`` in ``opts``. A graph
     exported with a symbolic height and width then runs at that size only, and ONNX Runtime folds its shape
@@ -188,12 +201,7 @@ class SegmentationEngine:
             self.net_hw = None if input_size == 'native' or tuple(input_size) == (0, 0) else tuple(input_size)
             if self.net_hw and any(v % self.meta['stride'] for v in self.net_hw):
                 raise EngineError(f'input_size {self.net_hw} must be a multiple of {self.meta["stride"]}')
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(intra_op_threads)
-        opts.inter_op_num_threads = int(inter_op_threads)
-        opts.log_severity_level = 3
-        if spinning is not None:
-            opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spinning else '0')
+        opts = session_options(intra_op_threads, inter_op_threads, spinning)
         images = next((i for i in probe.get_inputs() if i.name == 'images'), None)
         if images is not None and self.net_hw is not None:
             fix_input_size(opts, images.shape, self.net_hw)

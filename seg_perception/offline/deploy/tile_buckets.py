@@ -53,12 +53,12 @@ def check_fractions(fractions) -> np.ndarray:
     return values
 
 
-def set_tile_buckets(proto: onnx.ModelProto, fractions) -> list:
-    """Replace the bucket fractions in ``proto`` (in place); returns the old ones."""
+def set_tile_buckets(proto: onnx.ModelProto, fractions) -> tuple:
+    """Replace the bucket fractions in ``proto`` (in place); returns the old and the new ones (lists)."""
     node = bucket_constant(proto)
-    old = numpy_helper.to_array(node.attribute[0].t).tolist()
-    node.attribute[0].t.CopyFrom(numpy_helper.from_array(check_fractions(fractions), node.attribute[0].t.name))
-    return old
+    old, new = numpy_helper.to_array(node.attribute[0].t).tolist(), check_fractions(fractions)
+    node.attribute[0].t.CopyFrom(numpy_helper.from_array(new, node.attribute[0].t.name))
+    return old, new.tolist()
 
 
 def convert_file(src: str, dst: str, tile_buckets) -> str:
@@ -67,14 +67,13 @@ def convert_file(src: str, dst: str, tile_buckets) -> str:
     proto = onnx.load(str(src))
     size = tuple(read_metadata(proto)['input_size'])
     before = [random_image_outputs(proto, size, knob) for knob in CHECK_KNOBS]
-    old = set_tile_buckets(proto, tile_buckets)
+    old, new_buckets = set_tile_buckets(proto, tile_buckets)
     for knob, ref in zip(CHECK_KNOBS, before):
         new = random_image_outputs(proto, size, knob)
         changed = [name for name in ref if name != 'macs' and not np.array_equal(ref[name], new[name])]
         if changed:
             raise ValueError(f'outputs {changed} changed at knob {knob}')
     onnx.save_model(proto, str(dst), save_as_external_data=False)
-    new_buckets = numpy_helper.to_array(bucket_constant(proto).attribute[0].t).tolist()
     return (f'wrote {dst}: tile buckets {[round(v, 4) for v in old]} -> {[round(v, 4) for v in new_buckets]}; '
             f'outputs other than macs unchanged at knob {", ".join(f"{k:g}" for k in CHECK_KNOBS)}')
 

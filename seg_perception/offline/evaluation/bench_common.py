@@ -29,13 +29,8 @@ def bench_session(source, threads: int, hw: tuple | None = None, profile_prefix:
     (``end_profiling()`` names its file)."""
     import onnxruntime as ort
 
-    from ...runtime.engine import fix_input_size
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if worker_spinning(threads) is False:
-        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    from ...runtime.engine import fix_input_size, session_options
+    opts = session_options(threads, 1, worker_spinning(threads))
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
