@@ -16,7 +16,8 @@ W, H = 64, 48
 
 
 def _frames(n=4, seed=7, **kw):
-    return list(render_frames(n, seed=seed, width=W, height=H, seq_len=kw.pop('seq_len', 2), **kw))
+    return list(render_frames(n, seed=seed, width=kw.pop('width', W), height=kw.pop('height', H),
+                              seq_len=kw.pop('seq_len', 2), **kw))
 
 
 def test_same_seed_same_frames():
@@ -123,7 +124,7 @@ def test_cli_writes_dataset_and_bag(tmp_path):
 def test_variety_textures_objects_and_poses_limbs():
     """--variety: textured obstacles (more variation inside obstacle pixels than flat-coloured ones) and limbs
     turned about their joint (a limb lifted sideways by 90 degrees sticks out level with its joint)."""
-    from seg_perception.offline.data.render import _Scene
+    from seg_perception.offline.data.shapes import limb
 
     def spread_inside_obstacles(variety):
         values = []
@@ -136,8 +137,33 @@ def test_variety_textures_objects_and_poses_limbs():
         return np.mean(values)
 
     assert spread_inside_obstacles(1.0) > 1.5 * spread_inside_obstacles(0.0)
-    kind, (radius, length), centre, _, angles = _Scene._limb(np.pi / 2, 0.0, (0, 0.2, 1.3), 0.05, 0.4, (1, 1, 1, 1))
+    kind, (radius, length), centre, _, angles = limb(np.pi / 2, 0.0, (0, 0.2, 1.3), 0.05, 0.4, (1, 1, 1, 1))
     assert kind == 'capsule' and angles == (np.pi / 2, 0.0)
     np.testing.assert_allclose(centre, (0, 0.2 + 0.25, 1.3), atol=1e-9)
-    _, _, centre, _, _ = _Scene._limb(0.0, np.pi / 2, (0, 0, 1.0), 0.05, 0.4, (1, 1, 1, 1))
+    _, _, centre, _, _ = limb(0.0, np.pi / 2, (0, 0, 1.0), 0.05, 0.4, (1, 1, 1, 1))
     np.testing.assert_allclose(centre, (-0.25, 0, 1.0), atol=1e-9)
+
+
+def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
+    """--shapes: the assembled families give people 0.5-2.1 m tall, robots and obstacles up to 2.6 m, nothing
+    below the floor; a cluttered scene drawn only from them shows all three classes; a share outside [0, 1] is a
+    user error naming the flag."""
+    from seg_perception.offline.data.render import _half_height
+    from seg_perception.offline.data.shapes import assembled_obstacle, assembled_person, assembled_robot
+
+    rng = np.random.default_rng(0)
+    for family, (lo, hi) in ((assembled_person, (0.5, 2.1)), (assembled_robot, (0.05, 2.6)),
+                             (assembled_obstacle, (0.05, 2.6))):
+        for _ in range(200):
+            parts = family(rng)
+            # upright parts and lying cylinders (wheels, drums); limbs hang from upright parts
+            bottom = min(p[2][2] - (_half_height(p[0], p[1]) if len(p) == 4 else p[1][0]) for p in parts
+                         if len(p) == 4 or (p[0] == 'cylinder' and p[4] == (np.pi / 2, 0.0)))
+            top = max(p[2][2] + _half_height(p[0], p[1]) for p in parts)
+            assert bottom > -0.02, (family.__name__, parts)
+            assert lo < top < hi, (family.__name__, top)
+    seen = set()
+    for f in _frames(n=8, seq_len=2, clutter=(1.0, 1.0), layouts=('open',), shapes=1.0, width=160, height=120):
+        seen |= set(np.unique(f['label']).tolist())
+    assert {OBSTACLE, PERSON, ROBOT} <= seen
+    assert cli.main(['render', '--out', 'unused', '--frames', '1', '--shapes', '1.5']) == 2

@@ -79,6 +79,7 @@ from seg_perception.classes import (
 from seg_perception.errors import UserError
 
 from .bags import DEFAULT_START_NS as BAG_START_NS  # the one bag start time
+from .shapes import assembled_obstacle, assembled_person, assembled_robot, colour, hsv_colour, limb
 
 OCC_SIZE_M = 10.0
 OCC_RESOLUTION = 0.05
@@ -159,17 +160,6 @@ def _rect(cx, cy, hx, hy):
     return np.array([[cx - hx, cy - hy], [cx + hx, cy - hy], [cx + hx, cy + hy], [cx - hx, cy + hy]], np.float64)
 
 
-def _colour(rng, lo=0.1, hi=0.95):
-    return [float(v) for v in rng.uniform(lo, hi, 3)] + [1.0]
-
-
-def _hsv_colour(rng, h, s, v):
-    """RGBA from HSV ranges (each a (lo, hi) pair, hue in degrees)."""
-    hsv = np.uint8([[[rng.uniform(*h) / 2, rng.uniform(*s) * 255, rng.uniform(*v) * 255]]])
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
-    return [float(c) for c in rgb] + [1.0]
-
-
 def _floor_mesh(texture_span, cells=8):
     """Vertices, triangle indices, normals and uvs of the floor square split into ``cells`` x ``cells`` quads.
 
@@ -204,7 +194,7 @@ class _Textures:
         """Path of a new texture of ``kind``."""
         if kind == 'data':
             return os.path.join(self._data_path, self.DATA_FILES[rng.integers(len(self.DATA_FILES))])
-        base = np.array(_hsv_colour(rng, (0, 360), (0.0, 0.6), (0.3, 0.9))[:3]) * 255
+        base = np.array(hsv_colour(rng, (0, 360), (0.0, 0.6), (0.3, 0.9))[:3]) * 255
         noise = rng.normal(0, 1, (size, size)).astype(np.float32)
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
@@ -223,7 +213,7 @@ class _Textures:
             img[(yy % (size // n)) < 2] *= 0.5
         elif kind == 'checker':
             n = int(rng.integers(2, 8))
-            other = np.array(_colour(rng)[:3]) * 255
+            other = np.array(colour(rng)[:3]) * 255
             mask = ((xx // (size // n)) + (yy // (size // n))) % 2 == 1
             img[mask] = other
         else:
@@ -231,7 +221,7 @@ class _Textures:
             if kind == 'asphalt':
                 img[:] = rng.uniform(50, 90)
             elif kind == 'grass':
-                img[:] = np.array(_hsv_colour(rng, (75, 130), (0.4, 0.8), (0.3, 0.6))[:3]) * 255
+                img[:] = np.array(hsv_colour(rng, (75, 130), (0.4, 0.8), (0.3, 0.6))[:3]) * 255
             blurred = cv2.GaussianBlur(noise, (0, 0), sigma)
             blurred /= blurred.std() + 1e-6
             img += blurred[..., None] * amp
@@ -247,9 +237,10 @@ class _Textures:
 class _Scene:
     """One randomised scene in a pybullet client, with the class of every body and its floor footprint."""
 
-    def __init__(self, p, data_path, textures, rng, clutter, layout, seq_len, variety=0.0):
+    def __init__(self, p, data_path, textures, rng, clutter, layout, seq_len, variety=0.0, shapes=0.0):
         self.p, self.data_path, self.textures, self.rng = p, data_path, textures, rng
         self.clutter, self.layout, self.seq_len, self.variety = clutter, layout, seq_len, variety
+        self.shapes = shapes
         self.body_class = {}
         self.footprints = []
         self.movers = []
@@ -342,7 +333,7 @@ class _Scene:
         vis = p.createVisualShape(p.GEOM_MESH, rgbaColor=[1, 1, 1, 1], **_floor_mesh(rng.uniform(1.5, 5.0)))
         body = p.createMultiBody(baseMass=0, baseVisualShapeIndex=vis, basePosition=[0, 0, 0])
         tex = p.loadTexture(self.textures.make(rng, kind))
-        p.changeVisualShape(body, -1, textureUniqueId=tex, rgbaColor=_hsv_colour(rng, (0, 360), (0, 0.2), (0.75, 1)))
+        p.changeVisualShape(body, -1, textureUniqueId=tex, rgbaColor=hsv_colour(rng, (0, 360), (0, 0.2), (0.75, 1)))
         self.body_class[body] = FLOOR
         self.counts['floor'] += 1
 
@@ -371,7 +362,7 @@ class _Scene:
 
     def _wall_style(self):
         rng = self.rng
-        rgba = _hsv_colour(rng, (0, 360), (0.0, 0.5), (0.35, 0.95))
+        rgba = hsv_colour(rng, (0, 360), (0.0, 0.5), (0.35, 0.95))
         texture = self.textures.make(rng, ('concrete', 'tiles', 'planks')[rng.integers(3)]) \
             if rng.random() < 0.35 else None
         return rng.uniform(2.2, 3.5), rng.uniform(0.08, 0.25), rgba, texture
@@ -384,7 +375,7 @@ class _Scene:
         corners = [(-w / 2, -d / 2), (w / 2, -d / 2), (w / 2, d / 2), (-w / 2, d / 2)]
         for (x0, y0), (x1, y1) in zip(corners, corners[1:] + corners[:1]):
             if rng.random() < 0.4:
-                rgba = _hsv_colour(rng, (0, 360), (0.0, 0.5), (0.35, 0.95))
+                rgba = hsv_colour(rng, (0, 360), (0.0, 0.5), (0.35, 0.95))
             self._wall_with_doors(x0, y0, x1, y1, height, thick, rgba, texture)
         if rng.random() < 0.4:
             x = rng.uniform(-w / 4, w / 4)
@@ -398,7 +389,7 @@ class _Scene:
         for y in (-width / 2, width / 2):
             self._wall_with_doors(-length / 2, y, length / 2, y, height, thick, rgba, texture)
         self._wall(length / 2, -width / 2, length / 2, width / 2, height, thick,
-                   _hsv_colour(rng, (0, 360), (0.0, 0.5), (0.35, 0.95)), texture)
+                   hsv_colour(rng, (0, 360), (0.0, 0.5), (0.35, 0.95)), texture)
         if rng.random() < 0.5:
             self._wall(-length / 2, -width / 2, -length / 2, width / 2, height, thick, rgba, texture)
 
@@ -414,7 +405,7 @@ class _Scene:
         for _ in range(int(rng.integers(4, 12))):
             angle, dist = rng.uniform(0, 2 * math.pi), rng.uniform(24, 40)
             size = rng.uniform(3, 10, 3)
-            parts = [('box', [size[0], size[1], size[2]], (0, 0, size[2]), _colour(rng, 0.3, 0.8))]
+            parts = [('box', [size[0], size[1], size[2]], (0, 0, size[2]), colour(rng, 0.3, 0.8))]
             body = self._compound(parts, dist * math.cos(angle), dist * math.sin(angle), rng.uniform(0, math.pi),
                                   BACKGROUND)
             self.footprints = [f for f in self.footprints if f[0] != body]
@@ -474,12 +465,30 @@ class _Scene:
         for _ in range(n_robots):
             self._agent(self._robot, 0.6, (0.2, 1.0))
 
+    def _assembled(self) -> bool:
+        """Whether the next obstacle, person or robot is drawn from the assembled shape families (``shapes``);
+        draws nothing from the scene's random stream when they are off, so older datasets render unchanged."""
+        return self.shapes > 0 and self.rng.random() < self.shapes
+
+    def _place(self, parts, cls, yaw, spot=None):
+        """Put the compound ``parts`` at ``spot`` or at a free spot wide enough for them."""
+        if spot is None:
+            radius = max(math.hypot(abs(lx) + dims[0], abs(ly) + (dims[1] if shape == 'box' else dims[0]))
+                         for shape, dims, (lx, ly, _), *_ in parts)
+            spot = self._sample_spot(radius)
+        if spot is not None:
+            self._compound(parts, spot[0], spot[1], yaw, cls)
+
     def _obstacle(self):
         rng = self.rng
+        if self._assembled():
+            yaw = rng.uniform(0, 2 * math.pi)
+            self._place(assembled_obstacle(rng), OBSTACLE, yaw)
+            return
         kind = rng.choice(['box', 'boxes', 'table', 'shelf', 'cabinet', 'chair', 'urdf_table', 'pillar'],
                           p=[0.2, 0.1, 0.15, 0.12, 0.1, 0.13, 0.1, 0.1])
         yaw = rng.uniform(0, 2 * math.pi) if rng.random() < 0.5 else rng.choice([0, math.pi / 2])
-        colour = _hsv_colour(rng, (0, 360), (0.1, 0.8), (0.2, 0.95))
+        tint = hsv_colour(rng, (0, 360), (0.1, 0.8), (0.2, 0.95))
         if kind == 'urdf_table':
             name = 'table/table.urdf' if rng.random() < 0.6 else 'table_square/table_square.urdf'
             scale = rng.uniform(0.6, 1.0)
@@ -490,51 +499,47 @@ class _Scene:
         parts = []
         if kind == 'box':
             h = rng.uniform(0.15, 0.8, 3)
-            parts = [('box', list(h * [1, 1, 0.8]), (0, 0, h[2] * 0.8), colour)]
+            parts = [('box', list(h * [1, 1, 0.8]), (0, 0, h[2] * 0.8), tint)]
         elif kind == 'boxes':
             z = 0.0
             for _ in range(int(rng.integers(2, 4))):
                 h = rng.uniform(0.15, 0.4, 3)
                 offset = (rng.normal(0, 0.05), rng.normal(0, 0.05), z + h[2])
-                parts.append(('box', list(h), offset, _colour(rng, 0.3, 0.8)))
+                parts.append(('box', list(h), offset, colour(rng, 0.3, 0.8)))
                 z += 2 * h[2]
         elif kind == 'table':
             w, d, h = rng.uniform(0.4, 1.0), rng.uniform(0.3, 0.6), rng.uniform(0.45, 0.8)
-            leg = _hsv_colour(rng, (0, 360), (0, 0.3), (0.1, 0.6))
-            parts = [('box', [w, d, 0.02], (0, 0, h), colour)]
+            leg = hsv_colour(rng, (0, 360), (0, 0.3), (0.1, 0.6))
+            parts = [('box', [w, d, 0.02], (0, 0, h), tint)]
             for sx in (-1, 1):
                 for sy in (-1, 1):
                     parts.append(('box', [0.025, 0.025, h / 2], (sx * (w - 0.05), sy * (d - 0.05), h / 2), leg))
         elif kind == 'shelf':
             w, d, h = rng.uniform(0.4, 1.0), rng.uniform(0.15, 0.35), rng.uniform(0.8, 2.0)
-            parts = [('box', [0.02, d, h / 2], (sx * w, 0, h / 2), colour) for sx in (-1, 1)]
-            parts.append(('box', [w, 0.01, h / 2], (0, -d, h / 2), colour))
+            parts = [('box', [0.02, d, h / 2], (sx * w, 0, h / 2), tint) for sx in (-1, 1)]
+            parts.append(('box', [w, 0.01, h / 2], (0, -d, h / 2), tint))
             for k in range(int(rng.integers(3, 6))):
                 z = 0.05 + k * (h - 0.05) / 4
-                parts.append(('box', [w, d, 0.015], (0, 0, min(z, h)), colour))
+                parts.append(('box', [w, d, 0.015], (0, 0, min(z, h)), tint))
                 if rng.random() < 0.6:
                     item = rng.uniform(0.05, 0.15, 3)
                     parts.append(('box', list(item), (rng.uniform(-w, w) * 0.7, 0, min(z, h) + item[2]),
-                                  _colour(rng)))
+                                  colour(rng)))
         elif kind == 'cabinet':
             h = [rng.uniform(0.3, 0.7), rng.uniform(0.2, 0.4), rng.uniform(0.4, 1.0)]
-            parts = [('box', h, (0, 0, h[2]), colour),
-                     ('box', [h[0] * 0.9, 0.01, h[2] * 0.9], (0, -h[1] - 0.005, h[2]), _colour(rng))]
+            parts = [('box', h, (0, 0, h[2]), tint),
+                     ('box', [h[0] * 0.9, 0.01, h[2] * 0.9], (0, -h[1] - 0.005, h[2]), colour(rng))]
         elif kind == 'chair':
             s, hseat = rng.uniform(0.2, 0.3), rng.uniform(0.4, 0.5)
-            parts = [('box', [s, s, 0.03], (0, 0, hseat), colour),
-                     ('box', [0.02, s, 0.25], (-s, 0, hseat + 0.25), colour)]
+            parts = [('box', [s, s, 0.03], (0, 0, hseat), tint),
+                     ('box', [0.02, s, 0.25], (-s, 0, hseat + 0.25), tint)]
             for sx in (-1, 1):
                 for sy in (-1, 1):
-                    parts.append(('cylinder', [0.02, hseat], (sx * (s - 0.03), sy * (s - 0.03), hseat / 2), colour))
+                    parts.append(('cylinder', [0.02, hseat], (sx * (s - 0.03), sy * (s - 0.03), hseat / 2), tint))
         else:
             r, h = rng.uniform(0.1, 0.35), rng.uniform(1.0, 3.0)
-            parts = [('cylinder', [r, h], (0, 0, h / 2), colour)]
-        radius = max(math.hypot(abs(lx) + dims[0], abs(ly) + (dims[1] if shape == 'box' else dims[0]))
-                     for shape, dims, (lx, ly, _), _ in parts)
-        spot = self._sample_spot(radius)
-        if spot is not None:
-            self._compound(parts, spot[0], spot[1], yaw, OBSTACLE)
+            parts = [('cylinder', [r, h], (0, 0, h / 2), tint)]
+        self._place(parts, OBSTACLE, yaw)
 
     def _agent(self, spawn, radius, speed_range):
         """Spawn a person or robot that may walk along a straight line; it stays clear of the camera path."""
@@ -558,10 +563,13 @@ class _Scene:
 
     def _person(self, x, y, yaw):
         rng = self.rng
+        if self._assembled():
+            self._place(assembled_person(rng), PERSON, yaw, (x, y))
+            return
         scale = rng.uniform(0.85, 1.1)
-        skin = _hsv_colour(rng, (15, 35), (0.25, 0.6), (0.3, 0.95))
-        shirt = _hsv_colour(rng, (0, 360), (0.1, 0.9), (0.15, 0.95))
-        pants = _hsv_colour(rng, (200, 240), (0.0, 0.6), (0.1, 0.6)) if rng.random() < 0.6 else _colour(rng)
+        skin = hsv_colour(rng, (15, 35), (0.25, 0.6), (0.3, 0.95))
+        shirt = hsv_colour(rng, (0, 360), (0.1, 0.9), (0.15, 0.95))
+        pants = hsv_colour(rng, (200, 240), (0.0, 0.6), (0.1, 0.6)) if rng.random() < 0.6 else colour(rng)
         leg_len, hip = 0.38 * scale, 0.85 * scale
         torso_h, shoulder = 0.5 * scale, hip + 0.55 * scale
         arm_swing = rng.normal(0, 0.08)
@@ -570,11 +578,11 @@ class _Scene:
         for side in (-1, 1):
             arm = shirt if rng.random() < 0.5 else skin
             if posed:   # arms lifted sideways (0-160 deg) and swung forward/back, legs in a stride
-                parts.append(self._limb(rng.uniform(0, math.radians(160)) * side, rng.uniform(-1.4, 0.6),
+                parts.append(limb(rng.uniform(0, math.radians(160)) * side, rng.uniform(-1.4, 0.6),
                                         (0, side * 0.23 * scale, shoulder - 0.05 * scale), 0.05 * scale,
                                         0.45 * scale, arm))
                 stride = rng.uniform(-0.45, 0.45)
-                parts.append(self._limb(side * rng.uniform(0, 0.15), stride, (0, side * 0.09 * scale, hip * 0.8),
+                parts.append(limb(side * rng.uniform(0, 0.15), stride, (0, side * 0.09 * scale, hip * 0.8),
                                         0.065 * scale, leg_len, pants))
                 continue
             parts.append(('capsule', [0.065 * scale, leg_len], (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
@@ -582,19 +590,14 @@ class _Scene:
                           (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
         parts.append(('sphere', [0.11 * scale], (0, 0, shoulder + 0.17 * scale), skin))
         if rng.random() < 0.5:
-            parts.append(('cylinder', [0.115 * scale, 0.06], (0, 0, shoulder + 0.25 * scale), _colour(rng)))
+            parts.append(('cylinder', [0.115 * scale, 0.06], (0, 0, shoulder + 0.25 * scale), colour(rng)))
         self._compound(parts, x, y, yaw, PERSON)
-
-    @staticmethod
-    def _limb(roll, pitch, joint, radius, length, rgba):
-        """A capsule hanging from ``joint`` turned by ``roll`` (sideways) then ``pitch`` (forward/back)."""
-        sr, cr, sp, cp = math.sin(roll), math.cos(roll), math.sin(pitch), math.cos(pitch)
-        down = np.array([-sp * cr, sr, -cp * cr])       # R_y(pitch) R_x(roll) (0, 0, -1)
-        centre = np.asarray(joint) + down * (length / 2 + radius)
-        return ('capsule', [radius, length], tuple(float(v) for v in centre), rgba, (roll, pitch))
 
     def _robot(self, x, y, yaw):
         rng = self.rng
+        if self._assembled():
+            self._place(assembled_robot(rng), ROBOT, yaw, (x, y))
+            return
         kind = rng.choice(['r2d2', 'husky', 'racecar', 'kuka', 'cart', 'mobile'], p=[0.2, 0.2, 0.15, 0.1, 0.15, 0.2])
         if kind == 'r2d2':
             self._urdf('r2d2.urdf', x, y, yaw, ROBOT, scale=rng.uniform(0.8, 1.3))
@@ -605,7 +608,7 @@ class _Scene:
         elif kind == 'kuka':
             self._urdf('kuka_iiwa/model.urdf', x, y, yaw, ROBOT, scale=rng.uniform(0.6, 1.0))
         else:
-            body_c = _hsv_colour(rng, (0, 360), (0.3, 1.0), (0.3, 1.0))
+            body_c = hsv_colour(rng, (0, 360), (0.3, 1.0), (0.3, 1.0))
             dark = [0.1, 0.1, 0.1, 1]
             length, w, h = rng.uniform(0.25, 0.6), rng.uniform(0.2, 0.4), rng.uniform(0.1, 0.3)
             parts = [('box', [length, w, h], (0, 0, 0.12 + h), body_c)]
@@ -667,23 +670,24 @@ def _camera(x, y, yaw, height, pitch):
 
 
 def _sky(rng, height, width):
-    top = np.array(_hsv_colour(rng, (190, 230), (0.2, 0.7), (0.6, 1.0))[:3]) * 255
-    bottom = np.array(_hsv_colour(rng, (180, 230), (0.0, 0.3), (0.75, 1.0))[:3]) * 255
+    top = np.array(hsv_colour(rng, (190, 230), (0.2, 0.7), (0.6, 1.0))[:3]) * 255
+    bottom = np.array(hsv_colour(rng, (180, 230), (0.0, 0.3), (0.75, 1.0))[:3]) * 255
     t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
     return np.broadcast_to(top * (1 - t) + bottom * t, (height, width, 3)).astype(np.uint8)
 
 
 def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=10, layouts=LAYOUTS,
                   fov_range=(50.0, 85.0), height_range=(0.25, 1.6), pitch_range=(-30.0, 5.0),
-                  shadows=0.3, variety=0.0, name_prefix=''):
+                  shadows=0.3, variety=0.0, shapes=0.0, name_prefix=''):
     """Yield ``n`` rendered frames (dicts described in the module docstring), ``seq_len`` per scene.
 
     ``clutter`` is the (lo, hi) range of the per-sequence clutter level (0 empty .. 1 crowded), ``layouts`` the
     scene kinds drawn from, ``fov_range`` the vertical field of view in degrees, ``height_range`` the camera
     height in metres, ``pitch_range`` its pitch in degrees (negative looks down), ``shadows`` the fraction of
     sequences rendered with shadows, ``variety`` the share of obstacles, people and robots given a random
-    procedural texture and of people in varied poses (arms raised or swung, legs in a stride). The same
-    arguments always give the same frames."""
+    procedural texture and of people in varied poses (arms raised or swung, legs in a stride), ``shapes`` the share
+    of obstacles, people and robots drawn from the assembled shape families of :mod:`.shapes` instead of the
+    catalogue. The same arguments always give the same frames."""
     p, data_path = _pybullet()
     textures = _Textures(data_path)
     lo, hi = float(clutter[0]), float(clutter[1])
@@ -694,7 +698,7 @@ def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=
             rng = np.random.default_rng([seed, seq])
             layout = layouts[rng.integers(len(layouts))]
             level = float(rng.uniform(lo, hi)) if hi > lo else lo
-            scene = _Scene(p, data_path, textures, rng, level, layout, seq_len, variety)
+            scene = _Scene(p, data_path, textures, rng, level, layout, seq_len, variety, shapes)
             fov = rng.uniform(*fov_range)
             cam_h = rng.uniform(*height_range)
             pitch0 = math.radians(rng.uniform(*pitch_range))
@@ -805,6 +809,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--variety', type=float, default=0.0,
                         help='share of obstacles, people and robots with random textures and of people in varied '
                              'poses (0 = the renderer as the shipped scene models were trained)')
+    parser.add_argument('--shapes', type=float, default=0.0,
+                        help='share of obstacles, people and robots assembled from random primitives in random '
+                             'proportions and poses (offline/data/shapes.py) instead of the fixed catalogue')
     parser.add_argument('--jpeg', action='store_true', help='bag: also /camera/image_raw/compressed')
     parser.add_argument('--jpeg-quality', type=int, default=90, help='bag: JPEG quality of the compressed topic')
     parser.add_argument('--no-raw', action='store_true', help='bag: leave out /camera/image_raw')
@@ -827,8 +834,9 @@ def run(args: argparse.Namespace) -> int:
         _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
     if args.bag and Path(args.bag).exists():
         raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
-    if not 0 <= args.variety <= 1:
-        raise UserError(f'--variety {args.variety} must be a share in [0, 1]')
+    for flag in ('variety', 'shapes'):
+        if not 0 <= getattr(args, flag) <= 1:
+            raise UserError(f'--{flag} {getattr(args, flag)} must be a share in [0, 1]')
     if args.generator == 'raycast':
         from .raycast import raycast_frames
         frames = raycast_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
@@ -841,7 +849,8 @@ def run(args: argparse.Namespace) -> int:
     frames = render_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
                            clutter=_pair(args.clutter), seq_len=args.seq_len, layouts=layouts,
                            fov_range=_pair(args.fov), height_range=_pair(args.cam_height),
-                           pitch_range=_pair(args.pitch), shadows=args.shadows, variety=args.variety)
+                           pitch_range=_pair(args.pitch), shadows=args.shadows, variety=args.variety,
+                           shapes=args.shapes)
     return _write(args, frames)
 
 
