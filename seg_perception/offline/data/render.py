@@ -470,12 +470,11 @@ class _Scene:
         draws nothing from the scene's random stream when they are off, so older datasets render unchanged."""
         return self.shapes > 0 and self.rng.random() < self.shapes
 
-    def _place(self, parts, cls, yaw, spot=None):
-        """Put the compound ``parts`` at ``spot`` or at a free spot wide enough for them."""
-        if spot is None:
-            radius = max(math.hypot(abs(lx) + dims[0], abs(ly) + (dims[1] if shape == 'box' else dims[0]))
-                         for shape, dims, (lx, ly, _), *_ in parts)
-            spot = self._sample_spot(radius)
+    def _place(self, parts, cls, yaw):
+        """Put the compound ``parts`` at a free spot wide enough for them, if there is one."""
+        radius = max(math.hypot(abs(lx) + dims[0], abs(ly) + (dims[1] if shape == 'box' else dims[0]))
+                     for shape, dims, (lx, ly, _), *_ in parts)
+        spot = self._sample_spot(radius)
         if spot is not None:
             self._compound(parts, spot[0], spot[1], yaw, cls)
 
@@ -564,7 +563,7 @@ class _Scene:
     def _person(self, x, y, yaw):
         rng = self.rng
         if self._assembled():
-            self._place(assembled_person(rng), PERSON, yaw, (x, y))
+            self._compound(assembled_person(rng), x, y, yaw, PERSON)
             return
         scale = rng.uniform(0.85, 1.1)
         skin = hsv_colour(rng, (15, 35), (0.25, 0.6), (0.3, 0.95))
@@ -596,7 +595,7 @@ class _Scene:
     def _robot(self, x, y, yaw):
         rng = self.rng
         if self._assembled():
-            self._place(assembled_robot(rng), ROBOT, yaw, (x, y))
+            self._compound(assembled_robot(rng), x, y, yaw, ROBOT)
             return
         kind = rng.choice(['r2d2', 'husky', 'racecar', 'kuka', 'cart', 'mobile'], p=[0.2, 0.2, 0.15, 0.1, 0.15, 0.2])
         if kind == 'r2d2':
