@@ -70,3 +70,33 @@ def test_merge_and_png_and_table(tmp_path):
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     table = metrics_table(a.compute(['a', 'b', 'c']), [('latency p50 (ms)', '1.0')])
     assert '| a | 50.00 |' in table and '| mIoU | 55.56 |' in table and 'latency p50' in table
+
+
+def test_bootstrap_interval_brackets_the_miou_and_narrows_with_more_frames():
+    """The frame-bootstrap interval holds the dataset mIoU, is reproducible (fixed seed), is wider for a few
+    frames of uneven quality than for many, and is None for a single frame."""
+    from seg_perception.offline.evaluation.metrics import FrameAreas, bootstrap_miou
+
+    rng = np.random.default_rng(1)
+
+    def frames(count):
+        areas, total = FrameAreas(), ConfusionMatrix(3)
+        for _ in range(count):
+            label = rng.integers(0, 3, (20, 20))
+            wrong = rng.random(label.shape) < rng.uniform(0.05, 0.6)   # frames from easy to hard
+            pred = np.where(wrong, (label + 1) % 3, label)
+            frame = ConfusionMatrix(3).update(pred, label)
+            areas.add(frame.matrix)
+            total.merge(frame)
+        return areas, total.compute()['mIoU']
+
+    few, few_miou = frames(8)
+    many, many_miou = frames(400)
+    lo, hi = bootstrap_miou(few)
+    assert lo < few_miou < hi
+    assert bootstrap_miou(few) == (lo, hi)
+    lo_many, hi_many = bootstrap_miou(many)
+    assert lo_many < many_miou < hi_many and hi_many - lo_many < (hi - lo) / 3
+    single = FrameAreas()
+    single.add(np.eye(3, dtype=np.int64))
+    assert bootstrap_miou(single) is None

@@ -16,7 +16,9 @@ the engine's geometry (:func:`seg_perception.offline.predict.predict`): the imag
 the size for both (``0 0`` = whole image rounded up to a multiple of 32 and padded; .onnx files with a dynamic
 input only).
 
-Intersections and unions are summed over the whole dataset (see :mod:`.metrics`). Written to ``--out``:
+Intersections and unions are summed over the whole dataset (see :mod:`.metrics`); ``mIoU_interval95`` is the
+95 % interval of that mIoU over frames drawn with replacement (:func:`.metrics.bootstrap_miou`): on a few dozen
+frames, differences between models inside it are not told apart by these frames. Written to ``--out``:
 ``metrics.json``, ``report.md`` and ``confusion.png`` (and ``reliability.png``, the reliability diagram of the
 engine's confidence, for .onnx models); the Markdown table is printed in any case. ONNX models also report the
 pixel-level expected calibration error (``ece``, 15 equal-width bins) and whether the model is calibrated.
@@ -30,7 +32,7 @@ import numpy as np
 
 from ...errors import UserError
 from .calibration import ReliabilityStats
-from .metrics import ConfusionMatrix, metrics_table, save_confusion_png
+from .metrics import ConfusionMatrix, FrameAreas, bootstrap_miou, metrics_table, save_confusion_png
 
 
 class OnnxPredictor:
@@ -162,6 +164,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         raise ValueError(f'{data}: no labelled images')
     confusion = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
     reliability = ReliabilityStats()
+    areas = FrameAreas()
     latencies, kept, macs, refined, per_frame = [], [], [], [], []
     for _ in range(warmup):
         predictor(dataset[0][0])
@@ -171,7 +174,9 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         labels = result['labels'] if to_dataset is None else to_dataset[result['labels']]
         if labels.shape != label.shape:
             raise ValueError(f'image {i}: prediction {labels.shape} and label {label.shape} differ in size')
-        confusion.update(labels, label)
+        frame = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255)).update(labels, label)
+        confusion.merge(frame)
+        areas.add(frame.matrix)
         if result.get('confidence') is not None:
             reliability.add(result['confidence'], labels, label, getattr(dataset, 'ignore_index', 255))
         latencies.append(result['latency_ms'])
@@ -181,8 +186,6 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
             refined.append(result['refined_fraction'])
         if result['macs'] is not None:
             macs.append(float(result['macs']))
-            frame = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
-            frame.update(labels, label)
             cost = result['refined_fraction'] if result['refined_fraction'] is not None else \
                 float(np.mean(result['kept_fraction'])) if result['kept_fraction'] is not None else None
             per_frame.append({'confusion': frame.matrix, 'macs': float(result['macs']), 'ms': result['latency_ms'],
@@ -196,6 +199,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         'split': split,
         'images': count,
         **metrics,
+        'mIoU_interval95': bootstrap_miou(areas),
         'latency_ms': _percentiles(latencies),
         'kept_fraction': None,
         'kept_fraction_per_stage': None,
@@ -262,6 +266,9 @@ def complexity_groups(frames, classes, ignore_index):
 
 def markdown_report(report):
     rows = []
+    if report.get('mIoU_interval95') is not None:
+        lo, hi = report['mIoU_interval95']
+        rows.append(('mIoU 95 % interval over the frames (bootstrap)', f'{100 * lo:.2f} - {100 * hi:.2f}'))
     lat = report['latency_ms']
     if lat:
         rows.append(('latency p50 / p90 / p99 (ms)', f'{lat["p50"]:.1f} / {lat["p90"]:.1f} / {lat["p99"]:.1f}'))

@@ -71,6 +71,39 @@ def compute_metrics(matrix, class_names=None):
     }
 
 
+class FrameAreas:
+    """Per-frame class areas (intersection, ground truth, prediction: (3, C) per frame, not a C x C matrix, so
+    that thousands of frames of 150 classes stay small) for :func:`bootstrap_miou`."""
+
+    def __init__(self):
+        self.frames = []
+
+    def add(self, matrix):
+        """One frame's confusion matrix."""
+        matrix = np.asarray(matrix, np.int64)
+        self.frames.append(np.stack([np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)]))
+
+
+def bootstrap_miou(areas: FrameAreas, resamples: int = 1000, level: float = 0.95, seed: int = 0):
+    """The ``level`` interval (lo, hi) of the dataset mIoU over frames drawn with replacement (``resamples``
+    times, a fixed ``seed``): how much the mIoU of this many frames moves with the choice of frames. None with
+    fewer than 2 frames."""
+    if len(areas.frames) < 2:
+        return None
+    per_frame = np.stack(areas.frames).astype(np.float64)                   # (F, 3, C)
+    n = len(per_frame)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
+    inter, label, pred = np.einsum('rf,fkc->krc', weights.astype(np.float64), per_frame)   # each (R, C)
+    union = label + pred - inter
+    with np.errstate(divide='ignore', invalid='ignore'):
+        iou = np.where(union > 0, inter / union, np.nan)
+    miou = np.nanmean(iou, axis=1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(miou, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def _nanmean(values):
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else None
