@@ -94,7 +94,8 @@ def bootstrap_miou(areas: FrameAreas, resamples: int = 1000, level: float = 0.95
     n = len(per_frame)
     rng = np.random.default_rng(seed)
     weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
-    inter, label, pred = np.einsum('rf,fkc->krc', weights.astype(np.float64), per_frame)   # each (R, C)
+    sums = (weights.astype(np.float64) @ per_frame.reshape(n, -1)).reshape(resamples, *per_frame.shape[1:])
+    inter, label, pred = sums[:, 0], sums[:, 1], sums[:, 2]                 # each (R, C)
     union = label + pred - inter
     with np.errstate(divide='ignore', invalid='ignore'):
         iou = np.where(union > 0, inter / union, np.nan)
