@@ -131,3 +131,20 @@ def test_input_size_reaches_the_engine(trained, tmp_path, capsys):
     assert cli.main(['evaluate', '--model', str(fixed), '--data', str(data), '--input-size', '96', '128']) == 2
     err = capsys.readouterr().err
     assert '--input-size 96 128: fixed.onnx has a fixed input size (64x96)' in err and 'Traceback' not in err
+
+
+def test_baseline_on_the_same_frames(trained, capsys):
+    """--baseline: the model against itself differs by 0 on every resample; against its checkpoint in torch the
+    difference is the two mIoUs' and lies in its paired interval; a missing baseline file exits 2 naming it."""
+    data, checkpoint, onnx_path = trained
+    itself = evaluate(onnx_path, data, threads=1, warmup=0, progress=False, baseline=onnx_path)
+    assert itself['baseline']['difference'] == 0 and itself['baseline']['difference_interval95'] == (0.0, 0.0)
+    assert itself['mIoU_interval95'][0] <= itself['mIoU'] <= itself['mIoU_interval95'][1]
+    other = evaluate(onnx_path, data, threads=1, warmup=0, progress=False, baseline=checkpoint)
+    alone = evaluate(checkpoint, data, threads=1, warmup=0, progress=False)
+    assert other['baseline']['mIoU'] == pytest.approx(alone['mIoU'])
+    lo, hi = other['baseline']['difference_interval95']
+    assert lo - 1e-9 <= other['baseline']['difference'] <= hi + 1e-9
+    assert 'mIoU - baseline' in other['table']
+    assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--baseline', 'missing.onnx']) == 2
+    assert 'missing.onnx' in capsys.readouterr().err

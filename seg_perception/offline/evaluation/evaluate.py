@@ -18,7 +18,9 @@ input only).
 
 Intersections and unions are summed over the whole dataset (see :mod:`.metrics`); ``mIoU_interval95`` is the
 95 % interval of that mIoU over frames drawn with replacement (:func:`.metrics.bootstrap_miou`): on a few dozen
-frames, differences between models inside it are not told apart by these frames. Written to ``--out``:
+frames, differences between models inside it are not told apart by these frames. ``--baseline`` runs a second
+model on the same frames and reports the paired interval of the difference (both scored on the same draws).
+Written to ``--out``:
 ``metrics.json``, ``report.md`` and ``confusion.png`` (and ``reliability.png``, the reliability diagram of the
 engine's confidence, for .onnx models); the Markdown table is printed in any case. ONNX models also report the
 pixel-level expected calibration error (``ece``, 15 equal-width bins) and whether the model is calibrated.
@@ -139,11 +141,35 @@ def merge_table(model_names, dataset_names, merge) -> np.ndarray:
     return np.array([list(dataset_names).index(merge.get(n, n)) for n in model_names], np.uint8)
 
 
+class Scores:
+    """One model's labels scored against the dataset's: the summed confusion matrix and each frame's class areas.
+    A model whose classes differ from the dataset's is mapped onto them (``merge``) or refused (``merge_table``)."""
+
+    def __init__(self, names, classes, merge, ignore_index):
+        self.to_dataset = merge_table(names, classes, merge or {}) if merge or len(names) != len(classes) else None
+        self.num_classes, self.ignore_index = len(classes), ignore_index
+        self.confusion = ConfusionMatrix(self.num_classes, ignore_index)
+        self.areas = FrameAreas()
+
+    def add(self, labels, label, index) -> tuple:
+        """Score frame ``index``'s predicted ``labels``; returns them in the dataset's classes and the frame's
+        :class:`ConfusionMatrix`."""
+        labels = labels if self.to_dataset is None else self.to_dataset[labels]
+        if labels.shape != label.shape:
+            raise ValueError(f'image {index}: prediction {labels.shape} and label {label.shape} differ in size')
+        frame = ConfusionMatrix(self.num_classes, self.ignore_index).update(labels, label)
+        self.confusion.merge(frame)
+        self.areas.add(frame.matrix)
+        return labels, frame
+
+
 def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=None, out=None, limit=0,
              providers=None, threads=None, exit_threshold=None, input_size=None, warmup=2, progress=True,
-             refine_threshold=None, merge=None):
+             refine_threshold=None, merge=None, baseline=None):
     """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``).
-    ``merge`` {model class: dataset class}: score a class the dataset lacks as one it has.
+    ``merge`` {model class: dataset class}: score a class the dataset lacks as one it has. ``baseline``: a second
+    model run on the same frames (each frame through the model, then through it), reported with its mIoU and the
+    paired interval of the difference.
 
     Adaptive-cost models also get ``groups``: frames, GMACs, latency, refined / kept fraction and mIoU of the
     easy and the cluttered half (by the renderer's clutter level when every frame has one, else by the
@@ -157,28 +183,29 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     predictor = open_predictor(model, providers, threads, exit_threshold, input_size, refine_threshold)
     classes = [str(c) for c in dataset.classes]
     names = [str(n) for n in predictor.names]
-    # a model whose classes differ in number from the dataset's is refused there (with a --merge hint)
-    to_dataset = merge_table(names, classes, merge or {}) if merge or len(names) != len(classes) else None
+    # a model whose classes differ in number from the dataset's is refused by Scores (with a --merge hint)
+    ignore_index = getattr(dataset, 'ignore_index', 255)
+    scores = Scores(names, classes, merge, ignore_index)
+    if baseline is not None:
+        other = open_predictor(baseline, providers, threads, exit_threshold, input_size, refine_threshold)
+        other_scores = Scores([str(n) for n in other.names], classes, merge, ignore_index)
     count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
-    confusion = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255))
     reliability = ReliabilityStats()
-    areas = FrameAreas()
     latencies, kept, macs, refined, per_frame = [], [], [], [], []
     for _ in range(warmup):
         predictor(dataset[0][0])
+        if baseline is not None:
+            other(dataset[0][0])
     for i in tqdm(range(count), desc='evaluate', disable=not progress, dynamic_ncols=True):
         image, label = dataset[i]
         result = predictor(image)
-        labels = result['labels'] if to_dataset is None else to_dataset[result['labels']]
-        if labels.shape != label.shape:
-            raise ValueError(f'image {i}: prediction {labels.shape} and label {label.shape} differ in size')
-        frame = ConfusionMatrix(len(classes), getattr(dataset, 'ignore_index', 255)).update(labels, label)
-        confusion.merge(frame)
-        areas.add(frame.matrix)
+        labels, frame = scores.add(result['labels'], label, i)
+        if baseline is not None:
+            other_scores.add(other(image)['labels'], label, i)
         if result.get('confidence') is not None:
-            reliability.add(result['confidence'], labels, label, getattr(dataset, 'ignore_index', 255))
+            reliability.add(result['confidence'], labels, label, ignore_index)
         latencies.append(result['latency_ms'])
         if result['kept_fraction'] is not None:
             kept.append(np.atleast_1d(np.asarray(result['kept_fraction'], np.float64)))
@@ -191,7 +218,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
             per_frame.append({'confusion': frame.matrix, 'macs': float(result['macs']), 'ms': result['latency_ms'],
                               'clutter': dataset.sample_meta(i).get('clutter'), 'fraction': cost})
 
-    metrics = confusion.compute(classes)
+    metrics = scores.confusion.compute(classes)
     report = {
         'model': str(model),
         'runner': predictor.description,
@@ -199,7 +226,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         'split': split,
         'images': count,
         **metrics,
-        'mIoU_interval95': bootstrap_miou(areas),
+        'mIoU_interval95': bootstrap_miou(scores.areas),
         'latency_ms': _percentiles(latencies),
         'kept_fraction': None,
         'kept_fraction_per_stage': None,
@@ -209,7 +236,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
         'refined_fraction': None,
         'refined_frames_fraction': None,
         'groups': None,
-        'confusion_matrix': confusion.matrix.tolist(),
+        'confusion_matrix': scores.confusion.matrix.tolist(),
         'calibration': predictor.calibration,
         'ece': reliability.ece(),
         'reliability': reliability.summary() if reliability.pixels else None,
@@ -225,8 +252,14 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     if refined:
         report['refined_fraction'] = float(np.mean(refined))
         report['refined_frames_fraction'] = float(np.mean(np.asarray(refined) > 0))
+    if baseline is not None:
+        other_miou = other_scores.confusion.compute(classes)['mIoU']
+        report['baseline'] = {'model': str(baseline), 'mIoU': other_miou,
+                              'difference': None if None in (metrics['mIoU'], other_miou) else
+                              metrics['mIoU'] - other_miou,
+                              'difference_interval95': bootstrap_miou(scores.areas, other_scores.areas)}
     if len(per_frame) >= 2:
-        report['groups'] = complexity_groups(per_frame, classes, getattr(dataset, 'ignore_index', 255))
+        report['groups'] = complexity_groups(per_frame, classes, ignore_index)
     table = markdown_report(report)
     if out:
         out = Path(out)
@@ -237,7 +270,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
                                        f'Data: `{data}` ({count} images), runner: {predictor.description}\n\n'
                                        f'{table}\n\n![confusion matrix](confusion.png)\n'
                                        + ('\n![reliability diagram](reliability.png)\n' if reliability.pixels else ''))
-        save_confusion_png(confusion.matrix, classes, out / 'confusion.png')
+        save_confusion_png(scores.confusion.matrix, classes, out / 'confusion.png')
         if reliability.pixels:
             reliability.save_png(out / 'reliability.png', f'{Path(model).name} ({predictor.calibration})')
     report['table'] = table
@@ -269,6 +302,12 @@ def markdown_report(report):
     if report.get('mIoU_interval95') is not None:
         lo, hi = report['mIoU_interval95']
         rows.append(('mIoU 95 % interval over the frames (bootstrap)', f'{100 * lo:.2f} - {100 * hi:.2f}'))
+    if report.get('baseline') and report['baseline']['difference'] is not None:
+        base = report['baseline']
+        interval = base['difference_interval95']
+        paired = f' (95 % paired interval {100 * interval[0]:+.2f} - {100 * interval[1]:+.2f})' if interval else ''
+        rows.append((f'baseline `{Path(base["model"]).name}` mIoU', f'{100 * base["mIoU"]:.2f}'))
+        rows.append(('mIoU - baseline', f'{100 * base["difference"]:+.2f}{paired}'))
     lat = report['latency_ms']
     if lat:
         rows.append(('latency p50 / p90 / p99 (ms)', f'{lat["p50"]:.1f} / {lat["p90"]:.1f} / {lat["p99"]:.1f}'))
@@ -312,6 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network input size, multiples of 32 (default: the model's; 0 0 = whole image; "
                              '.onnx files with a dynamic input)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
+    parser.add_argument('--baseline', default=None, metavar='MODEL',
+                        help='a second model on the same frames: its mIoU and the difference with its 95 %% paired '
+                             'bootstrap interval (the two take turns on each frame, so latencies include that)')
     parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
                         help='score a model class the dataset lacks as one it has (e.g. covered_floor:floor)')
 
@@ -322,7 +364,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.model, args.data, layout=args.layout, split=args.split, image_topic=args.image_topic,
                       gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,
                       threads=args.threads, exit_threshold=args.exit_threshold, input_size=args.input_size,
-                      warmup=args.warmup, refine_threshold=args.refine_threshold, merge=merge)
+                      warmup=args.warmup, refine_threshold=args.refine_threshold, merge=merge,
+                      baseline=args.baseline)
     print(report['table'])
     if args.out:
         extra = ', reliability.png' if report.get('ece') is not None else ''

@@ -84,22 +84,34 @@ class FrameAreas:
         self.frames.append(np.stack([np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)]))
 
 
-def bootstrap_miou(areas: FrameAreas, resamples: int = 1000, level: float = 0.95, seed: int = 0):
-    """The ``level`` interval (lo, hi) of the dataset mIoU over frames drawn with replacement (``resamples``
-    times, a fixed ``seed``): how much the mIoU of this many frames moves with the choice of frames. None with
-    fewer than 2 frames."""
-    if len(areas.frames) < 2:
-        return None
+def _resampled_miou(areas: FrameAreas, weights: np.ndarray) -> np.ndarray:
+    """The dataset mIoU of each resample: ``weights`` (R, F) says how often each frame is drawn."""
     per_frame = np.stack(areas.frames).astype(np.float64)                   # (F, 3, C)
-    n = len(per_frame)
-    rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])
-    sums = (weights.astype(np.float64) @ per_frame.reshape(n, -1)).reshape(resamples, *per_frame.shape[1:])
+    sums = (weights @ per_frame.reshape(len(per_frame), -1)).reshape(len(weights), *per_frame.shape[1:])
     inter, label, pred = sums[:, 0], sums[:, 1], sums[:, 2]                 # each (R, C)
     union = label + pred - inter
     with np.errstate(divide='ignore', invalid='ignore'):
         iou = np.where(union > 0, inter / union, np.nan)
-    miou = np.nanmean(iou, axis=1)
+    return np.nanmean(iou, axis=1)
+
+
+def bootstrap_miou(areas: FrameAreas, baseline: FrameAreas | None = None, resamples: int = 1000,
+                   level: float = 0.95, seed: int = 0):
+    """The ``level`` interval (lo, hi) of the dataset mIoU over frames drawn with replacement (``resamples``
+    times, a fixed ``seed``): how much the mIoU of this many frames moves with the choice of frames. With a
+    ``baseline`` (another model on the same frames, in the same order): the interval of the difference
+    mIoU - baseline mIoU, both scored on the same draws (paired, so what the frames share cancels). None with
+    fewer than 2 frames."""
+    n = len(areas.frames)
+    if n < 2:
+        return None
+    if baseline is not None and len(baseline.frames) != n:
+        raise ValueError(f'{n} frames against {len(baseline.frames)} of the baseline')
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
+    miou = _resampled_miou(areas, weights)
+    if baseline is not None:
+        miou -= _resampled_miou(baseline, weights)
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(miou, [tail, 100 - tail])
     return float(lo), float(hi)
