@@ -1,6 +1,7 @@
 """``seg-perception evaluate`` on a tiny generated dataset: an exported ONNX model through the runtime engine and
 a training checkpoint in torch, writing metrics.json, report.md and confusion.png."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_input_size_reaches_the_engine(trained, tmp_path, capsys):
 
 def test_baseline_on_the_same_frames(trained, capsys):
     """--baseline: the model against itself differs by 0 on every resample; against its checkpoint in torch the
-    difference is the two mIoUs' and lies in its paired interval; a missing baseline file exits 2 naming it."""
+    difference is the two mIoUs' and lies in its paired interval; a missing baseline file or one with other
+    classes exits 2 naming it."""
     data, checkpoint, onnx_path = trained
     itself = evaluate(onnx_path, data, threads=1, warmup=0, progress=False, baseline=onnx_path)
     assert itself['baseline']['difference'] == 0 and itself['baseline']['difference_interval95'] == (0.0, 0.0)
@@ -148,3 +150,6 @@ def test_baseline_on_the_same_frames(trained, capsys):
     assert 'mIoU - baseline' in other['table']
     assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--baseline', 'missing.onnx']) == 2
     assert 'missing.onnx' in capsys.readouterr().err
+    camvid = Path(__file__).resolve().parents[1] / 'models' / 'topformer_tiny_camvid.onnx'   # 11 classes, not 6
+    assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--baseline', str(camvid)]) == 2
+    assert '--baseline' in capsys.readouterr().err

@@ -188,7 +188,10 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     scores = Scores(names, classes, merge, ignore_index)
     if baseline is not None:
         other = open_predictor(baseline, providers, threads, exit_threshold, input_size, refine_threshold)
-        other_scores = Scores([str(n) for n in other.names], classes, merge, ignore_index)
+        try:
+            other_scores = Scores([str(n) for n in other.names], classes, merge, ignore_index)
+        except UserError as exc:
+            raise UserError(f'--baseline {baseline}: {exc}') from None
     count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
