@@ -9,7 +9,14 @@ import pytest
 
 from seg_perception.offline.deploy import shift_features as sf
 from seg_perception.runtime.engine import SegmentationEngine
-from seg_perception.runtime.shift import ShiftScorer, fit_statistics, frame_features
+from seg_perception.runtime.shift import (
+    ShiftScorer,
+    decode_reference,
+    encode_reference,
+    fit_statistics,
+    frame_features,
+    kth_nearest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCENE_MODEL = REPO / 'models' / 'topformer_tiny_scenes.onnx'
@@ -84,6 +91,32 @@ def test_scorer_adds_scaled_block_lengths_and_needs_the_graph_output():
         ShiftScorer(fit_statistics(feats, []))
 
 
+def test_knn_scorer_takes_the_kth_nearest_training_block_of_each_tap():
+    rng = np.random.default_rng(2)
+    reference = rng.normal(0, 1, (30, 3))
+    groups = [{'name': 'a', 'stat': 'mean', 'size': 2, 'scale': 2.0}, {'name': 'b', 'stat': 'std', 'size': 1,
+                                                                      'scale': 0.5}]
+    stats = {**fit_statistics(np.zeros((4, 21)), []), 'graph_groups': groups, 'knn': 3,
+             'reference': encode_reference(reference)}
+    stored = decode_reference(stats['reference'])
+    assert stored.shape == (30, 3) and np.abs(stored - reference).max() < 2e-3   # float16
+    frame = np.array([0.3, -1.2, 2.5])
+    expected = (np.sort(np.linalg.norm(stored[:, :2] - frame[:2], axis=1))[2] / 2.0
+                + np.sort(np.abs(stored[:, 2] - frame[2]))[2] / 0.5)
+    assert ShiftScorer(stats).score(None, frame) == pytest.approx(expected)
+    # a training frame itself, left out of its own neighbours, against the same rule by brute force
+    loo = kth_nearest(stored[:, :2], stored[:, :2], 1, leave_one_out=True)
+    brute = [min(np.linalg.norm(stored[i, :2] - stored[j, :2]) for j in range(30) if j != i) for i in range(30)]
+    assert np.allclose(loo, brute)
+    # a reference that does not fit the taps, or fewer frames than k: refused, naming what is wrong
+    with pytest.raises(ValueError, match='knn 3'):
+        ShiftScorer({**stats, 'reference': encode_reference(reference[:, :2])})
+    with pytest.raises(ValueError, match='knn 40'):
+        ShiftScorer({**stats, 'knn': 40})
+    with pytest.raises(ValueError, match='malformed'):
+        ShiftScorer({**stats, 'reference': {'shape': [30, 3]}})
+
+
 @needs_scene_model
 def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
     from seg_perception.offline.cli import main
@@ -133,6 +166,20 @@ def test_calibrate_with_taps_on_the_scene_model(tmp_path, capsys):
     assert SegmentationEngine(str(tmp_path / 'q.onnx')).meta['shift_stats']['threshold'] < stats['threshold']
     assert main([*args, '--quantile', '0', '-o', str(tmp_path / 'y.onnx')]) == 2
     assert '--quantile (0.0)' in capsys.readouterr().err
+    # --tap-knn: each tap scored by its k-th nearest training frame, the frames' blocks in the metadata
+    assert main([*args, '--taps', 'ppa:mean,trans:mean', '--tap-knn', '2', '-o', str(tmp_path / 'k.onnx')]) == 0
+    assert 'k-th nearest training frame, k = 2' in capsys.readouterr().out
+    knn = SegmentationEngine(str(tmp_path / 'k.onnx'))
+    knn_stats = knn.meta['shift_stats']
+    assert knn_stats['knn'] == 2 and decode_reference(knn_stats['reference']).shape == (30, 416)
+    result = knn.infer(rgb)
+    assert 0 < ShiftScorer(knn_stats).score(result.logits, result.shift_features) < 3 * knn_stats['threshold']
+    for bad, named in ((['--taps', 'ppa:mean', '--tap-knn', '-1'], '--tap-knn (-1)'),
+                       (['--taps', 'ppa:mean', '--tap-knn', '30'], '--tap-knn 30'),   # 30 training frames
+                       (['--tap-knn', '2', '--model', str(REPO / 'models' / 'topformer_tiny_scenes_mix.onnx')],
+                        '--tap-knn scores graph taps')):                               # a model without taps
+        assert main([*args, *bad, '-o', str(tmp_path / 'z.onnx')]) == 2, bad
+        assert named in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (REPO / 'models' / 'adaptive_topformer_tiny_scenes.onnx').exists(),

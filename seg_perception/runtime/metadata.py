@@ -48,7 +48,7 @@ _FIELDS = {
     'class_costs': (True, False),     # costmap: {class name: cost -1..100}, the model's default table
     'costmap_min_confidence': (True, False),  # costmap: pixels below this confidence are unknown, never free
     'temperature': (True, False),     # calibration: [T] or [T_1..T_C]; confidence = softmax(logits / T)
-    'shift_stats': (True, False),     # shift monitor: {features, mean, precision, threshold, window}
+    'shift_stats': (True, False),     # shift monitor: {features, mean, precision, threshold, window, ...}
 }
 
 

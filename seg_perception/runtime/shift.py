@@ -15,9 +15,13 @@ tap's Mahalanobis distance (``seg_perception.offline.deploy.shift_features``). T
 the distances, each divided by its median over the training frames (``scale``): the logits term (none when
 ``select`` is empty) and one term per block (metadata ``graph_groups``: name, stat, size, scale).
 
+With ``knn`` K (``calibrate --tap-knn K``) a tap's term is instead the distance from the frame's whitened block to
+its K-th nearest training frame's (metadata ``reference``: the training frames' whitened blocks, float16): a
+frame near any training frame scores low even where their mean and covariance describe the training set poorly.
 The node smooths the per-frame score over a window of frames (mean) and warns above the metadata's threshold.
 Robot side: numpy only.
 """
+import base64
 import collections
 
 import numpy as np
@@ -71,6 +75,35 @@ def fit_statistics(features: np.ndarray, select: list[str], shrinkage: float = 0
             'precision': np.linalg.inv(cov).tolist()}
 
 
+def encode_reference(vectors: np.ndarray) -> dict:
+    """(N, D) reference vectors -> metadata ``reference`` (float16, base64); read back by
+    :func:`decode_reference`, which is what the scorer compares with, so fit on ``decode_reference(encode(x))``."""
+    vectors = np.ascontiguousarray(vectors, np.float16)
+    return {'shape': list(vectors.shape), 'float16_base64': base64.b64encode(vectors.tobytes()).decode('ascii')}
+
+
+def decode_reference(reference: dict) -> np.ndarray:
+    """Metadata ``reference`` -> (N, D) float64; ValueError when it is malformed."""
+    try:
+        n, d = (int(v) for v in reference['shape'])
+        raw = base64.b64decode(reference['float16_base64'], validate=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f'shift_stats reference is malformed ({exc})') from None
+    if n < 1 or d < 1 or len(raw) != 2 * n * d:
+        raise ValueError(f'shift_stats reference holds {len(raw)} bytes, not {n} x {d} float16 values')
+    return np.frombuffer(raw, np.float16).reshape(n, d).astype(np.float64)
+
+
+def kth_nearest(queries: np.ndarray, reference: np.ndarray, k: int, leave_one_out: bool = False) -> np.ndarray:
+    """(M, d) queries, (N, d) reference -> (M,) Euclidean distance of each query to its ``k``-th nearest reference
+    row; ``leave_one_out``: the queries are the reference rows themselves, each not counted as its own neighbour."""
+    queries, reference = np.atleast_2d(queries), np.atleast_2d(reference)
+    d2 = (queries ** 2).sum(1)[:, None] + (reference ** 2).sum(1)[None, :] - 2.0 * queries @ reference.T
+    if leave_one_out:
+        np.fill_diagonal(d2, np.inf)
+    return np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+
+
 class ShiftScorer:
     """Scores frames against ``shift_stats`` metadata ({'features', 'select', 'mean', 'precision', 'threshold',
     'window'}, optionally 'logits_scale' and 'graph_groups'); :meth:`update` adds one frame's logits (and the
@@ -101,6 +134,14 @@ class ShiftScorer:
             raise ValueError('shift_stats select no logit statistics and no graph taps: nothing to score')
         self.graph_size = sum(size for _, size, _ in self.groups)
         self._group_starts = np.cumsum([size for _, size, _ in self.groups])[:-1]   # where each block begins
+        self.knn = int(stats.get('knn', 0))
+        self._reference = None   # per tap: the training frames' whitened blocks (N, size)
+        if self.knn:
+            reference = decode_reference(stats.get('reference') or {})
+            if not self.groups or reference.shape[1] != self.graph_size or not 1 <= self.knn <= len(reference):
+                raise ValueError(f'shift_stats knn {self.knn} needs graph taps and a reference of at least that many '
+                                 f'frames x {self.graph_size} values, got {reference.shape[0]} x {reference.shape[1]}')
+            self._reference = np.split(reference, self._group_starts, axis=1)
 
     def score(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> float:
         """One frame's score: the Mahalanobis distance of its logits features to the training statistics, plus,
@@ -126,8 +167,10 @@ class ShiftScorer:
             if blocks is None or len(blocks) != self.graph_size:
                 raise ValueError(f'shift_stats need the graph output shift_features ({self.graph_size} values), got '
                                  f'{"none" if blocks is None else len(blocks)}')
-            for block, (_, _, scale) in zip(np.split(blocks, self._group_starts), self.groups):
-                total += float(np.sqrt(block @ block)) / scale
+            for i, (block, (_, _, scale)) in enumerate(zip(np.split(blocks, self._group_starts), self.groups)):
+                distance = (np.sqrt(block @ block) if self._reference is None else
+                            kth_nearest(block, self._reference[i], self.knn)[0])
+                total += float(distance) / scale
         return total
 
     def update(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> tuple[float, float]:

@@ -20,7 +20,9 @@ three of them, scored by its per-frame AUROC between the held-out ``--data`` fra
 unlike the training data (never the sets the model will be judged on); the set whose smallest margin above the
 sets' target AUROCs (``@AUROC``, default 0: then the highest worst AUROC) is largest wins. With ``--taps`` it
 also chooses which of the taps (none to three) the score adds, the same way; the graph keeps only those.
-``--tap-shrinkage`` sets how far each tap's covariance is shrunk towards its average variance.
+``--tap-shrinkage`` sets how far each tap's covariance is shrunk towards its average variance. ``--tap-knn K``
+scores each tap by the distance to its K-th nearest training frame in the whitened space instead of the distance
+to the training mean (the training frames' whitened blocks then go into the metadata; K = 0: the mean).
 
 The ECE before and after (pixel level, 15 bins) is printed; ``--report DIR`` also writes reliability diagrams
 and ``calibration.json``.
@@ -127,28 +129,37 @@ def _whitened(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> list[
     return [(block - center) @ whiten for block, (center, whiten) in zip(_blocks(graph, groups), fits)]
 
 
-def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple]) -> np.ndarray:
-    """(N, G) raw graph statistics -> (N, taps): each tap's whitened (Mahalanobis) distance."""
-    return np.stack([np.linalg.norm(block, axis=1) for block in _whitened(graph, groups, fits)], axis=1)
+def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple], reference: list | None = None,
+                   knn: int = 0, leave_one_out: bool = False) -> np.ndarray:
+    """(N, G) raw graph statistics -> (N, taps): each tap's whitened (Mahalanobis) distance, or with ``knn`` its
+    distance to the ``knn``-th nearest of the tap's ``reference`` rows (``leave_one_out``: the frames are the
+    reference's own)."""
+    from ...runtime.shift import kth_nearest
+
+    blocks = _whitened(graph, groups, fits)
+    if not knn:
+        return np.stack([np.linalg.norm(block, axis=1) for block in blocks], axis=1)
+    return np.stack([kth_nearest(block, ref, knn, leave_one_out) for block, ref in zip(blocks, reference)], axis=1)
 
 
 def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
               shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
               report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0,
-              tap_shrinkage=0.2, costmap_min_confidence=None) -> dict:
+              tap_shrinkage=0.2, costmap_min_confidence=None, tap_knn=0) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
     (``measure``: also the ECE of the written file on ``data``, one more pass). ``costmap_min_confidence``: also
     store the costmap's confidence threshold, chosen for the calibrated confidence. ``taps`` ([(name, stat)], with
     ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
     ``choose_against`` (SPEC[:SPLIT][@AUROC] strings, with ``shift``): choose ``features`` by
     :func:`choose_features` against these frames (and target AUROCs). ``tap_shrinkage``: of each tap's
-    covariance (:func:`.shift_features.fit_whitening`)."""
+    covariance (:func:`.shift_features.fit_whitening`). ``tap_knn`` K > 0: each tap scored by the distance to its
+    K-th nearest training frame (whitened), the training frames' blocks stored as the metadata's reference."""
     import tempfile
 
     import onnx
 
     from ...runtime.engine import SegmentationEngine
-    from ...runtime.shift import ShiftScorer, fit_statistics, smooth
+    from ...runtime.shift import ShiftScorer, decode_reference, encode_reference, fit_statistics, smooth
     from ..data.datasets import open_dataset
     from ..evaluation.calibration import collect, fit_temperature, nll, sample_ece
     from . import shift_features as sf
@@ -160,6 +171,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if engine.has_shift_features and shift:   # refit the model's own taps (or replace them with ``taps``)
         taps = taps or [(g['name'], g['stat']) for g in engine.meta['shift_stats'].get('graph_groups', ())]
         sf.remove_shift_features(proto)
+    if tap_knn and not taps:
+        raise UserError('--tap-knn scores graph taps: give --taps (or a model that has them) and --shift')
     if taps:
         if not shift:
             raise UserError('--taps need --shift (the training frames their statistics come from)')
@@ -210,7 +223,17 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                         pixels=False)
         if groups:   # whitening of each tap's statistics, and its distance's median on the training frames
             fits = [sf.fit_whitening(block, tap_shrinkage) for block in _blocks(train['graph'], groups)]
-            for group, distances in zip(groups, _tap_distances(train['graph'], groups, fits).T):
+            if tap_knn >= train['frames']:
+                raise UserError(f'--tap-knn {tap_knn} needs more training frames than that ({train["frames"]}; '
+                                '--shift-limit)')
+            # the neighbours as the node will read them back (float16)
+            reference = ([decode_reference(encode_reference(block)) for block in
+                          _whitened(train['graph'], groups, fits)] if tap_knn else None)
+
+            def tap_terms(frames, own=False):
+                return _tap_distances(frames['graph'], groups, fits, reference, tap_knn, leave_one_out=own)
+
+            for group, distances in zip(groups, tap_terms(train, own=True).T):
                 group['scale'] = float(np.median(distances))
         if choose_against:
             foreign, targets = {}, {}
@@ -219,7 +242,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                 foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
                                         progress=progress, pixels=False, labels=False)
             terms = None if not groups else {
-                name: _tap_distances(frames['graph'], groups, fits) / [g['scale'] for g in groups]
+                name: tap_terms(frames, own=name == 'train') / [g['scale'] for g in groups]
                 for name, frames in {'train': train, 'held': held, **foreign}.items()}
             features, chosen_taps, chosen_by = choose_features(
                 np.asarray(train['features']), np.asarray(held['features']),
@@ -233,6 +256,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                 proto = untapped
                 kept = [taps[i] for i in chosen_taps]
                 fits = [fits[i] for i in chosen_taps]
+                reference = None if reference is None else [reference[i] for i in chosen_taps]
                 groups = [groups[i] for i in chosen_taps]
                 if kept:
                     groups = [{**new, 'scale': old['scale']} for new, old in
@@ -244,6 +268,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                 stats['logits_scale'] = float(np.median([ShiftScorer(stats).distance(f) for f in train['features']]))
             sf.set_whitening(proto, [c for c, _ in fits], [w for _, w in fits])
             stats['graph_groups'] = groups
+            if tap_knn:
+                stats.update({'knn': int(tap_knn), 'reference': encode_reference(np.concatenate(reference, axis=1))})
             held_graph = np.concatenate(_whitened(held['graph'], groups, fits), axis=1)
         scorer = ShiftScorer({**stats, 'window': window})
         held_scores = [scorer.distance(f, g) for f, g in zip(held['features'], held_graph)]
@@ -310,6 +336,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--tap-shrinkage', type=float, default=0.2,
                         help="shrink each tap's covariance this far towards its average variance (0-1] before "
                              'whitening')
+    parser.add_argument('--tap-knn', type=int, default=0,
+                        help="score each tap by the distance to its K-th nearest training frame (whitened) instead of "
+                             "to the training mean; the training frames' blocks go into the metadata (0: the mean)")
     parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
     parser.add_argument('--margin', type=float, default=1.1,
                         help='shift threshold = margin x the --quantile of the smoothed scores on the held-out frames')
@@ -328,10 +357,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1 or not 0 < args.quantile <= 1
-            or not 0 < args.tap_shrinkage <= 1):
+            or not 0 < args.tap_shrinkage <= 1 or args.tap_knn < 0):
         raise UserError(f'--window ({args.window}) and --pixels-per-frame ({args.pixels_per_frame}) must be >= 1, '
                         f'--margin ({args.margin}) > 0, --quantile ({args.quantile}) and --tap-shrinkage '
-                        f'({args.tap_shrinkage}) in (0, 1]')
+                        f'({args.tap_shrinkage}) in (0, 1], --tap-knn ({args.tap_knn}) >= 0')
     if args.costmap_min_confidence is not None and not 0 <= args.costmap_min_confidence < 1:
         raise UserError(f'--costmap-min-confidence {args.costmap_min_confidence}: must be in [0, 1)')
     if not Path(args.model).is_file():
@@ -351,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
                            features, args.window, args.margin, out,
                            args.report, args.seed, taps=taps, choose_against=args.choose_features,
                            quantile=args.quantile, tap_shrinkage=args.tap_shrinkage,
-                           costmap_min_confidence=args.costmap_min_confidence)
+                           costmap_min_confidence=args.costmap_min_confidence, tap_knn=args.tap_knn)
     except ValueError as exc:   # data that does not fit the model (classes, empty split, labels model)
         raise UserError(str(exc)) from None
     temps = ', '.join(f'{t:.3f}' for t in result['temperature'])
@@ -368,6 +397,8 @@ def run(args: argparse.Namespace) -> int:
         quantile = f'; quantile {s["quantile"]:g}: {s["held_out_quantile_smoothed"]:.3f}' if s['quantile'] < 1 else ''
         print(f'shift statistics from {s["train"]}: threshold {s["threshold"]:.3f} (window {s["window"]}; largest '
               f'smoothed held-out score {s["held_out_max_smoothed"]:.3f}{quantile})'
-              + (f'; taps in the graph: {", ".join(s["taps"])}' if s['taps'] else ''))
+              + (f'; taps in the graph: {", ".join(s["taps"])}' if s['taps'] else '')
+              + (f'; each tap scored by the distance to its k-th nearest training frame, k = {args.tap_knn}'
+                 if args.tap_knn else ''))
     print(f'written: {out}')
     return 0
