@@ -94,11 +94,16 @@ def decode_reference(reference: dict) -> np.ndarray:
     return np.frombuffer(raw, np.float16).reshape(n, d).astype(np.float64)
 
 
-def kth_nearest(queries: np.ndarray, reference: np.ndarray, k: int, leave_one_out: bool = False) -> np.ndarray:
+def kth_nearest(queries: np.ndarray, reference: np.ndarray, k: int, leave_one_out: bool = False,
+                reference_lengths: np.ndarray | None = None) -> np.ndarray:
     """(M, d) queries, (N, d) reference -> (M,) Euclidean distance of each query to its ``k``-th nearest reference
-    row; ``leave_one_out``: the queries are the reference rows themselves, each not counted as its own neighbour."""
+    row; ``leave_one_out``: the queries are the reference rows themselves, each not counted as its own neighbour;
+    ``reference_lengths``: the rows' squared lengths, when already known."""
     queries, reference = np.atleast_2d(queries), np.atleast_2d(reference)
-    d2 = (queries ** 2).sum(1)[:, None] + (reference ** 2).sum(1)[None, :] - 2.0 * queries @ reference.T
+    if reference_lengths is None:
+        reference_lengths = (reference ** 2).sum(1)
+    queries = queries.astype(reference.dtype, copy=False)
+    d2 = (queries ** 2).sum(1)[:, None] + reference_lengths[None, :] - 2.0 * queries @ reference.T
     if leave_one_out:
         np.fill_diagonal(d2, np.inf)
     return np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
@@ -141,7 +146,9 @@ class ShiftScorer:
             if not self.groups or reference.shape[1] != self.graph_size or not 1 <= self.knn <= len(reference):
                 raise ValueError(f'shift_stats knn {self.knn} needs graph taps and a reference of at least that many '
                                  f'frames x {self.graph_size} values, got {reference.shape[0]} x {reference.shape[1]}')
-            self._reference = np.split(reference, self._group_starts, axis=1)
+            # per tap: the reference rows (float32) and their squared lengths, computed once
+            self._reference = [(np.ascontiguousarray(r, np.float32), (r * r).sum(axis=1).astype(np.float32))
+                               for r in np.split(reference, self._group_starts, axis=1)]
 
     def score(self, logits: np.ndarray, graph_features: np.ndarray | None = None) -> float:
         """One frame's score: the Mahalanobis distance of its logits features to the training statistics, plus,
@@ -168,8 +175,11 @@ class ShiftScorer:
                 raise ValueError(f'shift_stats need the graph output shift_features ({self.graph_size} values), got '
                                  f'{"none" if blocks is None else len(blocks)}')
             for i, (block, (_, _, scale)) in enumerate(zip(np.split(blocks, self._group_starts), self.groups)):
-                distance = (np.sqrt(block @ block) if self._reference is None else
-                            kth_nearest(block, self._reference[i], self.knn)[0])
+                if self._reference is None:
+                    distance = np.sqrt(block @ block)
+                else:
+                    rows, lengths = self._reference[i]
+                    distance = kth_nearest(block, rows, self.knn, reference_lengths=lengths)[0]
                 total += float(distance) / scale
         return total
 
