@@ -87,7 +87,8 @@ def report(model, own, foreign, limit=0, out=None, merge=None) -> str:
     temps += ''.join(f'; {k} scored as {v}' for k, v in (merge or {}).items())
     lines = [f'Model `{model}`: temperature {temps}; shift threshold '
              f'{scorer.threshold:.3f} (window {scorer.window}, features {" ".join(scorer.select) or "none"}, '
-             f'taps {" ".join(name for name, _, _ in scorer.groups) or "none"})' if scorer else
+             f'taps {" ".join(name for name, _, _ in scorer.groups) or "none"}'
+             f'{f", each by its k-th nearest training frame, k = {scorer.knn}" if scorer.knn else ""})' if scorer else
              f'Model `{model}`: temperature {temps}; no shift statistics', '',
              '| frames | n | pixel accuracy | ECE uncalibrated | ECE calibrated | mean shift score '
              '| alarm (smoothed) |',
