@@ -111,8 +111,8 @@ def kth_nearest(queries: np.ndarray, reference: np.ndarray, k: int, leave_one_ou
 
 class ShiftScorer:
     """Scores frames against ``shift_stats`` metadata ({'features', 'select', 'mean', 'precision', 'threshold',
-    'window'}, optionally 'logits_scale' and 'graph_groups'); :meth:`update` adds one frame's logits (and the
-    graph's ``shift_features``) and returns (frame score, smoothed score)."""
+    'window'}, optionally 'logits_scale', 'graph_groups', 'knn' and 'reference'); :meth:`update` adds one frame's
+    logits (and the graph's ``shift_features``) and returns (frame score, smoothed score)."""
 
     def __init__(self, stats: dict, window: int | None = None):
         if stats.get('features') != FEATURES:
