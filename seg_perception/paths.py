@@ -3,7 +3,7 @@ import os
 import sys
 
 PACKAGE = 'seg_perception'
-DEFAULT_MODEL = 'topformer_tiny_scenes.onnx'
+DEFAULT_MODEL = 'topformer_tiny_scenes_cover.onnx'
 
 
 def share_dirs():

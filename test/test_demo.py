@@ -16,10 +16,16 @@ from seg_perception.offline.evaluation import demo  # noqa: E402
 
 
 def test_demo_is_replay_live_on_the_sample_bag():
-    args = argparse.Namespace(bag=None, model=None, image_topic=None, out='out/demo', rate=1.0, timeout=120.0)
+    args = argparse.Namespace(bag=None, model=None, merge=None, image_topic=None, out='out/demo', rate=1.0,
+                              timeout=120.0)
     argv = demo.replay_argv(args)
     assert argv[0].endswith(os.path.join('samples', 'scenes_sample')) and '--live' in argv
     assert argv[argv.index('--out') + 1] == 'out/demo' and '--model' not in argv
+    # the default model's covered floor is floor in the sample's 6-class truth; another model merges nothing
+    assert argv[argv.index('--merge') + 1] == 'covered_floor:floor'
+    assert '--merge' not in demo.replay_argv(argparse.Namespace(**{**vars(args), 'model': 'm.onnx'}))
+    argv = demo.replay_argv(argparse.Namespace(**{**vars(args), 'model': 'm.onnx', 'merge': ['a:b', 'c:d']}))
+    assert argv[argv.index('--model'):] == ['--model', 'm.onnx', '--merge', 'a:b', '--merge', 'c:d']
 
 
 def test_demo_replays_a_rendered_bag_through_the_node(tmp_path, tiny_model):

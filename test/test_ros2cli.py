@@ -195,7 +195,7 @@ def test_colcon_build_installs_executables_share_files_and_index(colcon_ros2, so
     for exe in ('segmentation_node', 'segmentation_lifecycle_node'):
         assert os.access(prefix / 'lib' / 'seg_perception' / exe, os.X_OK), exe
     for rel in ('launch/segment.launch.py', 'launch/multi_camera.launch.py', 'config/segment.yaml',
-                'config/cameras.yaml', 'config/fastdds_large_data.xml', 'models/topformer_tiny_scenes.onnx',
+                'config/cameras.yaml', 'config/fastdds_large_data.xml', 'models/topformer_tiny_scenes_cover.onnx',
                 'package.xml'):
         assert (prefix / 'share' / 'seg_perception' / rel).is_file(), rel
     out = colcon_ros2.run('ros2', 'pkg', 'executables', 'seg_perception').stdout

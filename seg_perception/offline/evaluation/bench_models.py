@@ -17,7 +17,7 @@ from ...errors import UserError
 from ...runtime import metadata as md
 
 REPO = Path(__file__).resolve().parents[3]
-SHIPPED = REPO / 'models' / 'topformer_tiny_scenes.onnx'
+SHIPPED = REPO / 'models' / 'topformer_tiny_scenes.onnx'   # the 6-class scene model: it has an int8 twin
 SAMPLE_BAG = REPO / 'samples' / 'scenes_sample'
 CACHE = Path(os.environ.get('SEG_PERCEPTION_BENCH_CACHE', Path.home() / '.cache' / 'seg_perception' / 'bench'))
 OPSET = 17
