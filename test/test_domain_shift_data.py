@@ -7,7 +7,13 @@ import torch
 import yaml
 
 from seg_perception.offline.data import datasets
-from seg_perception.offline.training.augment import TrainDataset, add_haze, add_shadows, recolor_classes
+from seg_perception.offline.training.augment import (
+    TrainDataset,
+    add_haze,
+    add_shadows,
+    random_convolution,
+    recolor_classes,
+)
 from seg_perception.offline.training.config import check_config
 
 H, W = 16, 24
@@ -93,13 +99,23 @@ def test_grain_flat_haze_and_shadows():
     assert abs(top - bottom) < 1                   # even veil, unlike the default haze
     shaded = add_shadows(image, np.random.default_rng(1))
     assert shaded.shape == image.shape and (shaded <= image).all() and (shaded < image).any()
+    # a random convolution changes the look but keeps each channel's level and spread and the boundary's place
+    for seed in range(8):
+        mixed = random_convolution(image, np.random.default_rng(seed))
+        assert mixed.shape == image.shape and mixed.dtype == np.uint8
+        assert np.array_equal(mixed, random_convolution(image, np.random.default_rng(seed)))
+        assert np.abs(mixed.reshape(-1, 3).mean(0) - image.reshape(-1, 3).mean(0)).max() < 6   # clipping moves it
+        step = np.abs(np.diff(mixed.astype(np.float32).mean(2), axis=1)).mean(0)
+        assert step.argmax() in range(W // 2 - 4, W // 2 + 3) or step.max() < 1
+    assert any(not np.array_equal(random_convolution(image, np.random.default_rng(s)), image) for s in range(8))
 
 
 def test_domain_randomized_training_samples_are_deterministic(tmp_path):
     _camvid_shared_layout(tmp_path / 'camvid')
     ds = datasets.open_dataset(tmp_path / 'camvid', split='train')
     cfg = check_config({'data': 'x', 'input_size': [32, 32], 'crop_size': [32, 32], 'domain_randomization': 1.0,
-                        'class_recolor': 1.0, 'texture_grain': 1.0, 'haze': 1.0, 'flat_haze': 0.5, 'shadows': 1.0})
+                        'class_recolor': 1.0, 'texture_grain': 1.0, 'haze': 1.0, 'flat_haze': 0.5, 'shadows': 1.0,
+                        'random_conv': 1.0})
     train = TrainDataset(ds, cfg)
     a, b = train[(0, 5)], train[(0, 5)]
     assert a[0].shape == (3, 32, 32) and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

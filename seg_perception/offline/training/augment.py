@@ -119,6 +119,23 @@ def add_shadows(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image * (1 - shade)[..., None], 0, 255).astype(np.uint8)
 
 
+def random_convolution(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Texture randomization (after RandConv, Xu et al., ICLR 2021): the image filtered by a random 3 -> 3 channel
+    kernel of 1, 3, 5 or 7 pixels (weights N(0, 1/(3 k^2))), its channels brought back to the image's own mean and
+    spread, then blended with the image by a random weight. Local texture and colour mix change while shapes and
+    edges stay where they are, so the network cannot lean on one renderer's textures."""
+    k = int(rng.choice([1, 3, 5, 7]))
+    weights = rng.normal(0.0, 1.0 / np.sqrt(3 * k * k), (3, 3, k, k)).astype(np.float32)
+    x = image.astype(np.float32)
+    out = np.empty_like(x)
+    for o in range(3):
+        out[..., o] = sum(cv2.filter2D(x[..., c], -1, weights[o, c], borderType=cv2.BORDER_REFLECT) for c in range(3))
+    mean, spread = x.reshape(-1, 3).mean(0), x.reshape(-1, 3).std(0) + 1.0
+    out = (out - out.reshape(-1, 3).mean(0)) / (out.reshape(-1, 3).std(0) + 1e-3) * spread + mean
+    alpha = np.float32(rng.uniform(0.0, 1.0))
+    return np.clip(alpha * x + (1 - alpha) * out, 0, 255).astype(np.uint8)
+
+
 def letterbox(image: np.ndarray, label: np.ndarray, input_size, fill) -> tuple[np.ndarray, np.ndarray]:
     """Image and label letterboxed into ``input_size`` with the engine's geometry and interpolation; the image
     is padded with ``fill`` (the mean colour: 0 once normalised, as in the engine), the label with the ignore
@@ -153,7 +170,7 @@ class TrainDataset(torch.utils.data.Dataset):
         for cls, like in cfg['same_look'].items():
             self.look[int(cls)] = int(like)
         self.haze = cfg['haze'] if cfg['haze'] >= 0 else cfg['domain_randomization'] * 0.15
-        self.flat_haze, self.shadows = cfg['flat_haze'], cfg['shadows']
+        self.flat_haze, self.shadows, self.random_conv = cfg['flat_haze'], cfg['shadows'], cfg['random_conv']
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -172,6 +189,8 @@ class TrainDataset(torch.utils.data.Dataset):
         sample = self.transform(image=image, mask=label)
         if rng.random() < self.haze:
             sample['image'] = add_haze(sample['image'], rng, self.flat_haze > 0 and rng.random() < self.flat_haze)
+        if self.random_conv > 0 and rng.random() < self.random_conv:     # last: the camera's look included
+            sample['image'] = random_convolution(sample['image'], rng)
         return normalize(sample['image'], self.mean, self.std), torch.from_numpy(sample['mask'].astype(np.int64))
 
 

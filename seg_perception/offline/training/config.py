@@ -41,6 +41,7 @@ DEFAULTS = {
     'haze': -1.0,                  # probability of haze/fog; < 0: 0.15 x domain_randomization
     'flat_haze': 0.0,              # share of hazes that veil the whole frame evenly (fog) instead of the far part
     'shadows': 0.0,                # probability of soft cast shadows (dark blurred polygons)
+    'random_conv': 0.0,            # probability of a random convolution of the image (texture randomization)
     'mean': IMAGENET_MEAN,         # RGB, 0-255 scale
     'std': IMAGENET_STD,
     'batch_size': 8,               # total over all processes
