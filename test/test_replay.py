@@ -136,6 +136,13 @@ def test_merge_scores_covered_floor_as_floor(mcap_bag, tmp_path, capfd):
     plain = json.loads((tmp_path / 'plain' / 'report.json').read_text())['models'][0]
     assert np.array(plain['confusion_matrix'])[:, covered].sum() > 0      # without it: counted as wrong
     assert plain['metrics']['mIoU'] < cover['metrics']['mIoU']
+    # ... and the report says so, with the way out; the merged run and the 6-class model have nothing to say
+    pixels = int(np.array(plain['confusion_matrix'])[:, covered].sum())
+    assert plain['absent_from_truth'] == {'covered_floor': pixels} and cover['absent_from_truth'] == {}
+    assert default['absent_from_truth'] == {}
+    text = (tmp_path / 'plain' / 'report.md').read_text()
+    assert f'`covered_floor` ({pixels} pixels)' in text and '--merge covered_floor:floor' in text
+    assert 'never has' not in (tmp_path / 'merged' / 'report.md').read_text()
     for merge, words in (('covered_floor:sky', "no class 'sky'"), ('nope:floor', "no model has a class 'nope'"),
                          ('covered_floor', 'expected MODEL_CLASS:DATASET_CLASS')):
         code, _, err = run_cli([*base, '--merge', merge, '--out', tmp_path / 'bad'], capfd)

@@ -137,6 +137,15 @@ def percentiles(values):
             'p99': float(np.percentile(a, 99)), 'mean': float(a.mean())}
 
 
+def absent_from_truth(matrix, names) -> dict:
+    """{class: pixels} the model predicted but the ground truth never has over the whole bag (e.g. the default
+    model's ``covered_floor`` on a 6-class bag): each such pixel counts as wrong and the class's IoU of 0 lowers
+    the mean."""
+    matrix = np.asarray(matrix)
+    truth, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    return {str(names[i]): int(predicted[i]) for i in range(len(names)) if truth[i] == 0 and predicted[i] > 0}
+
+
 def model_summary(m):
     rows = m.per_frame
     scored = [r for r in rows if r['mIoU'] is not None or r['pixel_accuracy'] is not None]
@@ -148,6 +157,7 @@ def model_summary(m):
         'name': m.name, 'path': m.path, 'arch': m.engine.meta.get('arch', ''), 'provider': m.engine.provider,
         'classes': list(m.engine.names), 'merged': m.merged, 'frames': len(rows), 'frames_scored': len(scored),
         'metrics': compute_metrics(m.confusion.matrix, m.engine.names) if scored else None,
+        'absent_from_truth': absent_from_truth(m.confusion.matrix, m.engine.names) if scored else {},
         'latency_ms': percentiles([r['latency_ms'] for r in rows]),
         'model_ms': percentiles([r['model_ms'] for r in rows]),
         'gmacs_static': None if static is None else float(static) / 1e9,
@@ -422,6 +432,13 @@ def markdown(report, has_gt):
               'warm-up frames. mIoU and pixel accuracy: intersections and unions summed over the bag.']
     if has_gt:
         lines += ['', '## Per-class IoU (%)', '', class_table(report['models'])]
+        for s in report['models']:
+            if s['absent_from_truth']:
+                classes = ', '.join(f'`{k}` ({v} pixels)' for k, v in s['absent_from_truth'].items())
+                lines += ['', f'{s["name"]} predicts classes the ground truth never has: {classes}. Each such pixel '
+                          'counts as wrong and their IoU of 0 lowers the mean; if the bag\'s truth has no such class, '
+                          'score it as one it has: `--merge CLASS:GROUND_TRUTH_CLASS` (e.g. `--merge '
+                          'covered_floor:floor`).']
     if report['live']:
         live = report['live']
         lines += ['', '## Live: the node in its own process', '',
