@@ -137,7 +137,7 @@ def percentiles(values):
             'p99': float(np.percentile(a, 99)), 'mean': float(a.mean())}
 
 
-def absent_from_truth(matrix, names) -> dict:
+def absent_from_truth(matrix: np.ndarray, names: list) -> dict:
     """{class: pixels} the model predicted but the ground truth never has over the whole bag (e.g. the default
     model's ``covered_floor`` on a 6-class bag): each such pixel counts as wrong and the class's IoU of 0 lowers
     the mean."""
