@@ -230,10 +230,9 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
             reference = ([decode_reference(encode_reference(block)) for block in
                           _whitened(train['graph'], groups, fits)] if tap_knn else None)
 
-            def tap_terms(frames, own=False):
-                return _tap_distances(frames['graph'], groups, fits, reference, tap_knn, leave_one_out=own)
-
-            for group, distances in zip(groups, tap_terms(train, own=True).T):
+            # the training frames' own terms: their median is each tap's scale, and the choice below reuses them
+            train_terms = _tap_distances(train['graph'], groups, fits, reference, tap_knn, leave_one_out=True)
+            for group, distances in zip(groups, train_terms.T):
                 group['scale'] = float(np.median(distances))
         if choose_against:
             foreign, targets = {}, {}
@@ -241,9 +240,10 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                 spec, part, targets[item] = parse_foreign(item)
                 foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
                                         progress=progress, pixels=False, labels=False)
-            terms = None if not groups else {
-                name: tap_terms(frames, own=name == 'train') / [g['scale'] for g in groups]
-                for name, frames in {'train': train, 'held': held, **foreign}.items()}
+            scales = [g['scale'] for g in groups]
+            terms = None if not groups else {'train': train_terms / scales, **{
+                name: _tap_distances(frames['graph'], groups, fits, reference, tap_knn) / scales
+                for name, frames in {'held': held, **foreign}.items()}}
             features, chosen_taps, chosen_by = choose_features(
                 np.asarray(train['features']), np.asarray(held['features']),
                 {name: frames['features'] for name, frames in foreign.items()}, graph=terms, targets=targets)
