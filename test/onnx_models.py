@@ -55,7 +55,7 @@ def make_tiny_model(path, num_classes=6, dynamic=True, output_kind='labels', res
 def with_shift_threshold(src, dst, threshold):
     """A copy of logits model ``src`` with logits shift statistics whose alarm threshold is ``threshold`` (window 1):
     -1 = every frame alarms, 1e9 = none does."""
-    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.offline.graph.onnx_graph import read_metadata, set_metadata
     from seg_perception.runtime.shift import feature_names, fit_statistics
     proto = onnx.load(str(src))
     meta = read_metadata(proto)

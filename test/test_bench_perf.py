@@ -1,5 +1,7 @@
 """``seg-perception bench engine | peak | peer | node | costmap`` run and print their tables (tiny sizes: these are
 commands that measure, not timed tests), and bad arguments are refused in one line."""
+import re
+
 import pytest
 
 from seg_perception.offline import cli
@@ -53,8 +55,10 @@ def test_bench_peer_reports_exact_labels(bench_cache, capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith('| topformer_tiny')]
     assert len(rows) == 4, out    # 6 and 150 classes + the two deployed files
-    for row in rows[:2]:
-        assert '| 100.000 (min 100.000) |' in row
+    assert '| 100.000 (min 100.000) |' in rows[0]     # 6 classes: the exact rule
+    least = float(re.search(r'\| [\d.]+ \(min ([\d.]+)\) \|', rows[1]).group(1))
+    assert least >= 99.5     # 150 classes: the corners' two best classes (issue 14: >= 99.5 %)
+    assert '| our network ms |' in out
     assert len(list((bench_cache / 'cache').glob('topformer_tiny_150_*.onnx'))) == 2
 
 

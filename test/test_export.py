@@ -12,7 +12,7 @@ from seg_perception.classes import SCENE_CLASS_NAMES
 from seg_perception.offline.cli import main as cli_main
 from seg_perception.offline.deploy import export as ex
 from seg_perception.offline.deploy import quantize as qz
-from seg_perception.offline.deploy.onnx_graph import read_metadata
+from seg_perception.offline.graph.onnx_graph import read_metadata
 from seg_perception.runtime import engine as eng
 from seg_perception.runtime import metadata as md
 from seg_perception.runtime.engine import SegmentationEngine

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'seg_perception'
-OFFLINE_PARTS = ('data', 'training', 'deploy', 'evaluation', 'predict', 'cli')
+OFFLINE_PARTS = ('data', 'graph', 'training', 'deploy', 'evaluation', 'predict', 'cli')
 TORCH = ('torch', 'torchvision', 'onnx', 'onnxscript')   # onnx(script): the export side only
 
 
@@ -89,6 +89,7 @@ def test_models_never_import_offline_code():
 
 @pytest.mark.parametrize('part, forbidden', [
     ('data', ['training', 'deploy', 'evaluation', 'predict', 'cli']),
+    ('graph', ['data', 'training', 'deploy', 'evaluation', 'predict', 'cli']),
     ('predict', ['data', 'training', 'deploy', 'evaluation', 'cli']),
     ('training', ['deploy', 'evaluation.evaluate', 'evaluation.bench', 'evaluation.demo', 'evaluation.replay',
                   'cli']),
@@ -130,8 +131,8 @@ def test_no_import_cycles_between_offline_parts():
             visit(part, [])
 
 
-@pytest.mark.parametrize('package', ['offline', 'offline/data', 'offline/training', 'offline/deploy',
-                                     'offline/evaluation', 'nets', 'runtime'])
+@pytest.mark.parametrize('package', ['offline', 'offline/data', 'offline/graph', 'offline/training',
+                                     'offline/deploy', 'offline/evaluation', 'nets', 'runtime'])
 def test_packages_say_what_they_own_and_may_import(package):
     doc = ast.get_docstring(ast.parse((PACKAGE / package / '__init__.py').read_text()))
     assert doc and len(doc.split()) >= 10, f'{package}/__init__.py needs a docstring saying what it owns'

@@ -8,9 +8,9 @@ from test_train import tiny_config, write_scenes
 
 from seg_perception.offline import cli
 from seg_perception.offline.data.datasets import open_dataset
-from seg_perception.offline.deploy.logits_head import convert_file
-from seg_perception.offline.deploy.onnx_graph import read_metadata
 from seg_perception.offline.evaluation.evaluate import evaluate
+from seg_perception.offline.graph.logits_head import convert_file
+from seg_perception.offline.graph.onnx_graph import read_metadata
 from seg_perception.offline.predict import checkpoint_preprocessing, load_checkpoint, predict
 from seg_perception.offline.training import train as tr
 from seg_perception.runtime.engine import SegmentationEngine
@@ -22,7 +22,7 @@ EVAL_SIZE = (90, 120)     # neither the network size nor a multiple of the strid
 @pytest.fixture(scope='module')
 def letterboxed(tmp_path_factory):
     """(eval dataset, checkpoint, {output kind: export made without --resize-mode}) of a model trained
-    letterboxed; the 'logits' file is the 'labels' one with its tail cut off (deploy.logits_head)."""
+    letterboxed; the 'logits' file is the 'labels' one with its tail cut off (graph.logits_head)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('predict')
     data = write_scenes(root / 'train', n=3, size=TRAIN_SIZE)

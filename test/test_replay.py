@@ -148,7 +148,7 @@ def test_merge_scores_covered_floor_as_floor(mcap_bag, tmp_path, capfd):
         code, _, err = run_cli([*base, '--merge', merge, '--out', tmp_path / 'bad'], capfd)
         assert code == 2 and words in err and 'Traceback' not in err, err
     # a merged class listed before a kept one: the bag's ids would no longer be the model's
-    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.offline.graph.onnx_graph import read_metadata, set_metadata
     proto = onnx.load(str(COVER))
     meta = read_metadata(proto)
     order = [0, 1, 2, 6, 3, 4, 5]

@@ -1,4 +1,4 @@
-"""The network's bilinear Resize nodes as two matrix products (deploy/resize_matmul.py): the same values as
+"""The network's bilinear Resize nodes as two matrix products (graph/resize_matmul.py): the same values as
 PyTorch's bilinear interpolation at any size (up, down, odd, to 1), the labels tail of a labels model kept,
 export rewrites by default, int8 refuses a rewritten graph and the rewrite refuses an int8 one."""
 import glob
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from seg_perception.offline import cli
-from seg_perception.offline.deploy import resize_matmul
 from seg_perception.offline.deploy.quantize import quantize_model
+from seg_perception.offline.graph import resize_matmul
 from seg_perception.runtime.engine import SegmentationEngine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -107,7 +107,7 @@ def calibrated_model(tmp_path_factory):
     on a few held-out (temperature, threshold) and training (statistics) frames of data/scenes."""
     if not SCENE_MODEL.exists():
         pytest.skip(f'{SCENE_MODEL} not present')
-    from seg_perception.offline.deploy.onnx_graph import read_metadata
+    from seg_perception.offline.graph.onnx_graph import read_metadata
     meta = read_metadata(str(SCENE_MODEL))
     if meta.get('temperature') and meta.get('shift_stats'):
         return str(SCENE_MODEL)
@@ -176,7 +176,7 @@ def test_features_are_chosen_by_the_worst_margin_above_each_sets_target():
 def test_engine_applies_the_temperature_labels_unchanged(tmp_path):
     import onnx
 
-    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.offline.graph.onnx_graph import read_metadata, set_metadata
     from seg_perception.runtime.engine import SegmentationEngine
     from seg_perception.runtime.upsample import coarse_label_confidence
     proto = onnx.load(str(SCENE_MODEL))
@@ -333,7 +333,7 @@ def test_a_model_without_calibration_or_statistics_runs_and_diagnostics_say_so(t
     pytest.importorskip('std_msgs', reason='ROS 2 messages not installed (pip install .[ros])')
     import onnx
 
-    from seg_perception.offline.deploy.onnx_graph import read_metadata, set_metadata
+    from seg_perception.offline.graph.onnx_graph import read_metadata, set_metadata
     from seg_perception.runtime.engine import SegmentationEngine
     from seg_perception.shift_node import ShiftOutput
     proto = onnx.load(str(SCENE_MODEL))

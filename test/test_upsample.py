@@ -163,3 +163,36 @@ def test_per_pixel_row_softmax_without_shifting_and_with(offset):
     labels, conf = coarse_label_confidence(logits, cv2.transpose(logits.reshape(150, -1)))
     assert np.array_equal(labels, logits.argmax(axis=0))
     assert np.allclose(conf, ref, rtol=1e-5, atol=1e-7) and conf[0, 0] == 1.0
+
+
+def test_corner_two_best_rule_agrees_with_the_exact_rule():
+    """``exact=False`` (the engine's default above 8 classes) decides each ambiguous cell among its corners' two
+    best classes without the proof: >= 99.9 % of the exact labels on 150-class structured logits (issue 14 asks
+    for 99.5 %); with 8 classes or fewer both rules are the exact one."""
+    fast, exact = (LogitsUpsampler.for_resize((60, 80), (480, 640), exact=e) for e in (False, True))
+    agreement = []
+    for seed in range(4):
+        logits = synthetic_logits(150, (60, 80), seed=seed)
+        labels, conf = fast(logits)
+        ref, ref_conf = exact(logits)
+        agreement.append((labels == ref).mean())
+        assert np.array_equal(conf, ref_conf)
+    assert min(agreement) >= 0.999 and max(agreement) < 1.0   # the unchecked cells did differ somewhere
+    few = synthetic_logits(6, (32, 40), regions=12, seed=5)
+    up = LogitsUpsampler.for_resize((32, 40), (480, 640), exact=False)
+    assert np.array_equal(up(few)[0], _torch_labels(few, (480, 640))[0])
+
+
+def test_per_pixel_logits_are_read_without_a_copy():
+    """Logits that are a (C, h, w) view of per-pixel (h, w, C) memory (an nhwc model's output as the engine holds
+    it) give the same labels and confidence as C-ordered ones, their rows read in place."""
+    from seg_perception.runtime.upsample import pixel_rows
+    logits = synthetic_logits(150, (30, 40), regions=12, seed=3)
+    per_pixel = np.ascontiguousarray(logits.transpose(1, 2, 0))
+    view = per_pixel.transpose(2, 0, 1)
+    assert np.shares_memory(pixel_rows(view), per_pixel) and not np.shares_memory(pixel_rows(logits), logits)
+    assert np.array_equal(pixel_rows(view), pixel_rows(logits))
+    for exact in (True, False):
+        up = LogitsUpsampler.for_resize((30, 40), (240, 320), exact=exact)
+        got, ref = up(view), up(logits)
+        assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])

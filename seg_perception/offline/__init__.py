@@ -3,11 +3,14 @@
     data/        rendering, rosbag IO, dataset readers
     training/    config schema, training batches, training loop
     predict.py   torch inference of checkpoints with the runtime engine's geometry
-    deploy/      ONNX export, graph and metadata helpers, int8 quantization
+    graph/       ONNX graph surgery that keeps the weights: graph and metadata helpers, logits head and
+                 layout, Resize as matrix products
+    deploy/      ONNX export, int8 quantization, calibration
     evaluation/  metrics, evaluate, benchmarks, MAC counting, the node demo
     cli.py       one sub-command per job
 
-Import rule (``A <- B``: B imports A): data, predict <- training, deploy, evaluation; evaluation <- deploy; no
+Import rule (``A <- B``: B imports A): data, predict <- training, deploy, evaluation; graph <- deploy, evaluation;
+evaluation <- deploy; no
 cycles; nothing here is imported by the robot side (``seg_perception.runtime``, ``seg_perception.node``) or by
 ``seg_perception.nets``. ``test/test_layout.py`` checks it.
 """

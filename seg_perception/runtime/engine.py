@@ -178,10 +178,14 @@ class SegmentationEngine:
 
     def __init__(self, model_path: str | os.PathLike, providers: list[str] | tuple[str, ...] | None = None,
                  intra_op_threads: int = 0, inter_op_threads: int = 0,
-                 input_size: tuple[int, int] | list[int] | str | None = None, spinning: bool | None = None):
+                 input_size: tuple[int, int] | list[int] | str | None = None, spinning: bool | None = None,
+                 exact_labels: bool = False):
         """``input_size`` (H, W) overrides the metadata's size for dynamic models; ``(0, 0)`` or 'native'
         runs a dynamic model at each image's own size (rounded up to its stride). ``spinning``: whether ONNX
-        Runtime's intra-op worker threads busy-wait for the next run (False: they sleep; None: its default, on)."""
+        Runtime's intra-op worker threads busy-wait for the next run (False: they sleep; None: its default, on).
+        ``exact_labels``: logits models with more than 8 classes make labels exactly "bilinear upsampling, then
+        argmax" (default: from each cell's corners' two best classes, ~0.05 % of pixels differ, a quarter
+        cheaper; see ``runtime/upsample.py``); 8 classes or fewer are always exact."""
         self.model_path = str(model_path)
         try:
             check_model_file(self.model_path)  # before any parser sees the file
@@ -214,6 +218,9 @@ class SegmentationEngine:
         self.label_dtype = np.uint8 if self.num_classes <= 255 else np.uint16
         self._check_io()
         self._upsamplers = {}
+        self.exact_labels = exact_labels
+        # (N, h, w, C) per-pixel logits are read as a (C, h, w) view: the upsampler takes their rows as they are
+        self.logits_per_pixel = self.meta.get('logits_layout') == 'nhwc'
         # calibration (logits models): confidence = softmax(logits / T); a labels model's graph computes its own
         temperature = self.meta.get('temperature') if self.meta['output_kind'] == 'logits' else None
         self.inv_temperature = None if temperature is None else (1.0 / np.asarray(temperature, np.float32))
@@ -273,7 +280,7 @@ class SegmentationEngine:
             labels = restore(outs['labels'][0].astype(self.label_dtype, copy=False), geometry, cv2.INTER_NEAREST)
             conf = restore(outs['confidence'][0].astype(np.float32, copy=False), geometry, cv2.INTER_LINEAR)
         else:
-            logits = outs['logits'][0]
+            logits = outs['logits'][0].transpose(2, 0, 1) if self.logits_per_pixel else outs['logits'][0]
             labels, conf = self._labels_confidence(logits, geometry)
         kept = outs.get('kept_fraction')
         macs = outs.get('macs')
@@ -310,7 +317,7 @@ class SegmentationEngine:
             if len(self._upsamplers) >= 8:
                 self._upsamplers.clear()
             upsampler = self._upsamplers[key] = LogitsUpsampler.for_geometry(
-                key[0], geometry.net_hw, geometry.content_hw, geometry.offset_yx, geometry.src_hw)
+                key[0], geometry.net_hw, geometry.content_hw, geometry.offset_yx, geometry.src_hw, self.exact_labels)
         return upsampler
 
     @staticmethod

@@ -10,8 +10,9 @@ ONNX graph convention (``output_kind``):
     ``refine_threshold``: float32 scalar (adaptive TopFormer; 0 = never refine, >= 1.0 = refine every tile).
   * ``output_kind == 'labels'``: outputs ``labels`` int64 (N, H, W) and ``confidence`` float32 (N, H, W)
     (max softmax probability), both at the network input size (logits upsampled bilinearly inside the graph).
-  * ``output_kind == 'logits'``: output ``logits`` float32 (N, C, h, w) at any resolution; the engine
-    upsamples and takes softmax/argmax.
+  * ``output_kind == 'logits'``: output ``logits`` float32 (N, C, h, w) at any resolution, or (N, h, w, C) per-pixel
+    rows when ``logits_layout`` is 'nhwc' (cheaper for the engine with many classes); the engine upsamples and
+    takes softmax/argmax.
   * optional extra outputs (token-pass models): ``kept_fraction`` float32 (S,) fraction of tokens still
     active after each stopping stage, ``macs`` float32 scalar: MACs spent on this input; adaptive TopFormer:
     ``refined_fraction`` float32 (1,) fraction of tiles the deep head refined, ``macs``.
@@ -24,6 +25,7 @@ IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 OUTPUT_KINDS = ('labels', 'logits')
 RESIZE_MODES = ('letterbox', 'resize')
+LOGITS_LAYOUTS = ('nchw', 'nhwc')
 
 # key -> (json-encoded?, required?)
 _FIELDS = {
@@ -35,6 +37,7 @@ _FIELDS = {
     'input_size': (True, True),       # [H, W] the size the engine resizes / letterboxes to
     'resize_mode': (False, True),
     'output_kind': (False, True),
+    'logits_layout': (False, False),  # logits models: 'nchw' (the default) or 'nhwc' (per-pixel rows)
     'dynamic_hw': (True, False),      # true: the graph accepts any H, W divisible by stride
     'stride': (True, False),
     'ignore_index': (True, False),
@@ -92,6 +95,8 @@ def decode(props, source='model'):
         raise ValueError(f'{source}: resize_mode {meta["resize_mode"]!r} not in {RESIZE_MODES}')
     if meta['output_kind'] not in OUTPUT_KINDS:
         raise ValueError(f'{source}: output_kind {meta["output_kind"]!r} not in {OUTPUT_KINDS}')
+    if meta.get('logits_layout', 'nchw') not in LOGITS_LAYOUTS:
+        raise ValueError(f'{source}: logits_layout {meta["logits_layout"]!r} not in {LOGITS_LAYOUTS}')
     if not isinstance(meta.get('class_costs', {}), dict):
         raise ValueError(f'{source}: metadata class_costs must be a JSON object {{class name: cost}}')
     temperature = meta.get('temperature')

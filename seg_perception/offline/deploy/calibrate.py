@@ -162,8 +162,8 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     from ...runtime.shift import ShiftScorer, decode_reference, encode_reference, fit_statistics, smooth
     from ..data.datasets import open_dataset
     from ..evaluation.calibration import collect, fit_temperature, nll, sample_ece
+    from ..graph.onnx_graph import read_metadata, set_metadata
     from . import shift_features as sf
-    from .onnx_graph import read_metadata, set_metadata
 
     engine = SegmentationEngine(str(model))
     proto = onnx.load(str(model))
@@ -187,7 +187,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
     if engine.meta['output_kind'] != 'logits':
         raise UserError(f'{model}: calibration needs a logits model (output_kind is '
                         f'{engine.meta["output_kind"]!r}); convert it first: python -m '
-                        f'seg_perception.offline.deploy.logits_head {model} -o OUT.onnx')
+                        f'seg_perception.offline.graph.logits_head {model} -o OUT.onnx')
     if engine.calibrated:   # fit on the raw logits: drop a stored temperature for this run
         engine.inv_temperature = None
     def dataset(spec, part, labelled=True):

@@ -46,8 +46,8 @@ from ...errors import UserError
 from ...runtime import metadata as md
 from ...runtime.costmap import class_cost_table, parse_class_costs
 from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from ..graph.onnx_graph import OUTPUTS, set_metadata, with_logits_output
 from ..predict import labels_head as postprocess  # the graph's tail: upsample, argmax, max softmax
-from .onnx_graph import OUTPUTS, set_metadata, with_logits_output
 
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
@@ -387,10 +387,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='labels: upsampling + argmax inside the graph (labels at the network size); logits: '
                              'the graph ends at the 1/8 logits and the engine makes labels at the camera size, '
                              'exactly bilinear-then-argmax, for less (runtime/upsample.py; the shipped models)')
+    parser.add_argument('--logits-layout', choices=('auto', *md.LOGITS_LAYOUTS), default='auto',
+                        help='with --head logits: nchw (N, C, h, w) or nhwc per-pixel rows (N, h, w, C), which the '
+                             'engine reads without a transpose; auto: nhwc above 8 classes, where that pays')
     parser.add_argument('--keep-resize', action='store_true',
                         help="keep the network's bilinear Resize nodes (default: rewritten as two matrix products "
                              'after the checks and the int8 twin, 1.1-1.2x faster in ONNX Runtime; '
-                             'deploy/resize_matmul.py)')
+                             'graph/resize_matmul.py)')
     parser.add_argument('--description', help='free text stored in the metadata')
     parser.add_argument('--class-costs', default='',
                         help="the model's default costmap table stored in the metadata, 'name:cost, ...' (-1 unknown, "
@@ -480,9 +483,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(format_report(report))
     if args.head == 'logits':   # parity was checked on the labels graph; the surgery keeps the weights as they are
-        from .logits_head import convert_file
-        convert_file(args.output, args.output)
-        print(f'  converted to a logits model (outputs logits at 1/8): {args.output}')
+        from ...runtime.upsample import LogitsUpsampler
+        from ..graph.logits_head import convert_file
+        layout = args.logits_layout
+        if layout == 'auto':
+            layout = 'nhwc' if len(meta['names']) > LogitsUpsampler.FEW else 'nchw'
+        convert_file(args.output, args.output, layout)
+        print(f'  converted to a logits model (outputs logits at 1/8, {layout}): {args.output}')
     if args.int8 and not args.calib:
         print('error: --int8 needs --calib (a folder of images or a rosbag with --calib-topic)')
         return 2
@@ -493,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
         if args.int8 and not args.keep_resize:
             source = shutil.copyfile(args.output, Path(tmp) / 'with_resize.onnx')
         if not args.keep_resize:
-            from .resize_matmul import convert_file as resize_to_matmul
+            from ..graph.resize_matmul import convert_file as resize_to_matmul
             replaced = resize_to_matmul(args.output, args.output)
             print(f'  {replaced} bilinear Resize node(s) rewritten as matrix products: {args.output}')
         if args.int8:

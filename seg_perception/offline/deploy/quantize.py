@@ -26,8 +26,8 @@ import onnx
 
 from ...runtime import engine as eng
 from ..data.images import evenly_spaced, load_images
-from .onnx_graph import postprocess_node_names, read_metadata, set_metadata
-from .resize_matmul import is_rewritten
+from ..graph.onnx_graph import postprocess_node_names, read_metadata, set_metadata
+from ..graph.resize_matmul import is_rewritten
 
 DEFAULT_CALIB_COUNT = 64
 

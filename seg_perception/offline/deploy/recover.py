@@ -22,7 +22,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from ...errors import UserError
-from .onnx_graph import read_metadata
+from ..graph.onnx_graph import read_metadata
 
 PARITY_RTOL = 1e-3
 
@@ -186,6 +186,8 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
             logits = model(x)
             if 'logits' in outputs:
                 ref = session.run(['logits'], {'images': x.numpy(), **knob})[0]
+                if meta.get('logits_layout') == 'nhwc':
+                    ref = ref.transpose(0, 3, 1, 2)
                 agree.append(float((logits.argmax(1).numpy() == ref.argmax(1)).mean()))
                 worst = max(worst, float(np.abs(logits.numpy() - ref).max() / max(np.abs(ref).max(), 1e-6)))
             else:

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnx_graph import replace_field
+from ..graph.onnx_graph import replace_field
 
 OUTPUT = 'shift_features'
 STATS = ('mean', 'std')

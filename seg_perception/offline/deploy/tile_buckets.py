@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_graph import file_tool, random_image_outputs, read_metadata
+from ..graph.onnx_graph import file_tool, random_image_outputs, read_metadata
 
 CHECK_KNOBS = (0.0, 0.3, 0.6, 1.0)
 

@@ -100,7 +100,7 @@ class BenchModel:
     """One model under test: a PyTorch module of its architecture, its ONNX graph (bytes), optionally an int8
     graph, where the graph ends (``head``: 'logits', or 'labels' for a file with the in-graph tail) and, for a
     model file, a plain ``torch.onnx.export`` of its architecture (``plain``: what the file is measured against;
-    ``export`` rewrites the network's Resize nodes, ``deploy.resize_matmul``)."""
+    ``export`` rewrites the network's Resize nodes, ``graph.resize_matmul``)."""
 
     def __init__(self, name: str, torch_model, fp32: bytes, int8: bytes = None, head: str = 'logits',
                  plain: bytes = None):

@@ -182,7 +182,7 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
     if engine.meta['output_kind'] != 'logits':
         raise ValueError(f'{engine.model_path}: calibration needs a logits model (output_kind is '
                          f'{engine.meta["output_kind"]!r}); convert it with python -m '
-                         'seg_perception.offline.deploy.logits_head')
+                         'seg_perception.offline.graph.logits_head')
     rng = np.random.default_rng(seed)
     ignore = getattr(dataset, 'ignore_index', 255)
     count = len(dataset) if limit <= 0 else min(limit, len(dataset))

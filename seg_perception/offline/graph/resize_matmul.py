@@ -18,7 +18,7 @@ modes and coordinate rules, and any whose ``sizes`` do not keep the input's batc
 does. Quantize the file before this rewrite, not after: int8 ``Resize`` is already fast, and quantizing the
 matrices would wreck the labels.
 
-    python -m seg_perception.offline.deploy.resize_matmul models/topformer_tiny_scenes.onnx -o out.onnx
+    python -m seg_perception.offline.graph.resize_matmul models/topformer_tiny_scenes.onnx -o out.onnx
 """
 import sys
 
@@ -155,7 +155,7 @@ def convert_file(src: str, dst: str, tolerance: float = 1e-4) -> int:
 def main(argv=None) -> int:
     def convert(model, output):
         return f'wrote {output}: {convert_file(model, output)} Resize node(s) as matrix products'
-    return file_tool(argv, 'seg_perception.offline.deploy.resize_matmul', __doc__,
+    return file_tool(argv, 'seg_perception.offline.graph.resize_matmul', __doc__,
                      'an exported seg_perception .onnx file (float)', convert)
 
 
