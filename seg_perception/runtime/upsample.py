@@ -147,7 +147,7 @@ class _Blocks:
 class LogitsUpsampler:
     """Labels and confidence on an output grid from (C, h, w) logits; build once per (logits size, output
     geometry) and call :meth:`__call__` per frame. ``counters`` of the last call: ``ambiguous_cells`` (coarse
-    cells interpolated exactly), ``ambiguous_fraction`` (of the output pixels), ``max_candidates`` (classes
+    cells whose pixels were interpolated), ``ambiguous_fraction`` (of the output pixels), ``max_candidates`` (classes
     interpolated in the worst cell). ``exact``: with more than ``FEW`` classes, whether cells the corners' two best
     classes cannot provably decide are checked against all classes (see the module docstring)."""
 

@@ -386,7 +386,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--head', choices=('labels', 'logits'), default='labels',
                         help='labels: upsampling + argmax inside the graph (labels at the network size); logits: '
                              'the graph ends at the 1/8 logits and the engine makes labels at the camera size, '
-                             'exactly bilinear-then-argmax, for less (runtime/upsample.py; the shipped models)')
+                             'equal to bilinear-then-argmax (exactly up to 8 classes), for less '
+                             '(runtime/upsample.py; the shipped models)')
     parser.add_argument('--logits-layout', choices=('auto', *md.LOGITS_LAYOUTS), default='auto',
                         help='with --head logits: nchw (N, C, h, w) or nhwc per-pixel rows (N, h, w, C), which the '
                              'engine reads without a transpose; auto: nhwc above 8 classes, where that pays')
