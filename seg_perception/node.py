@@ -561,16 +561,42 @@ def _spin(node_class, args=None) -> int:
         if not _shutting_down():
             raise
     finally:
-        if node is not None:
-            try:
-                node.destroy_node()
-            except Exception:
-                # a signal that already shut the context down can leave rclpy failing to destroy entities: the
-                # same rule as for spin above
-                if not _shutting_down():
-                    raise
-        rclpy.try_shutdown()
+        _teardown(node)
     return 0
+
+
+# Fast DDS was seen to hang > 15 s destroying a node's entities after SIGINT (session 40, clean-clone CI: launch had
+# to SIGKILL the node although its worker had joined); past this the process ends without waiting for it
+TEARDOWN_LIMIT_S = 5.0
+
+
+def _teardown(node) -> None:
+    """Destroy ``node`` (if any) and shut rclpy down, at most ``TEARDOWN_LIMIT_S`` seconds: after that one line
+    on stderr and the process exits (0: the node's own shutdown, its worker included, is done by then)."""
+    failure = []
+
+    def run():
+        try:
+            if node is not None:
+                node.destroy_node()
+        except Exception as exc:
+            # a signal that already shut the context down can leave rclpy failing to destroy entities: the same
+            # rule as for spin
+            if not _shutting_down():
+                failure.append(exc)
+        finally:
+            rclpy.try_shutdown()
+
+    thread = threading.Thread(target=run, name='ros-teardown', daemon=True)
+    thread.start()
+    thread.join(TEARDOWN_LIMIT_S)
+    if thread.is_alive():
+        print(f'segmentation_node: ROS middleware teardown still running after {TEARDOWN_LIMIT_S:g} s; exiting '
+              'without it', file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
+    if failure:
+        raise failure[0]
 
 
 def _shutting_down(grace: float = 0.5) -> bool:

@@ -254,3 +254,34 @@ def test_missing_params_file_is_an_error_line_exit_2(tmp_path):
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
     ours = [line for line in proc.stderr.splitlines() if line.startswith('segmentation_node: error: ')]
     assert len(ours) == 1 and 'nope.yaml' in ours[0], proc.stderr
+
+
+def test_a_middleware_teardown_that_hangs_ends_the_process(tmp_path):
+    """The node process's teardown (destroy_node, rclpy shutdown) is bounded: a destroy_node that never returns (as
+    Fast DDS's once did after SIGINT in CI) ends the process after TEARDOWN_LIMIT_S with one stderr line, exit 0,
+    and nothing after the teardown runs; a teardown that returns leaves the process to go on."""
+    script = tmp_path / 'teardown.py'
+    script.write_text(
+        'import sys, time\n'
+        'import rclpy\n'
+        'from seg_perception import node\n'
+        'class Node:\n'
+        '    def __init__(self, hang): self.hang = hang\n'
+        '    def destroy_node(self):\n'
+        '        while self.hang: time.sleep(0.1)\n'
+        'rclpy.init()\n'
+        'node._teardown(Node(sys.argv[1] == "hang"))\n'
+        'print("after teardown", rclpy.ok(), flush=True)\n')
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    from seg_perception.node import TEARDOWN_LIMIT_S
+    for mode in ('hang', 'return'):
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                              timeout=60)
+        elapsed = time.monotonic() - t0
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        if mode == 'hang':
+            assert 'teardown still running after 5 s; exiting without it' in proc.stderr, proc.stderr
+            assert 'after teardown' not in proc.stdout and TEARDOWN_LIMIT_S <= elapsed < TEARDOWN_LIMIT_S + 20
+        else:
+            assert 'after teardown False' in proc.stdout and 'still running' not in proc.stderr, proc.stdout
