@@ -188,7 +188,13 @@ class Trainer:
     def run(self) -> dict | None:
         """Train; returns the final metrics dict (rank 0; other ranks return None)."""
         try:
-            return self._run()
+            result = self._run()
+            if self.world_size > 1:
+                # every rank past its last collective before any tears the group down: one clean-clone CI run
+                # (session 40) saw rank 1 abort in gloo's teardown ("terminate called without an active exception")
+                # after a run that had finished
+                dist.barrier()
+            return result
         finally:
             if self.world_size > 1 and dist.is_initialized():
                 dist.destroy_process_group()
