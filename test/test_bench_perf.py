@@ -50,14 +50,18 @@ def test_bench_engine_table_and_markdown(bench_cache, capsys):
 
 def test_bench_peer_reports_exact_labels(bench_cache, capsys):
     """Also the zoo path: TopFormer-tiny with 150 classes exported (logits and official-style) and cached."""
-    assert cli.main(['bench', 'peer', '--sizes', '64x64', '--threads', '1', '--frames', '1', '--repeat', '1',
+    assert cli.main(['bench', 'peer', '--sizes', '64x64', '--threads', '1', '2', '--frames', '1', '--repeat', '1',
                      '--warmup', '0']) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith('| topformer_tiny')]
-    assert len(rows) == 4, out    # 6 and 150 classes + the two deployed files
+    assert len(rows) == 6, out    # 6 and 150 classes on 1 and 2 threads + the two deployed files
     assert '| 100.000 (min 100.000) |' in rows[0]     # 6 classes: the exact rule
-    least = float(re.search(r'\| [\d.]+ \(min ([\d.]+)\) \|', rows[1]).group(1))
-    assert least >= 99.5     # 150 classes: the corners' two best classes (issue 14: >= 99.5 %)
+    for row in rows[2:4]:
+        least = float(re.search(r'\| [\d.]+ \(min ([\d.]+)\) \|', row).group(1))
+        assert least >= 99.5     # 150 classes: the corners' two best classes (issue 14: >= 99.5 %)
+    # "confidence not beside": timed only where the engine puts the confidence on a second thread
+    not_beside = [row.split(' | ')[13] for row in rows[:4]]
+    assert not_beside[:3] == ['-', '-', '-'] and re.fullmatch(r'[\d.]+', not_beside[3]), rows
     assert '| our network ms |' in out
     assert len(list((bench_cache / 'cache').glob('topformer_tiny_150_*.onnx'))) == 2
 

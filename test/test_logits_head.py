@@ -1,6 +1,8 @@
 """Graph surgery between the two output conventions: a labels model converted to a logits model keeps its
 weights and logits bit for bit; the official-style tail put back gives the original labels; export --head logits;
 per-pixel (nhwc) logits give the engine the same results."""
+import threading
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -53,6 +55,12 @@ def test_export_head_logits(tmp_path, classes, layout):
     assert engine.meta['output_kind'] == 'logits' and engine.meta.get('logits_layout', 'nchw') == layout
     result = engine.infer(np.zeros((120, 160, 3), np.uint8))
     assert result.labels.shape == (120, 160) and result.logits.shape == (classes, 8, 12)
+    # two threads and more than 8 classes: the confidence is made on a thread of its own, with the same results
+    rgb = np.random.default_rng(2).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    one, two = (SegmentationEngine(str(out), intra_op_threads=n).infer(rgb) for n in (1, 2))
+    assert np.array_equal(one.labels, two.labels) and np.array_equal(one.confidence, two.confidence)
+    beside = [t for t in threading.enumerate() if t.name.startswith('seg_confidence')]
+    assert bool(beside) == (classes > 8)
 
 
 def test_per_pixel_logits_give_the_engine_the_same_results(tiny_model, tiny_logits_model, tmp_path, capsys):

@@ -1,5 +1,7 @@
 """LogitsUpsampler: labels equal to "bilinear upsample of the logits, then argmax" (PyTorch's own), at any output
 size and for letterboxed inputs, with 6 and 150 classes; the engine gives logits models' labels at camera size."""
+import concurrent.futures
+
 import cv2
 import numpy as np
 import pytest
@@ -196,3 +198,16 @@ def test_per_pixel_logits_are_read_without_a_copy():
         up = LogitsUpsampler.for_resize((30, 40), (240, 320), exact=exact)
         got, ref = up(view), up(logits)
         assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+
+
+def test_confidence_beside_the_labels_is_the_same():
+    """With an executor the confidence of many classes is made on its thread while the caller makes the labels:
+    the same labels and confidence as in one thread, logits beyond exp's float32 range included."""
+    up = LogitsUpsampler.for_resize((30, 40), (240, 320), exact=False)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        for scale in (1.0, 20.0):   # 20: logits up to ~200, the shifted exponentials' path
+            logits = synthetic_logits(150, (30, 40), regions=12, seed=4) * np.float32(scale)
+            got, ref = up(logits, executor=pool), up(logits)
+            assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+            # against the plane-by-plane max softmax (another implementation), interpolated the same way
+            assert np.allclose(got[1], up.confidence(logits), rtol=1e-5, atol=1e-6)

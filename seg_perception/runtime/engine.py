@@ -7,6 +7,7 @@ input size, resize mode, output kind) is read from the model file's metadata (se
     result = engine.infer(rgb)          # HxWx3 uint8 RGB of any size
     result.labels, result.confidence    # HxW, at the input's own resolution
 """
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -157,6 +158,14 @@ def session_options(intra_op_threads: int, inter_op_threads: int = 0,
     return opts
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def fix_input_size(opts: 'ort.SessionOptions', images_shape: list, hw: tuple) -> None:
     """Fix the symbolic height and width of an (N, C, H, W) ``images`` input to ``hw`` in ``opts``. A graph
     exported with a symbolic height and width then runs at that size only, and ONNX Runtime folds its shape
@@ -185,7 +194,8 @@ class SegmentationEngine:
         Runtime's intra-op worker threads busy-wait for the next run (False: they sleep; None: its default, on).
         ``exact_labels``: logits models with more than 8 classes make labels exactly "bilinear upsampling, then
         argmax" (default: from each cell's corners' two best classes, ~0.05 % of pixels differ, a quarter
-        cheaper; see ``runtime/upsample.py``); 8 classes or fewer are always exact."""
+        cheaper; see ``runtime/upsample.py``); 8 classes or fewer are always exact. With more than 8 classes and
+        2+ intra-op threads (0: one per core), the confidence is made on a second thread beside the labels."""
         self.model_path = str(model_path)
         try:
             check_model_file(self.model_path)  # before any parser sees the file
@@ -224,6 +234,11 @@ class SegmentationEngine:
         # calibration (logits models): confidence = softmax(logits / T); a labels model's graph computes its own
         temperature = self.meta.get('temperature') if self.meta['output_kind'] == 'logits' else None
         self.inv_temperature = None if temperature is None else (1.0 / np.asarray(temperature, np.float32))
+        # the core ONNX Runtime's other workers sleep on while the labels are made (its thread starts on first use)
+        threads = intra_op_threads or available_cores()
+        self._beside = None
+        if threads > 1 and self.num_classes > LogitsUpsampler.FEW and self.meta['output_kind'] == 'logits':
+            self._beside = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='seg_confidence')
         LOG.info('model %s (%s, %d classes) on %s (asked for %s)', os.path.basename(self.model_path),
                  self.meta.get('arch', '?'), self.num_classes, self.provider, ', '.join(self.requested_providers))
 
@@ -303,9 +318,9 @@ class SegmentationEngine:
         one pass does both; per-class temperatures need a second, confidence-only pass)."""
         upsampler = self._upsampler(logits.shape[1:], geometry)
         if self.inv_temperature is None:
-            return upsampler(logits, self.label_dtype)
+            return upsampler(logits, self.label_dtype, self._beside)
         if self.inv_temperature.size == 1:
-            return upsampler(logits * self.inv_temperature[0], self.label_dtype)
+            return upsampler(logits * self.inv_temperature[0], self.label_dtype, self._beside)
         labels, _ = upsampler(logits, self.label_dtype)
         return labels, upsampler.confidence(logits * self.inv_temperature[:, None, None])
 
