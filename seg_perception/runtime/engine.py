@@ -234,11 +234,11 @@ class SegmentationEngine:
         # calibration (logits models): confidence = softmax(logits / T); a labels model's graph computes its own
         temperature = self.meta.get('temperature') if self.meta['output_kind'] == 'logits' else None
         self.inv_temperature = None if temperature is None else (1.0 / np.asarray(temperature, np.float32))
-        # the core ONNX Runtime's other workers sleep on while the labels are made (its thread starts on first use)
+        # the confidence on a core ONNX Runtime's other workers sleep on while the labels are made
         threads = intra_op_threads or available_cores()
-        self._beside = None
-        if threads > 1 and self.num_classes > LogitsUpsampler.FEW and self.meta['output_kind'] == 'logits':
-            self._beside = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='seg_confidence')
+        self._confidence_beside = (threads > 1 and self.num_classes > LogitsUpsampler.FEW
+                                   and self.meta['output_kind'] == 'logits')
+        self._beside = (None, None)   # (pid, executor): made on first use, again in a forked child
         LOG.info('model %s (%s, %d classes) on %s (asked for %s)', os.path.basename(self.model_path),
                  self.meta.get('arch', '?'), self.num_classes, self.provider, ', '.join(self.requested_providers))
 
@@ -318,11 +318,20 @@ class SegmentationEngine:
         one pass does both; per-class temperatures need a second, confidence-only pass)."""
         upsampler = self._upsampler(logits.shape[1:], geometry)
         if self.inv_temperature is None:
-            return upsampler(logits, self.label_dtype, self._beside)
+            return upsampler(logits, self.label_dtype, self._beside_pool())
         if self.inv_temperature.size == 1:
-            return upsampler(logits * self.inv_temperature[0], self.label_dtype, self._beside)
+            return upsampler(logits * self.inv_temperature[0], self.label_dtype, self._beside_pool())
         labels, _ = upsampler(logits, self.label_dtype)
         return labels, upsampler.confidence(logits * self.inv_temperature[:, None, None])
+
+    def _beside_pool(self):
+        """The executor of the confidence's thread, or None. Per process: a child forked after a frame inherits the
+        executor but not its thread, and would wait for it forever."""
+        if not self._confidence_beside:
+            return None
+        if self._beside[0] != os.getpid():
+            self._beside = (os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='seg_confidence'))
+        return self._beside[1]
 
     def _upsampler(self, coarse_hw, geometry):
         """The :class:`LogitsUpsampler` from these logits straight to the input image (cached per geometry)."""
