@@ -64,15 +64,12 @@ class AxisMap:
         return cls.build(n_out, n_in, n_in / n_out)
 
 
-def coarse_label_confidence(logits: np.ndarray, by_pixel: np.ndarray | None = None) -> tuple:
+def coarse_label_confidence(logits: np.ndarray) -> tuple:
     """(C, h, w) logits -> (argmax int64 (h, w), max softmax float32 (h, w)) at the logits' resolution.
 
     numpy's ``argmax(axis=0)`` walks the class axis with a stride of a whole plane (30x slower at 150 classes), so
-    the argmax is a loop over the classes; or, given ``by_pixel`` (the logits as (h * w, C) rows, one
-    ``cv2.transpose``: worth it with many classes), an argmax and :func:`rows_max_softmax` along contiguous rows."""
-    if by_pixel is not None:
-        return (by_pixel.argmax(axis=1).reshape(logits.shape[1:]),
-                rows_max_softmax(by_pixel).reshape(logits.shape[1:]))
+    the argmax is a loop over the classes (with many classes the upsampler works on per-pixel rows instead:
+    ``argmax(axis=1)`` and :func:`rows_max_softmax`)."""
     top = logits.max(axis=0)
     labels = np.zeros(top.shape, np.int64)
     for c in range(logits.shape[0] - 1, 0, -1):   # descending: the lowest tying class wins, as in argmax
@@ -204,8 +201,7 @@ class LogitsUpsampler:
     def __call__(self, logits: np.ndarray, label_dtype=np.uint8, executor=None) -> tuple:
         """(C, h, w) float32 logits -> (labels (H, W) ``label_dtype``, confidence (H, W) float32). ``executor``
         (a ``concurrent.futures.Executor``): with more than ``FEW`` classes, the confidence is made there while
-        this thread makes the labels (OpenCV calls that release the GIL; 150 classes at 512x512 right after the
-        network on 2 threads: 4.5-4.8 -> 3.6-3.7 ms where the second core is free)."""
+        this thread makes the labels (OpenCV calls that release the GIL; ``bench peer`` times both ways)."""
         if logits.shape[1:] != self.coarse_hw:
             raise ValueError(f'logits {logits.shape[1:]} do not match the upsampler ({self.coarse_hw})')
         if logits.shape[0] <= self.FEW:
