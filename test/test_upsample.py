@@ -122,11 +122,17 @@ def test_engine_logits_model_labels_at_camera_size(tiny_logits_model):
     assert np.array_equal(result.labels, exact_labels(result.logits, up)[0])
 
 
-def test_confidence_alone_equals_the_confidence_of_a_full_call():
-    logits = synthetic_logits(6, (32, 40), regions=12, seed=5) * 1.7
+@pytest.mark.parametrize('classes', [6, 150])
+def test_calibrated_logits_give_the_confidence_and_the_raw_ones_the_labels(classes):
+    """Per-class temperatures can move the argmax: one call takes the labels from the raw logits and the
+    confidence from the calibrated ones, each equal to a plain call on those logits."""
+    logits = synthetic_logits(classes, (32, 40), regions=12, seed=5) * 1.7
+    calibrated = logits / np.linspace(0.5, 2.0, classes, dtype=np.float32)[:, None, None]
     for up in (LogitsUpsampler.for_resize((32, 40), (480, 640)),
                LogitsUpsampler.for_geometry((32, 40), (256, 320), (240, 320), (8, 0), (480, 640))):
-        assert np.array_equal(up.confidence(logits), up(logits)[1])
+        labels, conf = up(logits, calibrated=calibrated)
+        assert np.array_equal(labels, up(logits)[0]) and np.array_equal(conf, up(calibrated)[1])
+        assert not np.array_equal(labels, up(calibrated)[0])   # the temperatures did move the argmax
 
 
 def test_edge_runs_are_split_so_blocks_pad_to_the_usual_run():
@@ -214,5 +220,6 @@ def test_confidence_beside_the_labels_is_the_same():
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         got, ref = up(logits, executor=pool), up(logits)
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
-    # against the plane-by-plane max softmax (another implementation), interpolated the same way
-    assert np.allclose(got[1], up.confidence(logits), rtol=1e-5, atol=1e-6)
+    # against the plane-by-plane max softmax (another implementation), interpolated the same way (a plain resize)
+    reference = cv2.resize(max_softmax(logits), (320, 240), interpolation=cv2.INTER_LINEAR)
+    assert np.allclose(got[1], reference, rtol=1e-5, atol=1e-6)

@@ -314,15 +314,15 @@ class SegmentationEngine:
         return self.inv_temperature is not None
 
     def _labels_confidence(self, logits, geometry):
-        """Labels of the raw logits; confidence of the calibrated ones (one temperature keeps the argmax, so
-        one pass does both; per-class temperatures need a second, confidence-only pass)."""
+        """Labels of the raw logits; confidence of the calibrated ones (one temperature keeps the argmax, so the
+        scaled logits serve for both; per-class temperatures can change it, so they are passed beside)."""
         upsampler = self._upsampler(logits.shape[1:], geometry)
         if self.inv_temperature is None:
             return upsampler(logits, self.label_dtype, self._beside_pool())
         if self.inv_temperature.size == 1:
             return upsampler(logits * self.inv_temperature[0], self.label_dtype, self._beside_pool())
-        labels, _ = upsampler(logits, self.label_dtype)
-        return labels, upsampler.confidence(logits * self.inv_temperature[:, None, None])
+        return upsampler(logits, self.label_dtype, self._beside_pool(),
+                         calibrated=logits * self.inv_temperature[:, None, None])
 
     def _beside_pool(self):
         """The executor of the confidence's thread, or None. Per process: a child forked after a frame inherits the

@@ -198,19 +198,26 @@ class LogitsUpsampler:
             axes.append(AxisMap.build(n_out, n_in, n_content / n_out * per_net, offset * per_net))
         return cls(axes[0], axes[1], coarse_hw, exact)
 
-    def __call__(self, logits: np.ndarray, label_dtype=np.uint8, executor=None) -> tuple:
-        """(C, h, w) float32 logits -> (labels (H, W) ``label_dtype``, confidence (H, W) float32). ``executor``
-        (a ``concurrent.futures.Executor``): with more than ``FEW`` classes, the confidence is made there while
-        this thread makes the labels (OpenCV calls that release the GIL; ``bench peer`` times both ways)."""
-        if logits.shape[1:] != self.coarse_hw:
-            raise ValueError(f'logits {logits.shape[1:]} do not match the upsampler ({self.coarse_hw})')
+    def __call__(self, logits: np.ndarray, label_dtype=np.uint8, executor=None,
+                 calibrated: np.ndarray | None = None) -> tuple:
+        """(C, h, w) float32 logits -> (labels (H, W) ``label_dtype``, confidence (H, W) float32). ``calibrated``:
+        the (C, h, w) logits whose max softmax is the confidence (e.g. ``logits`` divided by per-class
+        temperatures, which can change the argmax), default ``logits``. ``executor`` (a
+        ``concurrent.futures.Executor``): with more than ``FEW`` classes, the confidence is made there while this
+        thread makes the labels (OpenCV calls that release the GIL; ``bench peer`` times both ways)."""
+        for name, value in (('logits', logits), ('calibrated logits', calibrated)):
+            if value is not None and value.shape[1:] != self.coarse_hw:
+                raise ValueError(f'{name} {value.shape[1:]} do not match the upsampler ({self.coarse_hw})')
         if logits.shape[0] <= self.FEW:
             coarse, conf = coarse_label_confidence(logits)
+            if calibrated is not None:
+                conf = max_softmax(calibrated)
             return self._labels(logits, coarse, None, label_dtype), self._enlarge(conf)
         by_pixel = pixel_rows(logits)   # (h * w, C): per-pixel rows along contiguous memory
-        pending = None if executor is None else executor.submit(self._row_confidence, by_pixel)
+        scores = by_pixel if calibrated is None else pixel_rows(calibrated)
+        pending = None if executor is None else executor.submit(self._row_confidence, scores)
         labels = self._labels(logits, by_pixel.argmax(axis=1).reshape(self.coarse_hw), by_pixel, label_dtype)
-        return labels, self._row_confidence(by_pixel) if pending is None else pending.result()
+        return labels, self._row_confidence(scores) if pending is None else pending.result()
 
     def _row_confidence(self, by_pixel: np.ndarray) -> np.ndarray:
         return self._enlarge(rows_max_softmax(by_pixel).reshape(self.coarse_hw))
@@ -319,13 +326,6 @@ class LogitsUpsampler:
                                              None if bound is None else bound[:, group])
         self.counters['max_candidates'] = int(needed[done].max()) if done.any() else 0
         return done
-
-    def confidence(self, logits: np.ndarray) -> np.ndarray:
-        """(C, h, w) float32 logits -> their max softmax interpolated to the output (H, W) float32: the
-        confidence of a call, without the labels (e.g. of temperature-scaled logits whose labels are known)."""
-        if logits.shape[1:] != self.coarse_hw:
-            raise ValueError(f'logits {logits.shape[1:]} do not match the upsampler ({self.coarse_hw})')
-        return self._enlarge(max_softmax(logits))
 
     def _enlarge(self, conf: np.ndarray) -> np.ndarray:
         """A coarse one-channel float32 image bilinearly to the output (cv2.resize on a plain resize, else a
