@@ -296,10 +296,17 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
     assert '(cpu clock;' in out
     written = (tmp_path / 'b.md').read_text()
     assert '| easy half | 2 |' in written and 'Command: `seg-perception bench adaptive --model' in written
-    assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'), '--data',
-                 str(data), '--warmup', '0', '--input-size', '128', '192', '--json', str(tmp_path / 'b2.json')]) == 0
+    assert main(['bench', 'adaptive', '--model', str(path), '--static', str(tmp_path / 'tiny.onnx'),
+                 f'{tmp_path / "tiny.onnx"}@64x96', '--data', str(data), '--warmup', '0', '--input-size', '128', '192',
+                 '--json', str(tmp_path / 'b2.json')]) == 0
     other = json.loads((tmp_path / 'b2.json').read_text())['groups']['all']
     assert other['tiny']['gmacs'] * 1e9 == pytest.approx(count_macs(tiny, (1, 3, 128, 192))[0])   # at the size run
+    # a static model at its own network input: its own row, counted at that size
+    assert other['tiny@64x96']['gmacs'] * 1e9 == pytest.approx(count_macs(tiny, (1, 3, 64, 96))[0])
+    capsys.readouterr()
+    assert main(['bench', 'adaptive', '--model', str(path), '--static', f'{tmp_path / "tiny.onnx"}@100x96',
+                 '--data', str(data)]) == 2
+    assert "size '100x96': H and W must be multiples of 32" in capsys.readouterr().err
     assert other['tiny']['engine_ms_mean'] > 0
     assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--threads', '2',
                  '--clock', 'cpu']) == 2                 # the calling thread's CPU time is not a 2-thread latency

@@ -18,6 +18,7 @@ frame has one, else the fraction of tiles the adaptive model refines at its defa
 model, and the straight line joining the first and last static models.
 """
 import json
+import re
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .bench_common import (
     interleaved_medians,
     machine_line,
     markdown_table,
+    parse_size,
     ratio,
     worker_spinning,
 )
@@ -64,6 +66,16 @@ def _static_macs(engine, input_size):
     return float(count_macs(model, (1, 3, *input_size))[0])
 
 
+def static_spec(spec: str) -> tuple:
+    """``PATH`` or ``PATH@HxW`` (a static model run at its own network input, e.g. a larger model at a smaller
+    size) -> (path, (H, W) or None, the name its rows get)."""
+    path, at, size = spec.rpartition('@')
+    if not at or not re.fullmatch(r'\d+[xX]\d+', size):   # no size: an '@' may belong to the path itself
+        return spec, None, Path(spec).stem
+    hw = parse_size(size)
+    return path, hw, f'{Path(path).stem}@{hw[0]}x{hw[1]}'
+
+
 def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, limit=0, providers=None,
                    image_topic=None, gt_topic=None, split='val', input_size=None, clock='wall'):
     """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
@@ -86,12 +98,15 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     thresholds = sorted(set([float(t) for t in (thresholds or ())] + [default]))
     engines = {f'{Path(model).stem} {knob}={t:g}': (adaptive, {knob: t}) for t in thresholds}
     default_name = f'{Path(model).stem} {knob}={default:g}'
-    for path in statics:
-        engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads, input_size=input_size,
-                                     spinning=worker_spinning(threads))
+    static_sizes = {}
+    for spec in statics:
+        path, size, name = static_spec(spec)
+        static_sizes[name] = size or input_size
+        engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads,
+                                     input_size=static_sizes[name], spinning=worker_spinning(threads))
         if engine.names != adaptive.names:
             raise UserError(f'{path} predicts {engine.names}, {model} predicts {adaptive.names}')
-        engines[Path(path).stem] = (engine, {})
+        engines[name] = (engine, {})
     frames = []
     for rgb, label, clutter in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
         if not frames:
@@ -116,8 +131,9 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     groups = complexity_halves(frames, [f['clutter'] if by_clutter else (f['runs'][default_name]['refined'] or 0.0)
                                         for f in frames])
     ignore_index = adaptive.meta.get('ignore_index', 255)
-    static_macs = {name: _static_macs(engine, input_size) for name, (engine, kwargs) in engines.items()
-                   if not kwargs}   # the static models (the adaptive one reports its own per frame)
+    # the static models (the adaptive one reports its own per frame)
+    static_macs = {name: _static_macs(engine, static_sizes[name]) for name, (engine, kwargs) in engines.items()
+                   if not kwargs}
     summary = {}
     for group, members in groups.items():
         summary[group] = {}
@@ -141,7 +157,7 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
             'thresholds': thresholds, 'default': default, 'threads': threads, 'provider': adaptive.provider,
             'clock': clock,
             'input_size': list(adaptive.net_hw or ()), 'split_by': 'clutter' if by_clutter else 'refined fraction',
-            'static_names': [Path(s).stem for s in statics], 'groups': summary}
+            'static_names': list(static_sizes), 'groups': summary}
 
 
 def adaptive_table(report):
@@ -183,9 +199,18 @@ def plot_curve(report, path):
     ax.plot([c[0] for c in curve], [c[1] for c in curve], marker='o', label=f'adaptive ({report["knob"]})')
     for ms, miou, name in curve:
         ax.annotate(name.rsplit('=', 1)[-1], (ms, miou), textcoords='offset points', xytext=(4, -10), fontsize=8)
+    families = {}   # a static model at several network inputs (PATH@HxW): one colour, its points joined
     for name in statics:
-        g = models[name]
-        ax.scatter([g['ms_mean']], [100 * (g['miou'] or 0.0)], marker='s', label=name)
+        families.setdefault(name.split('@')[0], []).append(name)
+    for family, names in families.items():
+        points = sorted((models[n]['ms_mean'], 100 * (models[n]['miou'] or 0.0), n) for n in names)
+        label = family if len(names) == 1 else f'{family} (input sizes)'
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker='s', linestyle=':' if len(names) > 1
+                        else 'none', label=label)
+        for ms, miou, name in points:
+            if '@' in name:
+                ax.annotate(name.split('@')[1], (ms, miou), textcoords='offset points', xytext=(4, 4), fontsize=7,
+                            color=line.get_color())
     if len(statics) >= 2:
         a, b = models[statics[0]], models[statics[-1]]
         ax.plot([a['ms_mean'], b['ms_mean']], [100 * (a['miou'] or 0), 100 * (b['miou'] or 0)], '--', color='gray',
@@ -206,7 +231,8 @@ def add_adaptive_arguments(parser):
     parser.add_argument('--model', required=True, help='adaptive .onnx (refine_threshold or exit_threshold input)')
     parser.add_argument('--static', nargs='*', default=[],
                         help='static .onnx models to compare with, smallest first and the larger model last '
-                             '(latency ratios are taken to the first and the last)')
+                             '(latency ratios are taken to the first and the last); PATH@HxW runs one at its own '
+                             'network input (e.g. the larger model at a smaller size)')
     parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
     parser.add_argument('--thresholds', type=float, nargs='*', default=[0.0, 1.0],
                         help="knob values to run besides the model's stored default (0 = never refine, "
