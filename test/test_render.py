@@ -167,3 +167,20 @@ def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
         seen |= set(np.unique(f['label']).tolist())
     assert {OBSTACLE, PERSON, ROBOT} <= seen
     assert cli.main(['render', '--out', 'unused', '--frames', '1', '--shapes', '1.5']) == 2
+
+
+def test_close_agents_stand_just_ahead_of_the_camera():
+    """--close: in an empty scene a person or robot stands ahead of the camera's last pose, so that the sequence's
+    last frame shows it large and near (and the first one smaller, further off); without it the scene stays empty;
+    a share outside [0, 1] is a user error naming the flag."""
+    kw = dict(n=12, seq_len=4, clutter=(0.0, 0.0), layouts=('open',), width=128, height=96, pitch_range=(-10, 0))
+    agents = (PERSON, ROBOT)
+    for f in _frames(**kw):
+        assert not np.isin(f['label'], agents).any()
+    frames = _frames(close=1.0, **kw)
+    for first, last in zip(frames[::4], frames[3::4]):
+        near = np.isin(last['label'], agents)
+        assert near.mean() > 0.05, last['name']
+        assert np.median(last['depth'][near]) < 2.0, last['name']
+        assert np.isin(first['label'], agents).mean() < near.mean(), first['name']
+    assert cli.main(['render', '--out', 'unused', '--frames', '1', '--close', '-0.1']) == 2

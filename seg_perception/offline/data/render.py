@@ -237,10 +237,10 @@ class _Textures:
 class _Scene:
     """One randomised scene in a pybullet client, with the class of every body and its floor footprint."""
 
-    def __init__(self, p, data_path, textures, rng, clutter, layout, seq_len, variety=0.0, shapes=0.0):
+    def __init__(self, p, data_path, textures, rng, clutter, layout, seq_len, variety=0.0, shapes=0.0, close=0.0):
         self.p, self.data_path, self.textures, self.rng = p, data_path, textures, rng
         self.clutter, self.layout, self.seq_len, self.variety = clutter, layout, seq_len, variety
-        self.shapes = shapes
+        self.shapes, self.close = shapes, close
         self.body_class = {}
         self.footprints = []
         self.movers = []
@@ -433,9 +433,9 @@ class _Scene:
             x, y = nx, ny
         self.path = np.array(poses)
 
-    def _clear_of_path(self, x, y, radius, positions=None):
+    def _clear_of_path(self, x, y, radius, positions=None, margin=0.6):
         pts = self.path[:, :2] if positions is None else positions
-        return bool(np.all(np.hypot(pts[:, 0] - x, pts[:, 1] - y) > radius + 0.6))
+        return bool(np.all(np.hypot(pts[:, 0] - x, pts[:, 1] - y) > radius + margin))
 
     def _sample_spot(self, radius, tries=30):
         """A floor position inside ``bounds``, preferably in front of the camera, clear of the path."""
@@ -464,6 +464,25 @@ class _Scene:
             self._agent(self._person, 0.35, (0.3, 1.4))
         for _ in range(n_robots):
             self._agent(self._robot, 0.6, (0.2, 1.0))
+        # draws nothing from the scene's random stream when off, so older datasets render unchanged
+        if self.close > 0 and rng.random() < self.close:
+            spawn, radius = (self._robot, 0.6) if rng.random() < 1 / 3 else (self._person, 0.35)
+            self._close_agent(spawn, radius)
+
+    def _close_agent(self, spawn, radius, tries=10):
+        """Someone (or a robot) standing 0.1-1 m beyond its own radius ahead of the camera's last pose: a few metres
+        off early in the sequence, large and cut off by the frame at its end, as when a person steps in front of
+        the robot."""
+        rng = self.rng
+        px, py, yaw = self.path[-1]
+        x0, y0, x1, y1 = self.bounds
+        for _ in range(tries):
+            dist, off = rng.uniform(radius + 0.1, radius + 1.0), rng.normal(0, 0.35)
+            x, y = px + dist * math.cos(yaw + off), py + dist * math.sin(yaw + off)
+            inside = x0 + radius < x < x1 - radius and y0 + radius < y < y1 - radius
+            if inside and self._clear_of_path(x, y, radius, margin=0.1):
+                spawn(x, y, rng.uniform(0, 2 * math.pi))
+                return
 
     def _assembled(self) -> bool:
         """Whether the next obstacle, person or robot is drawn from the assembled shape families (``shapes``);
@@ -677,7 +696,7 @@ def _sky(rng, height, width):
 
 def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=10, layouts=LAYOUTS,
                   fov_range=(50.0, 85.0), height_range=(0.25, 1.6), pitch_range=(-30.0, 5.0),
-                  shadows=0.3, variety=0.0, shapes=0.0, name_prefix=''):
+                  shadows=0.3, variety=0.0, shapes=0.0, close=0.0, name_prefix=''):
     """Yield ``n`` rendered frames (dicts described in the module docstring), ``seq_len`` per scene.
 
     ``clutter`` is the (lo, hi) range of the per-sequence clutter level (0 empty .. 1 crowded), ``layouts`` the
@@ -686,7 +705,8 @@ def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=
     sequences rendered with shadows, ``variety`` the share of obstacles, people and robots given a random
     procedural texture and of people in varied poses (arms raised or swung, legs in a stride), ``shapes`` the share
     of obstacles, people and robots drawn from the assembled shape families of :mod:`.shapes` instead of the
-    catalogue. The same arguments always give the same frames."""
+    catalogue, ``close`` the share of sequences with a person (a robot one time in three) standing just ahead of
+    the camera's last pose. The same arguments always give the same frames."""
     p, data_path = _pybullet()
     textures = _Textures(data_path)
     lo, hi = float(clutter[0]), float(clutter[1])
@@ -697,7 +717,7 @@ def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=
             rng = np.random.default_rng([seed, seq])
             layout = layouts[rng.integers(len(layouts))]
             level = float(rng.uniform(lo, hi)) if hi > lo else lo
-            scene = _Scene(p, data_path, textures, rng, level, layout, seq_len, variety, shapes)
+            scene = _Scene(p, data_path, textures, rng, level, layout, seq_len, variety, shapes, close)
             fov = rng.uniform(*fov_range)
             cam_h = rng.uniform(*height_range)
             pitch0 = math.radians(rng.uniform(*pitch_range))
@@ -811,6 +831,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--shapes', type=float, default=0.0,
                         help='share of obstacles, people and robots assembled from random primitives in random '
                              'proportions and poses (offline/data/shapes.py) instead of the fixed catalogue')
+    parser.add_argument('--close', type=float, default=0.0,
+                        help='share of sequences with a person (a robot one time in three) standing just ahead of '
+                             "the camera's last pose: large and cut off by the frame as the camera comes close")
     parser.add_argument('--jpeg', action='store_true', help='bag: also /camera/image_raw/compressed')
     parser.add_argument('--jpeg-quality', type=int, default=90, help='bag: JPEG quality of the compressed topic')
     parser.add_argument('--no-raw', action='store_true', help='bag: leave out /camera/image_raw')
@@ -833,7 +856,7 @@ def run(args: argparse.Namespace) -> int:
         _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
     if args.bag and Path(args.bag).exists():
         raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
-    for flag in ('variety', 'shapes'):
+    for flag in ('variety', 'shapes', 'close'):
         if not 0 <= getattr(args, flag) <= 1:
             raise UserError(f'--{flag} {getattr(args, flag)} must be a share in [0, 1]')
     if args.generator == 'raycast':
@@ -849,7 +872,7 @@ def run(args: argparse.Namespace) -> int:
                            clutter=_pair(args.clutter), seq_len=args.seq_len, layouts=layouts,
                            fov_range=_pair(args.fov), height_range=_pair(args.cam_height),
                            pitch_range=_pair(args.pitch), shadows=args.shadows, variety=args.variety,
-                           shapes=args.shapes)
+                           shapes=args.shapes, close=args.close)
     return _write(args, frames)
 
 
