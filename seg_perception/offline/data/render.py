@@ -470,7 +470,7 @@ class _Scene:
             self._close_agent(spawn, radius)
 
     def _close_agent(self, spawn, radius, tries=10):
-        """Someone (or a robot) standing 0.1-1 m beyond its own radius ahead of the camera's last pose: a few metres
+        """Someone (or a robot) standing 0.1-1 m beyond its own radius ahead of the camera's last pose: farther
         off early in the sequence, large and cut off by the frame at its end, as when a person steps in front of
         the robot."""
         rng = self.rng

@@ -7,7 +7,8 @@ same frames in one run, per complexity group::
 Every model runs through the runtime engine (the node's inference path), frame by frame, the candidates
 interleaved so they see the same machine load. The adaptive model (an ``.onnx`` with a ``refine_threshold``
 or ``exit_threshold`` input) runs once per knob value; the static models (any exported model, e.g. the zoo
-models and the token-pass ViT at its default threshold) once each. Reported per group (all frames, the easy
+models and the token-pass ViT at its default threshold) once each, ``PATH@HxW`` at a network input of its own (a
+larger model at a smaller size is a cost knob too). Reported per group (all frames, the easy
 half, the cluttered half): MACs per frame (the model's ``macs`` output, else its ``static_macs`` metadata at the
 stored size, else n/a), ONNX Runtime latency (p50 and mean of ``model_ms``), the latency ratio to the first and
 to the last static model (e.g. TopFormer-tiny and the larger model), the fraction of tiles (regions) and of
@@ -66,7 +67,7 @@ def _static_macs(engine, input_size):
     return float(count_macs(model, (1, 3, *input_size))[0])
 
 
-def static_spec(spec: str) -> tuple:
+def _static_spec(spec: str) -> tuple:
     """``PATH`` or ``PATH@HxW`` (a static model run at its own network input, e.g. a larger model at a smaller
     size) -> (path, (H, W) or None, the name its rows get)."""
     path, at, size = spec.rpartition('@')
@@ -100,7 +101,7 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
     default_name = f'{Path(model).stem} {knob}={default:g}'
     static_sizes = {}
     for spec in statics:
-        path, size, name = static_spec(spec)
+        path, size, name = _static_spec(spec)
         static_sizes[name] = size or input_size
         engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads,
                                      input_size=static_sizes[name], spinning=worker_spinning(threads))
