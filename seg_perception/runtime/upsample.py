@@ -64,8 +64,9 @@ class AxisMap:
         return cls.build(n_out, n_in, n_in / n_out)
 
 
-def coarse_label_confidence(logits: np.ndarray) -> tuple:
-    """(C, h, w) logits -> (argmax int64 (h, w), max softmax float32 (h, w)) at the logits' resolution.
+def coarse_label_confidence(logits: np.ndarray, calibrated: np.ndarray | None = None) -> tuple:
+    """(C, h, w) logits -> (argmax int64 (h, w), max softmax float32 (h, w)) at the logits' resolution; the max
+    softmax of ``calibrated`` (C, h, w) logits instead, when given (e.g. per-class temperatures).
 
     numpy's ``argmax(axis=0)`` walks the class axis with a stride of a whole plane (30x slower at 150 classes), so
     the argmax is a loop over the classes (with many classes the upsampler works on per-pixel rows instead:
@@ -75,7 +76,7 @@ def coarse_label_confidence(logits: np.ndarray) -> tuple:
     for c in range(logits.shape[0] - 1, 0, -1):   # descending: the lowest tying class wins, as in argmax
         labels[logits[c] == top] = c
     labels[logits[0] == top] = 0
-    return labels, max_softmax(logits, top=top)
+    return labels, max_softmax(logits, top=top) if calibrated is None else max_softmax(calibrated)
 
 
 def rows_max_softmax(by_pixel: np.ndarray) -> np.ndarray:
@@ -209,9 +210,7 @@ class LogitsUpsampler:
             if value is not None and value.shape[1:] != self.coarse_hw:
                 raise ValueError(f'{name} {value.shape[1:]} do not match the upsampler ({self.coarse_hw})')
         if logits.shape[0] <= self.FEW:
-            coarse, conf = coarse_label_confidence(logits)
-            if calibrated is not None:
-                conf = max_softmax(calibrated)
+            coarse, conf = coarse_label_confidence(logits, calibrated)
             return self._labels(logits, coarse, None, label_dtype), self._enlarge(conf)
         by_pixel = pixel_rows(logits)   # (h * w, C): per-pixel rows along contiguous memory
         scores = by_pixel if calibrated is None else pixel_rows(calibrated)
