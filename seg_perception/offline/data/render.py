@@ -437,6 +437,12 @@ class _Scene:
         pts = self.path[:, :2] if positions is None else positions
         return bool(np.all(np.hypot(pts[:, 0] - x, pts[:, 1] - y) > radius + margin))
 
+    def _free_spot(self, x, y, radius, margin=0.6):
+        """Whether a body of ``radius`` at (x, y) stays inside ``bounds`` and ``margin`` clear of the camera's path."""
+        x0, y0, x1, y1 = self.bounds
+        inside = x0 + radius < x < x1 - radius and y0 + radius < y < y1 - radius
+        return inside and self._clear_of_path(x, y, radius, margin=margin)
+
     def _sample_spot(self, radius, tries=30):
         """A floor position inside ``bounds``, preferably in front of the camera, clear of the path."""
         rng = self.rng
@@ -448,8 +454,7 @@ class _Scene:
                 x, y = px + dist * math.cos(yaw + off), py + dist * math.sin(yaw + off)
             else:
                 x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
-            inside = x0 + radius < x < x1 - radius and y0 + radius < y < y1 - radius
-            if inside and self._clear_of_path(x, y, radius):
+            if self._free_spot(x, y, radius):
                 return x, y
         return None
 
@@ -475,12 +480,10 @@ class _Scene:
         the robot."""
         rng = self.rng
         px, py, yaw = self.path[-1]
-        x0, y0, x1, y1 = self.bounds
         for _ in range(tries):
             dist, off = rng.uniform(radius + 0.1, radius + 1.0), rng.normal(0, 0.35)
             x, y = px + dist * math.cos(yaw + off), py + dist * math.sin(yaw + off)
-            inside = x0 + radius < x < x1 - radius and y0 + radius < y < y1 - radius
-            if inside and self._clear_of_path(x, y, radius, margin=0.1):
+            if self._free_spot(x, y, radius, margin=0.1):
                 spawn(x, y, rng.uniform(0, 2 * math.pi))
                 return
 
