@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seg_perception.offline import cli
+from seg_perception.offline import argtypes, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BAG = ROOT / 'samples' / 'scenes_sample'
@@ -52,6 +52,7 @@ MISTAKES = [
     ('train', ['{d}/missing.yaml'], ['missing.yaml', 'not found']),
     ('train', ['{d}/typo.yaml'], ['val_intervall', "did you mean 'val_interval'"]),
     ('train', ['{d}/good.yaml', 'lr=fast'], ['lr']),
+    ('train', ['{d}/good.yaml', 'hflip=1.5'], ['hflip', 'probability', '1.5']),
     ('train', ['{d}/evil.yaml'], ['python/object/apply']),
     ('train', ['{d}/good.yaml', 'iters'], ['iters', 'key=value']),
     ('train', ['{d}/good.yaml'], ['last.pt', 'exist']),
@@ -189,6 +190,46 @@ def test_every_option_has_help_and_shows_its_default(command):
             has_default = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
             if has_default:
                 assert 'default' in shown.lower(), f'{p.prog} {action.option_strings} hides its default'
+
+
+# numeric options that take plain int/float: any value means something, or the command checks it with its own
+# message (the latter tested in their modules' tests)
+PLAIN_NUMBERS = {'--camera-pitch', '--mean', '--shares', '--token-buckets', '--tile-buckets', '--quantile',
+                 '--tap-shrinkage', '--costmap-min-confidence', '--minutes', '--max-rate', '--threads'}
+BAD_VALUE = {argtypes.positive_int: '0', argtypes.non_negative_int: '-1', argtypes.positive_float: '0',
+             argtypes.non_negative_float: '-0.5', argtypes.share: '1.5', argtypes.ros_domain_id: '233'}
+
+
+def _parsers_with_argv(parser, argv):
+    yield argv, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers_with_argv(child, [*argv, name])
+
+
+@pytest.mark.parametrize('command', list(cli.COMMANDS))
+def test_numeric_options_refuse_values_out_of_range(command, capfd):
+    """Every numeric option is range-checked while the command line is parsed: a count of 0 or -1, a share of
+    1.5, ... is one line naming the option and the value, exit 2, before any work (plain int/float only where
+    PLAIN_NUMBERS says why)."""
+    _, parser = cli.build_parser(command)
+    checked = 0
+    for argv, p in _parsers_with_argv(parser, [command]):
+        for action in p._actions:
+            if action.type in (int, float):
+                assert set(action.option_strings) & PLAIN_NUMBERS, \
+                    f'{" ".join(argv)} {action.option_strings}: plain {action.type.__name__}; use seg_perception.' \
+                    'offline.argtypes or add it to PLAIN_NUMBERS with the reason'
+            if action.type not in BAD_VALUE:
+                continue
+            option, bad = action.option_strings[0], BAD_VALUE[action.type]
+            values = [bad] * (action.nargs if isinstance(action.nargs, int) else 1)
+            code, _, err = run_cli([*argv, option, *values], capfd)
+            assert code == 2 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, (argv, option, err)
+            assert f'{option}: {bad} must be' in err, err
+            checked += 1
+    assert checked or command == 'train', f'{command}: no range-checked option'   # train: key=value config
 
 
 def test_train_help_lists_config_keys_with_types_and_defaults(capfd):

@@ -27,6 +27,7 @@ import yaml
 from ...errors import UserError
 from ...runtime.costmap import GridSpec
 from ...runtime.pose import invert, pose_matrix, quat_to_matrix, transform_matrix
+from ..argtypes import non_negative_int
 
 COVERED_FLOOR = 'covered_floor'
 COVERED_COLOUR = (255, 160, 0)
@@ -108,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('data', help='a dataset of `seg-perception render --out` (depth/, occupancy/, meta/ inside)')
     parser.add_argument('--out', required=True, help='dataset folder to write (masks relabelled, images linked)')
     parser.add_argument('--split', default='', help='the split subfolder (train, val, ...; "" = none)')
-    parser.add_argument('--inset', type=int, default=0,
+    parser.add_argument('--inset', type=non_negative_int, default=0,
                         help="cells in from a footprint's edge where covered floor starts (0: the edge cells too)")
 
 

@@ -78,6 +78,7 @@ from seg_perception.classes import (
 )
 from seg_perception.errors import UserError
 
+from ..argtypes import non_negative_int, positive_int, share
 from .bags import DEFAULT_START_NS as BAG_START_NS  # the one bag start time
 from .shapes import assembled_obstacle, assembled_person, assembled_robot, colour, hsv_colour, limb
 
@@ -817,28 +818,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         '(e.g. train, val; use a different --seed per split)')
     parser.add_argument('--bag', help='rosbag2 directory to write')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='rosbag2 storage of --bag')
-    parser.add_argument('--frames', type=int, default=100, help='frames to render')
-    parser.add_argument('--seed', type=int, default=0, help='random seed (the same seed renders the same frames)')
-    parser.add_argument('--width', type=int, default=320, help='image width in pixels')
-    parser.add_argument('--height', type=int, default=240, help='image height in pixels')
+    parser.add_argument('--frames', type=positive_int, default=100, help='frames to render')
+    parser.add_argument('--seed', type=non_negative_int, default=0,
+                        help='random seed (the same seed renders the same frames)')
+    parser.add_argument('--width', type=positive_int, default=320, help='image width in pixels')
+    parser.add_argument('--height', type=positive_int, default=240, help='image height in pixels')
     parser.add_argument('--clutter', default='0,1', help='lo,hi range of the per-sequence clutter level in [0, 1]')
-    parser.add_argument('--seq-len', type=int, default=10, help='frames per scene')
+    parser.add_argument('--seq-len', type=positive_int, default=10, help='frames per scene')
     parser.add_argument('--layouts', default=','.join(LAYOUTS), help='comma list of ' + ', '.join(LAYOUTS))
     parser.add_argument('--fov', default='50,85', help='lo,hi vertical field of view in degrees')
     parser.add_argument('--cam-height', default='0.25,1.6', help='lo,hi camera height in metres')
     parser.add_argument('--pitch', default='-30,5', help='lo,hi camera pitch in degrees (negative looks down)')
-    parser.add_argument('--shadows', type=float, default=0.3, help='fraction of sequences with shadows')
-    parser.add_argument('--variety', type=float, default=0.0,
+    parser.add_argument('--shadows', type=share, default=0.3, help='fraction of sequences with shadows')
+    parser.add_argument('--variety', type=share, default=0.0,
                         help='share of obstacles, people and robots with random textures and of people in varied '
                              'poses (0 = the renderer as the shipped scene models were trained)')
-    parser.add_argument('--shapes', type=float, default=0.0,
+    parser.add_argument('--shapes', type=share, default=0.0,
                         help='share of obstacles, people and robots assembled from random primitives in random '
                              'proportions and poses (offline/data/shapes.py) instead of the fixed catalogue')
-    parser.add_argument('--close', type=float, default=0.0,
+    parser.add_argument('--close', type=share, default=0.0,
                         help='share of sequences with a person (a robot one time in three) standing just ahead of '
                              "the camera's last pose: large and cut off by the frame as the camera comes close")
     parser.add_argument('--jpeg', action='store_true', help='bag: also /camera/image_raw/compressed')
-    parser.add_argument('--jpeg-quality', type=int, default=90, help='bag: JPEG quality of the compressed topic')
+    parser.add_argument('--jpeg-quality', type=non_negative_int, default=90,
+                        help='bag: JPEG quality of the compressed topic')
     parser.add_argument('--no-raw', action='store_true', help='bag: leave out /camera/image_raw')
     parser.add_argument('--depth', action='store_true', help='bag: also /camera/depth (32FC1)')
     parser.add_argument('--no-compression', action='store_true', help='bag: no zstd chunk compression (mcap)')
@@ -859,9 +862,8 @@ def run(args: argparse.Namespace) -> int:
         _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
     if args.bag and Path(args.bag).exists():
         raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
-    for flag in ('variety', 'shapes', 'close'):
-        if not 0 <= getattr(args, flag) <= 1:
-            raise UserError(f'--{flag} {getattr(args, flag)} must be a share in [0, 1]')
+    if args.jpeg_quality > 100:
+        raise UserError(f'--jpeg-quality {args.jpeg_quality}: must be 0 to 100')
     if args.generator == 'raycast':
         from .raycast import raycast_frames
         frames = raycast_frames(args.frames, seed=args.seed, width=args.width, height=args.height,

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_float, positive_int
 from .shift_features import parse_taps
 
 # measured on topformer_tiny_scenes (README, shift monitor): floor-logit spread, floor share, energy
@@ -313,13 +314,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--split', default='val', help='split of --data')
     parser.add_argument('--per-class', action='store_true',
                         help='also fit one temperature per class; kept only when its ECE on held-out pixels is lower')
-    parser.add_argument('--limit', type=int, default=0, help='use the first N frames of --data (0 = all)')
-    parser.add_argument('--pixels-per-frame', type=int, default=2000, help='labelled pixels sampled per frame')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='use the first N frames of --data (0 = all)')
+    parser.add_argument('--pixels-per-frame', type=positive_int, default=2000, help='labelled pixels sampled per frame')
     parser.add_argument('--shift', default=None, metavar='TRAIN_SPEC',
                         help='training frames (dataset folder or YAML) for the shift statistics (none: keep the '
                              "model's shift_stats as they are)")
     parser.add_argument('--shift-split', default='train', help='split of --shift')
-    parser.add_argument('--shift-limit', type=int, default=400,
+    parser.add_argument('--shift-limit', type=positive_int, default=400,
                         help='use the first N training frames (0 = all)')
     parser.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                         help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '
@@ -336,11 +337,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--tap-shrinkage', type=float, default=0.2,
                         help="shrink each tap's covariance this far towards its average variance (0-1] before "
                              'whitening')
-    parser.add_argument('--tap-knn', type=int, default=0,
+    parser.add_argument('--tap-knn', type=non_negative_int, default=0,
                         help="score each tap by the distance to its K-th nearest training frame (whitened) instead of "
                              "to the training mean; the training frames' blocks go into the metadata (0: the mean)")
-    parser.add_argument('--window', type=int, default=10, help='frames the node averages the shift score over')
-    parser.add_argument('--margin', type=float, default=1.1,
+    parser.add_argument('--window', type=positive_int, default=10, help='frames the node averages the shift score over')
+    parser.add_argument('--margin', type=positive_float, default=1.1,
                         help='shift threshold = margin x the --quantile of the smoothed scores on the held-out frames')
     parser.add_argument('--quantile', type=float, default=1.0,
                         help='quantile of the held-out smoothed scores the threshold is set from (1 = the largest; '
@@ -349,18 +350,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also store the costmap's confidence threshold in the model (0-1; pixels below it "
                              'are never free): chosen for the calibrated confidence, so set here')
     parser.add_argument('--report', default=None, help='folder for reliability diagrams and calibration.json')
-    parser.add_argument('--seed', type=int, default=0, help='pixel sampling seed')
+    parser.add_argument('--seed', type=non_negative_int, default=0, help='pixel sampling seed')
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument('-o', '--output', default=None, help='write the calibrated model here')
     target.add_argument('--in-place', action='store_true', help='overwrite --model')
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.window < 1 or args.margin <= 0 or args.pixels_per_frame < 1 or not 0 < args.quantile <= 1
-            or not 0 < args.tap_shrinkage <= 1 or args.tap_knn < 0):
-        raise UserError(f'--window ({args.window}) and --pixels-per-frame ({args.pixels_per_frame}) must be >= 1, '
-                        f'--margin ({args.margin}) > 0, --quantile ({args.quantile}) and --tap-shrinkage '
-                        f'({args.tap_shrinkage}) in (0, 1], --tap-knn ({args.tap_knn}) >= 0')
+    if not (0 < args.quantile <= 1 and 0 < args.tap_shrinkage <= 1):
+        raise UserError(f'--quantile ({args.quantile}) and --tap-shrinkage ({args.tap_shrinkage}) must be in (0, 1]')
     if args.costmap_min_confidence is not None and not 0 <= args.costmap_min_confidence < 1:
         raise UserError(f'--costmap-min-confidence {args.costmap_min_confidence}: must be in [0, 1)')
     if not Path(args.model).is_file():

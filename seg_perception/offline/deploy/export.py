@@ -46,6 +46,7 @@ from ...errors import UserError
 from ...runtime import metadata as md
 from ...runtime.costmap import class_cost_table, parse_class_costs
 from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from ..argtypes import non_negative_int, positive_float, positive_int, share
 from ..graph.onnx_graph import OUTPUTS, set_metadata, with_logits_output
 from ..predict import labels_head as postprocess  # the graph's tail: upsample, argmax, max softmax
 
@@ -372,8 +373,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', help='model name (seg_perception.nets.list_models()); default: the checkpoint\'s')
     parser.add_argument('--checkpoint', help='our training checkpoint (.pt), or an official one with --official')
     parser.add_argument('--official', action='store_true', help='--checkpoint is an official mmseg/paddle file')
-    parser.add_argument('--num-classes', type=int, help='default: the checkpoint\'s, else the --classes count')
-    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--num-classes', type=positive_int, help='default: the checkpoint\'s, else the --classes count')
+    parser.add_argument('--input-size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='network input size the engine resizes to (default: the checkpoint\'s)')
     parser.add_argument('--resize-mode', choices=md.RESIZE_MODES,
                         help="how the engine fits images into the input size (default: the training checkpoint's; "
@@ -381,7 +382,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "bare weights)")
     parser.add_argument('--classes', help='YAML with the class names (and optional palette)')
     parser.add_argument('--mean', type=float, nargs=3, help='0-255 RGB mean (default: checkpoint, else ImageNet)')
-    parser.add_argument('--std', type=float, nargs=3, help='0-255 RGB std (default: checkpoint, else ImageNet)')
+    parser.add_argument('--std', type=positive_float, nargs=3,
+                        help='0-255 RGB std (default: checkpoint, else ImageNet)')
     parser.add_argument('--fixed-size', action='store_true', help='fixed H/W (default: dynamic)')
     parser.add_argument('--head', choices=('labels', 'logits'), default='labels',
                         help='labels: upsampling + argmax inside the graph (labels at the network size); logits: '
@@ -400,20 +402,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the model's default costmap table stored in the metadata, 'name:cost, ...' (-1 unknown, "
                              "0 free .. 100 lethal; e.g. 'road:0, pavement:0, sky:-1'); classes not named take the "
                              'built-in table by name')
-    parser.add_argument('--exit-threshold', type=float,
+    parser.add_argument('--exit-threshold', type=share,
                         help='token-pass: default exit threshold stored in the model (default: its exit_conf)')
     parser.add_argument('--token-buckets', type=float, nargs='+', metavar='FRACTION',
                         help='token-pass: pad the kept tokens up to these fractions of all tokens, so TensorRT '
                              'sees a few fixed shapes (e.g. 0.25 0.5 0.75 1.0)')
-    parser.add_argument('--refine-threshold', type=float,
+    parser.add_argument('--refine-threshold', type=share,
                         help='adaptive TopFormer: default refine threshold stored in the model (default: its '
                              'refine_conf; 0 = never refine, 1 = always)')
     parser.add_argument('--tile-buckets', type=float, nargs='+', metavar='FRACTION',
                         help='adaptive TopFormer: pad the refined tiles up to these fractions of all tiles '
                              '(e.g. 0.125 0.25 0.5 1.0), so TensorRT sees a few fixed shapes')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset version')
+    parser.add_argument('--opset', type=positive_int, default=DEFAULT_OPSET, help='ONNX opset version')
     parser.add_argument('--exporter', choices=EXPORTERS, default='torchscript', help='torch.onnx exporter')
-    parser.add_argument('--tolerance', type=float, default=PARITY_RTOL, help='relative ORT vs PyTorch tolerance')
+    parser.add_argument('--tolerance', type=positive_float, default=PARITY_RTOL,
+                        help='relative ORT vs PyTorch tolerance')
     parser.add_argument('-o', '--output', required=True, help='the .onnx file to write')
     group = parser.add_argument_group('int8 (ONNX Runtime static quantization, QDQ, per-channel)')
     group.add_argument('--int8', action='store_true', help='also write an int8 model')
@@ -421,11 +424,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--calib', help='calibration images: a folder of images (or a dataset with images/) '
                                        'or a rosbag2 path with --calib-topic')
     group.add_argument('--calib-topic', default='/camera/image_raw', help='image topic when --calib is a bag')
-    group.add_argument('--calib-count', type=int, default=64, help='calibration images (evenly spaced)')
+    group.add_argument('--calib-count', type=positive_int, default=64, help='calibration images (evenly spaced)')
     group.add_argument('--eval-data', help='held-out dataset (folder, dataset YAML or bag): mIoU fp32 vs int8')
     group.add_argument('--eval-split', help='split of --eval-data (default: val, or every image if none)')
-    group.add_argument('--eval-count', type=int, default=0, help='limit the evaluation images (0: all)')
-    group.add_argument('--threads', type=int, default=1, help='ONNX Runtime threads for the int8 comparison')
+    group.add_argument('--eval-count', type=non_negative_int, default=0, help='limit the evaluation images (0: all)')
+    group.add_argument('--threads', type=non_negative_int, default=1,
+                       help='ONNX Runtime threads for the int8 comparison')
 
 
 def _resolve(args):

@@ -22,6 +22,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 from ...errors import UserError
+from ..argtypes import positive_int
 from ..graph.onnx_graph import read_metadata
 
 PARITY_RTOL = 1e-3
@@ -220,7 +221,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         '--help lists them)')
     parser.add_argument('--calib', required=True, help='images for the BatchNorm statistics: a dataset folder, '
                         'an image folder, a dataset YAML or a bag')
-    parser.add_argument('--calib-count', type=int, default=64, help='calibration images used')
+    parser.add_argument('--calib-count', type=positive_int, default=64, help='calibration images used')
     parser.add_argument('-o', '--out', required=True, help='checkpoint to write (.pt); use it as `init:` in a '
                         'training config')
 

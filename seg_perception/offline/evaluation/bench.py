@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_int, share
 from . import bench_adaptive, bench_costmap, bench_engine, bench_node, bench_ops
 from .bench_common import complexity_halves, worker_spinning
 from .metrics import ConfusionMatrix
@@ -148,17 +149,17 @@ def add_tokenpass_arguments(parser):
     parser.add_argument('--model', required=True, help='token-pass .onnx (with an exit_threshold input)')
     parser.add_argument('--static', required=True, help='its static twin .onnx')
     parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
-    parser.add_argument('--threshold', type=float, default=None,
+    parser.add_argument('--threshold', type=share, default=None,
                         help="exit threshold (default: the model's stored threshold)")
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads (default 1)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed inferences of each model first')
-    parser.add_argument('--limit', type=int, default=0, help='first N frames only')
+    parser.add_argument('--threads', type=non_negative_int, default=1, help='ONNX Runtime intra-op threads (default 1)')
+    parser.add_argument('--warmup', type=non_negative_int, default=2, help='untimed inferences of each model first')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='first N frames only')
     parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic (default: /camera/image_raw)')
     parser.add_argument('--gt-topic', default=None,
                         help='rosbag: ground-truth label topic (default: /ground_truth/labels)')
     parser.add_argument('--split', default='val', help='dataset split for open_dataset (default: val)')
-    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--input-size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="network input for both models (multiples of 32; default: the models' own)")
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
 

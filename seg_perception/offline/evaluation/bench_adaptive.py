@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_int, share
 from .bench_common import (
     bench_session,
     complexity_halves,
@@ -235,17 +236,17 @@ def add_adaptive_arguments(parser):
                              '(latency ratios are taken to the first and the last); PATH@HxW runs one at its own '
                              'network input (e.g. the larger model at a smaller size)')
     parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
-    parser.add_argument('--thresholds', type=float, nargs='*', default=[0.0, 1.0],
+    parser.add_argument('--thresholds', type=share, nargs='*', default=[0.0, 1.0],
                         help="knob values to run besides the model's stored default (0 = never refine, "
                              '1 = always)')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed inferences of each candidate first')
-    parser.add_argument('--limit', type=int, default=0, help='first N frames only (0: all)')
+    parser.add_argument('--threads', type=positive_int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--warmup', type=non_negative_int, default=2, help='untimed inferences of each candidate first')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='first N frames only (0: all)')
     parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
     parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
     parser.add_argument('--split', default='val', help='dataset split for open_dataset')
-    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+    parser.add_argument('--input-size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="network input for every model (multiples of 32; default: the models' own)")
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                         help='wall: elapsed run time; cpu: CPU time of the run (1 thread only; robust to other '
@@ -365,13 +366,14 @@ def add_adaptive_cost_arguments(parser):
     parser.add_argument('--arch', default='adaptive_topformer_tiny', help='adaptive architecture (nets)')
     parser.add_argument('--static', nargs='*', default=['topformer_tiny', 'topformer_base'],
                         help='static zoo architectures to time beside it (the first is the ratio reference)')
-    parser.add_argument('--input-size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'),
+    parser.add_argument('--input-size', type=positive_int, nargs=2, default=[480, 640], metavar=('H', 'W'),
                         help='network input height and width')
-    parser.add_argument('--windows', type=int, nargs='*', default=[1, 4, 8, 16, 32, 48, 80],
+    parser.add_argument('--windows', type=positive_int, nargs='*', default=[1, 4, 8, 16, 32, 48, 80],
                         help='deep-head batch sizes (windows) to time')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed runs of each candidate first')
-    parser.add_argument('--repeat', type=int, default=7, help='timed rounds (candidates interleaved); median shown')
+    parser.add_argument('--threads', type=positive_int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--warmup', type=non_negative_int, default=2, help='untimed runs of each candidate first')
+    parser.add_argument('--repeat', type=positive_int, default=7,
+                        help='timed rounds (candidates interleaved); median shown')
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                         help="wall time, or (with --threads 1) the CPU time of the thread running the graph, which "
                              "other processes' load does not inflate")
@@ -440,11 +442,11 @@ def add_refine_rule_arguments(parser):
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
     parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
     parser.add_argument('--split', default='val', help='dataset split for open_dataset')
-    parser.add_argument('--input-size', type=int, nargs=2, default=[480, 640], metavar=('H', 'W'),
+    parser.add_argument('--input-size', type=positive_int, nargs=2, default=[480, 640], metavar=('H', 'W'),
                         help='network input (multiples of 32)')
-    parser.add_argument('--thresholds', type=float, nargs='+', default=[0.5, 0.7, 0.8, 0.9, 0.95],
+    parser.add_argument('--thresholds', type=share, nargs='+', default=[0.5, 0.7, 0.8, 0.9, 0.95],
                         help='refine_threshold values')
-    parser.add_argument('--limit', type=int, default=0, help='first N frames only (0: all)')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='first N frames only (0: all)')
 
 
 def run_refine_rule(args):
@@ -524,10 +526,10 @@ def add_cascade_arguments(parser):
     parser.add_argument('--split', default='val', help='dataset split for open_dataset')
     parser.add_argument('--shares', type=float, nargs='+', default=[0.02, 0.05, 0.1, 0.2, 0.4],
                         help='share of unsure pixels above which a frame or tile goes to the large model')
-    parser.add_argument('--confidence', type=float, default=0.9, help='the small model\'s pixels below it are unsure')
-    parser.add_argument('--grid', type=int, default=8, help='tiles per image side for the tile cascade')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
-    parser.add_argument('--limit', type=int, default=0, help='first N frames only (0: all)')
+    parser.add_argument('--confidence', type=share, default=0.9, help='the small model\'s pixels below it are unsure')
+    parser.add_argument('--grid', type=positive_int, default=8, help='tiles per image side for the tile cascade')
+    parser.add_argument('--threads', type=positive_int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='first N frames only (0: all)')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 

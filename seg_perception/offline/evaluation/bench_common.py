@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_int
 
 
 def worker_spinning(threads: int) -> bool | None:
@@ -100,8 +101,8 @@ def machine_line() -> str:
 
 
 def add_common_arguments(parser, warmup: int = 2, repeat: int = 7) -> None:
-    parser.add_argument('--warmup', type=int, default=warmup, help='untimed runs of each candidate first')
-    parser.add_argument('--repeat', type=int, default=repeat,
+    parser.add_argument('--warmup', type=non_negative_int, default=warmup, help='untimed runs of each candidate first')
+    parser.add_argument('--repeat', type=positive_int, default=repeat,
                         help='timed rounds (candidates interleaved); the table shows the median')
     parser.add_argument('--markdown', default=None, help='also write the tables to this Markdown file')
 

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from ..argtypes import positive_float, positive_int
 from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, ratio
 
 CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
@@ -106,17 +107,18 @@ def costmap_table(report: dict) -> str:
 
 def add_costmap_arguments(parser) -> None:
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped scene model)')
-    parser.add_argument('--frames', type=int, default=8, help='frames, spread over the bag')
+    parser.add_argument('--frames', type=positive_int, default=8, help='frames, spread over the bag')
     parser.add_argument('--bag', default='', help='a rendered bag (seg-perception render --bag) to take frames and '
                                                   'CameraInfo from (default: the shipped sample bag, 640x480)')
     parser.add_argument('--depth', action='store_true',
                         help="give the costmap the bag's depth images (the node's costmap.use_depth)")
-    parser.add_argument('--grid', type=float, default=10.0, help='grid side in metres')
-    parser.add_argument('--resolution', type=float, default=0.05, help='cell size in metres')
-    parser.add_argument('--camera-z', type=float, default=1.0, help='camera height in metres')
+    parser.add_argument('--grid', type=positive_float, default=10.0, help='grid side in metres')
+    parser.add_argument('--resolution', type=positive_float, default=0.05, help='cell size in metres')
+    parser.add_argument('--camera-z', type=positive_float, default=1.0, help='camera height in metres')
     parser.add_argument('--camera-pitch', type=float, default=0.35, help='camera pitch in radians (> 0 looks down)')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
-    parser.add_argument('--pool', type=int, default=3, help='image pixels per costmap sample side (costmap.pool)')
+    parser.add_argument('--threads', type=positive_int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--pool', type=positive_int, default=3,
+                        help='image pixels per costmap sample side (costmap.pool)')
     parser.add_argument('--clock', choices=tuple(CLOCKS), default='cpu',
                         help='cpu: CPU time of this process (robust to other load on the machine); wall: elapsed')
     add_common_arguments(parser)
@@ -129,8 +131,6 @@ def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
     from ..data.bags import TOPICS, iter_bag_images, read_raw_messages, typestore
     from .bench_models import spread
 
-    if count < 1:
-        raise UserError(f'--frames {count}: must be at least 1')
     try:
         images = [(stamp, image) for stamp, _, image in iter_bag_images(bag, TOPICS['image'][0])]
         infos = read_raw_messages(bag, [TOPICS['camera_info'][0]])

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..argtypes import positive_int
 from .bench_common import (
     add_common_arguments,
     bench_session,
@@ -79,7 +80,7 @@ def peak_table(peak: dict) -> str:
 
 
 def add_peak_arguments(parser) -> None:
-    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='ONNX Runtime thread counts')
+    parser.add_argument('--threads', type=positive_int, nargs='+', default=[1, 2], help='ONNX Runtime thread counts')
     add_common_arguments(parser)
 
 
@@ -147,7 +148,7 @@ def add_engine_arguments(parser) -> None:
     parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'],
                         help='network input sizes HxW (also try 720x1280 512x1024); sizes that are not multiples '
                              'of 32 are padded up as the engine does (720x1280 runs as 736x1280)')
-    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='intra-op thread counts')
+    parser.add_argument('--threads', type=positive_int, nargs='+', default=[1, 2], help='intra-op thread counts')
     parser.add_argument('--no-int8', action='store_true', help='skip the int8 column')
     parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch eager column')
     add_common_arguments(parser, repeat=5)
@@ -360,8 +361,8 @@ def peer_table(report: dict) -> str:
 
 def add_peer_arguments(parser) -> None:
     parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'], help='input sizes HxW')
-    parser.add_argument('--threads', type=int, nargs='+', default=[2], help='intra-op thread counts')
-    parser.add_argument('--frames', type=int, default=4, help='frames (6 classes) / synthetic seeds (150)')
+    parser.add_argument('--threads', type=positive_int, nargs='+', default=[2], help='intra-op thread counts')
+    parser.add_argument('--frames', type=positive_int, default=4, help='frames (6 classes) / synthetic seeds (150)')
     add_common_arguments(parser, repeat=5)
 
 

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_float, positive_int
 from .bench_common import emit, fmt, markdown_table, parse_size, ratio, worker_spinning
 from .bench_models import SHIPPED, sample_frames
 
@@ -327,9 +328,9 @@ def node_table(report: dict) -> str:
 def add_node_arguments(parser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
     parser.add_argument('--sizes', nargs='+', default=['480x640', '720x1280'], help='camera sizes HxW')
-    parser.add_argument('--frames', type=int, default=15, help='frames per size (from the sample bag)')
+    parser.add_argument('--frames', type=positive_int, default=15, help='frames per size (from the sample bag)')
     parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
-    parser.add_argument('--warmup', type=int, default=3, help='untimed frames first (per size)')
+    parser.add_argument('--warmup', type=non_negative_int, default=3, help='untimed frames first (per size)')
     parser.add_argument('--outputs', nargs='+', choices=['labels', 'all'], default=['labels', 'all'],
                         help='image outputs subscribed, one node run each: labels only, or labels + colour + '
                              'confidence')
@@ -372,8 +373,8 @@ def node_cpu_table(report: dict) -> str:
 def add_node_cpu_arguments(parser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
     parser.add_argument('--size', default='480x640', help='camera size HxW')
-    parser.add_argument('--rate', type=float, default=30.0, help='camera frames per second')
-    parser.add_argument('--seconds', type=float, default=10.0, help='length of the measured run per setting')
+    parser.add_argument('--rate', type=positive_float, default=30.0, help='camera frames per second')
+    parser.add_argument('--seconds', type=positive_float, default=10.0, help='length of the measured run per setting')
     parser.add_argument('--threads', type=int, default=2, help='ONNX Runtime intra-op threads (2 or more)')
     parser.add_argument('--max-rate', type=float, default=10.0,
                         help='a third run with the node limited to this many frames per second (0: none)')
@@ -382,8 +383,6 @@ def add_node_cpu_arguments(parser) -> None:
 
 def run_node_cpu(args) -> int:
     _check_node_args(args, 'node-cpu')
-    if args.rate <= 0 or args.seconds <= 0:
-        raise UserError(f'--rate and --seconds must be positive, got {args.rate:g} and {args.seconds:g}')
     if args.threads < 2:
         raise UserError(f'--threads must be 2 or more (one thread has no worker threads to spin), got {args.threads}')
     if not 0 <= args.max_rate <= 1000:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_int
 from .bench_common import bench_session, emit, fmt, markdown_table, ratio
 from .bench_models import SHIPPED, load_bench_model
 
@@ -91,9 +92,9 @@ def ops_table(report: dict) -> str:
 def add_ops_arguments(parser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='.onnx file with an _int8 twin, or a zoo name')
     parser.add_argument('--size', default='256x320', help='network input HxW (multiples of 32)')
-    parser.add_argument('--threads', type=int, default=1, help='intra-op threads')
-    parser.add_argument('--runs', type=int, default=10, help='profiled runs (after warm-up)')
-    parser.add_argument('--warmup', type=int, default=3, help='unprofiled runs first')
+    parser.add_argument('--threads', type=positive_int, default=1, help='intra-op threads')
+    parser.add_argument('--runs', type=positive_int, default=10, help='profiled runs (after warm-up)')
+    parser.add_argument('--warmup', type=non_negative_int, default=3, help='unprofiled runs first')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 

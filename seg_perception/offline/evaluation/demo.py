@@ -9,6 +9,7 @@ model the demo scores that class as floor (``--merge covered_floor:floor``; the 
 import argparse
 
 from ...paths import find_share_file
+from ..argtypes import positive_float
 from . import replay
 
 DEFAULT_BAG = 'samples/scenes_sample'
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f'{" ".join(DEFAULT_MERGE)} with the default model, none with --model)')
     parser.add_argument('--image-topic', default=None, help='camera topic (default: found from the bag)')
     parser.add_argument('--out', default='out/demo', help='report folder')
-    parser.add_argument('--rate', type=float, default=1.0, help='playback speed (1 = as recorded)')
-    parser.add_argument('--timeout', type=float, default=120.0,
+    parser.add_argument('--rate', type=positive_float, default=1.0, help='playback speed (1 = as recorded)')
+    parser.add_argument('--timeout', type=positive_float, default=120.0,
                         help='give up on a node that does not come up within this many seconds')
 
 

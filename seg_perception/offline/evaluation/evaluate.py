@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from ..argtypes import non_negative_int, positive_int, share
 from .calibration import ReliabilityStats
 from .metrics import ConfusionMatrix, FrameAreas, bootstrap_miou, metrics_table, save_confusion_png
 
@@ -343,17 +344,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--gt-topic', default=None,
                         help='rosbag: ground-truth label topic (default: /ground_truth/labels)')
     parser.add_argument('--out', default=None, help='folder for metrics.json, report.md and confusion.png')
-    parser.add_argument('--limit', type=int, default=0, help='evaluate the first N images only')
-    parser.add_argument('--threads', type=int, default=None, help='intra-op threads (onnxruntime or torch)')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='evaluate the first N images only')
+    parser.add_argument('--threads', type=positive_int, default=None, help='intra-op threads (onnxruntime or torch)')
     parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
-    parser.add_argument('--exit-threshold', type=float, default=None, help='token-pass: stopping threshold')
-    parser.add_argument('--refine-threshold', type=float, default=None,
+    parser.add_argument('--exit-threshold', type=share, default=None, help='token-pass: stopping threshold')
+    parser.add_argument('--refine-threshold', type=share, default=None,
                         help="adaptive TopFormer: refine threshold (0 = never refine, 1 = always; default: the "
                              "model's stored one)")
-    parser.add_argument('--input-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+    parser.add_argument('--input-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
                         help="network input size, multiples of 32 (default: the model's; 0 0 = whole image; "
                              '.onnx files with a dynamic input)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed inferences before measuring')
+    parser.add_argument('--warmup', type=non_negative_int, default=2, help='untimed inferences before measuring')
     parser.add_argument('--baseline', default=None, metavar='MODEL',
                         help='a second model on the same frames: its mIoU and the difference with its 95 %% paired '
                              'bootstrap interval (the two take turns on each frame, so latencies include that)')

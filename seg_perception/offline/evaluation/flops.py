@@ -22,6 +22,7 @@ from torch.utils.flop_counter import flop_registry
 from ...errors import UserError
 from ...nets import create_model, list_models
 from ...nets._layers import ExportableAdaptiveAvgPool2d
+from ..argtypes import positive_int
 
 __all__ = ['count_macs', 'count_params', 'add_arguments', 'run']
 
@@ -145,8 +146,8 @@ def count_params(model):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', required=True, help='registered model name (see seg_perception.nets)')
-    parser.add_argument('--num-classes', type=int, default=150, help='classes of the segmentation head')
-    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'), default=(512, 512),
+    parser.add_argument('--num-classes', type=positive_int, default=150, help='classes of the segmentation head')
+    parser.add_argument('--input-size', type=positive_int, nargs=2, metavar=('H', 'W'), default=(512, 512),
                         help='input height and width')
     parser.add_argument('--details', action='store_true', help='also print MACs per category')
 

@@ -34,6 +34,7 @@ from ...runtime.costmap import (
     class_cost_table,
     resolve_min_confidence,
 )
+from ..argtypes import non_negative_float, non_negative_int, positive_int, share
 from ..data.covered import COVERED_FLOOR, covered_floor
 
 COUNT_KEYS = ('gt_occupied', 'gt_free', 'pred_free', 'hit_occupied', 'hit_occupied_1cell', 'false_free',
@@ -318,21 +319,21 @@ def add_arguments(parser):
                         '(seg-perception render --bag)')
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped scene model)')
     parser.add_argument('--out', default='', help='folder for report.md, report.json, PNGs (none: print only)')
-    parser.add_argument('--min-confidence', type=float, default=None,
+    parser.add_argument('--min-confidence', type=share, default=None,
                         help="costmap confidence threshold (default: the model's, else the built-in default)")
     parser.add_argument('--sweep', default=','.join(str(t) for t in DEFAULT_SWEEP),
                         help='comma list of confidence thresholds to score too ("" = none)')
-    parser.add_argument('--limit', type=int, default=0, help='score at most N frames (0 = all)')
-    parser.add_argument('--png', type=int, default=20, help='side-by-side PNGs to write')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='score at most N frames (0 = all)')
+    parser.add_argument('--png', type=non_negative_int, default=20, help='side-by-side PNGs to write')
+    parser.add_argument('--threads', type=non_negative_int, default=1, help='ONNX Runtime intra-op threads')
     parser.add_argument('--depth', action='store_true',
                         help="place pixels in 3-D with the bag's depth images (the node's costmap.use_depth)")
-    parser.add_argument('--overhang-margin', type=float, default=None,
+    parser.add_argument('--overhang-margin', type=non_negative_float, default=None,
                         help='metres of floor in front of a floor contact kept unknown (default: the costmap\'s)')
     parser.add_argument('--shift-gate', action='store_true',
                         help="as the node's costmap.unknown_on_shift: no free cells while the model's smoothed shift "
                              'score is above its threshold')
-    parser.add_argument('--pool', type=int, default=None,
+    parser.add_argument('--pool', type=positive_int, default=None,
                         help="image pixels per costmap sample side (the node's costmap.pool; default: the costmap's)")
     parser.add_argument('--gt-labels', action='store_true',
                         help="score the bag's ground-truth labels instead of the model's (the geometry's limit)")

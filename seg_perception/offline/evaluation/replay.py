@@ -32,6 +32,7 @@ import numpy as np
 from ...errors import UserError
 from ...runtime import imgmsg
 from ...runtime.engine import SegmentationEngine, SegResult
+from ..argtypes import non_negative_float, non_negative_int, positive_float, ros_domain_id, share
 from ..data import bags
 
 IMAGE = 'sensor_msgs/msg/Image'
@@ -479,30 +480,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--occupancy-topic', default=None,
                         help="ground-truth nav_msgs/OccupancyGrid topic (default: found from the bag; '' = none)")
     parser.add_argument('--out', default=None, help='report folder (default: out/replay/<bag name>)')
-    parser.add_argument('--limit', type=int, default=0, help='replay the first N camera frames only (0 = all)')
-    parser.add_argument('--threads', type=int, default=1,
+    parser.add_argument('--limit', type=non_negative_int, default=0,
+                        help='replay the first N camera frames only (0 = all)')
+    parser.add_argument('--threads', type=non_negative_int, default=1,
                         help='ONNX Runtime intra-op threads, offline and in the live node (0 = ONNX Runtime\'s choice)')
     parser.add_argument('--providers', default=None,
                         help='comma list of ONNX Runtime execution providers (default: the engine\'s)')
-    parser.add_argument('--exit-threshold', type=float, default=None,
+    parser.add_argument('--exit-threshold', type=share, default=None,
                         help="token-pass models' stopping threshold (default: the model's own)")
     parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:CLASS',
                         help="score a model's class the ground truth lacks as another of its classes (e.g. "
                              'covered_floor:floor); the costmap scores keep it')
-    parser.add_argument('--sync-tolerance-ms', type=float, default=20.0,
+    parser.add_argument('--sync-tolerance-ms', type=non_negative_float, default=20.0,
                         help='pair side messages (ground truth, CameraInfo, occupancy) with a frame within this (ms)')
     parser.add_argument('--no-video', action='store_true', help='skip overlay.mp4 (strip.png is always written)')
     parser.add_argument('--live', action='store_true',
                         help='also run the real node in its own process and DDS domain on the bag')
-    parser.add_argument('--rate', type=float, default=1.0, help='--live: playback speed (1 = as recorded)')
+    parser.add_argument('--rate', type=positive_float, default=1.0, help='--live: playback speed (1 = as recorded)')
     parser.add_argument('--record', default=None, metavar='OUT_BAG',
                         help='--live: write what the node publishes (labels, colour, costmap) to this new bag')
-    parser.add_argument('--warmup', type=int, default=2,
+    parser.add_argument('--warmup', type=non_negative_int, default=2,
                         help='--live: send the first frame this many times before the bag (not counted), so the '
                              'node\'s cold first inferences do not drop frames of the measurement')
-    parser.add_argument('--domain-id', type=int, default=None,
+    parser.add_argument('--domain-id', type=ros_domain_id, default=None,
                         help='--live: ROS_DOMAIN_ID for the node and the player (default: a random free one)')
-    parser.add_argument('--timeout', type=float, default=120.0,
+    parser.add_argument('--timeout', type=positive_float, default=120.0,
                         help='--live: give up on a node that does not come up (or answer its warm-up frames) '
                              'within this many seconds')
 
@@ -520,18 +522,8 @@ def prepare_out(out: str | os.PathLike) -> Path:
 
 
 def _check_args(args):
-    if args.rate <= 0:
-        raise UserError(f'--rate must be positive, got {args.rate}')
-    if args.limit < 0:
-        raise UserError(f'--limit must be 0 (all) or positive, got {args.limit}')
-    if args.warmup < 0:
-        raise UserError(f'--warmup must be 0 or positive, got {args.warmup}')
-    if args.threads < 0:
-        raise UserError(f'--threads must be 0 (ONNX Runtime\'s choice) or positive, got {args.threads}')
     if (args.record or args.domain_id is not None) and not args.live:
         raise UserError('--record and --domain-id need --live')
-    if args.domain_id is not None and not 0 <= args.domain_id <= 232:
-        raise UserError(f'--domain-id must be in [0, 232], got {args.domain_id}')
     if args.record and Path(args.record).exists():
         raise UserError(f'{args.record}: exists; --record writes a new bag, choose another path')
     import importlib.util

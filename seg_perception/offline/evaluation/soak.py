@@ -37,6 +37,7 @@ import numpy as np
 
 from ...errors import UserError
 from ...paths import default_model_path, find_share_file
+from ..argtypes import non_negative_float, non_negative_int, positive_float, ros_domain_id
 
 DEFAULT_BAG = ('samples', 'scenes_sample')
 OUTPUTS = ('labels', 'color', 'confidence')
@@ -45,17 +46,17 @@ OUTPUTS = ('labels', 'color', 'confidence')
 def add_arguments(parser):
     parser.add_argument('--minutes', type=float, default=10.0, help='length of the overload')
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped default model)')
-    parser.add_argument('--overload', type=float, default=4.0,
+    parser.add_argument('--overload', type=positive_float, default=4.0,
                         help='input rate as a multiple of the rate the model segments frames')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads of the node')
-    parser.add_argument('--max-rss-growth', type=float, default=0.05,
+    parser.add_argument('--threads', type=non_negative_int, default=1, help='ONNX Runtime intra-op threads of the node')
+    parser.add_argument('--max-rss-growth', type=non_negative_float, default=0.05,
                         help='largest accepted growth of the node\'s resident memory after the warm-up (fraction)')
-    parser.add_argument('--max-age-ratio', type=float, default=2.0,
+    parser.add_argument('--max-age-ratio', type=positive_float, default=2.0,
                         help='largest accepted output age p99 as a multiple of the node\'s inference time p99')
-    parser.add_argument('--min-overload', type=float, default=2.0,
+    parser.add_argument('--min-overload', type=positive_float, default=2.0,
                         help='smallest accepted ratio of the node\'s input rate to its output rate (a run on a '
                              'machine too busy to publish that fast is not an overload test)')
-    parser.add_argument('--domain-id', type=int, default=None,
+    parser.add_argument('--domain-id', type=ros_domain_id, default=None,
                         help='ROS_DOMAIN_ID for the node and this process (default: a random one in 101-149)')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from ...runtime.engine import SegmentationEngine
 from ...runtime.shift import ShiftScorer, smooth
+from ..argtypes import non_negative_int
 from .calibration import ReliabilityStats, auroc
 
 DEFAULT_OWN = ('data/scenes:test', 'samples/scenes_sample')
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
                         help=f'held-out frames of the training distribution, SPEC[:SPLIT] (default: {DEFAULT_OWN})')
     parser.add_argument('--foreign', action='append', default=None,
                         help=f'frames unlike the training data, SPEC[:SPLIT] (default: {DEFAULT_FOREIGN})')
-    parser.add_argument('--limit', type=int, default=0, help='frames per set (0 = all)')
+    parser.add_argument('--limit', type=non_negative_int, default=0, help='frames per set (0 = all)')
     parser.add_argument('--out', default=None, help='folder for trust.md, trust.json, reliability diagrams')
     parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
                         help="score a model's class the sets lack as one they have (e.g. covered_floor:floor)")

@@ -77,6 +77,15 @@ DEFAULTS = {
 }
 
 _TYPES = {'resume': (bool, str)}
+# numbers with a range (NaN fails every comparison): (keys, test, what the message asks for)
+_RANGES = (
+    (('hflip', 'photometric', 'domain_randomization', 'class_recolor', 'texture_grain', 'flat_haze', 'shadows',
+      'random_conv'), lambda v: 0 <= v <= 1, 'a probability in [0, 1]'),
+    (('haze',), lambda v: v <= 1, 'a probability <= 1 (< 0: the default)'),
+    (('lr', 'kd_temperature', 'val_interval', 'log_interval', 'std'), lambda v: v > 0, 'positive'),
+    (('num_classes', 'workers', 'epochs', 'weight_decay', 'warmup_iters', 'warmup_ratio', 'poly_power', 'min_lr',
+      'kd_weight', 'val_limit', 'save_interval', 'seed', 'threads'), lambda v: v >= 0, '>= 0'),
+)
 _LISTS = {'input_size': (int, 2), 'crop_size': (int, 2), 'scale_range': (float, 2), 'mean': (float, 3),
           'std': (float, 3)}
 
@@ -149,6 +158,10 @@ def check_config(cfg: dict) -> dict:
             raise TypeError(f'config key {key!r} must be {_type_name(key)}, got {value!r} ({type(value).__name__})')
     if out['batch_size'] < 1 or (out['iters'] < 1 and out['epochs'] < 1):
         raise ValueError('batch_size and iters (or epochs) must be positive')
+    for keys, ok, requirement in _RANGES:
+        for key in keys:
+            if not all(ok(v) for v in (out[key] if isinstance(out[key], list) else [out[key]])):
+                raise ValueError(f'config key {key!r} must be {requirement}, got {out[key]!r}')
     if not out['data']:
         raise ValueError('config key "data" (the training dataset) is required')
     for key in ('input_size', 'crop_size'):
