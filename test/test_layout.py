@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'seg_perception'
-OFFLINE_PARTS = ('data', 'graph', 'training', 'deploy', 'evaluation', 'predict', 'cli')
+OFFLINE_PARTS = ('data', 'graph', 'training', 'deploy', 'evaluation', 'predict', 'cli', 'argtypes')
 TORCH = ('torch', 'torchvision', 'onnx', 'onnxscript')   # onnx(script): the export side only
 
 
@@ -95,6 +95,7 @@ def test_models_never_import_offline_code():
                   'cli']),
     ('evaluation', ['training', 'deploy', 'cli']),
     ('deploy', ['training', 'cli']),
+    ('argtypes', ['data', 'graph', 'training', 'deploy', 'evaluation', 'predict', 'cli']),
 ])
 def test_offline_import_rules(part, forbidden):
     found = violations(modules_under(f'seg_perception.offline.{part}'),
@@ -142,4 +143,5 @@ def test_packages_say_what_they_own_and_may_import(package):
 
 def test_every_offline_module_is_in_a_sub_package_or_named_for_its_job():
     loose = sorted(n for n in MODULES if _offline_part(n) and n.count('.') == 2 and n not in PACKAGES)
-    assert loose == ['seg_perception.offline.cli', 'seg_perception.offline.predict'], loose
+    assert loose == ['seg_perception.offline.argtypes', 'seg_perception.offline.cli',
+                     'seg_perception.offline.predict'], loose
