@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from seg_perception.offline.argtypes import non_negative_float, positive_float, share
+
 PROBE_ITERS = 60
 
 
@@ -33,7 +35,7 @@ def parse_run(spec: str) -> tuple[str, str, list[str]]:
     name, _, rest = spec.partition('=')
     config, *overrides = rest.split() or ['']
     if not name or not config:
-        raise SystemExit(f'run {spec!r} is not "NAME=CONFIG.yaml [key=value ...]"')
+        raise argparse.ArgumentTypeError(f'run {spec!r} is not "NAME=CONFIG.yaml [key=value ...]"')
     return name, config, overrides
 
 
@@ -93,7 +95,7 @@ def save_parts(checkpoint: Path, dest: Path, part_mib: float) -> list[str]:
 def merge(folder: Path, output: Path) -> None:
     parts = sorted(folder.glob('part*.pt'), key=lambda p: int(p.stem[4:]))
     if not parts:
-        raise SystemExit(f'{folder}: no part*.pt')
+        raise FileNotFoundError(f'{folder}: no part*.pt')
     ckpt = torch.load(parts[0], map_location='cpu', weights_only=True)
     for part in parts[1:]:
         ckpt['model'].update(torch.load(part, map_location='cpu', weights_only=True)['model'])
@@ -107,7 +109,7 @@ def train_all(args: argparse.Namespace) -> int:
     deadline = start + args.budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [parse_run(spec) for spec in args.runs]
+    runs = args.runs
     probe_dir = Path(args.scratch)
     probe_dir.mkdir(parents=True, exist_ok=True)
     probes = {name: launch(config, [*overrides, f'out={probe_dir / name}', f'iters={PROBE_ITERS}', 'warmup_iters=10',
@@ -152,17 +154,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument('folder', type=Path)
         parser.add_argument('-o', '--output', type=Path, required=True)
         args = parser.parse_args(argv[1:])
-        merge(args.folder, args.output)
+        try:
+            merge(args.folder, args.output)
+        except FileNotFoundError as exc:
+            parser.error(str(exc))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('runs', nargs='+',
+    parser.add_argument('runs', nargs='+', type=parse_run,
                         help='"NAME=CONFIG.yaml [key=value ...]", one quoted word per run')
-    parser.add_argument('--budget', type=float, required=True, help='seconds for everything, probe included')
+    parser.add_argument('--budget', type=positive_float, required=True, help='seconds for everything, probe included')
     parser.add_argument('--out', required=True, help='folder for what comes back')
     parser.add_argument('--scratch', default='/tmp/device_probe', help='folder for the probe runs')
-    parser.add_argument('--reserve', type=float, default=40.0, help='seconds kept for saving what comes back')
-    parser.add_argument('--margin', type=float, default=0.85, help='share of the time left planned for training')
-    parser.add_argument('--part-mib', type=float, default=15.0)
+    parser.add_argument('--reserve', type=non_negative_float, default=40.0,
+                        help='seconds kept for saving what comes back')
+    parser.add_argument('--margin', type=share, default=0.85, help='share of the time left planned for training')
+    parser.add_argument('--part-mib', type=positive_float, default=15.0, help='largest part that comes back')
     return train_all(parser.parse_args(argv))
 
 

@@ -1,5 +1,6 @@
 """scripts/device_train.py: what comes back from a lease (weights in parts, no optimizer) merges into the run's
 checkpoint, and run specs are parsed or refused."""
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_parts_merge_into_the_checkpoint(device_train, tmp_path):
 def test_run_specs(device_train):
     name, config, overrides = device_train.parse_run('tiny=config/train/x.yaml out=/tmp/a crop_size=[64,96]')
     assert (name, config, overrides) == ('tiny', 'config/train/x.yaml', ['out=/tmp/a', 'crop_size=[64,96]'])
-    with pytest.raises(SystemExit, match='NAME=CONFIG'):
+    with pytest.raises(argparse.ArgumentTypeError, match='NAME=CONFIG'):   # a usage error of the command line
         device_train.parse_run('config/train/x.yaml')
 
 
