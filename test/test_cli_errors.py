@@ -65,6 +65,7 @@ MISTAKES = [
     ('evaluate', ['--model', str(MODEL), '--data', '{d}/empty_dataset'], ['empty_dataset', 'no image']),
     ('evaluate', ['--model', str(MODEL), '--data', '{d}/broken.yaml'], ['broken.yaml']),
     ('evaluate', ['--model', '{d}/missing.onnx', '--data', str(BAG)], ['missing.onnx', 'not found']),
+    ('evaluate', ['--model', str(MODEL), '--data', str(BAG), '--input-size', '0', '512'], ['input_size', '(0, 512)']),
     ('evaluate', ['--model', '{d}/notes.onnx', '--data', str(BAG)], ['notes.onnx', 'not an ONNX']),
     ('evaluate', ['--model', '{d}/notes.pt', '--data', str(BAG)], ['notes.pt', 'not a seg_perception checkpoint']),
     ('export', ['--checkpoint', '{d}/notes.pt', '-o', '{d}/x.onnx'], ['notes.pt', 'not a seg_perception checkpoint']),
@@ -192,10 +193,12 @@ def test_every_option_has_help_and_shows_its_default(command):
                 assert 'default' in shown.lower(), f'{p.prog} {action.option_strings} hides its default'
 
 
-# numeric options that take plain int/float: any value means something, or the command checks it with its own
-# message (the latter tested in their modules' tests)
-PLAIN_NUMBERS = {'--camera-pitch', '--mean', '--shares', '--token-buckets', '--tile-buckets', '--quantile',
-                 '--tap-shrinkage', '--costmap-min-confidence', '--minutes', '--max-rate', '--threads'}
+# numeric options that take plain int/float: any value means something (a pitch, an RGB mean, a share of -1 that
+# sends every frame to the large model), or the command checks the value with its own message (tested with it)
+PLAIN_NUMBERS = {'bench costmap --camera-pitch', 'export --mean', 'bench cascade --shares', 'export --token-buckets',
+                 'export --tile-buckets', 'calibrate --quantile', 'calibrate --tap-shrinkage',
+                 'calibrate --costmap-min-confidence', 'soak --minutes', 'bench node-cpu --max-rate',
+                 'bench node-cpu --threads'}
 BAD_VALUE = {argtypes.positive_int: '0', argtypes.non_negative_int: '-1', argtypes.positive_float: '0',
              argtypes.non_negative_float: '-0.5', argtypes.share: '1.5', argtypes.ros_domain_id: '233'}
 
@@ -218,7 +221,7 @@ def test_numeric_options_refuse_values_out_of_range(command, capfd):
     for argv, p in _parsers_with_argv(parser, [command]):
         for action in p._actions:
             if action.type in (int, float):
-                assert set(action.option_strings) & PLAIN_NUMBERS, \
+                assert f'{" ".join(argv)} {action.option_strings[0]}' in PLAIN_NUMBERS, \
                     f'{" ".join(argv)} {action.option_strings}: plain {action.type.__name__}; use seg_perception.' \
                     'offline.argtypes or add it to PLAIN_NUMBERS with the reason'
             if action.type not in BAD_VALUE:

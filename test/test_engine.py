@@ -90,8 +90,9 @@ def test_input_size_override_and_native(tiny_model):
     e = SegmentationEngine(tiny_model, input_size=(96, 128))
     assert e.net_hw == (96, 128)
     assert SegmentationEngine(tiny_model, input_size=(0, 0)).net_hw is None
-    with pytest.raises(EngineError, match='multiple of 32'):
-        SegmentationEngine(tiny_model, input_size=(100, 128))
+    for bad in ((100, 128), (0, 128), (-32, 64)):
+        with pytest.raises(EngineError, match='positive multiples of 32'):
+            SegmentationEngine(tiny_model, input_size=bad)
 
 
 def test_symbolic_input_dims_are_fixed_to_the_size_the_engine_runs(tiny_model):

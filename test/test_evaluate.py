@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_train import tiny_config, write_scenes
 
+from seg_perception.errors import UserError
 from seg_perception.offline import cli
 from seg_perception.offline.evaluation.evaluate import evaluate, open_predictor
 from seg_perception.offline.predict import load_checkpoint
@@ -99,7 +100,6 @@ def test_rosbag_raw_and_compressed_topics(trained, tmp_path):
 
 
 def test_merge_table_scores_a_class_the_dataset_lacks_as_one_it_has():
-    from seg_perception.errors import UserError
     from seg_perception.offline.evaluation.evaluate import merge_table
 
     model = ['floor', 'wall', 'covered_floor']
@@ -123,7 +123,9 @@ def test_input_size_reaches_the_engine(trained, tmp_path, capsys):
     from_torch = evaluate(checkpoint, data, threads=1, warmup=0, progress=False, input_size=size)
     assert from_torch['mIoU'] == pytest.approx(from_onnx['mIoU'], abs=0.01)
     assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--input-size', '100', '100']) == 2
-    assert 'multiple of 32' in capsys.readouterr().err
+    assert 'multiples of 32' in capsys.readouterr().err
+    with pytest.raises(UserError, match='two positive sizes'):   # the torch path: one side 0
+        evaluate(checkpoint, data, threads=1, warmup=0, progress=False, input_size=[0, 64])
     from seg_perception.offline.deploy.export import build_metadata, export_model
     model, ckpt = load_checkpoint(checkpoint)
     fixed = tmp_path / 'fixed.onnx'

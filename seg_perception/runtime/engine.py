@@ -213,8 +213,9 @@ class SegmentationEngine:
         self.net_hw = tuple(self.meta['input_size'])
         if input_size is not None and self.meta['dynamic_hw']:
             self.net_hw = None if input_size == 'native' or tuple(input_size) == (0, 0) else tuple(input_size)
-            if self.net_hw and any(v % self.meta['stride'] for v in self.net_hw):
-                raise EngineError(f'input_size {self.net_hw} must be a multiple of {self.meta["stride"]}')
+            if self.net_hw and (min(self.net_hw) <= 0 or any(v % self.meta['stride'] for v in self.net_hw)):
+                raise EngineError(f'input_size {self.net_hw} must be two positive multiples of {self.meta["stride"]} '
+                                  '(or 0, 0: the whole image)')
         opts = session_options(intra_op_threads, inter_op_threads, spinning)
         images = next((i for i in probe.get_inputs() if i.name == 'images'), None)
         if images is not None and self.net_hw is not None:

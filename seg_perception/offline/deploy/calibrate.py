@@ -320,7 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='training frames (dataset folder or YAML) for the shift statistics (none: keep the '
                              "model's shift_stats as they are)")
     parser.add_argument('--shift-split', default='train', help='split of --shift')
-    parser.add_argument('--shift-limit', type=positive_int, default=400,
+    parser.add_argument('--shift-limit', type=non_negative_int, default=400,
                         help='use the first N training frames (0 = all)')
     parser.add_argument('--features', default=','.join(DEFAULT_FEATURES),
                         help='comma list of shift features (mean<c>, std<c>, share<c> of class c; maxsoftmax, entropy, '

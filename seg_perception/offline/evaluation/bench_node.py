@@ -329,7 +329,7 @@ def add_node_arguments(parser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
     parser.add_argument('--sizes', nargs='+', default=['480x640', '720x1280'], help='camera sizes HxW')
     parser.add_argument('--frames', type=positive_int, default=15, help='frames per size (from the sample bag)')
-    parser.add_argument('--threads', type=int, default=1, help='ONNX Runtime intra-op threads')
+    parser.add_argument('--threads', type=non_negative_int, default=1, help='ONNX Runtime intra-op threads')
     parser.add_argument('--warmup', type=non_negative_int, default=3, help='untimed frames first (per size)')
     parser.add_argument('--outputs', nargs='+', choices=['labels', 'all'], default=['labels', 'all'],
                         help='image outputs subscribed, one node run each: labels only, or labels + colour + '

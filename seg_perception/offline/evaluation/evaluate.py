@@ -78,6 +78,9 @@ class TorchPredictor:
         self.names = list(ckpt.get('classes') or [str(i) for i in range(ckpt['num_classes'])])
         prep = checkpoint_preprocessing(ckpt)
         self.mean, self.std, self.resize_mode = prep['mean'], prep['std'], prep['resize_mode']
+        if input_size is not None and tuple(input_size) != (0, 0) and min(input_size) <= 0:
+            raise UserError(f'--input-size {input_size[0]} {input_size[1]}: give two positive sizes (or 0 0: the '
+                            'whole image)')
         self.input_size = prep['input_size'] if input_size is None else (input_size if min(input_size) > 0
                                                                          else None)
         self.description = (f'torch {ckpt["arch"]} ('
@@ -351,7 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--refine-threshold', type=share, default=None,
                         help="adaptive TopFormer: refine threshold (0 = never refine, 1 = always; default: the "
                              "model's stored one)")
-    parser.add_argument('--input-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'),
+    parser.add_argument('--input-size', type=non_negative_int, nargs=2, default=None, metavar=('H', 'W'),
                         help="network input size, multiples of 32 (default: the model's; 0 0 = whole image; "
                              '.onnx files with a dynamic input)')
     parser.add_argument('--warmup', type=non_negative_int, default=2, help='untimed inferences before measuring')
