@@ -117,8 +117,6 @@ def run(args) -> int:
     src, dst = Path(args.data), Path(args.out)
     if src.resolve() == dst.resolve():
         raise UserError('--out must be another folder than the source dataset')
-    if args.inset < 0:
-        raise UserError(f'--inset {args.inset}: must be >= 0')
     counts = cover_dataset(src, dst, args.split, args.inset)
     share = 100.0 * counts['covered_pixels'] / max(counts['floor_pixels'], 1)
     print(f'{counts["frames"]} frames -> {dst}: {share:.2f} % of the floor pixels are {COVERED_FLOOR}')

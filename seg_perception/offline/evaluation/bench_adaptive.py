@@ -534,8 +534,8 @@ def add_cascade_arguments(parser):
 
 
 def run_cascade(args):
-    if args.grid < 1 or not 0 < args.confidence <= 1:
-        raise UserError(f'--grid {args.grid} must be >= 1 and --confidence {args.confidence} in (0, 1]')
+    if args.confidence == 0:   # --grid and the rest of --confidence's range are checked while parsing
+        raise UserError('--confidence 0: must be in (0, 1] (no pixel is below 0)')
     report = bench_cascade(args.small, args.large, args.data, args.shares, args.split, args.image_topic,
                            args.gt_topic, args.threads, args.grid, args.confidence, args.limit)
     large_ms = report['large_ms']
