@@ -159,7 +159,6 @@ class SegmentationPipeline:
         self.engine_error = None
         self._engine_wanted = False  # engine parameters changed at run time reload the model only when True
         self._last_kept = None
-        self._last_macs = None
         self._io_entities = []
         self.worker = None
         self.costmap = None

@@ -644,7 +644,3 @@ class GroundCostmap:
         out = np.full(grid.shape, UNKNOWN, np.int8)
         out[known] = np.round(total[known] / weight[known]).astype(np.int8)
         return out
-
-    def reset_fusion(self) -> None:
-        """Forget the fused history (e.g. after the robot was moved)."""
-        self._fused = None

@@ -192,9 +192,6 @@ class ShiftScorer:
         """The alarm rule: a smoothed score (or an array of them) above the threshold."""
         return np.greater(smoothed, self.threshold)
 
-    def reset(self) -> None:
-        self._recent.clear()
-
 
 def smooth(scores: np.ndarray, window: int) -> np.ndarray:
     """The running mean the node publishes (over the last ``window`` frames, fewer at the start)."""
