@@ -16,10 +16,12 @@ image, ...) is refused with a throttled error and counted; the frame's other out
 """
 import math
 import threading
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
@@ -38,6 +40,9 @@ from .runtime.costmap import (
 from .runtime.imgmsg import ImageFormatError, image_to_array
 from .runtime.pose import pose_matrix
 from .tf_listener import TfPoseSource
+
+if TYPE_CHECKING:
+    from .runtime.engine import SegmentationEngine
 
 DEPTH_SYNC_NS = 50_000_000   # a depth image is used for the labels of an image within this of its stamp
 
@@ -85,7 +90,7 @@ PARAMETERS = {
 }
 
 
-def check_value(name: str, value) -> str | None:
+def check_value(name: str, value: Any) -> str | None:
     """Reason a costmap parameter value is refused, or None."""
     if name in ('costmap.size', 'costmap.origin'):
         if len(value) != 2 or not all(math.isfinite(v) for v in value):
@@ -144,7 +149,7 @@ class CostmapOutput:
     def _on_depth(self, msg):
         self._depth = msg
 
-    def parameters_changed(self, params) -> None:
+    def parameters_changed(self, params: list[Parameter]) -> None:
         """Accepted parameter changes: the next frame rebuilds the costmap from these values."""
         with self._lock:
             self._changed.update({p.name: p.value for p in params
@@ -180,7 +185,8 @@ class CostmapOutput:
         values = [self._param(f'camera_pose.{k}') for k in POSE_PARAMETERS]
         return pose_matrix(*values) @ OPTICAL_IN_BODY
 
-    def process(self, engine, header, labels: np.ndarray, confidence: np.ndarray, shifted: bool = False) -> bool:
+    def process(self, engine: 'SegmentationEngine', header: Header, labels: np.ndarray, confidence: np.ndarray,
+                shifted: bool = False) -> bool:
         """Make and publish the costmap of one segmented frame; False (counted, logged) when it cannot.
         ``shifted``: the domain-shift alarm is raised (with ``costmap.unknown_on_shift``: no free cells)."""
         info = self._info

@@ -8,6 +8,10 @@ The node's JSON class list (``std_msgs/String``, ``SegmentationPipeline.label_in
 carries what LabelInfo cannot (palette, label image encoding, ignore index, model file and architecture).
 """
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from std_msgs.msg import Header
 
 try:
     from vision_msgs.msg import LabelInfo, VisionClass
@@ -17,7 +21,7 @@ except ImportError:
 UINT16_MAX = 65535
 
 
-def make_label_info(names: Sequence[str], threshold: float, header=None):
+def make_label_info(names: Sequence[str], threshold: float, header: 'Header | None' = None) -> 'LabelInfo':
     """vision_msgs/LabelInfo with class ids 0..N-1 named by ``names`` and the given confidence threshold."""
     if LabelInfo is None:
         raise RuntimeError('vision_msgs is not installed')

@@ -3,8 +3,12 @@
 Plain Python apart from ``node_action`` (launch_ros), so the rules are testable without a ROS install.
 """
 import os
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from launch_ros.actions import Node
 
 PACKAGE = 'seg_perception'
 PROFILE_VARS = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_BUILTIN_TRANSPORTS')
@@ -105,7 +109,7 @@ def load_cameras(path: str) -> list[dict]:
 
 def node_action(*, namespace: str, image_topic: str, camera_info_topic: str, params_file: str,
                 model_path: str = '', input_mode: str = '', parameters: dict | None = None,
-                lifecycle: bool = False, name: str = 'segmentation_node'):
+                lifecycle: bool = False, name: str = 'segmentation_node') -> 'Node':
     """The launch_ros action for one segmentation node. Values from ``params_file`` hold unless the caller gives
     one (model_path, input_mode non-empty; ``parameters``)."""
     from launch_ros.actions import LifecycleNode, Node

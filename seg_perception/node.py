@@ -322,7 +322,7 @@ class SegmentationPipeline:
                 self.pub_label_info.publish(msg)
 
     @staticmethod
-    def label_info(engine, path):
+    def label_info(engine: SegmentationEngine, path: str) -> dict:
         return {
             'model': os.path.basename(path), 'arch': engine.meta.get('arch', ''),
             'label_encoding': 'mono8' if engine.label_dtype == np.uint8 else 'mono16',
@@ -418,7 +418,7 @@ class SegmentationPipeline:
         counts.update(own)
         return counts
 
-    def diagnostic_status(self):
+    def diagnostic_status(self) -> DiagnosticStatus:
         c = self.frame_counts()
         lat = self.stats.percentiles('latency_ms')
         age = self.stats.percentiles('age_ms', (50, 99))
@@ -471,7 +471,7 @@ class SegmentationPipeline:
         arr.status = [self.diagnostic_status()]
         self.pub_diag.publish(arr)
 
-    def destroy_node(self):
+    def destroy_node(self) -> None:
         if getattr(self, 'worker', None) is not None:  # None also when __init__ failed before _create_io
             if self.worker.stop(timeout=1.5):
                 self.get_logger().info('shutdown: inference worker joined')
@@ -574,7 +574,7 @@ def _teardown(node) -> None:
     on stderr and the process exits (0: the node's own shutdown, its worker included, is done by then)."""
     failure = []
 
-    def run():
+    def run() -> None:
         try:
             if node is not None:
                 node.destroy_node()
@@ -609,11 +609,11 @@ def _shutting_down(grace: float = 0.5) -> bool:
     return True
 
 
-def main(args=None) -> int:
+def main(args: list[str] | None = None) -> int:
     return _spin(SegmentationNode, args)
 
 
-def lifecycle_main(args=None) -> int:
+def lifecycle_main(args: list[str] | None = None) -> int:
     return _spin(SegmentationLifecycleNode, args)
 
 

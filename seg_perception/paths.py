@@ -6,7 +6,7 @@ PACKAGE = 'seg_perception'
 DEFAULT_MODEL = 'topformer_tiny_scenes_cover.onnx'
 
 
-def share_dirs():
+def share_dirs() -> list[str]:
     """Candidate share/seg_perception folders, most specific first."""
     dirs = []
     try:
@@ -19,7 +19,7 @@ def share_dirs():
     return dirs
 
 
-def find_share_file(*parts):
+def find_share_file(*parts: str) -> str | None:
     """First existing share/seg_perception/<parts>, or the source checkout's; None if nowhere."""
     for d in share_dirs():
         path = os.path.join(d, *parts)
@@ -28,5 +28,6 @@ def find_share_file(*parts):
     return None
 
 
-def default_model_path():
+def default_model_path() -> str:
+    """The shipped default model: installed, in a source checkout, else models/ relative to the working folder."""
     return find_share_file('models', DEFAULT_MODEL) or os.path.join('models', DEFAULT_MODEL)

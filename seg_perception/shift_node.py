@@ -8,10 +8,15 @@ the model's training data" while the smoothed score is above the threshold. A mo
 labels model, which has no logits) still runs: diagnostics say so and nothing is published on the topic.
 """
 import time
+from typing import TYPE_CHECKING
 
+import numpy as np
 from std_msgs.msg import Float32
 
 from .runtime.shift import ShiftScorer
+
+if TYPE_CHECKING:
+    from .runtime.engine import SegmentationEngine
 
 ALARM_MESSAGE = "inputs unlike the model's training data"
 
@@ -56,7 +61,8 @@ class ShiftOutput:
         if scorer is None:
             self._node.get_logger().warning(f'shift monitor off: {status}')
 
-    def process(self, engine, logits, shift_features=None, publish: bool = True) -> None:
+    def process(self, engine: 'SegmentationEngine', logits: np.ndarray, shift_features: np.ndarray | None = None,
+                publish: bool = True) -> None:
         """Score one frame (worker thread) and, with ``publish`` (someone subscribes), publish the smoothed score;
         the score feeds the diagnostics and the costmap's alarm either way. (A Float32 message through rclpy costs
         ~0.1 ms, as much as the scoring.)"""
@@ -76,7 +82,7 @@ class ShiftOutput:
     def alarm(self) -> bool:
         return self._scorer is not None and self.score is not None and bool(self._scorer.alarmed(self.score))
 
-    def diagnostics(self, engine) -> dict:
+    def diagnostics(self, engine: 'SegmentationEngine | None') -> dict:
         values = {'confidence_calibration': 'uncalibrated' if engine is None or not engine.calibrated else
                   'temperature ' + ' '.join(f'{t:.3f}' for t in engine.meta['temperature'])}
         if engine is not None and engine is not self._engine:   # no frame of this model yet

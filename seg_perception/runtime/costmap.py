@@ -64,6 +64,7 @@ Per frame (:meth:`GroundCostmap.update`)
 """
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -225,7 +226,7 @@ class GridSpec:
         """Flat cell index (row * width + col) of points (x, y); -1 outside the grid (and for NaN)."""
         return self.index_of_cell_coords(*self.cell_coords(x, y))
 
-    def cell_coords(self, x, y) -> tuple:
+    def cell_coords(self, x: float | np.ndarray, y: float | np.ndarray) -> tuple:
         """Points (x, y) in metres -> (col, row) in cells from cell (0, 0)'s corner (fractional)."""
         return (np.asarray(x) - self.origin_x) / self.resolution, (np.asarray(y) - self.origin_y) / self.resolution
 
@@ -292,7 +293,7 @@ class PinholeCamera:
         return cls(expect[1], expect[0], tuple(float(v) for v in k), d, distortion_model, bx, by, x_off, y_off)
 
     @classmethod
-    def from_msg(cls, msg, image_size: tuple, rectified: bool = False) -> 'PinholeCamera':
+    def from_msg(cls, msg: Any, image_size: tuple, rectified: bool = False) -> 'PinholeCamera':
         """From a sensor_msgs/CameraInfo message (rclpy's or a rosbags-deserialized one: fields are read by name)."""
         roi = msg.roi
         return cls.from_camera_info(

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -85,7 +86,7 @@ def compute_geometry(src_hw: tuple[int, int], net_hw: tuple[int, int] | None, mo
     return Geometry((h, w), (nh, nw), (ch, cw), ((nh - ch) // 2, (nw - cw) // 2))
 
 
-def preprocess(rgb: np.ndarray, geometry: Geometry, mean, std) -> np.ndarray:
+def preprocess(rgb: np.ndarray, geometry: Geometry, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """HxWx3 uint8 RGB -> (1, 3, H, W) float32, normalised; letterbox padding becomes 0 after normalising."""
     ch, cw = geometry.content_hw
     if (ch, cw) != tuple(rgb.shape[:2]):
@@ -124,7 +125,7 @@ def restore(array: np.ndarray, geometry: Geometry, interpolation: int) -> np.nda
     return np.ascontiguousarray(array)
 
 
-def colorize(labels: np.ndarray, palette) -> np.ndarray:
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (e.g. 255 ignore) are black."""
     lut = np.zeros((max(256, len(palette) + 1), 4), np.uint8)   # RGBA rows; the last one (black) takes overflow
     lut[:len(palette), :3] = np.asarray(palette, np.uint8)

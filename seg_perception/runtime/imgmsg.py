@@ -9,6 +9,7 @@ Humble and newer), skipping the Python -> C message conversion and the serializa
 """
 import struct
 import sys
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,7 +46,7 @@ PACKED = tuple(e for e in TO_RGB if e.startswith(('yuv422', 'bayer_')))
 MAX_DIM = 16384
 
 
-def image_to_array(msg):
+def image_to_array(msg: Any) -> np.ndarray:
     """Any supported sensor_msgs/Image -> (H, W) or (H, W, C) ndarray viewing the message's buffer."""
     enc = msg.encoding
     if enc not in ENCODINGS:
@@ -77,7 +78,7 @@ def image_to_array(msg):
     return rows.reshape(h, w, channels) if channels > 1 else rows
 
 
-def image_to_rgb(msg):
+def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB. Raises ImageFormatError for encodings the model can't use."""
     if msg.encoding not in TO_RGB:
         raise ImageFormatError(f'encoding {msg.encoding!r} is not a colour/grey 8-bit image '
@@ -97,7 +98,7 @@ def image_to_rgb(msg):
                                f'{str(exc).strip().splitlines()[-1]}') from None
 
 
-def compressed_to_rgb(msg):
+def compressed_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg/png, any format string) -> (H, W, 3) uint8 RGB."""
     buf = np.frombuffer(msg.data, np.uint8)
     if buf.size == 0:
@@ -118,7 +119,7 @@ def _image_array(arr, encoding):
     return arr, h, w, w * channels * arr.dtype.itemsize
 
 
-def array_to_image_fields(arr, encoding):
+def array_to_image_fields(arr: np.ndarray, encoding: str) -> dict:
     """ndarray -> dict(height, width, encoding, is_bigendian, step, data=bytes) for a sensor_msgs/Image."""
     arr, h, w, step = _image_array(arr, encoding)
     return dict(height=h, width=w, encoding=encoding, is_bigendian=int(sys.byteorder == 'big'), step=step,
@@ -135,7 +136,7 @@ def _cdr_string(text: str, offset: int) -> bytes:
     return b'\0' * (-offset % 4) + struct.pack(_CDR_ORDER + 'I', len(raw)) + raw
 
 
-def image_cdr(arr, encoding: str, header) -> bytes:
+def image_cdr(arr: np.ndarray, encoding: str, header: Any) -> bytes:
     """ndarray -> a serialized sensor_msgs/Image (CDR, this machine's byte order) with ``header``'s stamp and
     frame_id, what ``rclpy.serialization.serialize_message`` gives for the same message; one copy of the pixels."""
     arr, h, w, step = _image_array(arr, encoding)
@@ -148,7 +149,7 @@ def image_cdr(arr, encoding: str, header) -> bytes:
     return b''.join((_CDR_ENCAPSULATION, out, memoryview(arr).cast('B')))
 
 
-def rgb_to_compressed_bytes(rgb, fmt='jpeg', quality=90):
+def rgb_to_compressed_bytes(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90) -> bytes:
     """RGB uint8 -> encoded bytes (for CompressedImage.data)."""
     ext = '.jpg' if fmt in ('jpeg', 'jpg') else '.png'
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext == '.jpg' else []

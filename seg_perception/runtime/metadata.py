@@ -55,7 +55,7 @@ _FIELDS = {
 }
 
 
-def encode(meta):
+def encode(meta: dict) -> dict[str, str]:
     """dict -> {str: str} for ONNX metadata_props. Unknown keys are refused."""
     unknown = set(meta) - set(_FIELDS)
     if unknown:
@@ -68,7 +68,7 @@ def encode(meta):
     return out
 
 
-def decode(props, source='model'):
+def decode(props: dict[str, str], source: str = 'model') -> dict:
     """{str: str} from an ONNX file -> validated dict. Raises ValueError with a clear message."""
     if props.get('seg_perception.format') != FORMAT_VERSION:
         raise ValueError(f'{source}: not a seg_perception model (metadata "seg_perception.format" is '

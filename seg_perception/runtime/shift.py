@@ -51,7 +51,7 @@ def frame_features(logits: np.ndarray) -> np.ndarray:
                            [(1.0 / denom).mean(), entropy.mean(), energy.mean()]])
 
 
-def mahalanobis(selected: np.ndarray, mean, precision) -> np.ndarray:
+def mahalanobis(selected: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of (..., k) selected feature vectors to ``mean`` under ``precision`` (k, k)."""
     d = np.asarray(selected, np.float64) - mean
     return np.sqrt(np.maximum(np.einsum('...i,ij,...j->...', d, precision, d), 0.0))
@@ -188,7 +188,7 @@ class ShiftScorer:
         self._recent.append(frame)
         return frame, float(np.mean(self._recent))
 
-    def alarmed(self, smoothed):
+    def alarmed(self, smoothed: float | np.ndarray) -> np.bool_ | np.ndarray:
         """The alarm rule: a smoothed score (or an array of them) above the threshold."""
         return np.greater(smoothed, self.threshold)
 

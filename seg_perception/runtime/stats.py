@@ -15,7 +15,7 @@ class RollingStats:
         self._lock = threading.Lock()
         self._events = collections.defaultdict(collections.deque)   # name -> deque of (t, value)
 
-    def add(self, name, value=1.0):
+    def add(self, name: str, value: float = 1.0) -> None:
         now = self._clock()
         with self._lock:
             q = self._events[name]
@@ -26,14 +26,14 @@ class RollingStats:
         while q and now - q[0][0] > self.window_s:
             q.popleft()
 
-    def values(self, name):
+    def values(self, name: str) -> np.ndarray:
         now = self._clock()
         with self._lock:
             q = self._events[name]
             self._trim(q, now)
             return np.array([v for _, v in q], np.float64)
 
-    def rate(self, name):
+    def rate(self, name: str) -> float:
         """Events per second over the window (0 with fewer than two events)."""
         now = self._clock()
         with self._lock:
@@ -44,7 +44,7 @@ class RollingStats:
             span = max(now - q[0][0], 1e-9)
             return (len(q) - 1) / span if span < self.window_s else len(q) / self.window_s
 
-    def percentiles(self, name, qs=(50, 90, 99)):
+    def percentiles(self, name: str, qs: tuple[float, ...] = (50, 90, 99)) -> dict:
         v = self.values(name)
         if v.size == 0:
             return {q: float('nan') for q in qs}

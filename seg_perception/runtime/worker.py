@@ -26,7 +26,7 @@ class LatestFrameWorker:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, item, handover: float = 0.005):
+    def submit(self, item: object, handover: float = 0.005) -> None:
         """Queue ``item`` (replacing a pending one). An idle worker takes it before this returns (waiting at most
         ``handover`` seconds): the caller (an rclpy executor thread) would otherwise keep the GIL for its own
         bookkeeping after the callback, and the worker would start the frame ~0.4 ms late."""
@@ -66,12 +66,12 @@ class LatestFrameWorker:
             return {'submitted': self.submitted, 'dropped': self.dropped,
                     'in_flight': int(self._pending is not None) + int(self._busy), **self.outcomes}
 
-    def wait_idle(self, timeout=None):
+    def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is pending or being processed (for tests and replay); True if idle."""
         with self._cond:
             return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
 
-    def stop(self, timeout=5.0) -> bool:
+    def stop(self, timeout: float = 5.0) -> bool:
         """Stop taking frames and join the thread (the frame in progress finishes); True if it ended in time."""
         with self._cond:
             self._running = False
