@@ -20,7 +20,8 @@ class SegmentationModel(nn.Module):
 
     aux_loss_weight = 0.4
 
-    def training_loss(self, outputs, target: torch.Tensor, teacher_logits: torch.Tensor | None = None, *,
+    def training_loss(self, outputs: torch.Tensor | tuple | list | dict, target: torch.Tensor,
+                      teacher_logits: torch.Tensor | None = None, *,
                       aux_weight: float | None = None, kd_weight: float = 0.0, kd_temperature: float = 1.0,
                       ignore_index: int = IGNORE_INDEX,
                       class_weights: list[float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:

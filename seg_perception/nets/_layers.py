@@ -7,6 +7,8 @@ Everything here is export-friendly: shape-dependent operations (adaptive average
 interpolation) are written as small matrices built from the runtime shapes, so a single ONNX file with dynamic
 height/width computes exactly what the eager PyTorch ops compute at every input size.
 """
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,7 +46,7 @@ class ConvNormAct(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
         self.activate = act_layer() if act_layer is not None else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.bn(self.conv(x)))
 
 
@@ -55,7 +57,7 @@ class HSigmoid(nn.Module):
         super().__init__()
         self.relu = nn.ReLU6()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(x + 3) / 6
 
 
@@ -66,14 +68,14 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.drop_prob == 0.0:
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
 
 
@@ -95,7 +97,7 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.out_channels = out_channels
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_res_connect:
             return x + self.conv(x)
         return self.conv(x)
@@ -113,12 +115,13 @@ class Mlp(nn.Module):
         self.fc2 = ConvBN(hidden_features, out_features)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(self.dwconv(self.fc1(x))))
         return self.drop(self.fc2(x))
 
 
-def adaptive_pool_matrix(in_size, out_size, dtype=torch.float32, device=None):
+def adaptive_pool_matrix(in_size: int | torch.Tensor, out_size: int | torch.Tensor, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """0/1 matrix (out_size, in_size) selecting torch's adaptive-pool bins, and the bin sizes (out_size,).
 
     Bin i spans [floor(i * in / out), ceil((i + 1) * in / out)). Sizes may be traced values (export)."""
@@ -130,7 +133,8 @@ def adaptive_pool_matrix(in_size, out_size, dtype=torch.float32, device=None):
     return member.to(dtype), (end - start).to(dtype)
 
 
-def adaptive_avg_pool2d(x, output_size):
+def adaptive_avg_pool2d(x: torch.Tensor,
+                        output_size: tuple[int | torch.Tensor, int | torch.Tensor]) -> torch.Tensor:
     """Same values as ``F.adaptive_avg_pool2d(x, output_size)``, built from two 0/1 bin matrices.
 
     Sums each bin with two matmuls and divides by the bin area, so it exports to ONNX with dynamic input and
@@ -147,11 +151,12 @@ class ExportableAdaptiveAvgPool2d(nn.Module):
 
     ``forward(x, output_size)`` takes the output size at call time, since it usually depends on another input."""
 
-    def forward(self, x, output_size):
+    def forward(self, x: torch.Tensor, output_size: tuple[int | torch.Tensor, int | torch.Tensor]) -> torch.Tensor:
         return adaptive_avg_pool2d(x, output_size)
 
 
-def linear_resize_matrix(in_size, out_size, dtype=torch.float32, device=None):
+def linear_resize_matrix(in_size: int | torch.Tensor, out_size: int | torch.Tensor, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str | None = None) -> torch.Tensor:
     """Matrix (in_size, out_size) W with ``x @ W == F.interpolate(x, out_size, mode='linear',
     align_corners=False)`` for x of length in_size on the last axis (half-pixel centres, clamped at 0)."""
     dst = torch.arange(out_size, device=device, dtype=torch.float32)
@@ -166,19 +171,20 @@ def linear_resize_matrix(in_size, out_size, dtype=torch.float32, device=None):
     return weights.to(dtype)
 
 
-def interpolate_linear_1d(x, size):
+def interpolate_linear_1d(x: torch.Tensor, size: int | torch.Tensor) -> torch.Tensor:
     """``F.interpolate(x, size, mode='linear', align_corners=False)`` for (..., L) as one matmul (exports
     with dynamic ``size``; matches torch also at size 1, where ONNX Resize's pytorch_half_pixel does not)."""
     return torch.matmul(x, linear_resize_matrix(x.shape[-1], size, x.dtype, x.device))
 
 
-def resize_bilinear(x, size):
+def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize with ``align_corners=False`` (mmseg ``resize``; exact copy when the size is unchanged)."""
     return F.interpolate(x, size=size, mode='bilinear', align_corners=False)
 
 
-def filter_mmseg_state_dict(model, state_dict, prefixes=('backbone.', 'decode_head.'),
-                            dropped_prefixes=('auxiliary_head.',)):
+def filter_mmseg_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                            prefixes: tuple[str, ...] = ('backbone.', 'decode_head.'),
+                            dropped_prefixes: tuple[str, ...] = ('auxiliary_head.',)) -> dict[str, torch.Tensor]:
     """Map an official mmseg state dict onto ``model`` whose module names equal the official ones.
 
     Keys under ``dropped_prefixes`` are dropped; every other key must be one of ``model``'s state keys (an
@@ -208,7 +214,7 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(x))
         return x + self.drop_path(self.mlp(x))
 
@@ -220,7 +226,7 @@ class BasicLayer(nn.Module):
         super().__init__()
         self.transformer_blocks = nn.ModuleList(blocks)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.transformer_blocks:
             x = block(x)
         return x
@@ -238,8 +244,8 @@ class EncoderDecoder(SegmentationModel):
         self.backbone = backbone
         self.decode_head = decode_head
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_head(self.backbone(x))
 
-    def checkpoint_filter_fn(self, state_dict):
+    def checkpoint_filter_fn(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return filter_mmseg_state_dict(self, state_dict)

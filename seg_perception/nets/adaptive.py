@@ -63,6 +63,8 @@ Training: train mode returns ``{'logits': full model (deep head on every tile), 
 the inherited ``training_loss`` is CE(full) + ``aux_loss_weight`` (1.0: the early head decides and answers for
 most tiles, so it trains as hard as the deep head) * CE(early), plus distillation of the full model's logits.
 """
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -95,11 +97,12 @@ class DeepHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_seg(self.dropout(self.fuse(self.blocks(self.proj(x)))))
 
 
-def select_tiles(selected, bucket_fractions=None):
+def select_tiles(selected: torch.Tensor,
+                 bucket_fractions: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Which tiles the deep head processes. ``selected`` (B, T) bool -> ``ids`` (B, k) with each image's
     selected tiles first (original order) and ``valid`` (B, k) marking them. k = the batch's largest count,
     at least 1 (a masked slot), rounded up to a bucket (fractions of T) when ``bucket_fractions`` are given."""
@@ -115,7 +118,7 @@ def select_tiles(selected, bucket_fractions=None):
     return ids, selected.gather(1, ids)
 
 
-def gather_windows(x, top, left, size):
+def gather_windows(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
     """Square windows of ``x`` (B, C, H, W): ``top``/``left`` (B, k) corners (may lie outside the map) ->
     (B * k, C, size, size), zeros outside the map (as zero padding would give)."""
     b, c, h, w = x.shape
@@ -156,7 +159,7 @@ def _probe_macs(root, run):
     """Call ``run()`` with hooks on every module of ``root``; returns the (MACs, scale) of each call."""
     records, handles = [], []
 
-    def hook(module, inputs, output):
+    def hook(module: nn.Module, inputs: tuple, output: object) -> None:
         found = _module_macs(module, inputs, output)
         if found is not None:
             records.append(found)
@@ -231,7 +234,7 @@ class AdaptiveTopFormer(SegmentationModel):
         finally:
             self.train(was_training)
 
-    def trunk_macs(self, h, w):
+    def trunk_macs(self, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
         """MACs of the trunk + early head for one (h, w) input (ints, or traced sizes inside an export)."""
         total = 0
         for key, c in self._trunk_coef.items():
@@ -243,14 +246,15 @@ class AdaptiveTopFormer(SegmentationModel):
                 total = total + c * (((h + s - 1) // s) * ((w + s - 1) // s))
         return total
 
-    def num_tiles(self, h, w):
+    def num_tiles(self, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
         """Tiles of an (h, w) input (the 1/8 map padded up to whole tiles)."""
         t = 8 * self.tile
         return ((h + t - 1) // t) * ((w + t - 1) // t)
 
     # ------------------------------------------------------------------ forward
 
-    def trunk(self, x):
+    def trunk(self, x: torch.Tensor
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """-> (early logits at 1/8, the deep head's sources). Same arithmetic as TopFormer.forward.
 
         Sources: the fused 1/8 features, the 1/8 tap, the 1/4 tap and the early logits; the deep head reads
@@ -268,7 +272,7 @@ class AdaptiveTopFormer(SegmentationModel):
         return early, (fused, taps[1], taps[0], early)
 
     @staticmethod
-    def deep_input(fused, tap8, tap4, early):
+    def deep_input(fused: torch.Tensor, tap8: torch.Tensor, tap4: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
         return torch.cat([fused, tap8, F.pixel_unshuffle(tap4, 2), early], dim=1)
 
     def _grid(self, early):
@@ -281,7 +285,7 @@ class AdaptiveTopFormer(SegmentationModel):
         m, t = self.halo, self.tile
         return deep[:, :, m:m + t, m:m + t]
 
-    def full(self, early, sources):
+    def full(self, early: torch.Tensor, sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The deep head on every tile (dense windows with F.unfold) -> logits at 1/8."""
         b, k = early.shape[0], early.shape[1]
         h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
@@ -293,7 +297,8 @@ class AdaptiveTopFormer(SegmentationModel):
         out = out.reshape(b, ty, tx, k, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, k, ty * t, tx * t)
         return out[:, :, :h8, :w8]
 
-    def refine(self, early, sources, threshold):
+    def refine(self, early: torch.Tensor, sources: tuple[torch.Tensor, ...],
+               threshold: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The adaptive forward -> (logits at 1/8, selected (B, T) bool, gathered windows per image)."""
         b, k = early.shape[0], early.shape[1]
         h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
@@ -325,7 +330,8 @@ class AdaptiveTopFormer(SegmentationModel):
         logits = canvas.scatter(2, index, deep).reshape(b, k, ty * t, tx * t)[:, :, :h8, :w8]
         return logits, selected, torch.ones_like(ids[0]).sum()
 
-    def forward(self, x, refine_threshold=None):
+    def forward(self, x: torch.Tensor, refine_threshold: float | torch.Tensor | None = None
+                ) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
         early, sources = self.trunk(x)
         if self.training:
             return {'logits': self.full(early, sources), 'aux': [early]}
@@ -333,7 +339,8 @@ class AdaptiveTopFormer(SegmentationModel):
             return self.full(early, sources)
         return self.refine(early, sources, refine_threshold)[0]
 
-    def forward_with_stats(self, x, refine_threshold=None):
+    def forward_with_stats(self, x: torch.Tensor, refine_threshold: float | torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (logits (N, C, H/8, W/8), refined_fraction float32 (1,), macs float32 () per image)."""
         early, sources = self.trunk(x)
         h, w = x.shape[-2], x.shape[-1]
@@ -347,7 +354,7 @@ class AdaptiveTopFormer(SegmentationModel):
         macs = macs if torch.is_tensor(macs) else torch.tensor(macs)
         return logits, fraction, macs.to(torch.float32).reshape(())
 
-    def checkpoint_filter_fn(self, state_dict):
+    def checkpoint_filter_fn(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """An official TopFormer checkpoint of the trunk's variant fills ``backbone`` and ``decode_head``
         (the deep head stays as initialised: train it)."""
         return filter_mmseg_state_dict(self, state_dict)
@@ -369,13 +376,13 @@ def _create(variant, num_classes, **kwargs):
 
 
 @register_model
-def adaptive_topformer_tiny(num_classes=150, **kwargs):
+def adaptive_topformer_tiny(num_classes: int = 150, **kwargs) -> AdaptiveTopFormer:
     """TopFormer-tiny trunk + a light deep head (2 blocks of 64 channels, 1 cell of context) on uncertain
     64x64-pixel tiles."""
     return _create('tiny', num_classes, **kwargs)
 
 
 @register_model
-def adaptive_topformer_small(num_classes=150, **kwargs):
+def adaptive_topformer_small(num_classes: int = 150, **kwargs) -> AdaptiveTopFormer:
     """TopFormer-tiny trunk + a heavier deep head (2 blocks of 96 channels, 2 cells of context)."""
     return _create('small', num_classes, **kwargs)

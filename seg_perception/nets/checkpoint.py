@@ -5,7 +5,9 @@ import collections
 import os
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ _ALLOWED_GLOBALS = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Callable[..., Any]:
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -38,7 +40,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 'are allowed)') from None
 
 
-def torch_load_weights(path, what='seg_perception checkpoint'):
+def torch_load_weights(path: str | os.PathLike, what: str = 'seg_perception checkpoint') -> object:
     """``torch.load(path, weights_only=True)`` on CPU. A missing path raises FileNotFoundError; a file torch
     cannot read that way (not a torch file, or one holding arbitrary objects) raises UserError
     "PATH: not a WHAT". Never falls back to unrestricted unpickling."""

@@ -39,7 +39,7 @@ def _max_over_bins_last_dim(x, out_size):
     return x[..., index].amax(dim=-1)
 
 
-def adaptive_max_pool2d_exact(x, output_size):
+def adaptive_max_pool2d_exact(x: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     """Same values as ``F.adaptive_max_pool2d(x, output_size)`` for any input size, built from gather and max so
     that it exports to ONNX with dynamic height and width (the exporter only handles sizes that divide evenly)."""
     out_h, out_w = output_size
@@ -53,14 +53,14 @@ class AdaptiveMaxPool2dExact(nn.Module):
         super().__init__()
         self.output_size = tuple(output_size)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return adaptive_max_pool2d_exact(x, self.output_size)
 
 
 class GlobalAvgPool(nn.Module):
     """AdaptiveAvgPool2d(1) as a mean, which exports with dynamic input sizes."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3), keepdim=True)
 
 
@@ -91,7 +91,7 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
         self.no_relu = no_relu
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out)) + shortcut
@@ -116,7 +116,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.conv2 = nn.Conv2d(chs, chs, 3, 1, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.act(self.conv1(self.norm(x))))
 
 
@@ -137,7 +137,7 @@ class ExternalAttention(nn.Module):
         nn.init.normal_(self.k, std=0.001)
         nn.init.normal_(self.v, std=0.001)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = F.conv2d(self.norm(x), self.k, stride=self.stride)
         n, c, h, w = attn.shape
         attn = attn.reshape(n, self.num_heads, c // self.num_heads, h * w).softmax(dim=-1)
@@ -153,7 +153,7 @@ class CrossResolutionAttention(nn.Module):
         super().__init__()
         self.norm = nn.BatchNorm2d(chs)
 
-    def forward(self, x, k, v):
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q = self.norm(x).flatten(2)
         attn = (k.transpose(1, 2) @ q * k.shape[-1] ** -0.5).softmax(dim=1)
         return (v @ attn).reshape(x.shape)
@@ -188,7 +188,7 @@ class EABlock(nn.Module):
                 nn.Conv2d(out_chs_l // 2, out_chs_l, 3, 2, 1, bias=False))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x_h, x_l):
+    def forward(self, x_h: torch.Tensor, x_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shortcut_l = x_l if self.attn_shortcut_l is None else self.attn_shortcut_l(x_l)
         x_l = shortcut_l + self.drop_path(self.attn_l(x_l))
         x_l = x_l + self.drop_path(self.mlp_l(x_l))
@@ -220,7 +220,7 @@ class DAPPM(nn.Module):
         self.compression = _bn_relu_conv(5 * inter_chs, out_chs)
         self.shortcut = _bn_relu_conv(in_chs, out_chs)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
         feats = [self.scale0(x)]
         for scale, process in ((self.scale1, self.process1), (self.scale2, self.process2),
@@ -242,7 +242,7 @@ class SegHead(nn.Module):
         self.relu = nn.ReLU()
         self.conv2 = nn.Conv2d(inter_chs, num_classes, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.relu(self.bn1(x)))
         return self.conv2(self.relu(self.bn2(x)))
 
@@ -287,7 +287,7 @@ class RTFormer(SegmentationModel):
         self.seghead = SegHead(4 * c, 2 * head_channels, num_classes)
         self.seghead_extra = SegHead(2 * c, head_channels, num_classes) if aux_head else None
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x1 = self.layer1(self.conv1(x))                                # c, 1/4
         x2 = self.layer2(self.relu(x1))                                # 2c, 1/8
         x3 = self.layer3(self.relu(x2))                                # 4c, 1/16
@@ -301,14 +301,14 @@ class RTFormer(SegmentationModel):
             return logits, self.seghead_extra(x3_)
         return logits
 
-    def paddle_param_count(self):
+    def paddle_param_count(self) -> int:
         """Parameter count as Paddle reports it: BatchNorm running mean/variance are Paddle parameters (this is
         the convention of the published counts); ``num_batches_tracked`` does not exist in Paddle."""
         stats = sum(m.running_mean.numel() + m.running_var.numel()
                     for m in self.modules() if isinstance(m, nn.BatchNorm2d))
         return sum(p.numel() for p in self.parameters()) + stats
 
-    def checkpoint_filter_fn(self, state_dict):
+    def checkpoint_filter_fn(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Map a Paddle RTFormer state dict to ours: names are equal except BatchNorm ``_mean``/``_variance``
         (-> ``running_mean``/``running_var``); ``num_batches_tracked`` (absent in Paddle) is filled with zeros.
         The official auxiliary head is dropped when this model has none. RTFormer has no ``nn.Linear`` (whose
@@ -346,10 +346,10 @@ def _create_rtformer(variant, num_classes, **kwargs):
 
 
 @register_model
-def rtformer_slim(num_classes=19, **kwargs):
+def rtformer_slim(num_classes: int = 19, **kwargs) -> RTFormer:
     return _create_rtformer('rtformer_slim', num_classes, **kwargs)
 
 
 @register_model
-def rtformer_base(num_classes=19, **kwargs):
+def rtformer_base(num_classes: int = 19, **kwargs) -> RTFormer:
     return _create_rtformer('rtformer_base', num_classes, **kwargs)

@@ -4,6 +4,8 @@ Backbone (``SeaFormer``) and decode head (``LightHead``) with the module names o
 (fudan-zvg/SeaFormer, seaformer-seg), so official checkpoints load with identity key mapping. Eval-mode
 ``model(x)`` returns the decode head's logits at 1/8 of the input resolution.
 """
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
@@ -63,7 +65,7 @@ class StackedMV2Block(nn.Module):
             self.layer_names.append(name)
             in_channels = c
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_block(x)
         for name in self.layer_names:
             x = getattr(self, name)(x)
@@ -77,7 +79,7 @@ class SqueezeAxialPositionalEmbedding(nn.Module):
         super().__init__()
         self.pos_embed = nn.Parameter(torch.randn(1, dim, length))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + interpolate_linear_1d(self.pos_embed, x.shape[-1])
 
 
@@ -118,7 +120,7 @@ class SeaAttention(nn.Module):
         attn = (torch.matmul(q, k) * self.scale).softmax(dim=-1)
         return torch.matmul(attn, v).transpose(2, 3).reshape(b, self.dh, length)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
         detail = self.pwconv(self.act(self.dwconv(torch.cat([q, k, v], dim=1))))
@@ -147,7 +149,7 @@ class SeaFormer(nn.Module):
                                        emb_dims[i], mlp_ratios[i], drop_path) for drop_path in dpr)
             self.add_module(f'trans{i + 1}', BasicLayer(blocks))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         first_trans = self.num_smb - self.num_trans
         for i in range(self.num_smb):
@@ -169,7 +171,7 @@ class FusionBlock(nn.Module):
         self.global_act = ConvNormAct(context_channels, embed_dim)
         self.act = HSigmoid()
 
-    def forward(self, x_local, x_context):
+    def forward(self, x_local: torch.Tensor, x_context: torch.Tensor) -> torch.Tensor:
         gate = resize_bilinear(self.act(self.global_act(x_context)), x_local.shape[-2:])
         return self.local_embedding(x_local) * gate
 
@@ -187,7 +189,7 @@ class LightHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, features):
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = features[0]
         for i in range(self.num_fuse):
             x = getattr(self, f'fuse{i + 1}')(x, features[i + 1])
@@ -209,20 +211,20 @@ def _create(variant, num_classes, **kwargs):
 
 
 @register_model
-def seaformer_tiny(num_classes=150, **kwargs):
+def seaformer_tiny(num_classes: int = 150, **kwargs) -> SeaFormerSeg:
     return _create('tiny', num_classes, **kwargs)
 
 
 @register_model
-def seaformer_small(num_classes=150, **kwargs):
+def seaformer_small(num_classes: int = 150, **kwargs) -> SeaFormerSeg:
     return _create('small', num_classes, **kwargs)
 
 
 @register_model
-def seaformer_base(num_classes=150, **kwargs):
+def seaformer_base(num_classes: int = 150, **kwargs) -> SeaFormerSeg:
     return _create('base', num_classes, **kwargs)
 
 
 @register_model
-def seaformer_large(num_classes=150, **kwargs):
+def seaformer_large(num_classes: int = 150, **kwargs) -> SeaFormerSeg:
     return _create('large', num_classes, **kwargs)

@@ -73,6 +73,8 @@ TensorRT mode (``token_buckets``, e.g. ``(0.25, 0.5, 0.75, 1.0)``)
 Not implemented from DoViT: the ``agg_rate`` trick (the first kept token replaced by the mean of the stopped
 tokens), the mask-transformer head, loading DoViT's official checkpoints.
 """
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -94,17 +96,18 @@ def _init_weights(module):
         nn.init.zeros_(module.bias)
 
 
-def gather_tokens(tokens, ids):
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """tokens (B, n, C), ids (B, k) -> (B, k, C): the tokens at ``ids`` of each image."""
     return tokens.gather(1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
-def scatter_tokens(tokens, ids, values):
+def scatter_tokens(tokens: torch.Tensor, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Write ``values`` (B, k, C) back into a copy of ``tokens`` (B, n, C) at ``ids`` (B, k, unique per image)."""
     return tokens.scatter(1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]), values)
 
 
-def select_kept_tokens(stopped, bucket_fractions=None):
+def select_kept_tokens(stopped: torch.Tensor,
+                       bucket_fractions: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Which tokens the next blocks process.
 
     ``stopped`` (B, n) bool with column 0 (cls) always False. Returns ``ids`` (B, k) with each image's active
@@ -128,7 +131,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
         x = self.proj(x)
         return x.flatten(2).transpose(1, 2), x.shape[2:]
 
@@ -141,7 +144,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, key_bias=None):
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -159,7 +162,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -171,7 +174,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, key_bias=None):
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), key_bias)
         return x + self.mlp(self.norm2(x))
 
@@ -184,7 +187,7 @@ class AuxHead(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(x))
 
 
@@ -218,12 +221,12 @@ class ViTSegmenter(SegmentationModel):
         self.apply(_init_weights)
 
     @property
-    def stages(self):
+    def stages(self) -> list[tuple[int, int]]:
         """Block index ranges between aux heads: [(0, a0), (a0, a1), ..., (a_last, depth)]."""
         bounds = (0,) + self.aux_indices + (len(self.blocks),)
         return list(zip(bounds[:-1], bounds[1:]))
 
-    def embed(self, x):
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
         """Images -> tokens (B, 1 + h*w, C) with cls first, and the token grid (h, w)."""
         tokens, grid = self.patch_embed(x)
         pos = self.pos_embed[:, 1:].reshape(1, self.pos_grid[0], self.pos_grid[1], -1).permute(0, 3, 1, 2)
@@ -231,16 +234,16 @@ class ViTSegmenter(SegmentationModel):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens + pos], dim=1), grid
 
-    def to_map(self, patch_logits, grid):
+    def to_map(self, patch_logits: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         """(B, h*w, K) per-token logits -> (B, K, 2h, 2w), i.e. 1/8 of the input."""
         b, _, k = patch_logits.shape
         logits = patch_logits.transpose(1, 2).reshape(b, k, grid[0], grid[1])
         return F.interpolate(logits, scale_factor=2.0, mode='bilinear', align_corners=False)
 
-    def decode(self, tokens, grid):
+    def decode(self, tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         return self.to_map(self.head(self.norm(tokens[:, 1:])), grid)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
         tokens, grid = self.embed(x)
         aux = []
         for i, blk in enumerate(self.blocks):
@@ -250,7 +253,9 @@ class ViTSegmenter(SegmentationModel):
         logits = self.decode(tokens, grid)
         return {'logits': logits, 'aux': aux} if self.training else logits
 
-    def macs_for_kept(self, h, w, processed=None, with_aux=None):
+    def macs_for_kept(self, h: int | torch.Tensor, w: int | torch.Tensor,
+                      processed: Sequence[float | torch.Tensor] | None = None,
+                      with_aux: bool | None = None) -> float | torch.Tensor:
         """MACs of one image of size (h, w) when block i processes ``processed[i]`` tokens (cls included).
 
         ``processed=None``: every block sees all tokens and no aux head runs (the static model).
@@ -271,7 +276,7 @@ class ViTSegmenter(SegmentationModel):
             macs = macs + n * per_token + 2 * n * n * dim
         return macs
 
-    def checkpoint_filter_fn(self, state_dict):
+    def checkpoint_filter_fn(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Our own checkpoints (optionally under 'model.'/'module.'); DoViT's official weights are not
         published in a form we can map, so other keys are refused."""
         own = set(self.state_dict())
@@ -302,7 +307,7 @@ class TokenPassViT(ViTSegmenter):
         """DoViT's annealing: the training threshold falls linearly from 1.0 to ``exit_conf``."""
         self.train_threshold = 1.0 - min(1.0, it / max(1, max_iters)) * (1.0 - self.exit_conf)
 
-    def stop_rule(self, aux_logits, threshold):
+    def stop_rule(self, aux_logits: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
         """(B, N, K) aux logits -> (B, N) bool: the patch tokens that stop at this head."""
         conf = aux_logits.softmax(dim=-1).amax(dim=-1)
         stop = conf > threshold
@@ -310,7 +315,8 @@ class TokenPassViT(ViTSegmenter):
             stop = stop | (conf < self.diff_conf)
         return stop
 
-    def forward(self, x, exit_threshold=None):
+    def forward(self, x: torch.Tensor, exit_threshold: float | torch.Tensor | None = None
+                ) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
         if self.training:
             threshold = self.train_threshold if self.train_threshold < 1.0 else None
             if threshold is None:
@@ -321,7 +327,8 @@ class TokenPassViT(ViTSegmenter):
             return super().forward(x)
         return self._run(x, exit_threshold)[0]
 
-    def forward_with_stats(self, x, exit_threshold):
+    def forward_with_stats(self, x: torch.Tensor,
+                           exit_threshold: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (logits (N, C, H/8, W/8), kept_fraction float32 (S,), macs float32 scalar per image)."""
         logits, _, kept_fraction, processed = self._run(x, exit_threshold)
         macs = self.macs_for_kept(x.shape[-2], x.shape[-1], processed)
@@ -376,41 +383,41 @@ def _create(cls, variant, num_classes, **kwargs):
 
 
 @register_model
-def tokenpass_vit_mini(num_classes=150, **kwargs):
+def tokenpass_vit_mini(num_classes: int = 150, **kwargs) -> TokenPassViT:
     """Robot-sized (dim 128, 8 blocks, aux before blocks 2, 4, 6): trainable on a few CPU cores."""
     return _create(TokenPassViT, 'vit_mini', num_classes, **kwargs)
 
 
 @register_model
-def tokenpass_vit_tiny(num_classes=150, **kwargs):
+def tokenpass_vit_tiny(num_classes: int = 150, **kwargs) -> TokenPassViT:
     return _create(TokenPassViT, 'vit_tiny', num_classes, **kwargs)
 
 
 @register_model
-def tokenpass_vit_small(num_classes=150, **kwargs):
+def tokenpass_vit_small(num_classes: int = 150, **kwargs) -> TokenPassViT:
     return _create(TokenPassViT, 'vit_small', num_classes, **kwargs)
 
 
 @register_model
-def tokenpass_vit_base(num_classes=150, **kwargs):
+def tokenpass_vit_base(num_classes: int = 150, **kwargs) -> TokenPassViT:
     return _create(TokenPassViT, 'vit_base', num_classes, **kwargs)
 
 
 @register_model
-def static_vit_mini(num_classes=150, **kwargs):
+def static_vit_mini(num_classes: int = 150, **kwargs) -> ViTSegmenter:
     return _create(ViTSegmenter, 'vit_mini', num_classes, **kwargs)
 
 
 @register_model
-def static_vit_tiny(num_classes=150, **kwargs):
+def static_vit_tiny(num_classes: int = 150, **kwargs) -> ViTSegmenter:
     return _create(ViTSegmenter, 'vit_tiny', num_classes, **kwargs)
 
 
 @register_model
-def static_vit_small(num_classes=150, **kwargs):
+def static_vit_small(num_classes: int = 150, **kwargs) -> ViTSegmenter:
     return _create(ViTSegmenter, 'vit_small', num_classes, **kwargs)
 
 
 @register_model
-def static_vit_base(num_classes=150, **kwargs):
+def static_vit_base(num_classes: int = 150, **kwargs) -> ViTSegmenter:
     return _create(ViTSegmenter, 'vit_base', num_classes, **kwargs)

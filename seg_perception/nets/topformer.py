@@ -4,6 +4,8 @@ Backbone (``Topformer``) and decode head (``SimpleHead``) with the module names 
 (hustvl/TopFormer), so official checkpoints load with identity key mapping. Eval-mode ``model(x)`` returns the
 decode head's logits at 1/8 of the input resolution, as the official segmentor does before its final resize.
 """
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
@@ -55,7 +57,7 @@ class TokenPyramidModule(nn.Module):
             self.layer_names.append(name)
             in_channels = c
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         taps = []
         for i, name in enumerate(self.layer_names):
@@ -82,7 +84,7 @@ class Attention(nn.Module):
         self.to_v = ConvBN(dim, self.dh)
         self.proj = nn.Sequential(act_layer(), ConvBN(self.dh, dim, bn_weight_init=0.0))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q = self.to_q(x).reshape(b, self.num_heads, self.key_dim, h * w).transpose(2, 3)
         k = self.to_k(x).reshape(b, self.num_heads, self.key_dim, h * w)
@@ -100,7 +102,7 @@ class PyramidPoolAgg(nn.Module):
         self.stride = stride
         self.pool = ExportableAdaptiveAvgPool2d()
 
-    def forward(self, taps):
+    def forward(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         h, w = taps[-1].shape[-2:]
         size = ((h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
         return torch.cat([self.pool(t, size) for t in taps], dim=1)
@@ -116,7 +118,7 @@ class InjectionMultiSum(nn.Module):
         self.global_act = ConvNormAct(in_channels, out_channels)
         self.act = HSigmoid()
 
-    def forward(self, x_local, x_global):
+    def forward(self, x_local: torch.Tensor, x_global: torch.Tensor) -> torch.Tensor:
         size = x_local.shape[-2:]
         gate = resize_bilinear(self.act(self.global_act(x_global)), size)
         return self.local_embedding(x_local) * gate + resize_bilinear(self.global_embedding(x_global), size)
@@ -140,7 +142,7 @@ class Topformer(nn.Module):
             InjectionMultiSum(c, out_channels) if i in self.decode_out_indices else nn.Identity()
             for i, c in enumerate(channels))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         taps = self.tpm(x)
         global_tokens = self.trans(self.ppa(taps)).split(self.channels, dim=1)
         return [self.SIM[i](taps[i], global_tokens[i]) for i in self.decode_out_indices]
@@ -155,7 +157,7 @@ class SimpleHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout_ratio)
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
 
-    def forward(self, features):
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         x = features[0]
         for f in features[1:]:
             x = x + resize_bilinear(f, x.shape[-2:])
@@ -177,15 +179,15 @@ def _create(variant, num_classes, **kwargs):
 
 
 @register_model
-def topformer_tiny(num_classes=150, **kwargs):
+def topformer_tiny(num_classes: int = 150, **kwargs) -> TopFormer:
     return _create('tiny', num_classes, **kwargs)
 
 
 @register_model
-def topformer_small(num_classes=150, **kwargs):
+def topformer_small(num_classes: int = 150, **kwargs) -> TopFormer:
     return _create('small', num_classes, **kwargs)
 
 
 @register_model
-def topformer_base(num_classes=150, **kwargs):
+def topformer_base(num_classes: int = 150, **kwargs) -> TopFormer:
     return _create('base', num_classes, **kwargs)
