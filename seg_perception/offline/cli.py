@@ -15,6 +15,9 @@ import difflib
 import importlib
 import re
 import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import NoReturn
 
 from ..errors import UserError
 
@@ -89,7 +92,7 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault('formatter_class', HelpFormatter)
         super().__init__(*args, **kwargs)
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if match:  # a misspelt sub-command or choice: suggest the nearest
             choices = re.findall(r"'([^']*)'", match.group(2))
@@ -111,7 +114,7 @@ def _user_error_types():
     return (UserError, EngineError, yaml.YAMLError) + USER_OS_ERRORS
 
 
-def user_error_message(exc):
+def user_error_message(exc: BaseException) -> str:
     """One line for a user's mistake (file system errors as 'PATH: reason')."""
     if isinstance(exc, FileNotFoundError) and exc.filename is not None:
         text = f'{exc.filename}: not found'
@@ -143,7 +146,7 @@ def _apply_formatter(parser):
                 _apply_formatter(child)
 
 
-def build_parser(name):
+def build_parser(name: str) -> tuple[ModuleType, Parser]:
     """The argument parser of one sub-command (imports its module)."""
     module = importlib.import_module(COMMANDS[name][0])
     parser = Parser(prog=f'seg-perception {name}', description=COMMANDS[name][1])
@@ -152,7 +155,7 @@ def build_parser(name):
     return module, parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help'):
         _top_level_parser().print_help()

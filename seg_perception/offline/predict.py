@@ -16,6 +16,7 @@ size, mean/std, resize mode), used by evaluation and export alike.
 May import torch, ``seg_perception.nets`` and ``seg_perception.runtime``; used by training (validation),
 evaluation (``evaluate --model ckpt.pt``) and deployment (export).
 """
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -34,7 +35,7 @@ TRAINER_RESIZE_MODE = 'resize'
 DEFAULT_RESIZE_MODE = 'letterbox'
 
 
-def normalize(image: np.ndarray, mean, std) -> torch.Tensor:
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) normalised on the 0-255 scale."""
     x = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
@@ -70,7 +71,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tup
     return model.to(device).eval(), ckpt
 
 
-def labels_head(logits: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+def labels_head(logits: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The tail of a 'labels' model file (``export`` puts it in the graph; benchmarks and :func:`predict` use it
     too): 1/8 logits (N, C, h, w) upsampled bilinearly (align_corners=False) to ``size`` (H, W) -> (labels int64
     (N, H, W) = argmax, confidence float32 (N, H, W) = max softmax).
@@ -83,8 +84,9 @@ def labels_head(logits: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, image: np.ndarray, input_size, mean, std, resize_mode: str = TRAINER_RESIZE_MODE,
-            device: str | torch.device = 'cpu', stride: int = 32, output_kind: str = 'labels') -> np.ndarray:
+def predict(model: nn.Module, image: np.ndarray, input_size: Sequence[int] | None, mean: Sequence[float],
+            std: Sequence[float], resize_mode: str = TRAINER_RESIZE_MODE, device: str | torch.device = 'cpu',
+            stride: int = 32, output_kind: str = 'labels') -> np.ndarray:
     """Labels (H, W) (uint8, uint16 above 255 classes) for one RGB uint8 image, as the engine computes them
     from the model's export of ``output_kind``: fit into ``input_size`` [H, W] by ``resize_mode`` (``None``: the
     image's size rounded up to ``stride``, padded), forward in eval mode; 'labels': 1/8 logits upsampled

@@ -21,12 +21,17 @@ import bisect
 import functools
 import os
 import struct
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from ...runtime import imgmsg
+
+if TYPE_CHECKING:
+    from rosbags.typesys.store import Typestore
 
 TOPICS = {
     'image': ('/camera/image_raw', 'sensor_msgs/msg/Image'),
@@ -42,7 +47,7 @@ BASE_FRAME = 'base_link'
 DEFAULT_START_NS = 1_700_000_000 * 10**9
 
 @functools.cache
-def typestore():
+def typestore() -> 'Typestore':
     """The rosbags type store used for (de)serialization (ROS 2 Humble message definitions)."""
     from rosbags.typesys import Stores, get_typestore
     return get_typestore(Stores.ROS2_HUMBLE)
@@ -55,7 +60,7 @@ def _header(stamp_ns, frame_id):
     return ts.types['std_msgs/msg/Header'](stamp=stamp, frame_id=frame_id)
 
 
-def rgb_to_yuv422(rgb, encoding='yuv422_yuy2'):
+def rgb_to_yuv422(rgb: np.ndarray, encoding: str = 'yuv422_yuy2') -> np.ndarray:
     """RGB (H, W even, 3) -> packed YUV 4:2:2 (H, W, 2) as a camera driver sends it: BT.601 video range, each pixel
     pair's U and V from its first pixel; ``yuv422`` is UYVY, ``yuv422_yuy2`` YUYV (sensor_msgs)."""
     r, g, b = (np.asarray(rgb)[..., i].astype(np.float64) for i in range(3))
@@ -67,7 +72,7 @@ def rgb_to_yuv422(rgb, encoding='yuv422_yuy2'):
     return np.clip(np.rint(np.stack(planes, axis=-1)), 0, 255).astype(np.uint8)
 
 
-def rgb_to_bayer(rgb, encoding='bayer_rggb8'):
+def rgb_to_bayer(rgb: np.ndarray, encoding: str = 'bayer_rggb8') -> np.ndarray:
     """RGB (H, W, 3) -> the (H, W) mosaic a Bayer sensor records (``bayer_rggb8``: R G on even rows, G B on odd)."""
     rgb = np.asarray(rgb)
     pattern = encoding[len('bayer_'):len('bayer_') + 4]
@@ -77,7 +82,8 @@ def rgb_to_bayer(rgb, encoding='bayer_rggb8'):
     return out
 
 
-def image_msg(image, encoding, stamp_ns, frame_id=CAMERA_FRAME, row_padding=0):
+def image_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = CAMERA_FRAME,
+              row_padding: int = 0) -> Any:
     """A ``sensor_msgs/msg/Image`` of ``image`` (RGB(A) or HxW array) in ``encoding``.
 
     Colour input is RGB(A) and converted to the requested channel order, or packed (YUV 4:2:2, Bayer);
@@ -101,7 +107,8 @@ def image_msg(image, encoding, stamp_ns, frame_id=CAMERA_FRAME, row_padding=0):
         step=rows.shape[1], data=rows.reshape(-1))
 
 
-def compressed_msg(image, stamp_ns, fmt='jpeg', quality=90, frame_id=CAMERA_FRAME):
+def compressed_msg(image: np.ndarray, stamp_ns: int, fmt: str = 'jpeg', quality: int = 90,
+                   frame_id: str = CAMERA_FRAME) -> Any:
     """A ``sensor_msgs/msg/CompressedImage`` (jpeg or png) of an RGB or single-channel image."""
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == 'jpeg' else []
@@ -112,7 +119,7 @@ def compressed_msg(image, stamp_ns, fmt='jpeg', quality=90, frame_id=CAMERA_FRAM
         header=_header(stamp_ns, frame_id), format=fmt, data=buf.reshape(-1))
 
 
-def camera_info_msg(intrinsics, stamp_ns, frame_id=CAMERA_FRAME):
+def camera_info_msg(intrinsics: dict, stamp_ns: int, frame_id: str = CAMERA_FRAME) -> Any:
     """A ``sensor_msgs/msg/CameraInfo`` from ``fx, fy, cx, cy, width, height`` (no distortion)."""
     t = typestore().types
     fx, fy, cx, cy = (float(intrinsics[k]) for k in ('fx', 'fy', 'cx', 'cy'))
@@ -124,7 +131,7 @@ def camera_info_msg(intrinsics, stamp_ns, frame_id=CAMERA_FRAME):
         binning_x=0, binning_y=0, roi=roi)
 
 
-def occupancy_msg(grid, info, stamp_ns, frame_id=BASE_FRAME):
+def occupancy_msg(grid: np.ndarray, info: dict, stamp_ns: int, frame_id: str = BASE_FRAME) -> Any:
     """A ``nav_msgs/msg/OccupancyGrid`` of an int8 grid (row = y cell) with ``resolution`` and ``origin``."""
     t = typestore().types
     ox, oy, oyaw = (float(v) for v in info['origin'])
@@ -139,7 +146,7 @@ def occupancy_msg(grid, info, stamp_ns, frame_id=BASE_FRAME):
                                            data=np.ascontiguousarray(grid, np.int8).reshape(-1))
 
 
-def camera_in_base(pose, base_pose):
+def camera_in_base(pose: dict, base_pose: dict) -> np.ndarray:
     """4x4 camera optical frame -> robot base (``base_link``) of a rendered frame's ``pose`` (camera in the world)
     and ``base_pose`` (robot x, y, yaw in the world)."""
     from ...runtime.pose import invert, pose_matrix, quat_to_matrix, transform_matrix
@@ -148,7 +155,7 @@ def camera_in_base(pose, base_pose):
     return invert(world_base) @ world_camera
 
 
-def tf_msg(transform, stamp_ns, parent=BASE_FRAME, child=CAMERA_FRAME):
+def tf_msg(transform: np.ndarray, stamp_ns: int, parent: str = BASE_FRAME, child: str = CAMERA_FRAME) -> Any:
     """A ``tf2_msgs/msg/TFMessage`` holding one transform (4x4 child -> parent)."""
     t = typestore().types
     from .render import _quat_from_matrix
@@ -162,8 +169,10 @@ def tf_msg(transform, stamp_ns, parent=BASE_FRAME, child=CAMERA_FRAME):
     return t['tf2_msgs/msg/TFMessage'](transforms=[stamped])
 
 
-def write_bag(path, frames, storage='mcap', raw=True, jpeg=False, depth=False, compress=True, rate_hz=10.0,
-              start_ns=DEFAULT_START_NS, image_encoding='rgb8', row_padding=0, jpeg_quality=90):
+def write_bag(path: str | os.PathLike, frames: Iterable[dict], storage: str = 'mcap', raw: bool = True,
+              jpeg: bool = False, depth: bool = False, compress: bool = True, rate_hz: float = 10.0,
+              start_ns: int = DEFAULT_START_NS, image_encoding: str = 'rgb8', row_padding: int = 0,
+              jpeg_quality: int = 90) -> int:
     """Write ``frames`` (an iterable of dicts) to a new rosbag2 directory ``path``; returns the frame count.
 
     Each frame needs ``image`` (RGB) and may have ``label``, ``intrinsics``, ``occupancy`` (+ ``occupancy_info``),
@@ -234,21 +243,21 @@ def _connections(reader, topic):
     return found
 
 
-def header_stamp(rawdata):
+def header_stamp(rawdata: bytes) -> int:
     """Header stamp (ns) of a serialized message whose first field is a ``std_msgs/Header``."""
     order = '<' if rawdata[1] == 1 else '>'
     sec, nanosec = struct.unpack_from(order + 'iI', rawdata, 4)
     return sec * 10**9 + nanosec
 
 
-def decode_image(msg):
+def decode_image(msg: Any) -> np.ndarray:
     """ndarray of a deserialized ``sensor_msgs/msg/Image`` (colour -> RGB HxWx3, else HxW), by the same
     step-aware conversion the node uses (:mod:`seg_perception.runtime.imgmsg`)."""
     return np.ascontiguousarray(imgmsg.image_to_rgb(msg) if msg.encoding in imgmsg.COLOUR
                                 else imgmsg.image_to_array(msg))
 
 
-def decode_compressed(msg):
+def decode_compressed(msg: Any) -> np.ndarray:
     """ndarray of a deserialized ``sensor_msgs/msg/CompressedImage`` (colour -> RGB HxWx3, else HxW)."""
     image = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -259,7 +268,7 @@ def decode_compressed(msg):
     return image
 
 
-def decode(rawdata, msgtype):
+def decode(rawdata: bytes, msgtype: str) -> tuple[int, str, np.ndarray]:
     """(stamp_ns, frame_id, image) of a serialized Image or CompressedImage message."""
     msg = typestore().deserialize_cdr(rawdata, msgtype)
     stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
@@ -270,7 +279,7 @@ def decode(rawdata, msgtype):
     raise ValueError(f'{msgtype} is not an image type')
 
 
-def iter_bag_images(path, topic):
+def iter_bag_images(path: str | os.PathLike, topic: str) -> Iterator[tuple[int, str, np.ndarray]]:
     """Yield ``(stamp_ns, frame_id, image)`` for every message of ``topic`` in bag order."""
     reader = _open_reader(path)
     try:
@@ -280,7 +289,8 @@ def iter_bag_images(path, topic):
         reader.close()
 
 
-def read_raw_messages(path, topics=None):
+def read_raw_messages(path: str | os.PathLike,
+                      topics: Collection[str] | None = None) -> Iterator[tuple[str, str, bytes, int]]:
     """Yield ``(topic, msgtype, cdr_bytes, timestamp_ns)`` of ``topics`` (all when None) in bag order."""
     reader = _open_reader(path)
     try:
@@ -320,7 +330,8 @@ def _match(image_stamps, gt_stamps, tolerance_ns):
     return matches
 
 
-def pair_index(path, image_topic, gt_topic, tolerance_ns=20_000_000):
+def pair_index(path: str | os.PathLike, image_topic: str, gt_topic: str,
+               tolerance_ns: int = 20_000_000) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
     """[(stamp_ns, image_location, gt_location)] with locations (bag timestamp, ordinal) usable by BagFrames."""
     reader = _open_reader(path)
     try:
@@ -332,7 +343,8 @@ def pair_index(path, image_topic, gt_topic, tolerance_ns=20_000_000):
     return [(stamp, (t, o), gts[m][1:]) for (stamp, t, o), m in zip(images, matches) if m is not None]
 
 
-def iter_bag_pairs(path, image_topic, gt_topic, tolerance_ns=20_000_000):
+def iter_bag_pairs(path: str | os.PathLike, image_topic: str, gt_topic: str,
+                   tolerance_ns: int = 20_000_000) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(stamp_ns, image, label)`` for every image that has a ground-truth message (see module doc)."""
     pairs = pair_index(path, image_topic, gt_topic, tolerance_ns)
     wanted_images = {loc: k for k, (_, loc, _) in enumerate(pairs)}
@@ -396,7 +408,7 @@ class BagFrames:
         stamp, image_loc, gt_loc = self.pairs[index]
         return stamp, self._read(self.image_topic, image_loc), self._read(self.gt_topic, gt_loc)
 
-    def close(self):
+    def close(self) -> None:
         if self._reader is not None and self._pid == os.getpid():
             self._reader.close()
         self._reader = None

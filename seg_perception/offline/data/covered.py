@@ -113,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cells in from a footprint's edge where covered floor starts (0: the edge cells too)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.data), Path(args.out)
     if src.resolve() == dst.resolve():
         raise UserError('--out must be another folder than the source dataset')

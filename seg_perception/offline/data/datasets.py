@@ -21,6 +21,8 @@ Layouts (``open_dataset`` detects them from a folder):
 """
 import colorsys
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -67,7 +69,7 @@ CAMVID_CLASSES = (
 ADE20K_SPLITS = {'train': 'training', 'training': 'training', 'val': 'validation', 'validation': 'validation'}
 
 
-def make_palette(n):
+def make_palette(n: int) -> list[tuple[int, int, int]]:
     """``n`` distinct RGB colours (golden-ratio hues, alternating brightness) for classes without a palette."""
     colours = []
     for k in range(n):
@@ -76,7 +78,7 @@ def make_palette(n):
     return colours
 
 
-def read_rgb(path):
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
@@ -84,7 +86,7 @@ def read_rgb(path):
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path):
+def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A label file as stored (HxW, or HxWx3 RGB for colour masks)."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
@@ -94,7 +96,7 @@ def read_mask(path):
     return mask
 
 
-def lookup_table(mapping, default=IGNORE_INDEX, size=256):
+def lookup_table(mapping: dict, default: int = IGNORE_INDEX, size: int = 256) -> np.ndarray:
     """uint8 table raw id -> train id from a dict (ids not in it -> ``default``)."""
     table = np.full(size, default, np.uint8)
     for raw, train in mapping.items():
@@ -102,7 +104,7 @@ def lookup_table(mapping, default=IGNORE_INDEX, size=256):
     return table
 
 
-def colour_to_ids(mask, palette, ignore_index=IGNORE_INDEX):
+def colour_to_ids(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Class ids of an HxWx3 RGB colour mask (colours not in ``palette`` -> ``ignore_index``)."""
     codes = (mask[..., 0].astype(np.int32) << 16) | (mask[..., 1].astype(np.int32) << 8) | mask[..., 2]
     uniq, inverse = np.unique(codes, return_inverse=True)
@@ -133,11 +135,11 @@ class SegDataset:
         image_path, label_path = self.pairs[index]
         return read_rgb(image_path), self.convert_label(read_mask(label_path))
 
-    def sample_meta(self, index):
+    def sample_meta(self, index: int) -> dict:
         """Per-sample metadata (rendered scenes: pose, intrinsics, clutter, ...); {} when there is none."""
         return {}
 
-    def convert_label(self, raw):
+    def convert_label(self, raw: np.ndarray) -> np.ndarray:
         """Stored label -> uint8 train ids."""
         if raw.ndim == 3:
             return colour_to_ids(raw, self.palette, self.ignore_index)
@@ -257,7 +259,7 @@ class CamVidDataset(SegDataset):
         return pairs
 
 
-def load_classes_yaml(path):
+def load_classes_yaml(path: str | os.PathLike) -> tuple[list[str], list | None, int, dict | None]:
     """(names, palette or None, ignore_index, label_map or None) from a classes YAML."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     names = data.get('names') or data.get('classes')
@@ -286,7 +288,7 @@ class GenericDataset(SegDataset):
         super().__init__(_require(pairs, f'{split} in {root}'), names, palette, ignore, table, sample_names,
                          root=root, split=split)
 
-    def sample_meta(self, index):
+    def sample_meta(self, index: int) -> dict:
         """``meta/<name>.json`` beside ``masks/<name>.png`` (written by ``seg-perception render``), or {}."""
         mask = Path(self.pairs[index][1])
         try:
@@ -359,14 +361,14 @@ LAYOUTS = {'ade20k': ADE20KDataset, 'cityscapes': CityscapesDataset, 'camvid': C
            'generic': GenericDataset, 'rosbag': BagDataset}
 
 
-def is_bag(path):
+def is_bag(path: str | os.PathLike) -> bool:
     path = Path(path)
     if path.is_dir():
         return (path / 'metadata.yaml').exists()
     return path.suffix in ('.mcap', '.db3') and (path.parent / 'metadata.yaml').exists()
 
 
-def detect_layout(root):
+def detect_layout(root: str | os.PathLike) -> str:
     """Layout name of a dataset folder (or bag), or raise ValueError."""
     root = Path(root)
     if is_bag(root):
@@ -388,7 +390,7 @@ def detect_layout(root):
                     'Cityscapes or CamVid folder, or a bag folder with metadata.yaml)')
 
 
-def open_dataset(spec, split=None, layout=None, **kw):
+def open_dataset(spec: str | os.PathLike, split: str | None = None, layout: str | None = None, **kw) -> SegDataset:
     """A dataset from a folder (layout detected unless given), a dataset YAML or a rosbag2 path.
 
     A dataset YAML has ``layout`` (optional), ``root`` (relative to the YAML's folder), ``split`` and layout
@@ -444,7 +446,9 @@ class MixedDataset(SegDataset):
                          first.ignore_index, split=split, names=[n for p in self.parts for n in p.names])
 
     @classmethod
-    def from_spec(cls, yaml_path, entries, split, classes=None, palette=None):
+    def from_spec(cls, yaml_path: str | os.PathLike, entries: Sequence[dict], split: str,
+                  classes: Sequence[str] | None = None,
+                  palette: Sequence[Sequence[int]] | None = None) -> 'MixedDataset':
         parts, tables = [], []
         for entry in entries:
             entry = dict(entry)
@@ -475,7 +479,7 @@ class MixedDataset(SegDataset):
         table = self.tables[part]
         return image, (label if table is None else table[label])
 
-    def sample_meta(self, index):
+    def sample_meta(self, index: int) -> dict:
         part, local = self._locate(index)
         return self.parts[part].sample_meta(local)
 

@@ -2,6 +2,7 @@
 a plain folder of images, a dataset folder or dataset YAML (any layout ``open_dataset`` reads) or a rosbag2.
 
 Used by every option that takes images without labels (``export --int8 --calib``)."""
+import os
 from pathlib import Path
 
 import cv2
@@ -42,7 +43,7 @@ def _bag_images(path: Path, topic: str, count: int) -> list:
     return images
 
 
-def load_images(spec, count: int = 0, topic: str = DEFAULT_TOPIC, split: str = None) -> list:
+def load_images(spec: str | os.PathLike, count: int = 0, topic: str = DEFAULT_TOPIC, split: str | None = None) -> list:
     """``count`` (0 = all) RGB uint8 images spread evenly over ``spec``:
 
     * a rosbag2 folder (or its .mcap/.db3 file): the messages of ``topic`` (Image or CompressedImage);

@@ -13,6 +13,7 @@ base_pose, intrinsics, occupancy, ...), so the dataset and bag writers of ``rend
 Output is a pure function of the seed and the options: sequence ``k`` draws from ``default_rng([seed, k, 7])``.
 """
 import math
+from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -206,7 +207,7 @@ class _World:
         self.fog = rng.uniform(0.0, 0.08) if rng.random() < 0.6 else 0.0
         self.fog_colour = np.clip(self.sky_horizon * rng.uniform(0.8, 1.05), 0, 1)
 
-    def add(self, prim, footprint=None):
+    def add(self, prim: dict, footprint: np.ndarray | None = None) -> None:
         self.prims.append(prim)
         if footprint is not None:
             self.footprints.append(footprint)
@@ -310,7 +311,8 @@ class _World:
                                                                   rng.uniform(0.3, 0.95))), contrast=0.05)
         c, s = math.cos(yaw), math.sin(yaw)
 
-        def world(fx, fy, z):          # person frame (x forward, y left) -> world
+        def world(fx: float, fy: float,
+                  z: float) -> tuple[float, float, float]:   # person frame (x forward, y left) -> world
             return (x + c * fx - s * fy, y + s * fx + c * fy, z * scale)
 
         stride = rng.uniform(-0.35, 0.35)
@@ -365,7 +367,8 @@ class _World:
         self.counts['robot'] += 1
 
     # ------------------------------------------------------------------------------------------ ray casting
-    def cast(self, o, d, prims=None):
+    def cast(self, o: np.ndarray, d: np.ndarray,
+             prims: Iterable[tuple[int, dict]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest hit of rays (o, d) against the ground plane and primitives: t, normals, class, material index
         (-1 = ground, -2 = nothing)."""
         n = len(d)
@@ -441,7 +444,7 @@ def _occupancy(world, x, y, yaw):
     half = OCC_SIZE_M / 2
     c, s = math.cos(-yaw), math.sin(-yaw)
 
-    def to_cells(xy):
+    def to_cells(xy: np.ndarray) -> np.ndarray:
         dx, dy = xy[:, 0] - x, xy[:, 1] - y
         return np.stack([(c * dx - s * dy + half) / OCC_RESOLUTION, (s * dx + c * dy + half) / OCC_RESOLUTION], 1)
 
@@ -552,9 +555,10 @@ def _camera_response(colour, rng):
     return np.ascontiguousarray(np.clip(colour, 0, 255).astype(np.uint8))
 
 
-def raycast_frames(n: int, seed: int = 0, width: int = 320, height: int = 240, clutter=(0.0, 1.0),
-                   seq_len: int = 6, layouts=LAYOUTS, fov_range=(45.0, 75.0), height_range=(0.3, 1.2),
-                   pitch_range=(-25.0, 0.0), name_prefix: str = 'rc'):
+def raycast_frames(n: int, seed: int = 0, width: int = 320, height: int = 240,
+                   clutter: tuple[float, float] = (0.0, 1.0), seq_len: int = 6, layouts: Sequence[str] = LAYOUTS,
+                   fov_range: tuple[float, float] = (45.0, 75.0), height_range: tuple[float, float] = (0.3, 1.2),
+                   pitch_range: tuple[float, float] = (-25.0, 0.0), name_prefix: str = 'rc') -> Iterator[dict]:
     """Yield ``n`` frames (the dicts of ``render.render_frames``), ``seq_len`` per scene; ``pitch_range`` in
     degrees (negative looks down). The same arguments always give the same frames."""
     lo, hi = float(clutter[0]), float(clutter[1])

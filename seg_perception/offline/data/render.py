@@ -60,6 +60,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -188,10 +189,10 @@ class _Textures:
         self._data_path = data_path
         self._count = 0
 
-    def close(self):
+    def close(self) -> None:
         self._dir.cleanup()
 
-    def make(self, rng, kind, size=256):
+    def make(self, rng: np.random.Generator, kind: str, size: int = 256) -> str:
         """Path of a new texture of ``kind``."""
         if kind == 'data':
             return os.path.join(self._data_path, self.DATA_FILES[rng.integers(len(self.DATA_FILES))])
@@ -643,7 +644,7 @@ class _Scene:
                 parts.append(('box', [0.06, 0.12, 0.05], (length * 0.5, 0, 0.12 + 2 * h + mast), body_c))
             self._compound(parts, x, y, yaw, ROBOT)
 
-    def step_to(self, frame):
+    def step_to(self, frame: int) -> None:
         """Move walking agents to their position at ``frame``."""
         p = self.p
         for idx, track, _heading in self.movers:
@@ -653,14 +654,14 @@ class _Scene:
             p.resetBasePositionAndOrientation(body, [track[frame, 0], track[frame, 1], pos[2]], orn)
             entry[3], entry[4] = float(track[frame, 0]), float(track[frame, 1])
 
-    def occupancy(self, x, y, yaw):
+    def occupancy(self, x: float, y: float, yaw: float) -> np.ndarray:
         """Ground-truth occupancy grid (int8) around the robot at (x, y, yaw); see the module docstring."""
         n = int(round(OCC_SIZE_M / OCC_RESOLUTION))
         half = OCC_SIZE_M / 2
         cos_r, sin_r = math.cos(-yaw), math.sin(-yaw)
         grid = np.full((n, n), -1, np.int8)
 
-        def to_cells(world_xy):
+        def to_cells(world_xy: np.ndarray) -> np.ndarray:
             dx, dy = world_xy[:, 0] - x, world_xy[:, 1] - y
             bx, by = cos_r * dx - sin_r * dy, sin_r * dx + cos_r * dy
             return np.stack([(bx + half) / OCC_RESOLUTION, (by + half) / OCC_RESOLUTION], axis=1)
@@ -698,9 +699,11 @@ def _sky(rng, height, width):
     return np.broadcast_to(top * (1 - t) + bottom * t, (height, width, 3)).astype(np.uint8)
 
 
-def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=10, layouts=LAYOUTS,
-                  fov_range=(50.0, 85.0), height_range=(0.25, 1.6), pitch_range=(-30.0, 5.0),
-                  shadows=0.3, variety=0.0, shapes=0.0, close=0.0, name_prefix=''):
+def render_frames(n: int, seed: int = 0, width: int = 320, height: int = 240,
+                  clutter: tuple[float, float] = (0.0, 1.0), seq_len: int = 10, layouts: Sequence[str] = LAYOUTS,
+                  fov_range: tuple[float, float] = (50.0, 85.0), height_range: tuple[float, float] = (0.25, 1.6),
+                  pitch_range: tuple[float, float] = (-30.0, 5.0), shadows: float = 0.3, variety: float = 0.0,
+                  shapes: float = 0.0, close: float = 0.0, name_prefix: str = '') -> Iterator[dict]:
     """Yield ``n`` rendered frames (dicts described in the module docstring), ``seq_len`` per scene.
 
     ``clutter`` is the (lo, hi) range of the per-sequence clutter level (0 empty .. 1 crowded), ``layouts`` the
@@ -780,7 +783,7 @@ def render_frames(n, seed=0, width=320, height=240, clutter=(0.0, 1.0), seq_len=
         p.disconnect()
 
 
-def write_classes_yaml(path):
+def write_classes_yaml(path: str | os.PathLike) -> None:
     """The ``classes.yaml`` of a rendered dataset (names, palette, ignore_index)."""
     import yaml
     data = {'names': list(SCENE_CLASS_NAMES), 'palette': [list(c) for c in SCENE_PALETTE],
@@ -791,7 +794,7 @@ def write_classes_yaml(path):
 DATASET_FOLDERS = ('images', 'masks', 'depth', 'occupancy', 'meta')
 
 
-def save_frame(out_dir, frame, split=''):
+def save_frame(out_dir: str | os.PathLike, frame: dict, split: str = '') -> None:
     """Write one frame into the dataset folder layout described in the module docstring.
 
     With ``split``, files go to ``images/SPLIT/NAME.png`` etc. (the generic reader's split subfolders)."""
@@ -891,7 +894,7 @@ def _write(args, frames):
     start = time.perf_counter()
     count = 0
 
-    def saved(stream):
+    def saved(stream: Iterable[dict]) -> Iterator[dict]:
         nonlocal count
         for frame in stream:
             if args.out:

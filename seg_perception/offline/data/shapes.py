@@ -9,24 +9,26 @@ parts of one compound body, ``(kind, dims, (x, y, z), rgba[, (roll, pitch)])`` i
 z up, standing on z = 0), as ``_Scene._compound`` takes them; they draw only from the ``rng`` they are given.
 """
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 
-def colour(rng, lo=0.1, hi=0.95) -> list:
+def colour(rng: np.random.Generator, lo: float = 0.1, hi: float = 0.95) -> list:
     """A random RGBA colour, each channel uniform in [lo, hi]."""
     return [float(v) for v in rng.uniform(lo, hi, 3)] + [1.0]
 
 
-def hsv_colour(rng, h, s, v) -> list:
+def hsv_colour(rng: np.random.Generator, h: tuple[float, float], s: tuple[float, float],
+               v: tuple[float, float]) -> list:
     """RGBA from HSV ranges (each a (lo, hi) pair, hue in degrees)."""
     hsv = np.uint8([[[rng.uniform(*h) / 2, rng.uniform(*s) * 255, rng.uniform(*v) * 255]]])
     rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0] / 255.0
     return [float(c) for c in rgb] + [1.0]
 
 
-def limb(roll, pitch, joint, radius, length, rgba) -> tuple:
+def limb(roll: float, pitch: float, joint: Sequence[float], radius: float, length: float, rgba: list) -> tuple:
     """A capsule hanging from ``joint`` turned by ``roll`` (sideways) then ``pitch`` (forward/back)."""
     sr, cr, sp, cp = math.sin(roll), math.cos(roll), math.sin(pitch), math.cos(pitch)
     down = np.array([-sp * cr, sr, -cp * cr])       # R_y(pitch) R_x(roll) (0, 0, -1)
@@ -38,7 +40,7 @@ def _dark(rng) -> list:
     return hsv_colour(rng, (0, 360), (0.0, 0.3), (0.05, 0.4))
 
 
-def assembled_robot(rng) -> list:
+def assembled_robot(rng: np.random.Generator) -> list:
     """A mobile robot: a box or round body on wheels, tracks, legs or a skirt, with 0-3 modules on top (lidar,
     mast with a sensor head, upper body with a head, arm, screen, dome)."""
     body_rgba = hsv_colour(rng, (0, 360), (0.0, 1.0), (0.15, 1.0))
@@ -112,7 +114,7 @@ def assembled_robot(rng) -> list:
     return parts
 
 
-def assembled_person(rng) -> list:
+def assembled_person(rng: np.random.Generator) -> list:
     """A person of any build and size (children to tall adults), arms and legs in random poses, with a long coat
     or dress, backpack, carried box or hat at random."""
     scale, girth = rng.uniform(0.55, 1.15), rng.uniform(0.75, 1.5)
@@ -153,7 +155,7 @@ def assembled_person(rng) -> list:
     return parts
 
 
-def assembled_obstacle(rng) -> list:
+def assembled_obstacle(rng: np.random.Generator) -> list:
     """A static obstacle: a pile of random primitives, barrel, traffic cone, row of posts, potted plant, bench or
     sofa, or bin."""
     tint = hsv_colour(rng, (0, 360), (0.0, 1.0), (0.1, 1.0))

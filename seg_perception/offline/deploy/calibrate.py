@@ -29,13 +29,19 @@ and ``calibration.json``.
 """
 import argparse
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import UserError
 from ..argtypes import non_negative_int, positive_float, positive_int
 from .shift_features import parse_taps
+
+if TYPE_CHECKING:
+    from ..data.datasets import SegDataset
 
 # measured on topformer_tiny_scenes (README, shift monitor): floor-logit spread, floor share, energy
 DEFAULT_FEATURES = ('std0', 'share0', 'energy')
@@ -65,7 +71,7 @@ def choose_features(train: np.ndarray, held: np.ndarray, foreign: dict, max_size
     names = feature_names((train.shape[1] - 3) // 3)
     targets = targets or {}
 
-    def worst(scores):
+    def worst(scores: dict[str, float]) -> float:
         return min(v - targets.get(name, 0.0) for name, v in scores.items())
 
     ranked = []
@@ -143,10 +149,13 @@ def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple], ref
     return np.stack([kth_nearest(block, ref, knn, leave_one_out) for block, ref in zip(blocks, reference)], axis=1)
 
 
-def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_frame=2000, shift=None,
-              shift_split='train', shift_limit=400, features=DEFAULT_FEATURES, window=10, margin=1.1, out=None,
-              report=None, seed=0, progress=True, measure=True, taps=None, choose_against=(), quantile=1.0,
-              tap_shrinkage=0.2, costmap_min_confidence=None, tap_knn=0) -> dict:
+def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str = 'val', per_class: bool = False,
+              limit: int = 0, pixels_per_frame: int = 2000, shift: str | os.PathLike | None = None,
+              shift_split: str = 'train', shift_limit: int = 400, features: Sequence[str] = DEFAULT_FEATURES,
+              window: int = 10, margin: float = 1.1, out: str | os.PathLike | None = None,
+              report: str | os.PathLike | None = None, seed: int = 0, progress: bool = True, measure: bool = True,
+              taps: list[tuple[str, str]] | None = None, choose_against: Sequence[str] = (), quantile: float = 1.0,
+              tap_shrinkage: float = 0.2, costmap_min_confidence: float | None = None, tap_knn: int = 0) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
     (``measure``: also the ECE of the written file on ``data``, one more pass). ``costmap_min_confidence``: also
     store the costmap's confidence threshold, chosen for the calibrated confidence. ``taps`` ([(name, stat)], with
@@ -191,7 +200,7 @@ def calibrate(model, data, split='val', per_class=False, limit=0, pixels_per_fra
                         f'seg_perception.offline.graph.logits_head {model} -o OUT.onnx')
     if engine.calibrated:   # fit on the raw logits: drop a stored temperature for this run
         engine.inv_temperature = None
-    def dataset(spec, part, labelled=True):
+    def dataset(spec: str | os.PathLike, part: str, labelled: bool = True) -> 'SegDataset':
         """``labelled=False``: frames whose labels are not used (their class set may differ from the model's)."""
         frames = open_dataset(str(spec), split=part)
         if labelled and len(frames.classes) != engine.num_classes:

@@ -29,10 +29,12 @@ Python API: :func:`export_model` (any ``nn.Module``), :func:`build_metadata`, :f
 import argparse
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import cv2
@@ -63,17 +65,17 @@ class ParityError(RuntimeError):
     """ONNX Runtime and PyTorch disagree on an exported graph beyond the tolerance."""
 
 
-def is_token_pass(model):
+def is_token_pass(model: nn.Module) -> bool:
     """Adaptive-cost models (token-pass ViT, adaptive TopFormer): a knob input and per-frame stats outputs."""
     return hasattr(model, 'forward_with_stats')
 
 
-def knob_name(model):
+def knob_name(model: nn.Module) -> str:
     """The run-time input of an adaptive-cost model: ``exit_threshold`` (token pass) or the model's own."""
     return getattr(model, 'knob_name', 'exit_threshold')
 
 
-def stats_outputs(model):
+def stats_outputs(model: nn.Module) -> tuple[str, ...]:
     """The per-frame outputs after labels and confidence: ('kept_fraction', 'macs') or the model's own."""
     return tuple(getattr(model, 'stats_outputs', TOKEN_PASS_OUTPUTS))
 
@@ -86,7 +88,7 @@ class LabelsGraph(nn.Module):
         self.model = model
         self.token_pass = is_token_pass(model)
 
-    def forward(self, images, exit_threshold=None):
+    def forward(self, images: torch.Tensor, exit_threshold: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         if self.token_pass:
             logits, kept_fraction, macs = self.model.forward_with_stats(images, exit_threshold)
             return (*postprocess(logits, images.shape[-2:]), kept_fraction.float().reshape(-1),
@@ -94,7 +96,7 @@ class LabelsGraph(nn.Module):
         return postprocess(self.model(images), images.shape[-2:])
 
 
-def default_classes(num_classes):
+def default_classes(num_classes: int) -> tuple[list[str], list[list[int]]]:
     """(names, palette) for a class count: the project's scene classes for 6, else ``class_i`` with a
     deterministic palette of well-spread hues."""
     if num_classes == len(SCENE_CLASS_NAMES):
@@ -106,8 +108,10 @@ def default_classes(num_classes):
     return [f'class_{i}' for i in range(num_classes)], rgb.astype(int).tolist()
 
 
-def build_metadata(num_classes: int, input_size, names=None, palette=None, mean=None, std=None,
-                   resize_mode='letterbox', arch=None, checkpoint_sha256=None, ignore_index=IGNORE_INDEX,
+def build_metadata(num_classes: int, input_size: Sequence[int], names: Sequence[str] | None = None,
+                   palette: Sequence[Sequence[int]] | None = None, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, resize_mode: str = 'letterbox', arch: str | None = None,
+                   checkpoint_sha256: str | None = None, ignore_index: int = IGNORE_INDEX,
                    description: str | None = None) -> dict:
     """Metadata dict (before :func:`export_model` adds ``output_kind``, ``dynamic_hw``, ``stride`` and
     ``static_macs``); missing names / palette / mean / std take the defaults."""
@@ -130,7 +134,7 @@ def build_metadata(num_classes: int, input_size, names=None, palette=None, mean=
     return meta
 
 
-def file_sha256(path):
+def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
@@ -138,7 +142,7 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def static_macs(model, input_size):
+def static_macs(model: nn.Module, input_size: Sequence[int]) -> int:
     """MACs of one plain forward at ``input_size`` (``offline.flops.count_macs``; no token stopping)."""
     from ..evaluation.flops import count_macs
     total, _ = count_macs(model, (1, 3, *input_size))
@@ -175,14 +179,15 @@ def _rel_diff(a, b):
     return diff, diff / max(float(np.abs(b).max()) if b.size else 0.0, 1e-12)
 
 
-def parity_sizes(input_size, dynamic, stride=STRIDE):
+def parity_sizes(input_size: Sequence[int], dynamic: bool, stride: int = STRIDE) -> list[tuple[int, int]]:
     """Sizes checked: ``input_size`` and, for dynamic graphs, (H + stride, W + 2 * stride)."""
     h, w = (int(v) for v in input_size)
     return [(h, w)] + ([(h + stride, w + 2 * stride)] if dynamic else [])
 
 
-def check_parity(model, onnx_model, sizes, tolerance=PARITY_RTOL, exit_thresholds=(1.0, 0.8), seed=0,
-                 threads=None, raise_on_failure=True):
+def check_parity(model: nn.Module, onnx_model: str | os.PathLike | onnx.ModelProto, sizes: Iterable[Sequence[int]],
+                 tolerance: float = PARITY_RTOL, exit_thresholds: Sequence[float] = (1.0, 0.8), seed: int = 0,
+                 threads: int | None = None, raise_on_failure: bool = True) -> list[dict]:
     """Run ``onnx_model`` (path or ModelProto) in ONNX Runtime and ``model`` in PyTorch on random inputs.
 
     Returns one dict per (size, exit threshold): max |diff| and relative diff of ``confidence`` and of the
@@ -227,7 +232,7 @@ def check_parity(model, onnx_model, sizes, tolerance=PARITY_RTOL, exit_threshold
     return results
 
 
-def format_parity_row(row):
+def format_parity_row(row: dict) -> str:
     text = (f'{row["size"][0]}x{row["size"][1]}'
             + (f' thr={row["exit_threshold"]:g}' if 'exit_threshold' in row else '')
             + f': confidence max|d| {row["confidence_max_abs"]:.2e} (rel {row["confidence_rel"]:.2e}), '
@@ -261,9 +266,10 @@ def _to_proto(wrapper, inputs, input_names, output_names, dynamic, opset, export
     raise ValueError(f'unknown exporter {exporter!r}; choose from {EXPORTERS}')
 
 
-def export_model(model: nn.Module, path: str | Path, meta: dict, input_size, dynamic: bool = True,
-                 opset=DEFAULT_OPSET, exporter='torchscript',
-                 check=True, tolerance=PARITY_RTOL, exit_thresholds=(1.0, 0.8), seed=0) -> dict:
+def export_model(model: nn.Module, path: str | Path, meta: dict, input_size: Sequence[int], dynamic: bool = True,
+                 opset: int = DEFAULT_OPSET, exporter: str = 'torchscript',
+                 check: bool = True, tolerance: float = PARITY_RTOL, exit_thresholds: Sequence[float] = (1.0, 0.8),
+                 seed: int = 0) -> dict:
     """Export ``model`` (eval forward -> 1/8 logits; token-pass models via ``forward_with_stats``) to ``path``.
 
     ``meta``: the metadata dict (see :func:`build_metadata`); ``output_kind``, ``dynamic_hw``, ``stride``
@@ -319,7 +325,7 @@ def export_model(model: nn.Module, path: str | Path, meta: dict, input_size, dyn
     return report
 
 
-def format_report(report):
+def format_report(report: dict) -> str:
     """A short human-readable summary of an :func:`export_model` report."""
     macs = report.get('static_macs')
     lines = [f'exported {report["path"]} ({report["bytes"] / 1e6:.2f} MB, {report["num_classes"]} classes, '
@@ -335,7 +341,7 @@ def format_report(report):
 
 # ---------------------------------------------------------------- command line
 
-def read_training_checkpoint(path):
+def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state_dict, info) from one of our trainer's checkpoints (a dict with 'model' and optional 'arch',
     'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode') or from a bare state dict."""
     from ...nets.checkpoint import torch_load_weights
@@ -353,7 +359,7 @@ def read_training_checkpoint(path):
                     'use --official for an official checkpoint')
 
 
-def read_classes_file(path):
+def read_classes_file(path: str | os.PathLike) -> tuple[list[str], list | None, int | None]:
     """(names, palette or None, ignore_index or None) from a YAML list of names, a {id: name} mapping, or a
     mapping with 'names' (list or {id: name}) and optional 'palette' / 'ignore_index'."""
     import yaml

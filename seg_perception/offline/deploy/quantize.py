@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,22 @@ from ..graph.resize_matmul import is_rewritten
 DEFAULT_CALIB_COUNT = 64
 
 
-def load_calibration_images(src, topic='/camera/image_raw', count=DEFAULT_CALIB_COUNT):
+def load_calibration_images(src: str | os.PathLike, topic: str = '/camera/image_raw',
+                            count: int = DEFAULT_CALIB_COUNT) -> list[np.ndarray]:
     """``count`` RGB uint8 images spread evenly over ``src``: what ``render`` writes, a folder of images, a
     dataset folder or YAML, or a rosbag2 path (messages of ``topic``); see :func:`..data.images.load_images`."""
     return load_images(src, count=count, topic=topic)
 
 
-def engine_input(rgb, meta):
+def engine_input(rgb: np.ndarray, meta: dict) -> np.ndarray:
     """The ``images`` tensor the engine feeds for ``rgb`` at the model's ``input_size``."""
     geometry = eng.compute_geometry(rgb.shape[:2], tuple(meta['input_size']), meta['resize_mode'],
                                     meta['stride'], meta['dynamic_hw'])
     return eng.preprocess(rgb, geometry, meta['mean'], meta['std'])
 
 
-def quantize_model(fp32_path, int8_path, images, preprocess=True):
+def quantize_model(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Iterable[np.ndarray],
+                   preprocess: bool = True) -> dict:
     """Write the static-INT8 (QDQ, per-channel) version of ``fp32_path`` to ``int8_path``, calibrated on
     ``images`` (RGB uint8 arrays). Returns a report dict."""
     from onnxruntime.quantization import (
@@ -76,7 +79,7 @@ def quantize_model(fp32_path, int8_path, images, preprocess=True):
         def __init__(self):
             self._it = iter(feeds)
 
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._it, None)
 
     start = time.perf_counter()
@@ -106,7 +109,8 @@ def quantize_model(fp32_path, int8_path, images, preprocess=True):
             'quantize_linear_nodes': ops.get('QuantizeLinear', 0)}
 
 
-def eval_pairs(spec, count=0, split=None):
+def eval_pairs(spec: str | os.PathLike, count: int = 0,
+               split: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(rgb, mask)] spread evenly over a dataset opened with :func:`seg_perception.offline.data.datasets.open_dataset`
     (a folder in any layout it detects, a dataset YAML or a rosbag2 path)."""
     from ..data.datasets import open_dataset
@@ -116,7 +120,8 @@ def eval_pairs(spec, count=0, split=None):
     return [dataset[i] for i in evenly_spaced(len(dataset), count)]
 
 
-def compare_models(fp32_path, int8_path, images, masks=None, threads=1, latency_runs=20):
+def compare_models(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Sequence[np.ndarray],
+                   masks: Sequence[np.ndarray] | None = None, threads: int = 1, latency_runs: int = 20) -> dict:
     """fp32 vs int8 through the engine on ``images``: label agreement, mIoU of each when ``masks`` are
     given, and the median ORT run time of each (runs interleaved on the same inputs, same process)."""
     from ..evaluation.metrics import ConfusionMatrix
@@ -151,8 +156,10 @@ def compare_models(fp32_path, int8_path, images, masks=None, threads=1, latency_
     return report
 
 
-def quantize_and_compare(fp32_path, int8_path, calib, topic='/camera/image_raw', count=DEFAULT_CALIB_COUNT,
-                         eval_data=None, eval_count=0, eval_split=None, threads=1, latency_runs=20, reference=None):
+def quantize_and_compare(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calib: str | os.PathLike,
+                         topic: str = '/camera/image_raw', count: int = DEFAULT_CALIB_COUNT,
+                         eval_data: str | os.PathLike | None = None, eval_count: int = 0, eval_split: str | None = None,
+                         threads: int = 1, latency_runs: int = 20, reference: str | os.PathLike | None = None) -> dict:
     """Calibrate, quantize and compare (on ``eval_data`` when given, else on the calibration images).
     ``reference``: the fp32 file the int8 one is compared with (default ``fp32_path``; ``export`` passes the file it
     ships, whose Resize nodes are rewritten as matrix products)."""
@@ -171,7 +178,7 @@ def quantize_and_compare(fp32_path, int8_path, calib, topic='/camera/image_raw',
     return report
 
 
-def format_int8_report(report):
+def format_int8_report(report: dict) -> str:
     cmp = report['compare']
     lines = [f'int8 {report["path"]} ({report["bytes"] / 1e6:.2f} MB vs fp32 {report["fp32_bytes"] / 1e6:.2f} MB; '
              f'{report["calibration_images"]} calibration images, {report["quantize_s"]:.1f} s)',

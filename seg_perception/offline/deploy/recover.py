@@ -13,6 +13,7 @@ initializer of the file, a parameter of the model) is an error. The result
 is checked against ONNX Runtime on the calibration images before it is written.
 """
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,11 @@ def _conv_calls(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module,
     handles = []
     names = {m: n for n, m in model.named_modules()}
 
-    def on_conv(module, _inputs, output):
+    def on_conv(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         calls.append([names[module], module, None])
         last['conv'] = (len(calls) - 1, output)
 
-    def on_bn(module, inputs, _output):
+    def on_bn(module: nn.Module, inputs: tuple, _output: torch.Tensor) -> None:
         if 'conv' in last and last['conv'][1] is inputs[0]:
             calls[last['conv'][0]][2] = names[module]
 
@@ -125,8 +126,8 @@ def recover_state_dict(model: nn.Module, proto: onnx.ModelProto, images: torch.T
     modules = dict(model.named_modules())
     sums = {}
 
-    def measure(name):
-        def hook(_module, _inputs, output):
+    def measure(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             y = output.detach().double()
             s = sums.setdefault(name, [0.0, 0.0, 0])
             s[0] = s[0] + y.sum(dim=(0, 2, 3))

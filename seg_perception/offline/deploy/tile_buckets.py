@@ -11,7 +11,9 @@ on one thread (README, "Adaptive TopFormer").
     python -m seg_perception.offline.deploy.tile_buckets models/adaptive_topformer_tiny_scenes.onnx -o out.onnx \\
         --tile-buckets 0.05 0.15 0.25 0.35 0.45 0.55 0.7 0.85 1.0
 """
+import argparse
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -45,7 +47,7 @@ def bucket_constant(proto: onnx.ModelProto) -> onnx.NodeProto:
     return found[0]
 
 
-def check_fractions(fractions) -> np.ndarray:
+def check_fractions(fractions: Sequence[float]) -> np.ndarray:
     """Sorted, distinct fractions in (0, 1] ending with 1.0, as float32; ValueError naming the bad value."""
     values = np.asarray(sorted(set(float(f) for f in fractions)), np.float32)
     if not len(values) or values[0] <= 0 or values[-1] != 1.0:
@@ -53,7 +55,7 @@ def check_fractions(fractions) -> np.ndarray:
     return values
 
 
-def set_tile_buckets(proto: onnx.ModelProto, fractions) -> tuple:
+def set_tile_buckets(proto: onnx.ModelProto, fractions: Sequence[float]) -> tuple:
     """Replace the bucket fractions in ``proto`` (in place); returns the old and the new ones (lists)."""
     node = bucket_constant(proto)
     old, new = numpy_helper.to_array(node.attribute[0].t).tolist(), check_fractions(fractions)
@@ -61,7 +63,7 @@ def set_tile_buckets(proto: onnx.ModelProto, fractions) -> tuple:
     return old, new.tolist()
 
 
-def convert_file(src: str, dst: str, tile_buckets) -> str:
+def convert_file(src: str, dst: str, tile_buckets: Sequence[float]) -> str:
     """Write ``src`` with new buckets to ``dst`` (may be the same path) once ONNX Runtime gives the same outputs
     other than ``macs`` at :data:`CHECK_KNOBS` (ValueError, nothing written, otherwise); returns the line to print."""
     proto = onnx.load(str(src))
@@ -78,8 +80,8 @@ def convert_file(src: str, dst: str, tile_buckets) -> str:
             f'outputs other than macs unchanged at knob {", ".join(f"{k:g}" for k in CHECK_KNOBS)}')
 
 
-def main(argv=None) -> int:
-    def add_arguments(parser):
+def main(argv: Sequence[str] | None = None) -> int:
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument('--tile-buckets', type=float, nargs='+', required=True, metavar='FRACTION',
                             help='fractions of all tiles the refined count is rounded up to, ending with 1.0')
     return file_tool(argv, 'seg_perception.offline.deploy.tile_buckets', __doc__,

@@ -19,7 +19,9 @@ transposing them itself (``bench peer``: 0.4 ms of a 150-class frame at 480x640)
     python -m seg_perception.offline.graph.logits_head models/topformer_tiny_scenes.onnx -o out.onnx
     python -m seg_perception.offline.graph.logits_head ade_model.onnx -o ade_model.onnx --layout nhwc
 """
+import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -94,13 +96,13 @@ def convert_file(src: str, dst: str, layout: str = 'nchw') -> dict:
             'removed_nodes': len(proto.graph.node) + added - len(converted.graph.node)}
 
 
-def main(argv=None) -> int:
-    def convert(model, output, layout):
+def main(argv: Sequence[str] | None = None) -> int:
+    def convert(model: str, output: str, layout: str) -> str:
         report = convert_file(model, output, layout)
         return (f'wrote {report["dst"]} ({report["bytes"] / 1e6:.2f} MB, {report["removed_nodes"]} nodes removed, '
                 f'outputs logits at 1/8, {layout})')
 
-    def add_arguments(parser):
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument('--layout', choices=LOGITS_LAYOUTS, default='nchw',
                             help='nchw: (N, C, h, w) logits; nhwc: per-pixel rows (N, h, w, C), cheaper for the '
                                  'engine with many classes')

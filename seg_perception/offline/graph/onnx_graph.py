@@ -6,6 +6,8 @@ confidence) of an exported graph, and the command line of the file-to-file graph
 Imports onnx and ``runtime.metadata`` only.
 """
 import argparse
+import os
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -15,7 +17,7 @@ from ...runtime import metadata as md
 OUTPUTS = ('labels', 'confidence')
 
 
-def read_metadata(onnx_model):
+def read_metadata(onnx_model: str | os.PathLike | onnx.ModelProto) -> dict:
     """Decoded seg_perception metadata of an ONNX file path or ModelProto."""
     proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(str(onnx_model),
                                                                                   load_external_data=False)
@@ -23,7 +25,7 @@ def read_metadata(onnx_model):
     return md.decode({p.key: p.value for p in proto.metadata_props}, source=source)
 
 
-def set_metadata(proto, meta):
+def set_metadata(proto: onnx.ModelProto, meta: dict) -> None:
     """Replace ``proto``'s metadata_props with the encoded ``meta``."""
     del proto.metadata_props[:]
     for key, value in md.encode(meta).items():
@@ -31,7 +33,7 @@ def set_metadata(proto, meta):
         entry.key, entry.value = key, value
 
 
-def replace_field(field, items) -> None:
+def replace_field(field: MutableSequence, items: Iterable) -> None:
     """Make the repeated protobuf ``field`` (``graph.node``, ``.initializer``, ``.output``) hold ``items``."""
     items = list(items)
     del field[:]
@@ -50,12 +52,12 @@ def random_image_outputs(proto: onnx.ModelProto, size: tuple, knob: float = 0.5)
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
-def tensor_producers(graph) -> dict:
+def tensor_producers(graph: onnx.GraphProto) -> dict:
     """Tensor name -> the node that outputs it."""
     return {out: node for node in graph.node for out in node.output}
 
 
-def logits_tensor_name(proto):
+def logits_tensor_name(proto: onnx.ModelProto) -> str:
     """Name of the 1/8 logits tensor: the data input of the Resize that ``confidence`` is computed from."""
     producers = tensor_producers(proto.graph)
     node = producers.get('confidence')
@@ -66,7 +68,7 @@ def logits_tensor_name(proto):
     return node.input[0]
 
 
-def postprocess_node_names(proto):
+def postprocess_node_names(proto: onnx.ModelProto) -> list[str]:
     """Names of the nodes between the final Resize and ``labels`` / ``confidence`` (the Resize included),
     found by walking back from the outputs and stopping at Resize."""
     producers = tensor_producers(proto.graph)
@@ -81,7 +83,7 @@ def postprocess_node_names(proto):
     return sorted(names)
 
 
-def with_logits_output(proto):
+def with_logits_output(proto: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``proto`` that also outputs its 1/8 logits as ``logits`` (parity checks only)."""
     debug = onnx.ModelProto()
     debug.CopyFrom(proto)
@@ -91,7 +93,8 @@ def with_logits_output(proto):
     return debug
 
 
-def file_tool(argv, module: str, doc: str, model_help: str, convert, add_arguments=None) -> int:
+def file_tool(argv: Sequence[str] | None, module: str, doc: str, model_help: str, convert: Callable[..., str],
+              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
     """``python -m MODULE MODEL -o OUTPUT``: ``convert(model, output, **options)`` returns the line to print
     (``options``: the arguments ``add_arguments(parser)`` adds, if given); a file that is missing, not ONNX or not
     convertible (ValueError) prints one ``error:`` line and gives exit code 2."""

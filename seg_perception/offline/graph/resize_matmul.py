@@ -21,8 +21,10 @@ matrices would wreck the labels.
     python -m seg_perception.offline.graph.resize_matmul models/topformer_tiny_scenes.onnx -o out.onnx
 """
 import sys
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -49,7 +51,7 @@ class _Builder:
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=out, **attrs))
         return out
 
-    def const(self, value) -> str:
+    def const(self, value: npt.ArrayLike) -> str:
         value = np.asarray(value)
         out = f'{self.prefix}Constant_{len(self.nodes)}'
         self.nodes.append(helper.make_node('Constant', [], [out], name=out, value=numpy_helper.from_array(value, out)))
@@ -152,8 +154,8 @@ def convert_file(src: str, dst: str, tolerance: float = 1e-4) -> int:
     return replaced
 
 
-def main(argv=None) -> int:
-    def convert(model, output):
+def main(argv: Sequence[str] | None = None) -> int:
+    def convert(model: str, output: str) -> str:
         return f'wrote {output}: {convert_file(model, output)} Resize node(s) as matrix products'
     return file_tool(argv, 'seg_perception.offline.graph.resize_matmul', __doc__,
                      'an exported seg_perception .onnx file (float)', convert)

@@ -10,6 +10,8 @@ Determinism: the data stream is a function of (seed, iteration) only. :class:`In
 DistributedSampler, plus exact resumption mid-epoch).
 """
 import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -19,8 +21,13 @@ from ...classes import IGNORE_INDEX
 from ...runtime.engine import compute_geometry
 from ..predict import normalize
 
+if TYPE_CHECKING:
+    import albumentations as A
 
-def build_train_transform(cfg: dict):
+    from ..data.datasets import SegDataset
+
+
+def build_train_transform(cfg: dict) -> 'A.Compose':
     """(Resize to input_size in 'resize' mode), random scale, pad (image: mean colour, label: 255), random crop,
     flip, jitter."""
     import albumentations as A
@@ -136,7 +143,8 @@ def random_convolution(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.clip(alpha * x + (1 - alpha) * out, 0, 255).astype(np.uint8)
 
 
-def letterbox(image: np.ndarray, label: np.ndarray, input_size, fill) -> tuple[np.ndarray, np.ndarray]:
+def letterbox(image: np.ndarray, label: np.ndarray, input_size: Sequence[int],
+              fill: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Image and label letterboxed into ``input_size`` with the engine's geometry and interpolation; the image
     is padded with ``fill`` (the mean colour: 0 once normalised, as in the engine), the label with the ignore
     index."""
@@ -237,7 +245,7 @@ def worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
-def open_data(cfg: dict, spec: str, split: str):
+def open_data(cfg: dict, spec: str, split: str) -> 'SegDataset':
     """The dataset ``spec`` (folder, dataset YAML or rosbag2) opened with the config's layout and topics."""
     from ..data.datasets import open_dataset
 

@@ -39,6 +39,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +52,9 @@ from ..evaluation.metrics import ConfusionMatrix
 from ..predict import load_checkpoint, predict
 from .augment import InfiniteSampler, TrainDataset, mix_seed, open_data, worker_init
 from .config import check_config, config_keys_help, load_config
+
+if TYPE_CHECKING:
+    from ..data.datasets import SegDataset
 
 # --------------------------------------------------------------------------------------------------- model
 
@@ -91,8 +95,8 @@ def load_init_weights(model: torch.nn.Module, path: str | Path, log: Callable[[s
         + (f'; kept fresh: {", ".join(skipped[:8])}{" ..." if len(skipped) > 8 else ""}' if skipped else ''))
 
 
-def validate(model: torch.nn.Module, dataset, cfg: dict, num_classes: int, device: torch.device, rank: int = 0,
-             world_size: int = 1, progress: bool = False) -> ConfusionMatrix:
+def validate(model: torch.nn.Module, dataset: 'SegDataset', cfg: dict, num_classes: int, device: torch.device,
+             rank: int = 0, world_size: int = 1, progress: bool = False) -> ConfusionMatrix:
     """Confusion matrix of ``model`` (a plain module, not its DDP wrapper: ranks see different image counts)
     over ``dataset``, sharded over ranks and summed."""
     from tqdm import tqdm
@@ -180,7 +184,7 @@ class Trainer:
         self.device = _device(cfg, self.local_rank)
         self.out = Path(cfg['out'])
 
-    def log(self, message):
+    def log(self, message: str) -> None:
         if self.main:
             from tqdm import tqdm
             tqdm.write(message)
@@ -274,7 +278,7 @@ class Trainer:
         self.history = ckpt['history']
         self.log(f'resumed from {path} at iteration {self.start_iter}')
 
-    def checkpoint(self, it):
+    def checkpoint(self, it: int) -> dict:
         cfg = self.cfg
         return {
             'model': {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()},
