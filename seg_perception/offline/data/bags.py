@@ -21,7 +21,7 @@ import bisect
 import functools
 import os
 import struct
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,7 +290,7 @@ def iter_bag_images(path: str | os.PathLike, topic: str) -> Iterator[tuple[int, 
 
 
 def read_raw_messages(path: str | os.PathLike,
-                      topics: Collection[str] | None = None) -> Iterator[tuple[str, str, bytes, int]]:
+                      topics: Collection[str] | None = None) -> Generator[tuple[str, str, bytes, int], None, None]:
     """Yield ``(topic, msgtype, cdr_bytes, timestamp_ns)`` of ``topics`` (all when None) in bag order."""
     reader = _open_reader(path)
     try:

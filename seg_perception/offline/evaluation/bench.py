@@ -21,6 +21,8 @@ To add a benchmark: write ``add_<name>_arguments(parser)`` and ``run_<name>(args
 """
 import argparse
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ from .bench_common import complexity_halves, worker_spinning
 from .metrics import ConfusionMatrix
 
 
-def iter_labelled_frames(data, image_topic=None, gt_topic=None, split='val', limit=0):
+def iter_labelled_frames(data: str | os.PathLike, image_topic: str | None = None, gt_topic: str | None = None,
+                         split: str = 'val', limit: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, float | None]]:
     """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of anything ``open_dataset`` opens."""
     from ..data.datasets import open_dataset
 
@@ -67,8 +70,10 @@ def _group_summary(frames, num_classes, ignore_index, static_macs):
     return out
 
 
-def bench_tokenpass(model, static, data, threshold=None, threads=1, warmup=2, limit=0, providers=None,
-                    image_topic=None, gt_topic=None, split='val', input_size=None):
+def bench_tokenpass(model: str | os.PathLike, static: str | os.PathLike, data: str | os.PathLike,
+                    threshold: float | None = None, threads: int = 1, warmup: int = 2, limit: int = 0,
+                    providers: list[str] | None = None, image_topic: str | None = None, gt_topic: str | None = None,
+                    split: str = 'val', input_size: tuple[int, int] | None = None) -> dict:
     """Run both models on every frame of ``data``; returns a report dict (see :func:`tokenpass_table`).
 
     The token-pass model runs twice per frame: at ``threshold`` (None = its stored default) and at 1.0 (no
@@ -124,7 +129,7 @@ def _pct(v):
     return f'{100 * v:.1f}' if v is not None and np.isfinite(v) else 'n/a'
 
 
-def tokenpass_table(report):
+def tokenpass_table(report: dict) -> str:
     """Markdown table of :func:`bench_tokenpass`'s report."""
     head = ('| frames | group | kept | GMACs TP | GMACs static | MACs ratio | ms p50 TP | ms p50 static | '
             'ms mean TP | ms mean static | latency ratio (mean) | mIoU TP | mIoU TP no stop | mIoU static |')
@@ -145,7 +150,7 @@ def tokenpass_table(report):
     return '\n'.join(lines)
 
 
-def add_tokenpass_arguments(parser):
+def add_tokenpass_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='token-pass .onnx (with an exit_threshold input)')
     parser.add_argument('--static', required=True, help='its static twin .onnx')
     parser.add_argument('--data', required=True, help='dataset folder (images/, masks/, meta/), YAML or rosbag2')
@@ -164,7 +169,7 @@ def add_tokenpass_arguments(parser):
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
 
 
-def run_tokenpass(args):
+def run_tokenpass(args: argparse.Namespace) -> int:
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
     report = bench_tokenpass(args.model, args.static, args.data, args.threshold, args.threads, args.warmup,
                              args.limit, providers, args.image_topic, args.gt_topic, args.split,

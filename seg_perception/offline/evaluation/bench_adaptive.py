@@ -18,9 +18,12 @@ frame has one, else the fraction of tiles the adaptive model refines at its defa
 ``--plot FILE`` draws mIoU against mean latency: the adaptive model's curve over the knob, one point per static
 model, and the straight line joining the first and last static models.
 """
+import argparse
 import json
+import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +81,10 @@ def _static_spec(spec: str) -> tuple:
     return path, hw, f'{Path(path).stem}@{hw[0]}x{hw[1]}'
 
 
-def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, limit=0, providers=None,
-                   image_topic=None, gt_topic=None, split='val', input_size=None, clock='wall'):
+def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str | os.PathLike,
+                   thresholds: Sequence[float] | None = None, threads: int = 1, warmup: int = 2, limit: int = 0,
+                   providers: list[str] | None = None, image_topic: str | None = None, gt_topic: str | None = None,
+                   split: str = 'val', input_size: tuple[int, int] | None = None, clock: str = 'wall') -> dict:
     """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
     returns a report dict (see :func:`adaptive_table`). ``clock``: 'wall' (elapsed ONNX Runtime run time) or
     'cpu' (the calling thread's CPU time during the run: the run's cost whatever else loads the machine; with
@@ -162,7 +167,7 @@ def bench_adaptive(model, statics, data, thresholds=None, threads=1, warmup=2, l
             'static_names': list(static_sizes), 'groups': summary}
 
 
-def adaptive_table(report):
+def adaptive_table(report: dict) -> str:
     """Markdown table of :func:`bench_adaptive`'s report (one row per model / knob value and group)."""
     statics = report['static_names']
     bases = list(dict.fromkeys(statics[:1] + statics[-1:]))   # the first and the last static model
@@ -187,7 +192,7 @@ def adaptive_table(report):
     return markdown_table(headers, rows) + note
 
 
-def plot_curve(report, path):
+def plot_curve(report: dict, path: str | os.PathLike) -> str | os.PathLike:
     """mIoU vs mean latency (all frames): the adaptive curve over the knob, static points, and the line
     joining the first and the last static model."""
     import matplotlib
@@ -229,7 +234,7 @@ def plot_curve(report, path):
     return path
 
 
-def add_adaptive_arguments(parser):
+def add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='adaptive .onnx (refine_threshold or exit_threshold input)')
     parser.add_argument('--static', nargs='*', default=[],
                         help='static .onnx models to compare with, smallest first and the larger model last '
@@ -256,7 +261,7 @@ def add_adaptive_arguments(parser):
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
-def run_adaptive(args):
+def run_adaptive(args: argparse.Namespace) -> int:
     providers = [p.strip() for p in args.providers.split(',') if p.strip()] if args.providers else None
     start = time.perf_counter()
     report = bench_adaptive(args.model, args.static, args.data, args.thresholds, args.threads, args.warmup,
@@ -273,9 +278,11 @@ def run_adaptive(args):
 
 # ------------------------------------------------------------------ bench adaptive-cost (random weights)
 
-def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny', 'topformer_base'),
-                        input_size=(480, 640), windows=(1, 4, 8, 16, 32, 48, 80), threads=1, warmup=2, repeat=7,
-                        num_classes=6, clock='wall'):
+def bench_adaptive_cost(arch: str = 'adaptive_topformer_tiny',
+                        statics: Sequence[str] = ('topformer_tiny', 'topformer_base'),
+                        input_size: tuple[int, int] = (480, 640), windows: Sequence[int] = (1, 4, 8, 16, 32, 48, 80),
+                        threads: int = 1, warmup: int = 2, repeat: int = 7, num_classes: int = 6,
+                        clock: str = 'wall') -> tuple[list[tuple[str, float, float]], int]:
     """ONNX Runtime latency of an adaptive architecture's paths at ``input_size`` (weights do not change the
     cost, so random ones are used): the whole graph at refine_threshold 0 (cheap path + one masked window)
     and 1 (every tile), the deep head alone on N windows, and static zoo models. Returns rows
@@ -299,7 +306,8 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
             super().__init__()
             self.net, self.adaptive = net, adaptive
 
-        def forward(self, images, refine_threshold=None):
+        def forward(self, images: torch.Tensor,
+                    refine_threshold: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
             stats = ()
             if self.adaptive:
                 logits, fraction, spent = self.net.forward_with_stats(images, refine_threshold)
@@ -308,7 +316,7 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
                 logits = self.net(images)
             return (*labels_head(logits, images.shape[-2:]), *stats)
 
-    def export(net, path, adaptive):
+    def export(net: torch.nn.Module, path: str, adaptive: bool) -> None:
         knob = (torch.tensor(1.0),) if adaptive else ()
         inputs, outputs = ['images'] + (['refine_threshold'] if adaptive else []), ['labels', 'confidence']
         with warnings.catch_warnings(), torch.no_grad():
@@ -362,7 +370,7 @@ def bench_adaptive_cost(arch='adaptive_topformer_tiny', statics=('topformer_tiny
     return [(name, macs[name] / 1e9, times[name]) for name in candidates], tiles
 
 
-def add_adaptive_cost_arguments(parser):
+def add_adaptive_cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--arch', default='adaptive_topformer_tiny', help='adaptive architecture (nets)')
     parser.add_argument('--static', nargs='*', default=['topformer_tiny', 'topformer_base'],
                         help='static zoo architectures to time beside it (the first is the ratio reference)')
@@ -379,7 +387,7 @@ def add_adaptive_cost_arguments(parser):
                              "other processes' load does not inflate")
 
 
-def run_adaptive_cost(args):
+def run_adaptive_cost(args: argparse.Namespace) -> int:
     rows, tiles = bench_adaptive_cost(args.arch, args.static, tuple(args.input_size), args.windows, args.threads,
                                       args.warmup, args.repeat, clock=args.clock)
     reference = next((ms for name, _, ms in rows if args.static and name == args.static[0]), None)
@@ -393,8 +401,10 @@ def run_adaptive_cost(args):
 
 # ------------------------------------------------------------------ bench refine-rule (a trained early head)
 
-def bench_refine_rule(model, data, thresholds, image_topic=None, gt_topic=None, split='val', input_size=(480, 640),
-                      tile=8, min_uncertain=0.02, limit=0):
+def bench_refine_rule(model: str | os.PathLike, data: str | os.PathLike, thresholds: Sequence[float],
+                      image_topic: str | None = None, gt_topic: str | None = None, split: str = 'val',
+                      input_size: tuple[int, int] = (480, 640), tile: int = 8, min_uncertain: float = 0.02,
+                      limit: int = 0) -> list[dict]:
     """The adaptive model's refine rule applied to a trained TopFormer-tiny (``--head logits`` file: its logits
     are the adaptive model's early logits, same arithmetic): per knob value, the fraction of tiles refined (all
     frames, and the halves of frames with fewer / more refined tiles), the fraction of frames with any, and the
@@ -436,7 +446,7 @@ def bench_refine_rule(model, data, thresholds, image_topic=None, gt_topic=None, 
     return rows
 
 
-def add_refine_rule_arguments(parser):
+def add_refine_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='a trained TopFormer-tiny exported with --head logits')
     parser.add_argument('--data', required=True, help='dataset folder, YAML or rosbag2 (with the topics)')
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
@@ -449,7 +459,7 @@ def add_refine_rule_arguments(parser):
     parser.add_argument('--limit', type=non_negative_int, default=0, help='first N frames only (0: all)')
 
 
-def run_refine_rule(args):
+def run_refine_rule(args: argparse.Namespace) -> int:
     rows = bench_refine_rule(args.model, args.data, args.thresholds, args.image_topic, args.gt_topic, args.split,
                              tuple(args.input_size), limit=args.limit)
     table = markdown_table(
@@ -463,8 +473,10 @@ def run_refine_rule(args):
     return 0
 
 
-def bench_cascade(small, large, data, shares, split='val', image_topic=None, gt_topic=None, threads=1, grid=8,
-                  confidence=0.9, limit=0):
+def bench_cascade(small: str | os.PathLike, large: str | os.PathLike, data: str | os.PathLike,
+                  shares: Sequence[float], split: str = 'val', image_topic: str | None = None,
+                  gt_topic: str | None = None, threads: int = 1, grid: int = 8, confidence: float = 0.9,
+                  limit: int = 0) -> dict:
     """Issue 9's cascade baselines from two static models, no training: per frame both run through the engine
     (CPU time of each ``infer``) and the small model's pixels below ``confidence`` decide where the large one's
     labels are taken. Frame cascade (option d): a frame whose share of such pixels exceeds s takes the large
@@ -517,7 +529,7 @@ def bench_cascade(small, large, data, shares, split='val', image_topic=None, gt_
                       'ms': small_ms + float(np.mean(taken[(rule, s)])) * large_ms} for rule, s in rules]}
 
 
-def add_cascade_arguments(parser):
+def add_cascade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--small', required=True, help='the cheap static model (e.g. TopFormer-tiny)')
     parser.add_argument('--large', required=True, help='the larger static model (same classes)')
     parser.add_argument('--data', required=True, help='dataset folder, YAML or rosbag2 (with the topics)')
@@ -533,7 +545,7 @@ def add_cascade_arguments(parser):
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
-def run_cascade(args):
+def run_cascade(args: argparse.Namespace) -> int:
     if args.confidence == 0:   # --grid and the rest of --confidence's range are checked while parsing
         raise UserError('--confidence 0: must be in (0, 1] (no pixel is below 0)')
     report = bench_cascade(args.small, args.large, args.data, args.shares, args.split, args.image_topic,

@@ -3,14 +3,20 @@ interleaved so they see the same machine load), Markdown tables, ``--markdown FI
 
 Benchmarks are commands, never timed asserts: compare ratios taken inside one run, not milliseconds across
 runs or machines."""
+import argparse
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import UserError
 from ..argtypes import non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 def worker_spinning(threads: int) -> bool | None:
@@ -23,7 +29,8 @@ def worker_spinning(threads: int) -> bool | None:
     return False if threads > 1 else None
 
 
-def bench_session(source, threads: int, hw: tuple | None = None, profile_prefix: str | None = None):
+def bench_session(source: str | bytes, threads: int, hw: tuple | None = None,
+                  profile_prefix: str | None = None) -> 'ort.InferenceSession':
     """A CPU session (workers sleeping between runs with 2+ threads: :func:`worker_spinning`); with ``hw``, its
     ``images`` height and width fixed to it as the engine opens its session (``runtime.engine.fix_input_size``:
     ONNX Runtime folds the graph's shape arithmetic); with ``profile_prefix``, ONNX Runtime's profiler on
@@ -45,8 +52,8 @@ def bench_session(source, threads: int, hw: tuple | None = None, profile_prefix:
     return ort.InferenceSession(source, sess_options=opts, providers=['CPUExecutionProvider'])
 
 
-def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7, clock=time.perf_counter,
-                        prime: bool = False) -> dict:
+def interleaved_medians(candidates: dict, warmup: int = 2, repeat: int = 7,
+                        clock: Callable[[], float] = time.perf_counter, prime: bool = False) -> dict:
     """``{name: fn}`` -> ``{name: median ms}``: every fn runs ``warmup`` times, then the fns take turns
     ``repeat`` rounds (so a burst of load hits all of them alike). ``clock``: ``time.perf_counter`` (wall) or
     ``time.thread_time`` (this thread's CPU time: with one ONNX Runtime thread the graph runs on the calling
@@ -75,11 +82,11 @@ def markdown_table(headers: list, rows: list) -> str:
     return '\n'.join(lines)
 
 
-def fmt(value, digits: int = 2) -> str:
+def fmt(value: float | None, digits: int = 2) -> str:
     return 'n/a' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
 
 
-def ratio(a, b, digits: int = 2) -> str:
+def ratio(a: float | None, b: float | None, digits: int = 2) -> str:
     return 'n/a' if a is None or not b else f'{a / b:.{digits}f}'
 
 
@@ -100,14 +107,14 @@ def machine_line() -> str:
             f'ONNX Runtime {ort.__version__}, numpy {np.__version__}')
 
 
-def add_common_arguments(parser, warmup: int = 2, repeat: int = 7) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, warmup: int = 2, repeat: int = 7) -> None:
     parser.add_argument('--warmup', type=non_negative_int, default=warmup, help='untimed runs of each candidate first')
     parser.add_argument('--repeat', type=positive_int, default=repeat,
                         help='timed rounds (candidates interleaved); the table shows the median')
     parser.add_argument('--markdown', default=None, help='also write the tables to this Markdown file')
 
 
-def command_line(args) -> str:
+def command_line(args: argparse.Namespace) -> str:
     """The ``seg-perception bench`` command that reproduces ``args`` (every option spelled out)."""
     words = ['seg-perception', 'bench', args.benchmark]
     for key, value in vars(args).items():
@@ -119,7 +126,7 @@ def command_line(args) -> str:
     return ' '.join(words)
 
 
-def emit(args, title: str, body: str) -> None:
+def emit(args: argparse.Namespace, title: str, body: str) -> None:
     """Print ``body`` under ``title``; with ``--markdown`` also write it (with the command and machine)."""
     text = f'## {title}\n\n{body}\n\nMachine: {machine_line()}\n'
     print(text)
@@ -145,7 +152,7 @@ def parse_size(text: str, stride: int = 32, pad: bool = False) -> tuple:
     return h, w
 
 
-def complexity_halves(frames: list, difficulty) -> dict:
+def complexity_halves(frames: list, difficulty: Sequence[float]) -> dict:
     """``{'all', 'easy half', 'cluttered half'}`` -> frames, split at the median of ``difficulty`` (one value a
     frame; ties keep their order)."""
     order = np.argsort(np.asarray(difficulty, np.float64), kind='stable')

@@ -18,8 +18,12 @@ thread of the process does), or elapsed time (``--clock wall``). The costmap is 
 ``--resolution`` (default 10 m at 5 cm: 200 x 200 cells), the camera ``--camera-z`` metres up, pitched
 ``--camera-pitch`` radians down, with the bag's CameraInfo.
 """
+import argparse
 import math
+import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,28 +50,30 @@ def _candidates(engine, costmap, info, pose, rgb, depth=None) -> dict:
     camera = PinholeCamera.from_msg(info, result.labels.shape)
     costmap.set_camera(camera, pose)
 
-    def node_frame():
+    def node_frame() -> None:
         out = engine.infer(image_to_rgb(msg))
         conf = confidence_to_mono8(out.confidence)
         image_cdr(out.labels, 'mono8', msg.header)
         image_cdr(conf, 'mono8', msg.header)
         image_cdr(colorize(out.labels, engine.palette), 'rgb8', msg.header)
 
-    def costmap_frame():
+    def costmap_frame() -> None:
         costmap.set_camera(camera, pose)
         frame = costmap.update(result.labels, result.confidence, depth)
         occupancy_grid_msg(frame.grid, costmap.grid, header)
         point_cloud_msg(frame.obstacles, header)
 
-    def geometry():
+    def geometry() -> None:
         costmap.set_camera(camera, pose @ np.diag([1.0, 1.0, 1.0, 1.0 + 1e-6]))   # a new pose: tables rebuilt
         costmap.set_camera(camera, pose)
 
     return {'node': node_frame, 'costmap': costmap_frame, 'geometry': geometry}
 
 
-def bench_costmap(model, frames, info, grid_m=10.0, resolution=0.05, camera_z=1.0, camera_pitch=0.35,
-                  threads=1, warmup=2, repeat=7, clock='cpu', pool=3, depths=None) -> dict:
+def bench_costmap(model: str | os.PathLike, frames: Sequence[np.ndarray], info: Any, grid_m: float = 10.0,
+                  resolution: float = 0.05, camera_z: float = 1.0, camera_pitch: float = 0.35, threads: int = 1,
+                  warmup: int = 2, repeat: int = 7, clock: str = 'cpu', pool: int = 3,
+                  depths: Sequence[np.ndarray] | None = None) -> dict:
     """Medians (ms) per frame of the node's frame work and of the costmap, and of a geometry rebuild (two
     rebuilds timed together, halved). ``depths``: one depth image (metres) per frame, or None."""
     from ...runtime.costmap import OPTICAL_IN_BODY, GridSpec, GroundCostmap, class_cost_table
@@ -105,7 +111,7 @@ def costmap_table(report: dict) -> str:
           fmt(report['geometry_ms'], 1)]])
 
 
-def add_costmap_arguments(parser) -> None:
+def add_costmap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped scene model)')
     parser.add_argument('--frames', type=positive_int, default=8, help='frames, spread over the bag')
     parser.add_argument('--bag', default='', help='a rendered bag (seg-perception render --bag) to take frames and '
@@ -150,7 +156,7 @@ def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
             typestore().deserialize_cdr(raw, msgtype))
 
 
-def run_costmap(args) -> int:
+def run_costmap(args: argparse.Namespace) -> int:
     from ...errors import UserError
     from ...paths import default_model_path
     from .bench_models import SAMPLE_BAG

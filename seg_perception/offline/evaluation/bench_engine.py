@@ -27,8 +27,12 @@ and agreement are measured on synthetic region-structured logits of the same sha
 A second table runs the shipped model as deployed (camera 640x480, network 256x320): the old file (labels at
 256x320, enlarged by nearest neighbour) against the logits file (labels straight at 640x480).
 """
+import argparse
 import concurrent.futures
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,13 +49,16 @@ from .bench_common import (
 )
 from .bench_models import SHIPPED, labels_bytes, load_bench_model, sample_frames, zoo_files
 
+if TYPE_CHECKING:
+    from ...runtime.upsample import LogitsUpsampler
+
 DEFAULT_MODELS = (str(SHIPPED), 'topformer_tiny', 'seaformer_tiny')
 MATMUL_N = 1024
 
 
 # ------------------------------------------------------------------------------------------------ peak
 
-def matmul_peak(threads_list=(1, 2), n: int = MATMUL_N, repeat: int = 7) -> dict:
+def matmul_peak(threads_list: Sequence[int] = (1, 2), n: int = MATMUL_N, repeat: int = 7) -> dict:
     """GFLOP/s of an n^3 float32 matrix multiply: ONNX Runtime MatMul per thread count, and numpy (its BLAS,
     default threads). Returns ``{'ort': {threads: gflops}, 'numpy': gflops}``."""
     import onnx
@@ -79,19 +86,20 @@ def peak_table(peak: dict) -> str:
     return markdown_table(['what', 'threads', 'GFLOP/s'], rows)
 
 
-def add_peak_arguments(parser) -> None:
+def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=positive_int, nargs='+', default=[1, 2], help='ONNX Runtime thread counts')
     add_common_arguments(parser)
 
 
-def run_peak(args) -> int:
+def run_peak(args: argparse.Namespace) -> int:
     emit(args, 'Matrix-multiply peak', peak_table(matmul_peak(tuple(args.threads), repeat=args.repeat)))
     return 0
 
 
 # ------------------------------------------------------------------------------------------------ engine
 
-def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup=2, repeat=7) -> dict:
+def bench_engine(specs: Sequence[str], sizes: Sequence[tuple[int, int]], threads_list: Sequence[int],
+                 int8: bool = True, torch_eager: bool = True, warmup: int = 2, repeat: int = 7) -> dict:
     """Rows of network latency (see the module doc) and the matmul peak they are compared with."""
     import torch
 
@@ -109,7 +117,8 @@ def bench_engine(specs, sizes, threads_list, int8=True, torch_eager=True, warmup
                 candidates = {name: lambda s=bench_session(graph, threads, size), x=x: s.run(None, {'images': x})
                               for name, graph in graphs.items() if graph}
                 if torch_eager:
-                    def eager(model=bm.torch_model, threads=threads, xt=xt):
+                    def eager(model: torch.nn.Module = bm.torch_model, threads: int = threads,
+                              xt: torch.Tensor = xt) -> None:
                         torch.set_num_threads(threads)
                         with torch.inference_mode():
                             model(xt)
@@ -142,7 +151,7 @@ def engine_table(report: dict) -> str:
             'of a model file\'s architecture (zoo rows are that export).\n\n' + peak_table(report['peak']))
 
 
-def add_engine_arguments(parser) -> None:
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                         help='.onnx files and/or zoo names arch[:classes] (e.g. seaformer_small:150)')
     parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'],
@@ -154,7 +163,7 @@ def add_engine_arguments(parser) -> None:
     add_common_arguments(parser, repeat=5)
 
 
-def run_engine(args) -> int:
+def run_engine(args: argparse.Namespace) -> int:
     sizes = [parse_size(s, pad=True) for s in args.sizes]
     report = bench_engine(args.models, sizes, args.threads, int8=not args.no_int8, torch_eager=not args.no_torch,
                           warmup=args.warmup, repeat=args.repeat)
@@ -164,7 +173,8 @@ def run_engine(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ peer
 
-def synthetic_logits(num_classes: int, coarse_hw: tuple, regions: int = 24, seed: int = 0, stride: int = 8):
+def synthetic_logits(num_classes: int, coarse_hw: tuple, regions: int = 24, seed: int = 0,
+                     stride: int = 8) -> np.ndarray:
     """(C, h, w) float32 logits with the structure of a trained model's: a full-resolution image split into
     ``regions`` Voronoi regions, each with a class and a confusable runner-up, averaged down by ``stride``
     (so boundary cells mix classes) plus smooth low-resolution noise on every class."""
@@ -186,7 +196,7 @@ def synthetic_logits(num_classes: int, coarse_hw: tuple, regions: int = 24, seed
     return logits
 
 
-def exact_labels(logits: np.ndarray, upsampler) -> tuple:
+def exact_labels(logits: np.ndarray, upsampler: 'LogitsUpsampler') -> tuple:
     """The reference labels and max softmax: every class interpolated bilinearly, then argmax."""
     from ...runtime.upsample import bilinear_logits
     full = bilinear_logits(logits, upsampler.rows, upsampler.cols)
@@ -195,7 +205,7 @@ def exact_labels(logits: np.ndarray, upsampler) -> tuple:
     return labels, 1.0 / np.exp(full).sum(axis=0)
 
 
-def our_export_bytes(path) -> bytes:
+def our_export_bytes(path: str | os.PathLike) -> bytes:
     """A plain logits file as ``seg-perception export --head logits`` ends a model with more than 8 classes: its
     Resize nodes as matrix products (``graph/resize_matmul.py``) and its logits as per-pixel rows (N, h, w, C)."""
     import onnx
@@ -246,7 +256,8 @@ def _peer_row(name, classes, size, threads, logits_sess, labels_sess, x, logits_
             'ambiguous': up.counters['ambiguous_fraction'], 'logits': note}
 
 
-def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
+def bench_peer(sizes: Sequence[tuple[int, int]], threads_list: Sequence[int], warmup: int = 2, repeat: int = 7,
+               frames: int = 4) -> dict:
     import cv2
 
     from ...runtime.engine import SegmentationEngine, compute_geometry, preprocess
@@ -298,7 +309,7 @@ def bench_peer(sizes, threads_list, warmup=2, repeat=7, frames=4) -> dict:
     return {'rows': rows, 'deployed': bench_deployed(warmup, repeat)}
 
 
-def bench_deployed(warmup=2, repeat=7, threads=1) -> dict:
+def bench_deployed(warmup: int = 2, repeat: int = 7, threads: int = 1) -> dict:
     """The shipped model as the node runs it on 640x480 frames: labels file vs logits file, through the engine."""
     import tempfile
 
@@ -359,14 +370,14 @@ def peer_table(report: dict) -> str:
             f'{d["threads"]} thread, sample-bag frames:\n\n' + deployed)
 
 
-def add_peer_arguments(parser) -> None:
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--sizes', nargs='+', default=['480x640', '512x512'], help='input sizes HxW')
     parser.add_argument('--threads', type=positive_int, nargs='+', default=[2], help='intra-op thread counts')
     parser.add_argument('--frames', type=positive_int, default=4, help='frames (6 classes) / synthetic seeds (150)')
     add_common_arguments(parser, repeat=5)
 
 
-def run_peer(args) -> int:
+def run_peer(args: argparse.Namespace) -> int:
     report = bench_peer([parse_size(s) for s in args.sizes], args.threads, args.warmup, args.repeat, args.frames)
     emit(args, 'Full-resolution labels: official-style export vs ours', peer_table(report))
     return 0

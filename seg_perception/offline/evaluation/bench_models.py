@@ -10,11 +10,16 @@
 """
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import UserError
 from ...runtime import metadata as md
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
 
 REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / 'models' / 'topformer_tiny_scenes.onnx'   # the 6-class scene model: it has an int8 twin
@@ -23,7 +28,7 @@ CACHE = Path(os.environ.get('SEG_PERCEPTION_BENCH_CACHE', Path.home() / '.cache'
 OPSET = 17
 
 
-def read_meta(model):
+def read_meta(model: 'str | os.PathLike | onnx.ModelProto') -> dict:
     """Decoded seg_perception metadata of an ONNX path or ModelProto."""
     import onnx
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
@@ -48,7 +53,7 @@ def sample_frames(count: int = 8) -> list:
                                                            TOPICS['labels'][0])], count)
 
 
-def with_labels_head(proto):
+def with_labels_head(proto: 'onnx.ModelProto') -> 'onnx.ModelProto':
     """A copy of a ``logits`` model (ONNX ModelProto) with the official-style tail appended: bilinear Resize of
     the logits to the input size (half-pixel), ``labels`` = argmax, ``confidence`` = 1 / sum exp(l - max l); the
     graph ``seg-perception export`` writes for ``output_kind: labels``."""
@@ -108,7 +113,7 @@ class BenchModel:
         self.plain = plain
 
 
-def labels_bytes(path) -> bytes:
+def labels_bytes(path: str | os.PathLike) -> bytes:
     """The official-style version of a model file (unchanged if it already has the labels tail)."""
     import onnx
     proto = onnx.load(str(path))
@@ -128,12 +133,12 @@ class _OfficialTail:
                 super().__init__()
                 self.model = model
 
-            def forward(self, images):
+            def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return labels_head(self.model(images), images.shape[-2:])
         return Tail()
 
 
-def export_plain(model, path: Path, num_classes: int, arch: str, head: str = 'logits') -> Path:
+def export_plain(model: 'torch.nn.Module', path: Path, num_classes: int, arch: str, head: str = 'logits') -> Path:
     """A plain ``torch.onnx.export`` of ``model`` (``head='logits'``) or of it with the official-style tail
     (``'labels'``), with seg_perception metadata so the engine and ``read_meta`` accept it."""
     import io
@@ -158,7 +163,7 @@ def export_plain(model, path: Path, num_classes: int, arch: str, head: str = 'lo
     return path
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, images: list, size=(256, 320)) -> Path:
+def quantize_int8(fp32_path: Path, int8_path: Path, images: list, size: tuple[int, int] = (256, 320)) -> Path:
     """Static QDQ int8 of a logits graph (ONNX Runtime ``quantize_static``, per-channel int8 weights, uint8
     activations, MinMax), calibrated on ``images`` resized to ``size`` and normalised as the engine does."""
     import tempfile
@@ -171,7 +176,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, images: list, size=(256, 320
                                         md.IMAGENET_STD)} for rgb in images])
 
     class Reader:
-        def get_next(self):
+        def get_next(self) -> dict[str, np.ndarray] | None:
             return next(feeds, None)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,9 +21,12 @@ Frames: the sample bag's 640x480 frames, and the same frames resized to the othe
 ``seg-perception bench node-cpu``: the same node fed at a camera rate, ONNX Runtime's worker threads sleeping
 between frames (the node's default) and spinning (ONNX Runtime's own): the node process's CPU and latency.
 """
+import argparse
 import os
 import threading
 import time
+from collections.abc import Iterable, Sequence
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +34,9 @@ from ...errors import UserError
 from ..argtypes import non_negative_int, positive_float, positive_int
 from .bench_common import emit, fmt, markdown_table, parse_size, ratio, worker_spinning
 from .bench_models import SHIPPED, sample_frames
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 def _median(values):
@@ -118,7 +124,7 @@ class _Driver:
         self._executor.add_node(self._node)
         threading.Thread(target=self._executor.spin, daemon=True).start()
 
-    def subscribe(self, outputs) -> None:
+    def subscribe(self, outputs: Iterable[str]) -> None:
         """Subscribe to these of the node's image outputs only (the node makes only what has subscribers); call
         while no node runs."""
         from sensor_msgs.msg import Image
@@ -141,7 +147,8 @@ class _Driver:
                     self.diag.update({kv.key: kv.value for kv in status.values})
                     self.done.notify_all()
 
-    def start_node(self, model, threads, log, params=(), timeout=60.0):
+    def start_node(self, model: str | os.PathLike, threads: int, log: IO[str], params: Sequence[str] = (),
+                   timeout: float = 60.0) -> 'subprocess.Popen':
         """The node in its own process, once it and this driver have discovered each other."""
         with self.done:   # the previous node's last diagnostics must not stand for this one's
             self.diag.clear()
@@ -156,15 +163,16 @@ class _Driver:
             time.sleep(0.05)
         return proc
 
-    def close(self):
+    def close(self) -> None:
         import rclpy
         self._executor.shutdown()
         self._node.destroy_node()
         rclpy.try_shutdown(context=self._ctx)
 
 
-def bench_node(model, sizes, frames=15, threads=1, warmup=3, timeout=60.0,
-               output_sets=(('labels',), _Driver.OUTPUTS)) -> dict:
+def bench_node(model: str | os.PathLike, sizes: Sequence[tuple[int, int]], frames: int = 15, threads: int = 1,
+               warmup: int = 3, timeout: float = 60.0,
+               output_sets: Sequence[Sequence[str]] = (('labels',), _Driver.OUTPUTS)) -> dict:
     """The node in its own process (as on a robot), one start per camera size and set of subscribed outputs
     (``output_sets``: the node makes only what is subscribed); this process publishes the frames, receives the
     outputs and reads the node's own statistics from its /diagnostics."""
@@ -252,8 +260,8 @@ def _process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def bench_node_cpu(model, size=(480, 640), rate=30.0, seconds=10.0, threads=2, timeout=60.0,
-                   max_rate=10.0) -> dict:
+def bench_node_cpu(model: str | os.PathLike, size: tuple[int, int] = (480, 640), rate: float = 30.0,
+                   seconds: float = 10.0, threads: int = 2, timeout: float = 60.0, max_rate: float = 10.0) -> dict:
     """The node in its own process fed frames at a camera ``rate`` for ``seconds`` (after 2 s of warm-up), once with
     ONNX Runtime's worker threads sleeping between frames (``intra_op_spinning:=false``, the node's default), once
     spinning (ONNX Runtime's own default) and, with ``max_rate`` > 0, once sleeping and limited to ``max_rate``
@@ -325,7 +333,7 @@ def node_table(report: dict) -> str:
             'subscribed) - node arrival -> published; the last four columns are each step alone on the frame.')
 
 
-def add_node_arguments(parser) -> None:
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
     parser.add_argument('--sizes', nargs='+', default=['480x640', '720x1280'], help='camera sizes HxW')
     parser.add_argument('--frames', type=positive_int, default=15, help='frames per size (from the sample bag)')
@@ -347,7 +355,7 @@ def _check_node_args(args, bench: str) -> None:
         raise UserError(f'model {args.model}: no such file')
 
 
-def run_node(args) -> int:
+def run_node(args: argparse.Namespace) -> int:
     _check_node_args(args, 'node')
     output_sets = [('labels',) if o == 'labels' else _Driver.OUTPUTS for o in dict.fromkeys(args.outputs)]
     report = bench_node(args.model, [parse_size(s, stride=1) for s in args.sizes], args.frames, args.threads,
@@ -370,7 +378,7 @@ def node_cpu_table(report: dict) -> str:
             '(`intra_op_spinning`, `max_rate`), CPU = its user + system time per second of the run (/proc).')
 
 
-def add_node_cpu_arguments(parser) -> None:
+def add_node_cpu_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='the .onnx model the node runs')
     parser.add_argument('--size', default='480x640', help='camera size HxW')
     parser.add_argument('--rate', type=positive_float, default=30.0, help='camera frames per second')
@@ -381,7 +389,7 @@ def add_node_cpu_arguments(parser) -> None:
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
-def run_node_cpu(args) -> int:
+def run_node_cpu(args: argparse.Namespace) -> int:
     _check_node_args(args, 'node-cpu')
     if args.threads < 2:
         raise UserError(f'--threads must be 2 or more (one thread has no worker threads to spin), got {args.threads}')

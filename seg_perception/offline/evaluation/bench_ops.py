@@ -7,6 +7,7 @@ pattern into ``QLinear*`` / ``*Integer*`` kernels: their rows are shown under th
 (``QLinearConv`` under ``Conv``), so each row compares the same work; ``QuantizeLinear`` / ``DequantizeLinear``
 that stay in the graph are the price of switching between float and int8 and get their own rows.
 """
+import argparse
 import json
 import tempfile
 import time
@@ -89,7 +90,7 @@ def ops_table(report: dict) -> str:
             + ', '.join(report['int8_kernels']))
 
 
-def add_ops_arguments(parser) -> None:
+def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', default=str(SHIPPED), help='.onnx file with an _int8 twin, or a zoo name')
     parser.add_argument('--size', default='256x320', help='network input HxW (multiples of 32)')
     parser.add_argument('--threads', type=positive_int, default=1, help='intra-op threads')
@@ -98,7 +99,7 @@ def add_ops_arguments(parser) -> None:
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
 
-def run_ops(args) -> int:
+def run_ops(args: argparse.Namespace) -> int:
     from .bench_common import parse_size
     report = bench_ops(args.model, parse_size(args.size), args.threads, args.runs, args.warmup)
     emit(args, 'Per-operator time, fp32 vs int8', ops_table(report))

@@ -11,11 +11,18 @@
 * :func:`collect`: runs the engine over a dataset and gathers sampled pixels, per-frame shift features
   (:func:`seg_perception.runtime.shift.frame_features`) and reliability statistics in one pass.
 """
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ...runtime.engine import compute_geometry
+from ...runtime.engine import SegmentationEngine, compute_geometry
 from ...runtime.shift import frame_features
 from ...runtime.upsample import LogitsUpsampler, max_softmax
+
+if TYPE_CHECKING:
+    from ..data.datasets import SegDataset
 
 N_BINS = 15
 
@@ -65,7 +72,7 @@ class ReliabilityStats:
                 'bin_count': self.count.tolist(), 'bin_accuracy': (self.correct / np.maximum(self.count, 1)).tolist(),
                 'bin_confidence': (self.conf_sum / np.maximum(self.count, 1)).tolist()}
 
-    def save_png(self, path, title: str = 'reliability') -> None:
+    def save_png(self, path: str | os.PathLike, title: str = 'reliability') -> None:
         import matplotlib
 
         matplotlib.use('Agg')
@@ -110,7 +117,7 @@ def sample_pixels(logits: np.ndarray, upsampler: LogitsUpsampler, gt: np.ndarray
     return z.astype(np.float32), gt[ys, xs].astype(np.int64), corners, weights.astype(np.float32)
 
 
-def nll(z: np.ndarray, y: np.ndarray, inv_t) -> float:
+def nll(z: np.ndarray, y: np.ndarray, inv_t: float | np.ndarray) -> float:
     """Mean negative log-likelihood of classes ``y`` under ``softmax(z * inv_t)``."""
     s = z * np.asarray(inv_t, np.float32)
     top = s.max(axis=1, keepdims=True)
@@ -118,7 +125,7 @@ def nll(z: np.ndarray, y: np.ndarray, inv_t) -> float:
     return float(np.mean(lse - s[np.arange(len(y)), y]))
 
 
-def sample_ece(z: np.ndarray, y: np.ndarray, inv_t=1.0, corners: np.ndarray | None = None,
+def sample_ece(z: np.ndarray, y: np.ndarray, inv_t: float | np.ndarray = 1.0, corners: np.ndarray | None = None,
                weights: np.ndarray | None = None) -> float:
     """ECE of the sampled pixels with the labels of the raw logits ``z`` and, as confidence, the max softmax of
     ``z * inv_t`` or, given the corner logits and weights of :func:`sample_pixels`, what the engine publishes:
@@ -171,8 +178,8 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, per_class: bool = False, iters
     return np.exp(theta)
 
 
-def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed: int = 0, progress: bool = True,
-            pixels: bool = True, labels: bool = True) -> dict:
+def collect(engine: SegmentationEngine, dataset: 'SegDataset', limit: int = 0, pixels_per_frame: int = 2000,
+            seed: int = 0, progress: bool = True, pixels: bool = True, labels: bool = True) -> dict:
     """One engine pass over ``dataset`` (a logits model): sampled pixels ``z``/``y`` (when ``pixels``), per-frame
     shift ``features`` (N, D), the graph's ``shift_features`` as ``graph`` (N, G) when the model has them, and
     the :class:`ReliabilityStats` of the engine's published confidence (not with ``labels=False``: frames whose
@@ -216,7 +223,7 @@ def collect(engine, dataset, limit: int = 0, pixels_per_frame: int = 2000, seed:
     return out
 
 
-def auroc(negatives, positives) -> float:
+def auroc(negatives: Sequence[float] | np.ndarray, positives: Sequence[float] | np.ndarray) -> float:
     """Probability that a positive (shifted) frame scores above a negative (own) one; ties count half."""
     neg, pos = np.asarray(negatives, np.float64), np.asarray(positives, np.float64)
     _, inverse, counts = np.unique(np.concatenate([neg, pos]), return_inverse=True, return_counts=True)

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='give up on a node that does not come up within this many seconds')
 
 
-def replay_argv(args) -> list:
+def replay_argv(args: argparse.Namespace) -> list:
     """The ``seg-perception replay`` arguments this demo stands for."""
     bag = args.bag or find_share_file(*DEFAULT_BAG.split('/')) or DEFAULT_BAG
     argv = [bag, '--live', '--out', args.out, '--rate', str(args.rate), '--timeout', str(args.timeout)]

@@ -27,7 +27,9 @@ pixel-level expected calibration error (``ece``, 15 equal-width bins) and whethe
 """
 import argparse
 import json
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +99,9 @@ class TorchPredictor:
                 'macs': None, 'refined_fraction': None}
 
 
-def open_predictor(path, providers=None, threads=None, exit_threshold=None, input_size=None, refine_threshold=None):
+def open_predictor(path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
+                   exit_threshold: float | None = None, input_size: Sequence[int] | None = None,
+                   refine_threshold: float | None = None) -> OnnxPredictor | TorchPredictor:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'model {path} not found')
@@ -125,7 +129,7 @@ def parse_merge(items: list) -> dict:
     return merge
 
 
-def merge_table(model_names, dataset_names, merge) -> np.ndarray:
+def merge_table(model_names: Sequence[str], dataset_names: Sequence[str], merge: dict[str, str]) -> np.ndarray:
     """Model class id -> dataset class id, with ``merge`` {model class: dataset class} (e.g. covered_floor:
     floor): the model's other classes must be the dataset's, in its order; a mismatch is a UserError."""
     from ...errors import UserError
@@ -155,7 +159,7 @@ class Scores:
         self.confusion = ConfusionMatrix(self.num_classes, ignore_index)
         self.areas = FrameAreas()
 
-    def add(self, labels, label, index) -> tuple:
+    def add(self, labels: np.ndarray, label: np.ndarray, index: int) -> tuple:
         """Score frame ``index``'s predicted ``labels``; returns them in the dataset's classes and the frame's
         :class:`ConfusionMatrix`."""
         labels = labels if self.to_dataset is None else self.to_dataset[labels]
@@ -167,9 +171,12 @@ class Scores:
         return labels, frame
 
 
-def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=None, out=None, limit=0,
-             providers=None, threads=None, exit_threshold=None, input_size=None, warmup=2, progress=True,
-             refine_threshold=None, merge=None, baseline=None):
+def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | None = None, split: str = 'val',
+             image_topic: str | None = None, gt_topic: str | None = None, out: str | os.PathLike | None = None,
+             limit: int = 0, providers: list[str] | None = None, threads: int | None = None,
+             exit_threshold: float | None = None, input_size: Sequence[int] | None = None, warmup: int = 2,
+             progress: bool = True, refine_threshold: float | None = None, merge: dict[str, str] | None = None,
+             baseline: str | os.PathLike | None = None) -> dict:
     """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``).
     ``merge`` {model class: dataset class}: score a class the dataset lacks as one it has. ``baseline``: a second
     model run on the same frames (each frame through the model, then through it), reported with its mIoU and the
@@ -284,7 +291,7 @@ def evaluate(model, data, layout=None, split='val', image_topic=None, gt_topic=N
     return report
 
 
-def complexity_groups(frames, classes, ignore_index):
+def complexity_groups(frames: list[dict], classes: Sequence[str], ignore_index: int) -> dict:
     """Cost and accuracy of the easy and the cluttered half of ``frames`` (dicts with 'confusion', 'macs',
     'ms', 'clutter', 'fraction'): halves by clutter when every frame has one, else by 'fraction'."""
     by_clutter = all(f['clutter'] is not None for f in frames)
@@ -304,7 +311,7 @@ def complexity_groups(frames, classes, ignore_index):
     return groups
 
 
-def markdown_report(report):
+def markdown_report(report: dict) -> str:
     rows = []
     if report.get('mIoU_interval95') is not None:
         lo, hi = report['mIoU_interval95']

@@ -140,7 +140,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], **forward_kwargs)
     return sum(details.values()), details
 
 
-def count_params(model):
+def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 

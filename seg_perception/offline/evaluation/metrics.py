@@ -6,6 +6,9 @@ absent from both the ground truth and the predictions is NaN and left out); pixe
 ``sum(TP) / labelled pixels``. Ground-truth pixels equal to ``ignore_index`` (or outside ``[0, C)``) are not
 counted.
 """
+import os
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 
 from ...classes import IGNORE_INDEX
@@ -19,7 +22,7 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
 
-    def update(self, pred, label):
+    def update(self, pred: np.ndarray, label: np.ndarray) -> 'ConfusionMatrix':
         """Add one prediction / ground-truth pair (integer arrays of the same shape)."""
         pred = np.asarray(pred)
         label = np.asarray(label)
@@ -36,15 +39,15 @@ class ConfusionMatrix:
         self.matrix += np.bincount(label * n + pred, minlength=n * n).reshape(n, n)
         return self
 
-    def merge(self, other):
+    def merge(self, other: 'ConfusionMatrix | np.ndarray') -> 'ConfusionMatrix':
         self.matrix += other.matrix if isinstance(other, ConfusionMatrix) else np.asarray(other, np.int64)
         return self
 
-    def compute(self, class_names=None):
+    def compute(self, class_names: Sequence[str] | None = None) -> dict:
         return compute_metrics(self.matrix, class_names)
 
 
-def compute_metrics(matrix, class_names=None):
+def compute_metrics(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
     """Metrics dict (JSON-ready) from a confusion matrix: ``mIoU``, ``aAcc`` (pixel accuracy), ``mAcc``,
     per-class ``IoU`` / ``Acc`` (None where undefined) and the pixel counts."""
     matrix = np.asarray(matrix, dtype=np.int64)
@@ -78,7 +81,7 @@ class FrameAreas:
     def __init__(self):
         self.frames = []
 
-    def add(self, matrix):
+    def add(self, matrix: np.ndarray) -> None:
         """One frame's confusion matrix."""
         matrix = np.asarray(matrix, np.int64)
         self.frames.append(np.stack([np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)]))
@@ -96,7 +99,7 @@ def _resampled_miou(areas: FrameAreas, weights: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_miou(areas: FrameAreas, baseline: FrameAreas | None = None, resamples: int = 1000,
-                   level: float = 0.95, seed: int = 0):
+                   level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
     """The ``level`` interval (lo, hi) of the dataset mIoU over frames drawn with replacement (``resamples``
     times, a fixed ``seed``): how much the mIoU of this many frames moves with the choice of frames. With a
     ``baseline`` (another model on the same frames, in the same order): the interval of the difference
@@ -126,7 +129,8 @@ def _float_or_none(value):
     return None if np.isnan(value) else float(value)
 
 
-def save_confusion_png(matrix, class_names, path, normalize=True, title='Confusion matrix (rows: ground truth)'):
+def save_confusion_png(matrix: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, normalize: bool = True,
+                       title: str = 'Confusion matrix (rows: ground truth)') -> str | os.PathLike:
     """Write a confusion-matrix heat map (row-normalised by default) with matplotlib's Agg backend."""
     import matplotlib
     matplotlib.use('Agg')
@@ -156,7 +160,7 @@ def save_confusion_png(matrix, class_names, path, normalize=True, title='Confusi
     return path
 
 
-def metrics_table(metrics, extra_rows=()):
+def metrics_table(metrics: dict, extra_rows: Iterable[tuple[str, object]] = ()) -> str:
     """Markdown table: one row per class (IoU, Acc, pixels), then the summary rows."""
     lines = ['| class | IoU | Acc | pixels |', '|---|---:|---:|---:|']
     for name, iou in metrics['IoU'].items():

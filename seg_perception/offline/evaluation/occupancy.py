@@ -20,8 +20,12 @@ curve). PNGs: published costmap | ground truth | camera image, forward up, robot
 
     seg-perception occupancy data/costmap_eval_bag --out out/occupancy [--model M.onnx] [--sweep 0,0.5,0.9]
 """
+import argparse
 import json
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -45,7 +49,7 @@ TOPICS = {'image': '/camera/image_raw', 'depth': '/camera/depth', 'camera_info':
           'tf': '/tf', 'labels': '/ground_truth/labels'}
 
 
-def grid_spec_of(msg) -> GridSpec:
+def grid_spec_of(msg: Any) -> GridSpec:
     """:class:`GridSpec` of a nav_msgs/OccupancyGrid (its origin must not be rotated)."""
     info = msg.info
     q = info.origin.orientation
@@ -55,7 +59,7 @@ def grid_spec_of(msg) -> GridSpec:
                     float(info.origin.position.y))
 
 
-def grid_of(msg) -> np.ndarray:
+def grid_of(msg: Any) -> np.ndarray:
     """int8 (height, width) array of a nav_msgs/OccupancyGrid."""
     return np.asarray(msg.data, np.int8).reshape(msg.info.height, msg.info.width)
 
@@ -75,7 +79,7 @@ def frame_counts(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray) -> dict:
 
 def rates(counts: dict) -> dict:
     """The metrics of summed counts (None where the denominator is 0)."""
-    def ratio(num, den):
+    def ratio(num: str, den: str) -> float | None:
         return counts[num] / counts[den] if counts[den] else None
     return {'obstacle_recall': ratio('hit_occupied', 'gt_occupied'),
             'obstacle_recall_1cell': ratio('hit_occupied_1cell', 'gt_occupied'),
@@ -144,8 +148,9 @@ class OccupancyEvaluator:
             self.costmap = GroundCostmap(spec, self.class_costs, **self.costmap_options)
         return self.costmap
 
-    def add_frame(self, labels, confidence, camera_info, camera_to_robot, gt_occupancy, stamp_ns=None, rgb=None,
-                  depth=None, trust_free=True) -> dict:
+    def add_frame(self, labels: np.ndarray, confidence: np.ndarray | None, camera_info: Any,
+                  camera_to_robot: np.ndarray, gt_occupancy: Any, stamp_ns: int | None = None,
+                  rgb: np.ndarray | None = None, depth: np.ndarray | None = None, trust_free: bool = True) -> dict:
         """Score one frame: labels/confidence (H, W) of the image, its CameraInfo message, the 4x4 camera optical
         frame -> robot transform, the ground-truth OccupancyGrid message (+ a depth image in metres: pixels placed
         in 3-D; ``trust_free=False``: the shift alarm is raised, no free cells). Returns the frame's metrics."""
@@ -180,7 +185,7 @@ class OccupancyEvaluator:
 
     def table_markdown(self) -> str:
         """Overall metrics, then the confidence sweep (if any), as markdown tables."""
-        def pct(v):
+        def pct(v: float | None) -> str:
             return '-' if v is None else f'{100 * v:.1f}'
         s = self.summary()
         keys = ('obstacle_recall', 'obstacle_recall_1cell', 'false_free_rate', 'free_recall', 'occupied_iou')
@@ -194,7 +199,7 @@ class OccupancyEvaluator:
                       f'{pct(r["obstacle_recall"])} | {pct(r["occupied_iou"])} |' for r in s['sweep']]
         return '\n'.join(lines)
 
-    def save_sweep_png(self, path) -> None:
+    def save_sweep_png(self, path: str | os.PathLike) -> None:
         """False-free rate and free-space recall against the confidence threshold (matplotlib)."""
         import matplotlib
         matplotlib.use('Agg')
@@ -215,7 +220,8 @@ class OccupancyEvaluator:
 
 
 # ---------------------------------------------------------------------------------------------- bags
-def camera_poses(bag, topic='/tf', child=None, parent='base_link') -> dict:
+def camera_poses(bag: str | os.PathLike, topic: str = '/tf', child: str | None = None,
+                 parent: str = 'base_link') -> dict:
     """{stamp_ns: 4x4 camera -> ``parent``} of the transforms to ``child`` (any child when None) on ``topic``."""
     from ...runtime.pose import quat_to_matrix, transform_matrix
     from ..data.bags import read_raw_messages, typestore
@@ -248,9 +254,12 @@ def _with_covered_floor(labels, depth, info, camera_to_robot, gt_msg, covered_id
     return np.where(mask, np.uint8(covered_id), labels)
 
 
-def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, class_costs=None, limit=0,
-                 threads=1, max_png=20, topics=None, gt_labels=False, depth=False, overhang_margin=None,
-                 shift_gate=False, pool=None) -> OccupancyEvaluator:
+def evaluate_bag(model: str | os.PathLike, bag: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                 thresholds: Sequence[float] = (), min_confidence: float | None = None,
+                 class_costs: Mapping | None = None, limit: int = 0, threads: int = 1, max_png: int = 20,
+                 topics: dict[str, str] | None = None, gt_labels: bool = False, depth: bool = False,
+                 overhang_margin: float | None = None, shift_gate: bool = False,
+                 pool: int | None = None) -> OccupancyEvaluator:
     """Segment every image of ``bag`` that has a CameraInfo, a pose and a ground-truth grid of the same stamp
     with the engine, and score its costmap; frames missing one of them are counted in ``skipped``.
     ``gt_labels``: use the bag's ground-truth labels (confidence 1) instead of the model's: the geometry's own
@@ -314,7 +323,7 @@ def evaluate_bag(model, bag, out_dir=None, thresholds=(), min_confidence=None, c
     return evaluator
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bag', help='rosbag2 with images, CameraInfo, /tf and ground-truth occupancy '
                         '(seg-perception render --bag)')
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped scene model)')
@@ -339,7 +348,7 @@ def add_arguments(parser):
                         help="score the bag's ground-truth labels instead of the model's (the geometry's limit)")
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ...errors import UserError
     from ...paths import default_model_path
 

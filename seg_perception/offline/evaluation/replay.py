@@ -26,6 +26,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from ...runtime import imgmsg
 from ...runtime.engine import SegmentationEngine, SegResult
 from ..argtypes import non_negative_float, non_negative_int, positive_float, ros_domain_id, share
 from ..data import bags
+
+if TYPE_CHECKING:
+    from .replay_report import OverlayWriter
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -61,16 +65,16 @@ class BagTopics:
     notes: list = dataclasses.field(default_factory=list)   # how topics were chosen
 
     @property
-    def image_type(self):
+    def image_type(self) -> str:
         return self.types[self.image]
 
-    def listing(self):
+    def listing(self) -> str:
         return ', '.join(f'{t} ({self.types[t]})' for t in sorted(self.types))
 
-    def used(self):
+    def used(self) -> list[str]:
         return [t for t in (self.image, self.gt, self.camera_info, self.occupancy, *self.tf) if t]
 
-    def skipped(self):
+    def skipped(self) -> dict:
         """{topic: {'type', 'messages', 'known_type'}} of the topics the replay does not use."""
         known = bags.typestore().types
         return {t: {'type': self.types[t], 'messages': self.counts[t], 'known_type': self.types[t] in known}
@@ -334,7 +338,8 @@ def difficulty(frame: Frame) -> float:
     return float((cv2.Canny(grey, 100, 200) > 0).mean())
 
 
-def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255):
+def frame_miou(pred: np.ndarray, label: np.ndarray, num_classes: int,
+               ignore_index: int = 255) -> tuple[float | None, float | None]:
     """(mIoU over the classes present in prediction or ground truth, pixel accuracy) of one frame."""
     from .metrics import ConfusionMatrix, compute_metrics
     m = compute_metrics(ConfusionMatrix(num_classes, ignore_index).update(pred, label).matrix)
@@ -375,7 +380,7 @@ class ModelRun:
         """The labels as scored against the ground truth (``--merge`` applied); the costmap keeps the model's."""
         return self.score_as[labels] if self.merged else labels
 
-    def warm_up(self, image):
+    def warm_up(self, image: np.ndarray) -> None:
         for _ in range(2):
             self.engine.infer(image, exit_threshold=self.exit_threshold)
 
@@ -429,7 +434,7 @@ class CostmapScores:
                                               out_dir=out / 'costmap' / m.name.replace('#', '_')) for m in models]
         self.skipped = 0
 
-    def add(self, frame: Frame, results: list):
+    def add(self, frame: Frame, results: list) -> None:
         k = _nearest(self.stamps, [frame.stamp_ns], self.tolerance_ns)[0]
         if frame.camera_info is None or frame.occupancy is None or k is None:
             self.skipped += 1
@@ -449,7 +454,8 @@ class CostmapScores:
         return {'models': rows, 'frames_skipped': self.skipped, 'note': self.note, 'table': '\n'.join(lines)}
 
 
-def run_offline(models: list, source: FrameSource, writer, costmaps=None, progress=True):
+def run_offline(models: list, source: FrameSource, writer: 'OverlayWriter', costmaps: CostmapScores | None = None,
+                progress: bool = True) -> None:
     """Every frame through every model (same frames, same order); ``writer`` gets the frames for the video,
     ``costmaps`` (a :class:`CostmapScores`, optional) the results for the costmap metrics."""
     from tqdm import tqdm

@@ -16,6 +16,7 @@ and the node's last diagnostics. ``--record OUT_BAG`` writes labels, colour and 
 publishes one) to a new mcap bag on the input bag's time line; with several models the topics are prefixed
 with the model's name.
 """
+import argparse
 import os
 import random
 import signal
@@ -23,11 +24,12 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from ...launch_support import large_data_env
 from ...paths import find_share_file
 from ..data import bags
-from .replay import COMPRESSED, TF, ModelRun, label_digest, model_names
+from .replay import COMPRESSED, TF, BagTopics, FrameSource, ModelRun, label_digest, model_names
 
 OUTPUTS = {  # output -> (topic, message type)
     'labels': ('segmentation/labels', 'sensor_msgs/msg/Image'),
@@ -48,7 +50,7 @@ def dds_env(domain_id: int) -> dict:
     return env
 
 
-def node_command(model: ModelRun, topics, args):
+def node_command(model: ModelRun, topics: BagTopics, args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, '-m', 'seg_perception.node', '--ros-args']
     params = find_share_file('config', 'segment.yaml')
     if params:
@@ -104,25 +106,25 @@ class Session:
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self.diagnostics.append, 10)
 
     def _on_output(self, output):
-        def callback(data, info):
+        def callback(data: bytes, info: object) -> None:
             gid = (info.get('publisher_gid') or {}).get('data') if isinstance(info, dict) else None
             self.received.append((output, bytes(data), time.monotonic(), None if gid is None else bytes(gid)))
         return callback
 
-    def spin_for(self, seconds, until=None):
+    def spin_for(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end and not (until and until()):
             self.executor.spin_once(timeout_sec=max(0.0, min(0.02, end - time.monotonic())))
 
-    def other_participants(self):
+    def other_participants(self) -> list[str]:
         return [f'{ns.rstrip("/")}/{n}' for n, ns in self.node.get_node_names_and_namespaces()
                 if n != self.node.get_name()]
 
-    def publishers_of(self, topic):
+    def publishers_of(self, topic: str) -> list[tuple[str, bytes]]:
         return [(f'{i.node_namespace.rstrip("/")}/{i.node_name}', bytes(i.endpoint_gid))
                 for i in self.node.get_publishers_info_by_topic(topic)]
 
-    def close(self):
+    def close(self) -> None:
         import rclpy
         self.executor.shutdown()
         self.node.destroy_node()
@@ -138,7 +140,7 @@ def _message_class(msgtype):
         return None
 
 
-def choose_domain(args, topics):
+def choose_domain(args: argparse.Namespace, topics: BagTopics) -> tuple[int, Session, list[str]]:
     """A domain with nobody else in it (random ones are tried until one is empty; a given one is used as is)."""
     candidates = [args.domain_id] if args.domain_id is not None else random.sample(range(150, 233), 4)
     for domain in candidates:
@@ -152,7 +154,8 @@ def choose_domain(args, topics):
     return domain, Session(domain, topics, args.record), others
 
 
-def run_live(args, topics, source, models: list, out) -> list:
+def run_live(args: argparse.Namespace, topics: BagTopics, source: FrameSource, models: list,
+             out: str | os.PathLike) -> list:
     """Run every model's node on the bag; returns one result dict per model (``ok`` False on problems)."""
     from tqdm import tqdm
 
@@ -197,7 +200,7 @@ def _drive(args, topics, source, model, session, proc, tqdm):
     labels_topic = session.node.resolve_topic_name(OUTPUTS['labels'][0])
     deadline = time.monotonic() + args.timeout
 
-    def node_up():
+    def node_up() -> bool:
         return (session.publishers[topics.image].get_subscription_count() > 0
                 and any(name.endswith(NODE_NAME) for name, _ in session.publishers_of(labels_topic)))
     while not node_up():
@@ -208,7 +211,7 @@ def _drive(args, topics, source, model, session, proc, tqdm):
         session.spin_for(0.1)
     session.spin_for(1.0)   # discovery is not symmetric: let the node's side match our writers too
 
-    def foreign_publishers():
+    def foreign_publishers() -> list[str]:
         names = [name for name, _ in session.publishers_of(labels_topic) if not name.endswith(NODE_NAME)]
         return names + [name for name, _ in session.publishers_of(topics.image)
                         if name != '/' + session.node.get_name()]

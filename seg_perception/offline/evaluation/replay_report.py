@@ -9,16 +9,22 @@ Files in the report folder:
 * ``overlay.mp4`` (every frame: input | each model's colour mask over the input | ground truth, with a colour
   legend naming the classes) and ``strip.png`` (six frames of it, always written: Markdown shows it).
 """
+import argparse
 import json
 import os
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from ...runtime.engine import colorize, overlay
+from ...runtime.engine import SegResult, colorize, overlay
 from .calibration import ReliabilityStats
 from .metrics import compute_metrics, save_confusion_png
+
+if TYPE_CHECKING:
+    from .replay import BagTopics, Frame, FrameSource, ModelRun
 
 TILE_HEIGHT = 240
 STRIP_ROWS = 6
@@ -82,7 +88,7 @@ class OverlayWriter:
         self.video, self.video_note = None, None if video else 'not asked for (--no-video)'
         self._legend = None
 
-    def add(self, frame, results):
+    def add(self, frame: 'Frame', results: list[SegResult]) -> None:
         maps = [r.labels for r in results]
         titles = [m.name for m in self.models]
         palettes = list(self.palettes)
@@ -111,7 +117,7 @@ class OverlayWriter:
             row = cv2.resize(row, self.size, interpolation=cv2.INTER_AREA)
         self.video.write(cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
 
-    def close(self):
+    def close(self) -> None:
         if self.video is not None:
             self.video.release()
             self.video = None
@@ -123,12 +129,12 @@ class OverlayWriter:
             cv2.imwrite(os.path.join(self.out, 'strip.png'), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
 
     @property
-    def video_file(self):
+    def video_file(self) -> str | None:
         return 'overlay.mp4' if self.want_video and self.frames and os.path.isfile(self.video_path) else None
 
 
 # ----------------------------------------------------------------------------------------------- numbers
-def percentiles(values):
+def percentiles(values: Iterable[float | None]) -> dict | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
@@ -146,7 +152,7 @@ def absent_from_truth(matrix: np.ndarray, names: list) -> dict:
     return {str(names[i]): int(predicted[i]) for i in range(len(names)) if truth[i] == 0 and predicted[i] > 0}
 
 
-def model_summary(m):
+def model_summary(m: 'ModelRun') -> dict:
     rows = m.per_frame
     scored = [r for r in rows if r['mIoU'] is not None or r['pixel_accuracy'] is not None]
     static = m.engine.static_macs
@@ -195,7 +201,7 @@ def _adaptive(s):
     return '-' if s['refined_fraction_mean'] is None else f'refined {s["refined_fraction_mean"]:.3f}'
 
 
-def models_table(summaries):
+def models_table(summaries: list[dict]) -> str:
     lines = ['| model | arch | mIoU | pixel acc. | ECE (15 bins) | latency p50 / p90 / p99 (ms) | GMACs per frame | '
              'kept / refined fraction | provider |', '|---|---|---:|---:|---:|---|---|---:|---|']
     for s in summaries:
@@ -208,7 +214,7 @@ def models_table(summaries):
     return '\n'.join(lines)
 
 
-def class_table(summaries):
+def class_table(summaries: list[dict]) -> str:
     scored = [s for s in summaries if s['metrics']]
     names = []
     for s in scored:
@@ -222,7 +228,7 @@ def class_table(summaries):
     return '\n'.join(lines)
 
 
-def live_table(live):
+def live_table(live: list[dict]) -> str:
     lines = ['| model | frames sent | labels received | dropped | output rate (Hz) | age p50 / p99 (ms) | '
              'stamps kept | labels equal to offline | mIoU (published labels) | node latency p50 / p99 (ms) |',
              '|---|---:|---:|---:|---:|---|---|---|---:|---|']
@@ -247,7 +253,7 @@ def _plt():
     return plt
 
 
-def plot_latency(summaries, path):
+def plot_latency(summaries: list[dict], path: str | os.PathLike) -> None:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
     for k, s in enumerate(summaries):
@@ -262,7 +268,7 @@ def plot_latency(summaries, path):
     plt.close(fig)
 
 
-def plot_live_age(live, path):
+def plot_live_age(live: list[dict], path: str | os.PathLike) -> None:
     """Age (image published -> labels received) per frame sent, one line per model; dropped frames marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.4))
@@ -279,7 +285,7 @@ def plot_live_age(live, path):
     plt.close(fig)
 
 
-def plot_iou(summaries, path):
+def plot_iou(summaries: list[dict], path: str | os.PathLike) -> None:
     plt = _plt()
     scored = [s for s in summaries if s['metrics']]
     names = list(scored[0]['metrics']['IoU'])
@@ -297,7 +303,7 @@ def plot_iou(summaries, path):
     plt.close(fig)
 
 
-def plot_miou_per_frame(summaries, path):
+def plot_miou_per_frame(summaries: list[dict], path: str | os.PathLike) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 3.4))
     for k, s in enumerate(summaries):
@@ -310,7 +316,7 @@ def plot_miou_per_frame(summaries, path):
     plt.close(fig)
 
 
-def plot_cost(summaries, path, difficulty_label):
+def plot_cost(summaries: list[dict], path: str | os.PathLike, difficulty_label: str) -> None:
     plt = _plt()
     with_macs = [s for s in summaries if s['gmacs_per_frame'] or s['gmacs_static']]
     fig, axes = plt.subplots(1, 2 if with_macs else 1, figsize=(11 if with_macs else 6, 3.6), squeeze=False)
@@ -339,7 +345,7 @@ def _safe(name):
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name)
 
 
-def write_plots(out, summaries, has_gt):
+def write_plots(out: str | os.PathLike, summaries: list[dict], has_gt: bool) -> dict[str, str]:
     files = {'latency': 'latency.png', 'cost_vs_difficulty': 'cost_vs_difficulty.png'}
     plot_latency(summaries, os.path.join(out, files['latency']))
     label = 'difficulty (share of GT pixels on a class boundary)' if has_gt else 'difficulty (share of edge pixels)'
@@ -364,7 +370,8 @@ def write_plots(out, summaries, has_gt):
 
 
 # ----------------------------------------------------------------------------------------------- report
-def write_report(out, args, topics, source, models: list, writer, live: list | None, occupancy: dict | None) -> str:
+def write_report(out: str | os.PathLike, args: argparse.Namespace, topics: 'BagTopics', source: 'FrameSource',
+                 models: list, writer: OverlayWriter, live: list | None, occupancy: dict | None) -> str:
     """Write report.json, report.md and the plots; returns the Markdown text."""
     summaries = [model_summary(m) for m in models]
     has_gt = any(s['metrics'] for s in summaries)
@@ -399,7 +406,7 @@ def write_report(out, args, topics, source, models: list, writer, live: list | N
     return text
 
 
-def markdown(report, has_gt):
+def markdown(report: dict, has_gt: bool) -> str:
     t = report['topics']
     lines = [f'# Replay of `{report["bag"]}`', '',
              f'{report["frames"]} camera frames from `{t["image"]}` ({t["image_type"].rsplit("/", 1)[-1]}'

@@ -24,6 +24,7 @@ Checked after a warm-up (the first 20 % of the run, between 5 and 60 s):
     target is ``--overload``, 4; a machine too busy to publish that fast makes this check fail, not pass).
 A failed check is exit code 1; the table says which.
 """
+import argparse
 import json
 import os
 import random
@@ -31,7 +32,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,11 +42,14 @@ from ...errors import UserError
 from ...paths import default_model_path, find_share_file
 from ..argtypes import non_negative_float, non_negative_int, positive_float, ros_domain_id
 
+if TYPE_CHECKING:
+    from sensor_msgs.msg import Image
+
 DEFAULT_BAG = ('samples', 'scenes_sample')
 OUTPUTS = ('labels', 'color', 'confidence')
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--minutes', type=float, default=10.0, help='length of the overload')
     parser.add_argument('--model', default='', help='ONNX model (default: the shipped default model)')
     parser.add_argument('--overload', type=positive_float, default=4.0,
@@ -77,7 +83,7 @@ def _frames(count=20):
     return frames
 
 
-def inference_ms(model, frames, threads):
+def inference_ms(model: str | os.PathLike, frames: Sequence[np.ndarray], threads: int) -> float:
     """Median time of the engine's infer() on ``frames`` (after a warm-up), the node's per-frame cost."""
     from ...runtime.engine import SegmentationEngine
     engine = SegmentationEngine(model, providers=['CPUExecutionProvider'], intra_op_threads=threads)
@@ -157,23 +163,23 @@ class Probe:
                 with self.lock:
                     self.diagnostics.append((time.monotonic(), {kv.key: kv.value for kv in status.values}))
 
-    def connected(self):
+    def connected(self) -> bool:
         return self.pub.get_subscription_count() > 0 and all(
             s.get_publisher_count() > 0 for s in self.node.subscriptions)
 
-    def messages(self, frames):
+    def messages(self, frames: Iterable[np.ndarray]) -> list['Image']:
         out = []
         for frame in frames:
             h, w = frame.shape[:2]
             out.append(self.Image(height=h, width=w, encoding='rgb8', step=w * 3, data=frame.tobytes()))
         return out
 
-    def publish(self, msg):
+    def publish(self, msg: 'Image') -> None:
         now = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 10**9)
         self.pub.publish(msg)
 
-    def close(self):
+    def close(self) -> None:
         import rclpy
         self.executor.shutdown(timeout_sec=1)
         self.node.destroy_node()
@@ -181,7 +187,7 @@ class Probe:
         self.thread.join(2)
 
 
-def warmup_seconds(duration):
+def warmup_seconds(duration: float) -> float:
     """The first 20 % of a run, at least 5 s and at most 60 s."""
     return min(60.0, max(5.0, 0.2 * duration))
 
@@ -190,8 +196,9 @@ def _percentile(values, q):
     return float(np.percentile(values, q)) if len(values) else float('nan')
 
 
-def run_soak(model=None, minutes=10.0, overload=4.0, threads=1, domain_id=None, max_rss_growth=0.05,
-             max_age_ratio=2.0, min_overload=2.0, progress=print):
+def run_soak(model: str | os.PathLike | None = None, minutes: float = 10.0, overload: float = 4.0, threads: int = 1,
+             domain_id: int | None = None, max_rss_growth: float = 0.05, max_age_ratio: float = 2.0,
+             min_overload: float = 2.0, progress: Callable[[str], None] = print) -> dict:
     """Run the soak; returns the report dict (``checks``: name -> (passed, text))."""
     model = model or default_model_path()
     if not os.path.isfile(model):
@@ -280,7 +287,7 @@ def _report(model, t_infer, rate, overload, sent, t0, elapsed, duration, rss, pr
     growth = (rss_end - rss_base) / rss_base if base and tail else float('nan')
     ages = {name: [a for t, a in probe.ages[name] if warmup <= t - t0 <= elapsed + 1] for name in OUTPUTS}
     loaded = [v for t, v in probe.diagnostics if warmup <= t - t0 <= elapsed]
-    def node_figure(key):  # median over the loaded diagnostics messages of one of the node's figures
+    def node_figure(key: str) -> float:  # median over the loaded diagnostics messages of one of the node's figures
         values = [float(v[key]) for v in loaded if v.get(key, 'nan') != 'nan']
         return float(np.median(values)) if values else float('nan')
     node_latency, node_latency_p99 = node_figure('latency_p50_ms'), node_figure('latency_p99_ms')
@@ -333,7 +340,7 @@ def _report(model, t_infer, rate, overload, sent, t0, elapsed, duration, rss, pr
     }
 
 
-def soak_table(report):
+def soak_table(report: dict) -> str:
     age = report['age_ms']
     rows = [
         ('duration', f'{report["seconds"]:.0f} s ({report["warmup_s"]:.0f} s warm-up)'),
@@ -352,7 +359,7 @@ def soak_table(report):
     return '\n'.join(lines)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     report = run_soak(args.model, args.minutes, args.overload, args.threads, args.domain_id, args.max_rss_growth,
                       args.max_age_ratio, args.min_overload)
     print(soak_table(report))

@@ -13,8 +13,10 @@ the model's extra classes onto theirs (e.g. covered_floor:floor), as in ``evalua
 """
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,8 @@ DEFAULT_OWN = ('data/scenes:test', 'samples/scenes_sample')
 DEFAULT_FOREIGN = ('data/raycast:test', 'config/data/camvid_test_scene_classes.yaml:test')
 
 
-def measure_set(engine, scorer, spec, limit=0, merge=None):
+def measure_set(engine: SegmentationEngine, scorer: ShiftScorer | None, spec: str, limit: int = 0,
+                merge: dict[str, str] | None = None) -> dict:
     from ..data.datasets import open_dataset
     from .evaluate import merge_table
 
@@ -43,7 +46,7 @@ def measure_set(engine, scorer, spec, limit=0, merge=None):
         to_dataset = merge_table([str(n) for n in engine.names], classes, merge)
     labelled = len(classes) == engine.num_classes or to_dataset is not None
 
-    def scored(labels):
+    def scored(labels: np.ndarray) -> np.ndarray:
         return labels if to_dataset is None else to_dataset[labels]
 
     inv = engine.inv_temperature
@@ -69,7 +72,8 @@ def measure_set(engine, scorer, spec, limit=0, merge=None):
             'reliability': (raw, cal)}
 
 
-def report(model, own, foreign, limit=0, out=None, merge=None) -> str:
+def report(model: str | os.PathLike, own: Sequence[str], foreign: Sequence[str], limit: int = 0,
+           out: str | os.PathLike | None = None, merge: dict[str, str] | None = None) -> str:
     engine = SegmentationEngine(str(model), intra_op_threads=1)
     stats = engine.meta.get('shift_stats')
     scorer = ShiftScorer(stats) if stats else None
@@ -122,7 +126,7 @@ def report(model, own, foreign, limit=0, out=None, merge=None) -> str:
     return text
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--model', required=True, help='a (calibrated) logits .onnx model')
