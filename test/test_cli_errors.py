@@ -97,6 +97,8 @@ MISTAKES = [
      ['notes.pt', 'exists']),
     ('recover', [str(TOKENPASS), '--arch', 'tokenpass_vit_mini', '--calib', str(BAG), '-o', '{d}/r.pt'],
      ['TokenPassViT', 'not found in the file', 'convolutions + BatchNorm']),
+    ('average', ['{d}/missing.pt', '{d}/notes.pt', '-o', '{d}/soup.pt'], ['missing.pt', 'not found']),
+    ('average', ['{d}/notes.pt:2', '{d}/notes.pt', '-o', '{d}/soup.pt'], ['notes.pt', 'not a training checkpoint']),
     ('demo', ['--bag', '{d}/nowhere'], ['nowhere', 'not found']),
     ('demo', ['--bag', str(BAG), '--image-topic', '/cam'], ['/cam', '/camera/image_raw']),
     ('demo', ['--model', '{d}/notes.onnx'], ['notes.onnx', 'not an ONNX']),
@@ -232,7 +234,8 @@ def test_numeric_options_refuse_values_out_of_range(command, capfd):
             assert code == 2 and len(err.strip().splitlines()) == 1 and 'Traceback' not in err, (argv, option, err)
             assert f'{option}: {bad} must be' in err, err
             checked += 1
-    assert checked or command == 'train', f'{command}: no range-checked option'   # train: key=value config
+    # train: numbers are key=value config entries; average: weights inside CHECKPOINT:WEIGHT (checked in run)
+    assert checked or command in ('train', 'average'), f'{command}: no range-checked option'
 
 
 def test_train_help_lists_config_keys_with_types_and_defaults(capfd):

@@ -1,7 +1,7 @@
 """Offline side (torch): the ``seg-perception`` command and the pipeline behind it.
 
     data/        rendering, rosbag IO, dataset readers
-    training/    config schema, training batches, training loop
+    training/    config schema, training batches, training loop, checkpoint averaging
     predict.py   torch inference of checkpoints with the runtime engine's geometry
     graph/       ONNX graph surgery that keeps the weights: graph and metadata helpers, logits head and
                  layout, Resize as matrix products

@@ -27,6 +27,8 @@ COMMANDS = {
     'cover': ('seg_perception.offline.data.covered',
               "relabel a rendered dataset's floor seen under things as covered_floor (for monocular costmaps)"),
     'train': ('seg_perception.offline.training.train', 'train a model from a YAML config'),
+    'average': ('seg_perception.offline.training.average',
+                'average training checkpoints of one network tensor by tensor (a weight soup)'),
     'evaluate': ('seg_perception.offline.evaluation.evaluate', 'mIoU, per-class IoU and latency on a dataset or bag'),
     'export': ('seg_perception.offline.deploy.export', 'export a model to ONNX with its metadata'),
     'calibrate': ('seg_perception.offline.deploy.calibrate',
@@ -49,6 +51,7 @@ EXAMPLES = {
     'render': 'seg-perception render --out data/scenes --split train --frames 200 --seed 1',
     'cover': 'seg-perception cover data/scenes --split val --out data/scenes_cover',
     'train': 'seg-perception train config/train/topformer_tiny_scenes.yaml iters=500 out=runs/try',
+    'average': 'seg-perception average runs/a/last.pt:2 runs/b/last.pt -o runs/soup.pt',
     'evaluate': 'seg-perception evaluate --model models/topformer_tiny_scenes.onnx --data samples/scenes_sample',
     'export': 'seg-perception export --checkpoint runs/try/best.pt --resize-mode resize -o model.onnx',
     'calibrate': 'seg-perception calibrate --model models/topformer_tiny_scenes.onnx --data data/scenes --split val '
