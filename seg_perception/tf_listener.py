@@ -10,7 +10,7 @@ Backends, best first:
 warns, throttled, naming the frames.
 """
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from rclpy.node import Node
@@ -18,9 +18,6 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 
 from .runtime.pose import FrameTree, quat_to_matrix, transform_matrix
-
-if TYPE_CHECKING:
-    from geometry_msgs.msg import Transform
 
 try:  # a ROS install (Humble, Jazzy, Kilted from apt): the real tf2 buffer
     import tf2_ros
@@ -37,8 +34,8 @@ TF_STATIC_QOS = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliabili
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def transform_to_matrix(transform: 'Transform') -> np.ndarray:
-    """4x4 of a geometry_msgs/Transform (translation + rotation quaternion)."""
+def transform_to_matrix(transform: Any) -> np.ndarray:
+    """4x4 of a geometry_msgs/Transform (translation + rotation quaternion; any object with those fields)."""
     t, q = transform.translation, transform.rotation
     return transform_matrix((t.x, t.y, t.z), quat_to_matrix(q.x, q.y, q.z, q.w))
 
