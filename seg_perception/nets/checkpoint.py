@@ -1,5 +1,6 @@
 """Safe reading of official checkpoints: torch files with weights_only=True, Paddle .pdparams through a
-restricted unpickler that admits only numpy arrays and plain containers (no Paddle needed)."""
+restricted unpickler that admits only numpy arrays and plain containers (no Paddle needed); the keys of our own
+trainer's checkpoints."""
 import codecs
 import collections
 import os
@@ -17,6 +18,10 @@ try:
     from numpy._core import multiarray as _multiarray
 except ImportError:  # numpy < 2
     from numpy.core import multiarray as _multiarray
+
+# what describes the network in a checkpoint of our trainer (beside its 'model' state dict), as `train` writes it
+# and `export`, `recover` and `average` read or write it
+CHECKPOINT_INFO_KEYS = ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode')
 
 _ALLOWED_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,

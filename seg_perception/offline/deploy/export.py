@@ -344,14 +344,12 @@ def format_report(report: dict) -> str:
 def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state_dict, info) from one of our trainer's checkpoints (a dict with 'model' and optional 'arch',
     'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode') or from a bare state dict."""
-    from ...nets.checkpoint import torch_load_weights
+    from ...nets.checkpoint import CHECKPOINT_INFO_KEYS, torch_load_weights
     obj = torch_load_weights(path)
     if not isinstance(obj, dict):
         raise UserError(f'{path}: not a seg_perception checkpoint (a {type(obj).__name__}, not a dict)')
     if isinstance(obj.get('model'), dict):
-        info = {k: obj[k] for k in ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size',
-                                    'resize_mode')
-                if obj.get(k) is not None}
+        info = {k: obj[k] for k in CHECKPOINT_INFO_KEYS if obj.get(k) is not None}
         return obj['model'], info
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}

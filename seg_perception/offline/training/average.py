@@ -17,10 +17,7 @@ from pathlib import Path
 import torch
 
 from ...errors import UserError
-from ...nets.checkpoint import torch_load_weights
-
-# what describes the network in a checkpoint the trainer writes (kept from the first input)
-MODEL_KEYS = ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode')
+from ...nets.checkpoint import CHECKPOINT_INFO_KEYS, torch_load_weights
 
 
 def parse_input(spec: str) -> tuple[str, float]:
@@ -67,7 +64,7 @@ def average(inputs: list[tuple[str, float]]) -> dict:
             state[key] = sum(c['model'][key].to(torch.float64) * w for _, c, w in loaded).div(total).to(tensor.dtype)
         else:
             state[key] = tensor.clone()
-    out = {key: first[key] for key in MODEL_KEYS if key in first}
+    out = {key: first[key] for key in CHECKPOINT_INFO_KEYS if key in first}
     out['model'] = state
     out['averaged_from'] = [{'file': path, 'weight': weight} for path, _, weight in loaded]
     return out
