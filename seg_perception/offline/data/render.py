@@ -81,7 +81,7 @@ from seg_perception.errors import UserError
 
 from ..argtypes import non_negative_int, positive_int, share
 from .bags import DEFAULT_START_NS as BAG_START_NS  # the one bag start time
-from .shapes import assembled_obstacle, assembled_person, assembled_robot, colour, hsv_colour, limb
+from .shapes import assembled_obstacle, assembled_person, assembled_robot, colour, hsv_colour, leg, limb
 
 OCC_SIZE_M = 10.0
 OCC_RESOLUTION = 0.05
@@ -593,7 +593,7 @@ class _Scene:
         skin = hsv_colour(rng, (15, 35), (0.25, 0.6), (0.3, 0.95))
         shirt = hsv_colour(rng, (0, 360), (0.1, 0.9), (0.15, 0.95))
         pants = hsv_colour(rng, (200, 240), (0.0, 0.6), (0.1, 0.6)) if rng.random() < 0.6 else colour(rng)
-        leg_len, hip = 0.38 * scale, 0.85 * scale
+        hip = 0.85 * scale
         torso_h, shoulder = 0.5 * scale, hip + 0.55 * scale
         arm_swing = rng.normal(0, 0.08)
         parts = [('capsule', [0.16 * scale, torso_h * 0.6], (0, 0, hip + torso_h / 2 + 0.02), shirt)]
@@ -605,10 +605,12 @@ class _Scene:
                                         (0, side * 0.23 * scale, shoulder - 0.05 * scale), 0.05 * scale,
                                         0.45 * scale, arm))
                 stride = rng.uniform(-0.45, 0.45)
-                parts.append(limb(side * rng.uniform(0, 0.15), stride, (0, side * 0.09 * scale, hip * 0.8),
-                                        0.065 * scale, leg_len, pants))
+                parts.append(leg(side * rng.uniform(0, 0.15), stride, (0, side * 0.09 * scale, hip * 0.8),
+                                 0.065 * scale, pants))
                 continue
-            parts.append(('capsule', [0.065 * scale, leg_len], (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
+            # a leg from the floor to the hip (a capsule's length leaves out its two end caps)
+            parts.append(('capsule', [0.065 * scale, hip - 0.13 * scale],
+                          (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
             parts.append(('capsule', [0.05 * scale, 0.45 * scale],
                           (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
         parts.append(('sphere', [0.11 * scale], (0, 0, shoulder + 0.17 * scale), skin))

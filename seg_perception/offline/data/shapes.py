@@ -36,6 +36,13 @@ def limb(roll: float, pitch: float, joint: Sequence[float], radius: float, lengt
     return ('capsule', [radius, length], tuple(float(v) for v in centre), rgba, (roll, pitch))
 
 
+def leg(roll: float, pitch: float, joint: Sequence[float], radius: float, rgba: list) -> tuple:
+    """A :func:`limb` from the hip ``joint`` whose foot rests on the floor: its length is what brings the lowest
+    point of the capsule to z = 0 at this angle (pybullet's capsule length leaves out the two end caps)."""
+    drop = math.cos(roll) * math.cos(pitch)
+    return limb(roll, pitch, joint, radius, max((joint[2] - radius) / drop - radius, 0.02), rgba)
+
+
 def _dark(rng) -> list:
     return hsv_colour(rng, (0, 360), (0.0, 0.3), (0.05, 0.4))
 
@@ -66,8 +73,8 @@ def assembled_robot(rng: np.random.Generator) -> list:
         leg_h, leg_r = rng.uniform(0.15, 0.6), rng.uniform(0.02, 0.06)
         for sx in (-1, 1):
             for side in (-1, 1):
-                parts.append(limb(rng.normal(0, 0.15), rng.normal(0, 0.25), (sx * 0.8 * hx, side * 0.8 * hy, leg_h),
-                                  leg_r, max(leg_h - 2 * leg_r, 0.02), dark))
+                parts.append(leg(rng.normal(0, 0.15), rng.normal(0, 0.25), (sx * 0.8 * hx, side * 0.8 * hy, leg_h),
+                                 leg_r, dark))
         bottom = leg_h
     else:
         bottom = rng.uniform(0.0, 0.04)
@@ -121,7 +128,7 @@ def assembled_person(rng: np.random.Generator) -> list:
     skin = hsv_colour(rng, (5, 40), (0.2, 0.7), (0.2, 0.95))
     shirt = hsv_colour(rng, (0, 360), (0.0, 0.9), (0.1, 0.95))
     pants = hsv_colour(rng, (0, 360), (0.0, 0.7), (0.05, 0.7)) if rng.random() < 0.7 else colour(rng)
-    hip, leg_len = 0.85 * scale, 0.38 * scale
+    hip = 0.85 * scale
     shoulder = hip + 0.55 * scale
     torso_r = 0.14 * scale * girth
     parts = [('capsule', [torso_r, 0.3 * scale], (0, 0, hip + 0.27 * scale), shirt)]
@@ -131,8 +138,8 @@ def assembled_person(rng: np.random.Generator) -> list:
                       shirt if rng.random() < 0.5 else colour(rng)))
     stride = rng.uniform(-0.5, 0.5)
     for side in (-1, 1):
-        parts.append(limb(side * rng.uniform(0, 0.2), side * stride + rng.normal(0, 0.1),
-                          (0, side * 0.45 * torso_r, hip * 0.85), 0.06 * scale * girth, leg_len, pants))
+        parts.append(leg(side * rng.uniform(0, 0.2), side * stride + rng.normal(0, 0.1),
+                         (0, side * 0.45 * torso_r, hip * 0.85), 0.06 * scale * girth, pants))
         arm = shirt if rng.random() < 0.6 else skin
         parts.append(limb(side * rng.uniform(0.05, math.radians(120)), rng.uniform(-1.6, 0.8),
                           (0, side * (torso_r + 0.04 * scale), shoulder - 0.05 * scale), 0.045 * scale * girth,
