@@ -144,24 +144,39 @@ def test_variety_textures_objects_and_poses_limbs():
     np.testing.assert_allclose(centre, (-0.25, 0, 1.0), atol=1e-9)
 
 
-def _lowest_point(part) -> float:
-    """The lowest z of a part as ``_Scene._compound`` builds it: upright parts, lying cylinders, turned capsules."""
+def _z_extent(part) -> float:
+    """Half the height of a part as ``_Scene._compound`` builds it: upright parts, lying cylinders, turned capsules."""
     from seg_perception.offline.data.render import _half_height
 
-    kind, dims, centre = part[:3]
+    kind, dims = part[:2]
     if len(part) == 4:
-        return centre[2] - _half_height(kind, dims)
+        return _half_height(kind, dims)
     if kind == 'cylinder':   # turned on its side (wheels, drums)
-        return centre[2] - dims[0]
+        return dims[0]
     roll, pitch = part[4]   # a capsule: half its length along the turned axis, then its end cap
-    return centre[2] - abs(np.cos(roll) * np.cos(pitch)) * dims[1] / 2 - dims[0]
+    return abs(np.cos(roll) * np.cos(pitch)) * dims[1] / 2 + dims[0]
+
+
+def _lowest_point(part) -> float:
+    return part[2][2] - _z_extent(part)
+
+
+def _check_person(parts):
+    """Feet on the floor, and no height between the feet and the top of the head where the body has no part (legs
+    joined to the torso, the head to the torso by a neck)."""
+    spans = sorted((p[2][2] - _z_extent(p), p[2][2] + _z_extent(p)) for p in parts)
+    assert abs(spans[0][0]) < 1e-6, parts
+    reach = spans[0][1]
+    for low, high in spans[1:]:
+        assert low <= reach + 1e-6, (reach, low, parts)
+        reach = max(reach, high)
 
 
 def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
     """--shapes: the assembled families give people 0.5-2.1 m tall, robots and obstacles up to 2.6 m, nothing
     below the floor, and people's feet on it (not hovering: until session 45 the legs were too short by the
-    capsules' end caps and ended 0.15-0.25 m above the floor); a cluttered scene drawn only from them shows all
-    three classes; a share outside [0, 1] is a user error naming the flag."""
+    capsules' end caps and ended 0.15-0.25 m above the floor) with legs and head joined to the body; a cluttered
+    scene drawn only from them shows all three classes; a share outside [0, 1] is a user error naming the flag."""
     from seg_perception.offline.data.render import _half_height
     from seg_perception.offline.data.shapes import assembled_obstacle, assembled_person, assembled_robot, leg
 
@@ -175,7 +190,7 @@ def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
             assert bottom > -0.02, (family.__name__, parts)
             assert lo < top < hi, (family.__name__, top)
             if family is assembled_person:
-                assert abs(bottom) < 1e-6, parts
+                _check_person(parts)
     for roll, pitch in ((0.0, 0.0), (0.2, -0.5), (-0.1, 0.6)):
         assert abs(_lowest_point(leg(roll, pitch, (0.1, 0.1, 0.8), 0.06, [1, 1, 1, 1]))) < 1e-9
     seen = set()
@@ -188,8 +203,8 @@ def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
 
 
 def test_catalogue_people_stand_on_the_floor(monkeypatch):
-    """The renderer's own person (standing, and posed with ``variety``) has its feet on the floor, as the assembled
-    ones do: every person body a crowded scene builds reaches z = 0 and not below."""
+    """The renderer's own person (standing, and posed with ``variety``) has its feet on the floor and its legs and head
+    joined to its body, as the assembled ones do."""
     from seg_perception.offline.data import render
 
     people = []
@@ -205,7 +220,7 @@ def test_catalogue_people_stand_on_the_floor(monkeypatch):
         _frames(n=2, seq_len=2, clutter=(1.0, 1.0), layouts=('open',), variety=variety, width=64, height=48)
     assert len(people) >= 4
     for parts in people:
-        assert abs(min(_lowest_point(p) for p in parts)) < 1e-6, parts
+        _check_person(parts)
 
 
 def test_close_agents_stand_just_ahead_of_the_camera():

@@ -81,7 +81,7 @@ from seg_perception.errors import UserError
 
 from ..argtypes import non_negative_int, positive_int, share
 from .bags import DEFAULT_START_NS as BAG_START_NS  # the one bag start time
-from .shapes import assembled_obstacle, assembled_person, assembled_robot, colour, hsv_colour, leg, limb
+from .shapes import assembled_obstacle, assembled_person, assembled_robot, colour, hsv_colour, leg, limb, neck
 
 OCC_SIZE_M = 10.0
 OCC_RESOLUTION = 0.05
@@ -602,17 +602,18 @@ class _Scene:
             arm = shirt if rng.random() < 0.5 else skin
             if posed:   # arms lifted sideways (0-160 deg) and swung forward/back, legs in a stride
                 parts.append(limb(rng.uniform(0, math.radians(160)) * side, rng.uniform(-1.4, 0.6),
-                                        (0, side * 0.23 * scale, shoulder - 0.05 * scale), 0.05 * scale,
+                                        (0, side * 0.16 * scale, hip + 0.4 * scale + 0.02), 0.05 * scale,
                                         0.45 * scale, arm))
                 stride = rng.uniform(-0.45, 0.45)
-                parts.append(leg(side * rng.uniform(0, 0.15), stride, (0, side * 0.09 * scale, hip * 0.8),
-                                 0.065 * scale, pants))
+                parts.append(leg(side * rng.uniform(0, 0.15), stride,   # from inside the torso's lower end
+                                 (0, side * 0.09 * scale, hip + 0.005 * scale + 0.02), 0.065 * scale, pants))
                 continue
             # a leg from the floor to the hip (a capsule's length leaves out its two end caps)
             parts.append(('capsule', [0.065 * scale, hip - 0.13 * scale],
                           (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
             parts.append(('capsule', [0.05 * scale, 0.45 * scale],
                           (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
+        parts.append(neck(shoulder + 0.01 * scale + 0.02, shoulder + 0.17 * scale, 0.045 * scale, skin))
         parts.append(('sphere', [0.11 * scale], (0, 0, shoulder + 0.17 * scale), skin))
         if rng.random() < 0.5:
             parts.append(('cylinder', [0.115 * scale, 0.06], (0, 0, shoulder + 0.25 * scale), colour(rng)))

@@ -43,6 +43,13 @@ def leg(roll: float, pitch: float, joint: Sequence[float], radius: float, rgba: 
     return limb(roll, pitch, joint, radius, max((joint[2] - radius) / drop - radius, 0.02), rgba)
 
 
+def neck(torso_top: float, head_centre: float, radius: float, rgba: list) -> tuple:
+    """An upright capsule from just inside the torso's top to the head's centre, so that head and body join."""
+    bottom = torso_top - radius
+    return ('capsule', [radius, max(head_centre - bottom - 2 * radius, 0.01)], (0, 0, (bottom + head_centre) / 2),
+            rgba)
+
+
 def _dark(rng) -> list:
     return hsv_colour(rng, (0, 360), (0.0, 0.3), (0.05, 0.4))
 
@@ -132,6 +139,8 @@ def assembled_person(rng: np.random.Generator) -> list:
     shoulder = hip + 0.55 * scale
     torso_r = 0.14 * scale * girth
     parts = [('capsule', [torso_r, 0.3 * scale], (0, 0, hip + 0.27 * scale), shirt)]
+    leg_r = 0.06 * scale * girth
+    hip_joint = hip + 0.12 * scale - torso_r + leg_r   # inside the torso's lower end: legs and body join
     if rng.random() < 0.25:   # a long coat or dress down to the knees or lower
         length = hip * rng.uniform(0.45, 0.9)
         parts.append(('cylinder', [torso_r * rng.uniform(1.0, 1.4), length], (0, 0, hip + 0.05 - length / 2),
@@ -139,12 +148,13 @@ def assembled_person(rng: np.random.Generator) -> list:
     stride = rng.uniform(-0.5, 0.5)
     for side in (-1, 1):
         parts.append(leg(side * rng.uniform(0, 0.2), side * stride + rng.normal(0, 0.1),
-                         (0, side * 0.45 * torso_r, hip * 0.85), 0.06 * scale * girth, pants))
+                         (0, side * 0.45 * torso_r, hip_joint), leg_r, pants))
         arm = shirt if rng.random() < 0.6 else skin
         parts.append(limb(side * rng.uniform(0.05, math.radians(120)), rng.uniform(-1.6, 0.8),
-                          (0, side * (torso_r + 0.04 * scale), shoulder - 0.05 * scale), 0.045 * scale * girth,
+                          (0, side * torso_r, hip + 0.42 * scale), 0.045 * scale * girth,   # on the torso's side
                           0.42 * scale, arm))
     head = 0.11 * scale ** 0.7
+    parts.append(neck(hip + 0.42 * scale + torso_r, shoulder + 0.05 * scale + head, 0.04 * scale, skin))
     parts.append(('sphere', [head], (0, 0, shoulder + 0.05 * scale + head), skin))
     extra = rng.choice(['none', 'backpack', 'box', 'hat', 'hair'], p=[0.3, 0.2, 0.15, 0.15, 0.2])
     if extra == 'backpack':
