@@ -595,25 +595,25 @@ class _Scene:
         pants = hsv_colour(rng, (200, 240), (0.0, 0.6), (0.1, 0.6)) if rng.random() < 0.6 else colour(rng)
         hip = 0.85 * scale
         torso_h, shoulder = 0.5 * scale, hip + 0.55 * scale
+        torso_z, torso_half = hip + torso_h / 2 + 0.02, torso_h * 0.3 + 0.16 * scale   # centre; half height with caps
         arm_swing = rng.normal(0, 0.08)
-        parts = [('capsule', [0.16 * scale, torso_h * 0.6], (0, 0, hip + torso_h / 2 + 0.02), shirt)]
+        parts = [('capsule', [0.16 * scale, torso_h * 0.6], (0, 0, torso_z), shirt)]
         posed = self.variety > 0 and rng.random() < self.variety
         for side in (-1, 1):
             arm = shirt if rng.random() < 0.5 else skin
-            if posed:   # arms lifted sideways (0-160 deg) and swung forward/back, legs in a stride
+            if posed:   # arms lifted sideways (0-160 deg) from the torso's side, legs in a stride from inside its end
                 parts.append(limb(rng.uniform(0, math.radians(160)) * side, rng.uniform(-1.4, 0.6),
-                                        (0, side * 0.16 * scale, hip + 0.4 * scale + 0.02), 0.05 * scale,
-                                        0.45 * scale, arm))
+                                  (0, side * 0.16 * scale, torso_z + torso_h * 0.3), 0.05 * scale, 0.45 * scale, arm))
                 stride = rng.uniform(-0.45, 0.45)
-                parts.append(leg(side * rng.uniform(0, 0.15), stride,   # from inside the torso's lower end
-                                 (0, side * 0.09 * scale, hip + 0.005 * scale + 0.02), 0.065 * scale, pants))
+                parts.append(leg(side * rng.uniform(0, 0.15), stride,
+                                 (0, side * 0.09 * scale, torso_z - torso_half + 0.065 * scale), 0.065 * scale, pants))
                 continue
             # a leg from the floor to the hip (a capsule's length leaves out its two end caps)
             parts.append(('capsule', [0.065 * scale, hip - 0.13 * scale],
                           (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
             parts.append(('capsule', [0.05 * scale, 0.45 * scale],
                           (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
-        parts.append(neck(shoulder + 0.01 * scale + 0.02, shoulder + 0.17 * scale, 0.045 * scale, skin))
+        parts.append(neck(torso_z + torso_half, shoulder + 0.17 * scale, 0.045 * scale, skin))
         parts.append(('sphere', [0.11 * scale], (0, 0, shoulder + 0.17 * scale), skin))
         if rng.random() < 0.5:
             parts.append(('cylinder', [0.115 * scale, 0.06], (0, 0, shoulder + 0.25 * scale), colour(rng)))
