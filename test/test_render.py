@@ -177,7 +177,6 @@ def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
     below the floor, and people's feet on it (not hovering: until session 45 the legs were too short by the
     capsules' end caps and ended 0.15-0.25 m above the floor) with legs and head joined to the body; a cluttered
     scene drawn only from them shows all three classes; a share outside [0, 1] is a user error naming the flag."""
-    from seg_perception.offline.data.render import _half_height
     from seg_perception.offline.data.shapes import assembled_obstacle, assembled_person, assembled_robot, leg
 
     rng = np.random.default_rng(0)
@@ -186,7 +185,7 @@ def test_assembled_shapes_stand_on_the_floor_at_their_sizes():
         for _ in range(200):
             parts = family(rng)
             bottom = min(_lowest_point(p) for p in parts)
-            top = max(p[2][2] + _half_height(p[0], p[1]) for p in parts)
+            top = max(p[2][2] + _z_extent(p) for p in parts)
             assert bottom > -0.02, (family.__name__, parts)
             assert lo < top < hi, (family.__name__, top)
             if family is assembled_person:

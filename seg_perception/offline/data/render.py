@@ -608,9 +608,7 @@ class _Scene:
                 parts.append(leg(side * rng.uniform(0, 0.15), stride,
                                  (0, side * 0.09 * scale, torso_z - torso_half + 0.065 * scale), 0.065 * scale, pants))
                 continue
-            # a leg from the floor to the hip (a capsule's length leaves out its two end caps)
-            parts.append(('capsule', [0.065 * scale, hip - 0.13 * scale],
-                          (side * arm_swing, side * 0.09 * scale, hip / 2), pants))
+            parts.append(leg(0.0, 0.0, (side * arm_swing, side * 0.09 * scale, hip), 0.065 * scale, pants))
             parts.append(('capsule', [0.05 * scale, 0.45 * scale],
                           (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
         parts.append(neck(torso_z + torso_half, shoulder + 0.17 * scale, 0.045 * scale, skin))

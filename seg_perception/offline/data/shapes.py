@@ -138,9 +138,10 @@ def assembled_person(rng: np.random.Generator) -> list:
     hip = 0.85 * scale
     shoulder = hip + 0.55 * scale
     torso_r = 0.14 * scale * girth
-    parts = [('capsule', [torso_r, 0.3 * scale], (0, 0, hip + 0.27 * scale), shirt)]
+    torso_z, torso_half = hip + 0.27 * scale, 0.15 * scale + torso_r   # centre; half height with the end caps
+    parts = [('capsule', [torso_r, 0.3 * scale], (0, 0, torso_z), shirt)]
     leg_r = 0.06 * scale * girth
-    hip_joint = hip + 0.12 * scale - torso_r + leg_r   # inside the torso's lower end: legs and body join
+    hip_joint = torso_z - torso_half + leg_r   # inside the torso's lower end: legs and body join
     if rng.random() < 0.25:   # a long coat or dress down to the knees or lower
         length = hip * rng.uniform(0.45, 0.9)
         parts.append(('cylinder', [torso_r * rng.uniform(1.0, 1.4), length], (0, 0, hip + 0.05 - length / 2),
@@ -151,10 +152,10 @@ def assembled_person(rng: np.random.Generator) -> list:
                          (0, side * 0.45 * torso_r, hip_joint), leg_r, pants))
         arm = shirt if rng.random() < 0.6 else skin
         parts.append(limb(side * rng.uniform(0.05, math.radians(120)), rng.uniform(-1.6, 0.8),
-                          (0, side * torso_r, hip + 0.42 * scale), 0.045 * scale * girth,   # on the torso's side
+                          (0, side * torso_r, torso_z + 0.15 * scale), 0.045 * scale * girth,   # on the torso's side
                           0.42 * scale, arm))
     head = 0.11 * scale ** 0.7
-    parts.append(neck(hip + 0.42 * scale + torso_r, shoulder + 0.05 * scale + head, 0.04 * scale, skin))
+    parts.append(neck(torso_z + torso_half, shoulder + 0.05 * scale + head, 0.04 * scale, skin))
     parts.append(('sphere', [head], (0, 0, shoulder + 0.05 * scale + head), skin))
     extra = rng.choice(['none', 'backpack', 'box', 'hat', 'hair'], p=[0.3, 0.2, 0.15, 0.15, 0.2])
     if extra == 'backpack':
