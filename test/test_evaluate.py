@@ -155,3 +155,43 @@ def test_baseline_on_the_same_frames(trained, capsys):
     camvid = Path(__file__).resolve().parents[1] / 'models' / 'topformer_tiny_camvid.onnx'   # 11 classes, not 6
     assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--baseline', str(camvid)]) == 2
     assert '--baseline' in capsys.readouterr().err
+
+
+def test_by_camera_thirds_by_field_of_view_and_height(trained, tmp_path, capsys):
+    """``--by-camera``: each third of the frames, by vertical field of view and by camera height, scores as the
+    same frames evaluated on their own; a dataset without camera metadata is refused before the run."""
+    from seg_perception.offline.data.render import render_frames, save_frame, write_classes_yaml
+
+    _, _, onnx_path = trained
+    frames = list(render_frames(6, seed=7, width=SIZE[1], height=SIZE[0], seq_len=1))
+
+    def folder(name, chosen):
+        root = tmp_path / name
+        for sub in ('images', 'masks', 'depth', 'occupancy', 'meta'):
+            (root / sub).mkdir(parents=True)
+        write_classes_yaml(root / 'classes.yaml')
+        for f in chosen:
+            save_frame(root, f)
+        return root
+
+    report = evaluate(onnx_path, folder('all', frames), warmup=0, progress=False, by_camera=True)
+    groups = report['camera_groups']
+    reads = {'vertical field of view (deg)': lambda f: f['intrinsics']['fov_y_deg'],
+             'camera height (m)': lambda f: f['pose']['position'][2]}
+    assert list(groups) == list(reads)
+    for key, read in reads.items():
+        ordered = sorted(frames, key=read)
+        for k, third in enumerate(groups[key]):
+            members = ordered[2 * k:2 * k + 2]
+            assert third['frames'] == 2 and third['range'] == (read(members[0]), read(members[1]))
+            alone = evaluate(onnx_path, folder(f'{key[:6]}{k}', members), warmup=0, progress=False)
+            assert third['mIoU'] == pytest.approx(alone['mIoU'], abs=1e-12)
+    assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(tmp_path / 'all'), '--by-camera',
+                     '--warmup', '0']) == 0
+    assert 'vertical field of view (deg): lowest third' in capsys.readouterr().out
+
+    data, _, _ = trained   # 3 frames without meta/
+    with pytest.raises(UserError, match='without camera metadata'):
+        evaluate(onnx_path, data, warmup=0, progress=False, by_camera=True)
+    assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(data), '--by-camera', '--limit', '2']) == 2
+    assert 'at least 3 frames' in capsys.readouterr().err

@@ -176,11 +176,12 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
              limit: int = 0, providers: list[str] | None = None, threads: int | None = None,
              exit_threshold: float | None = None, input_size: Sequence[int] | None = None, warmup: int = 2,
              progress: bool = True, refine_threshold: float | None = None, merge: dict[str, str] | None = None,
-             baseline: str | os.PathLike | None = None) -> dict:
+             baseline: str | os.PathLike | None = None, by_camera: bool = False) -> dict:
     """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``).
     ``merge`` {model class: dataset class}: score a class the dataset lacks as one it has. ``baseline``: a second
     model run on the same frames (each frame through the model, then through it), reported with its mIoU and the
-    paired interval of the difference.
+    paired interval of the difference. ``by_camera``: also ``camera_groups``, the mIoU of the thirds of the frames
+    by their camera's vertical field of view and by its height (rendered frames' metadata; :func:`camera_groups`).
 
     Adaptive-cost models also get ``groups``: frames, GMACs, latency, refined / kept fraction and mIoU of the
     easy and the cluttered half (by the renderer's clutter level when every frame has one, else by the
@@ -206,8 +207,12 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
     count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
+    if by_camera and count < 3:
+        raise UserError(f'--by-camera needs at least 3 frames, {data} has {count}')
+    if by_camera:
+        camera_values(dataset.sample_meta(0), data)   # before the run: a dataset without camera metadata
     reliability = ReliabilityStats()
-    latencies, kept, macs, refined, per_frame = [], [], [], [], []
+    latencies, kept, macs, refined, per_frame, cameras = [], [], [], [], [], []
     for _ in range(warmup):
         predictor(dataset[0][0])
         if baseline is not None:
@@ -221,6 +226,8 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
         if result.get('confidence') is not None:
             reliability.add(result['confidence'], labels, label, ignore_index)
         latencies.append(result['latency_ms'])
+        if by_camera:
+            cameras.append((frame.matrix, camera_values(dataset.sample_meta(i), data)))
         if result['kept_fraction'] is not None:
             kept.append(np.atleast_1d(np.asarray(result['kept_fraction'], np.float64)))
         if result['refined_fraction'] is not None:
@@ -274,6 +281,8 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
                               'difference_interval95': bootstrap_miou(scores.areas, other_scores.areas)}
     if len(per_frame) >= 2:
         report['groups'] = complexity_groups(per_frame, classes, ignore_index)
+    if by_camera:
+        report['camera_groups'] = camera_groups(cameras, classes, ignore_index)
     table = markdown_report(report)
     if out:
         out = Path(out)
@@ -291,6 +300,13 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
     return report
 
 
+def pooled_miou(matrices: list[np.ndarray], classes: Sequence[str], ignore_index: int) -> float | None:
+    """mIoU of a group of frames: their confusion matrices summed."""
+    confusion = ConfusionMatrix(len(classes), ignore_index)
+    confusion.matrix = sum(matrices)
+    return confusion.compute(classes)['mIoU']
+
+
 def complexity_groups(frames: list[dict], classes: Sequence[str], ignore_index: int) -> dict:
     """Cost and accuracy of the easy and the cluttered half of ``frames`` (dicts with 'confusion', 'macs',
     'ms', 'clutter', 'fraction'): halves by clutter when every frame has one, else by 'fraction'."""
@@ -300,14 +316,41 @@ def complexity_groups(frames: list[dict], classes: Sequence[str], ignore_index: 
     half = len(frames) // 2
     groups = {}
     for name, members in (('easy half', order[:half]), ('cluttered half', order[half:])):
-        confusion = ConfusionMatrix(len(classes), ignore_index)
-        confusion.matrix = sum(frames[i]['confusion'] for i in members)
         fractions = [frames[i]['fraction'] for i in members if frames[i]['fraction'] is not None]
         groups[name] = {'frames': len(members), 'split_by': 'clutter' if by_clutter else 'cost fraction',
                         'gmacs_per_frame': float(np.mean([frames[i]['macs'] for i in members])) / 1e9,
                         'latency_ms_mean': float(np.mean([frames[i]['ms'] for i in members])),
                         'fraction': float(np.mean(fractions)) if fractions else None,
-                        'mIoU': confusion.compute(classes)['mIoU']}
+                        'mIoU': pooled_miou([frames[i]['confusion'] for i in members], classes, ignore_index)}
+    return groups
+
+
+CAMERA_KEYS = {'vertical field of view (deg)': lambda meta: meta['intrinsics']['fov_y_deg'],
+               'camera height (m)': lambda meta: meta['pose']['position'][2]}
+
+
+def camera_values(meta: dict, data: object = '') -> list[float]:
+    """A rendered frame's :data:`CAMERA_KEYS` values from its metadata; a UserError when it has none."""
+    try:
+        return [float(read(meta)) for read in CAMERA_KEYS.values()]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise UserError(f'--by-camera: {data} has frames without camera metadata (intrinsics.fov_y_deg and '
+                        'pose.position, as `seg-perception render` writes in meta/)') from None
+
+
+def camera_groups(frames: list[tuple], classes: Sequence[str], ignore_index: int) -> dict:
+    """mIoU of the thirds of ``frames`` ((confusion matrix, :func:`camera_values`) pairs) by each of
+    :data:`CAMERA_KEYS`: ``{key: [{'range': (lo, hi), 'frames': n, 'mIoU': m}, ...]}``, thirds in increasing order
+    of the key."""
+    groups = {}
+    for k, key in enumerate(CAMERA_KEYS):
+        values = np.array([camera[k] for _, camera in frames])
+        order = np.argsort(values, kind='stable')
+        groups[key] = []
+        for members in np.array_split(order, 3):
+            groups[key].append({'range': (float(values[members].min()), float(values[members].max())),
+                                'frames': len(members),
+                                'mIoU': pooled_miou([frames[i][0] for i in members], classes, ignore_index)})
     return groups
 
 
@@ -339,6 +382,11 @@ def markdown_report(report: dict) -> str:
         fraction = f', refined/kept {g["fraction"]:.3f}' if g['fraction'] is not None else ''
         rows.append((f'{name} ({g["frames"]} frames, by {g["split_by"]})',
                      f'{g["gmacs_per_frame"]:.3f} GMACs, {g["latency_ms_mean"]:.1f} ms mean{fraction}, mIoU {miou}'))
+    for key, thirds in (report.get('camera_groups') or {}).items():
+        for name, g in zip(('lowest', 'middle', 'highest'), thirds):
+            miou = f'{100 * g["mIoU"]:.2f}' if g['mIoU'] is not None else 'n/a'
+            rows.append((f'{key}: {name} third, {g["range"][0]:.2f} - {g["range"][1]:.2f} ({g["frames"]} frames)',
+                         f'mIoU {miou}'))
     if report.get('ece') is not None:
         rows.append(('pixel ECE, 15 bins (confidence)', f'{100 * report["ece"]:.2f} % ({report["calibration"]})'))
     rows.append(('images', str(report['images'])))
@@ -370,6 +418,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'bootstrap interval (the two take turns on each frame, so latencies include that)')
     parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
                         help='score a model class the dataset lacks as one it has (e.g. covered_floor:floor)')
+    parser.add_argument('--by-camera', action='store_true',
+                        help="also the mIoU of the thirds of the frames by their camera's vertical field of view and "
+                             'by its height (rendered datasets: their meta/ files)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -379,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
                       gt_topic=args.gt_topic, out=args.out, limit=args.limit, providers=providers,
                       threads=args.threads, exit_threshold=args.exit_threshold, input_size=args.input_size,
                       warmup=args.warmup, refine_threshold=args.refine_threshold, merge=merge,
-                      baseline=args.baseline)
+                      baseline=args.baseline, by_camera=args.by_camera)
     print(report['table'])
     if args.out:
         extra = ', reliability.png' if report.get('ece') is not None else ''
