@@ -207,10 +207,10 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
     count = len(dataset) if not limit or limit <= 0 else min(limit, len(dataset))
     if count == 0:
         raise ValueError(f'{data}: no labelled images')
-    if by_camera and count < 3:
-        raise UserError(f'--by-camera needs at least 3 frames, {data} has {count}')
-    if by_camera:
-        camera_values(dataset.sample_meta(0), data)   # before the run: a dataset without camera metadata
+    if by_camera:   # refused before the run: too few frames for thirds, or no camera metadata
+        if count < 3:
+            raise UserError(f'--by-camera needs at least 3 frames, got {count} from {data}')
+        camera_values(dataset.sample_meta(0), data)
     reliability = ReliabilityStats()
     latencies, kept, macs, refined, per_frame, cameras = [], [], [], [], [], []
     for _ in range(warmup):
