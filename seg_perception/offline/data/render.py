@@ -596,6 +596,7 @@ class _Scene:
         hip = 0.85 * scale
         torso_h, shoulder = 0.5 * scale, hip + 0.55 * scale
         torso_z, torso_half = hip + torso_h / 2 + 0.02, torso_h * 0.3 + 0.16 * scale   # centre; half height with caps
+        leg_r, head_z = 0.065 * scale, shoulder + 0.17 * scale
         arm_swing = rng.normal(0, 0.08)
         parts = [('capsule', [0.16 * scale, torso_h * 0.6], (0, 0, torso_z), shirt)]
         posed = self.variety > 0 and rng.random() < self.variety
@@ -606,13 +607,13 @@ class _Scene:
                                   (0, side * 0.16 * scale, torso_z + torso_h * 0.3), 0.05 * scale, 0.45 * scale, arm))
                 stride = rng.uniform(-0.45, 0.45)
                 parts.append(leg(side * rng.uniform(0, 0.15), stride,
-                                 (0, side * 0.09 * scale, torso_z - torso_half + 0.065 * scale), 0.065 * scale, pants))
+                                 (0, side * 0.09 * scale, torso_z - torso_half + leg_r), leg_r, pants))
                 continue
-            parts.append(leg(0.0, 0.0, (side * arm_swing, side * 0.09 * scale, hip), 0.065 * scale, pants))
+            parts.append(leg(0.0, 0.0, (side * arm_swing, side * 0.09 * scale, hip), leg_r, pants))
             parts.append(('capsule', [0.05 * scale, 0.45 * scale],
                           (-side * arm_swing, side * 0.23 * scale, shoulder - 0.3 * scale), arm))
-        parts.append(neck(torso_z + torso_half, shoulder + 0.17 * scale, 0.045 * scale, skin))
-        parts.append(('sphere', [0.11 * scale], (0, 0, shoulder + 0.17 * scale), skin))
+        parts.append(neck(torso_z + torso_half, head_z, 0.045 * scale, skin))
+        parts.append(('sphere', [0.11 * scale], (0, 0, head_z), skin))
         if rng.random() < 0.5:
             parts.append(('cylinder', [0.115 * scale, 0.06], (0, 0, shoulder + 0.25 * scale), colour(rng)))
         self._compound(parts, x, y, yaw, PERSON)

@@ -155,8 +155,9 @@ def assembled_person(rng: np.random.Generator) -> list:
                           (0, side * torso_r, torso_z + 0.15 * scale), 0.045 * scale * girth,   # on the torso's side
                           0.42 * scale, arm))
     head = 0.11 * scale ** 0.7
-    parts.append(neck(torso_z + torso_half, shoulder + 0.05 * scale + head, 0.04 * scale, skin))
-    parts.append(('sphere', [head], (0, 0, shoulder + 0.05 * scale + head), skin))
+    head_z = shoulder + 0.05 * scale + head
+    parts.append(neck(torso_z + torso_half, head_z, 0.04 * scale, skin))
+    parts.append(('sphere', [head], (0, 0, head_z), skin))
     extra = rng.choice(['none', 'backpack', 'box', 'hat', 'hair'], p=[0.3, 0.2, 0.15, 0.15, 0.2])
     if extra == 'backpack':
         d = rng.uniform(0.06, 0.12) * scale
