@@ -17,6 +17,18 @@ from seg_perception.offline.training import train as tr
 SIZE = (64, 96)
 
 
+def _dataset_folder(root: Path, frames: list) -> Path:
+    """Rendered ``frames`` stored as ``render --out root`` stores them (no split), with their ``meta/`` files."""
+    from seg_perception.offline.data.render import DATASET_FOLDERS, save_frame, write_classes_yaml
+
+    for sub in DATASET_FOLDERS:
+        (root / sub).mkdir(parents=True)
+    write_classes_yaml(root / 'classes.yaml')
+    for f in frames:
+        save_frame(root, f)
+    return root
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """(dataset folder, checkpoint, exported .onnx) from a few training steps on 3 images."""
@@ -76,18 +88,13 @@ def test_rosbag_raw_and_compressed_topics(trained, tmp_path):
     from files, jpeg frames run through the same path."""
     from seg_perception.offline.data.bags import write_bag
     from seg_perception.offline.data.datasets import open_dataset
-    from seg_perception.offline.data.render import render_frames, save_frame, write_classes_yaml
+    from seg_perception.offline.data.render import render_frames
 
     _, _, onnx_path = trained
     frames = list(render_frames(4, seed=5, width=SIZE[1], height=SIZE[0], seq_len=2))
     bag = tmp_path / 'bag'
     write_bag(str(bag), frames, jpeg=True)
-    folder = tmp_path / 'files'
-    for sub in ('images', 'masks', 'depth', 'occupancy', 'meta'):
-        (folder / sub).mkdir(parents=True)
-    write_classes_yaml(folder / 'classes.yaml')
-    for f in frames:
-        save_frame(folder, f)
+    folder = _dataset_folder(tmp_path / 'files', frames)
     assert len(open_dataset(str(folder))) == 4
     from_files = evaluate(onnx_path, folder, warmup=0, progress=False)
     raw = evaluate(onnx_path, bag, image_topic='/camera/image_raw', gt_topic='/ground_truth/labels', warmup=0,
@@ -160,21 +167,11 @@ def test_baseline_on_the_same_frames(trained, capsys):
 def test_by_camera_thirds_by_field_of_view_and_height(trained, tmp_path, capsys):
     """``--by-camera``: each third of the frames, by vertical field of view and by camera height, scores as the
     same frames evaluated on their own; a dataset without camera metadata is refused before the run."""
-    from seg_perception.offline.data.render import render_frames, save_frame, write_classes_yaml
+    from seg_perception.offline.data.render import render_frames
 
     _, _, onnx_path = trained
     frames = list(render_frames(6, seed=7, width=SIZE[1], height=SIZE[0], seq_len=1))
-
-    def folder(name, chosen):
-        root = tmp_path / name
-        for sub in ('images', 'masks', 'depth', 'occupancy', 'meta'):
-            (root / sub).mkdir(parents=True)
-        write_classes_yaml(root / 'classes.yaml')
-        for f in chosen:
-            save_frame(root, f)
-        return root
-
-    report = evaluate(onnx_path, folder('all', frames), warmup=0, progress=False, by_camera=True)
+    report = evaluate(onnx_path, _dataset_folder(tmp_path / 'all', frames), warmup=0, progress=False, by_camera=True)
     groups = report['camera_groups']
     reads = {'vertical field of view (deg)': lambda f: f['intrinsics']['fov_y_deg'],
              'camera height (m)': lambda f: f['pose']['position'][2]}
@@ -184,7 +181,7 @@ def test_by_camera_thirds_by_field_of_view_and_height(trained, tmp_path, capsys)
         for k, third in enumerate(groups[key]):
             members = ordered[2 * k:2 * k + 2]
             assert third['frames'] == 2 and third['range'] == (read(members[0]), read(members[1]))
-            alone = evaluate(onnx_path, folder(f'{key[:6]}{k}', members), warmup=0, progress=False)
+            alone = evaluate(onnx_path, _dataset_folder(tmp_path / f'{key[:6]}{k}', members), warmup=0, progress=False)
             assert third['mIoU'] == pytest.approx(alone['mIoU'], abs=1e-12)
     assert cli.main(['evaluate', '--model', str(onnx_path), '--data', str(tmp_path / 'all'), '--by-camera',
                      '--warmup', '0']) == 0
