@@ -59,9 +59,6 @@ def test_bench_peer_reports_exact_labels(bench_cache, capsys):
     for row in rows[2:4]:
         least = float(re.search(r'\| [\d.]+ \(min ([\d.]+)\) \|', row).group(1))
         assert least >= 99.5     # 150 classes: the corners' two best classes (issue 14: >= 99.5 %)
-    # "confidence not beside": timed only where the engine puts the confidence on a second thread
-    not_beside = [row.split(' | ')[13] for row in rows[:4]]
-    assert not_beside[:3] == ['-', '-', '-'] and re.fullmatch(r'[\d.]+', not_beside[3]), rows
     assert '| our network ms |' in out
     assert len(list((bench_cache / 'cache').glob('topformer_tiny_150_*.onnx'))) == 2
 

@@ -1,6 +1,5 @@
 """LogitsUpsampler: labels equal to "bilinear upsample of the logits, then argmax" (PyTorch's own), at any output
 size and for letterboxed inputs, with 6 and 150 classes; the engine gives logits models' labels at camera size."""
-import concurrent.futures
 
 import cv2
 import numpy as np
@@ -169,14 +168,19 @@ def test_max_softmax_and_coarse_argmax_on_any_memory_layout(layout):
 @pytest.mark.parametrize('offset', [0.0, 55.0, -55.0, 70.0, -70.0])
 def test_per_pixel_row_softmax_without_shifting_and_with(offset):
     """The per-pixel-row softmax exponentiates the logits unshifted while they fit float32 (tops within +-60) and
-    shifts them by their top otherwise: the same max softmax either way, also with logits that underflow."""
+    shifts them by their top otherwise: the same max softmax either way, also with logits that underflow, and
+    with the tops passed in."""
     logits = np.random.default_rng(6).normal(0, 6, (150, 12, 16)).astype(np.float32) + np.float32(offset)
     logits[:, 0, 0] = -200.0
     logits[3, 0, 0] = offset   # one pixel whose other classes all underflow
     ref = np.exp(logits.astype(np.float64) - logits.max(axis=0))
     ref = (ref.max(axis=0) / ref.sum(axis=0)).astype(np.float32)
-    conf = rows_max_softmax(cv2.transpose(logits.reshape(150, -1))).reshape(ref.shape)
+    rows = cv2.transpose(logits.reshape(150, -1))
+    conf = rows_max_softmax(rows).reshape(ref.shape)
     assert np.allclose(conf, ref, rtol=1e-5, atol=1e-7) and conf[0, 0] == 1.0
+    # the tops gathered at the argmax, as the upsampler passes them: the same values
+    top = np.take_along_axis(rows, rows.argmax(axis=1)[:, None], axis=1)[:, 0]
+    assert np.array_equal(rows_max_softmax(rows, top).reshape(ref.shape), conf)
 
 
 def test_corner_two_best_rule_agrees_with_the_exact_rule():
@@ -212,14 +216,14 @@ def test_per_pixel_logits_are_read_without_a_copy():
         assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
 
 
-def test_confidence_beside_the_labels_is_the_same():
-    """With an executor the confidence of many classes is made on its thread while the caller makes the labels:
-    the same labels and confidence as in one thread."""
+def test_confidence_of_many_classes_is_the_interpolated_max_softmax():
+    """With many classes the confidence (its tops gathered at the argmax) equals the plane-by-plane max softmax
+    (another implementation), interpolated the same way (a plain resize); per-class temperatures too."""
     up = LogitsUpsampler.for_resize((30, 40), (240, 320), exact=False)
     logits = synthetic_logits(150, (30, 40), regions=12, seed=4)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        got, ref = up(logits, executor=pool), up(logits)
-    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
-    # against the plane-by-plane max softmax (another implementation), interpolated the same way (a plain resize)
     reference = cv2.resize(max_softmax(logits), (320, 240), interpolation=cv2.INTER_LINEAR)
-    assert np.allclose(got[1], reference, rtol=1e-5, atol=1e-6)
+    assert np.allclose(up(logits)[1], reference, rtol=1e-5, atol=1e-6)
+    scaled = logits / np.linspace(0.5, 2.0, 150, dtype=np.float32)[:, None, None]
+    reference = cv2.resize(max_softmax(scaled), (320, 240), interpolation=cv2.INTER_LINEAR)
+    labels, conf = up(logits, calibrated=scaled)
+    assert np.array_equal(labels, up(logits)[0]) and np.allclose(conf, reference, rtol=1e-5, atol=1e-6)

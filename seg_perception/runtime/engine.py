@@ -7,7 +7,6 @@ input size, resize mode, output kind) is read from the model file's metadata (se
     result = engine.infer(rgb)          # HxWx3 uint8 RGB of any size
     result.labels, result.confidence    # HxW, at the input's own resolution
 """
-import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -159,14 +158,6 @@ def session_options(intra_op_threads: int, inter_op_threads: int = 0,
     return opts
 
 
-def available_cores() -> int:
-    """The CPUs this process may run on (its affinity where the OS tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:   # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def fix_input_size(opts: 'ort.SessionOptions', images_shape: list, hw: tuple) -> None:
     """Fix the symbolic height and width of an (N, C, H, W) ``images`` input to ``hw`` in ``opts``. A graph
     exported with a symbolic height and width then runs at that size only, and ONNX Runtime folds its shape
@@ -195,8 +186,7 @@ class SegmentationEngine:
         Runtime's intra-op worker threads busy-wait for the next run (False: they sleep; None: its default, on).
         ``exact_labels``: logits models with more than 8 classes make labels exactly "bilinear upsampling, then
         argmax" (default: from each cell's corners' two best classes, ~0.05 % of pixels differ, a quarter
-        cheaper; see ``runtime/upsample.py``); 8 classes or fewer are always exact. With more than 8 classes and
-        2+ intra-op threads (0: one per core), the confidence is made on a second thread beside the labels."""
+        cheaper; see ``runtime/upsample.py``); 8 classes or fewer are always exact."""
         self.model_path = str(model_path)
         try:
             check_model_file(self.model_path)  # before any parser sees the file
@@ -236,11 +226,6 @@ class SegmentationEngine:
         # calibration (logits models): confidence = softmax(logits / T); a labels model's graph computes its own
         temperature = self.meta.get('temperature') if self.meta['output_kind'] == 'logits' else None
         self.inv_temperature = None if temperature is None else (1.0 / np.asarray(temperature, np.float32))
-        # the confidence on a core ONNX Runtime's other workers sleep on while the labels are made
-        threads = intra_op_threads or available_cores()
-        self._confidence_beside = (threads > 1 and self.num_classes > LogitsUpsampler.FEW
-                                   and self.meta['output_kind'] == 'logits')
-        self._beside = (None, None)   # (pid, executor): made on first use, again in a forked child
         LOG.info('model %s (%s, %d classes) on %s (asked for %s)', os.path.basename(self.model_path),
                  self.meta.get('arch', '?'), self.num_classes, self.provider, ', '.join(self.requested_providers))
 
@@ -320,20 +305,10 @@ class SegmentationEngine:
         scaled logits serve for both; per-class temperatures can change it, so they are passed beside)."""
         upsampler = self._upsampler(logits.shape[1:], geometry)
         if self.inv_temperature is None:
-            return upsampler(logits, self.label_dtype, self._beside_pool())
+            return upsampler(logits, self.label_dtype)
         if self.inv_temperature.size == 1:
-            return upsampler(logits * self.inv_temperature[0], self.label_dtype, self._beside_pool())
-        return upsampler(logits, self.label_dtype, self._beside_pool(),
-                         calibrated=logits * self.inv_temperature[:, None, None])
-
-    def _beside_pool(self):
-        """The executor of the confidence's thread, or None. Per process: a child forked after a frame inherits the
-        executor but not its thread, and would wait for it forever."""
-        if not self._confidence_beside:
-            return None
-        if self._beside[0] != os.getpid():
-            self._beside = (os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='seg_confidence'))
-        return self._beside[1]
+            return upsampler(logits * self.inv_temperature[0], self.label_dtype)
+        return upsampler(logits, self.label_dtype, calibrated=logits * self.inv_temperature[:, None, None])
 
     def _upsampler(self, coarse_hw, geometry):
         """The :class:`LogitsUpsampler` from these logits straight to the input image (cached per geometry)."""

@@ -27,8 +27,7 @@ costs C interpolations per output pixel; with 150 classes at 512x512 that is sev
 
 Confidence (max softmax) is the coarse max-softmax interpolated bilinearly (one channel), not the max softmax
 of the interpolated logits: they agree inside regions and differ a little on class boundaries. With many classes
-and an executor (the engine's with 2+ threads) it is made on the executor's thread while the caller makes the
-labels.
+its top logits are the ones the argmax found (gathered, not searched again).
 
 The output grid need not be an integer multiple of the logits: an :class:`AxisMap` maps each output row
 (column) to its two coarse rows and weight, for plain resizing and for letterboxed inputs alike.
@@ -79,10 +78,11 @@ def coarse_label_confidence(logits: np.ndarray, calibrated: np.ndarray | None = 
     return labels, max_softmax(logits, top=top) if calibrated is None else max_softmax(calibrated)
 
 
-def rows_max_softmax(by_pixel: np.ndarray) -> np.ndarray:
-    """(n, C) float32 logit rows -> each row's max softmax (n,) float32, in OpenCV calls only (they release the
-    GIL: the engine runs this beside the label pass)."""
-    top = cv2.reduce(by_pixel, 1, cv2.REDUCE_MAX)[:, 0]
+def rows_max_softmax(by_pixel: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
+    """(n, C) float32 logit rows -> each row's max softmax (n,) float32; ``top``: each row's largest logit, when
+    already known (e.g. gathered at the argmax); else numpy's row maximum (``cv2.reduce(REDUCE_MAX)`` along rows
+    takes 5x as long here)."""
+    top = by_pixel.max(axis=1) if top is None else top
     if -60 < top.min() and top.max() < 60:
         # exp(l) fits float32 (up to 1e26 per class; what underflows is below 1e-12 of the top's term):
         # softmax max = exp(top) / sum exp(l), one pass fewer than shifting every logit by its top first
@@ -199,13 +199,10 @@ class LogitsUpsampler:
             axes.append(AxisMap.build(n_out, n_in, n_content / n_out * per_net, offset * per_net))
         return cls(axes[0], axes[1], coarse_hw, exact)
 
-    def __call__(self, logits: np.ndarray, label_dtype=np.uint8, executor=None,
-                 calibrated: np.ndarray | None = None) -> tuple:
+    def __call__(self, logits: np.ndarray, label_dtype=np.uint8, calibrated: np.ndarray | None = None) -> tuple:
         """(C, h, w) float32 logits -> (labels (H, W) ``label_dtype``, confidence (H, W) float32). ``calibrated``:
         the (C, h, w) logits whose max softmax is the confidence (e.g. ``logits`` divided by per-class
-        temperatures, which can change the argmax), default ``logits``. ``executor`` (a
-        ``concurrent.futures.Executor``): with more than ``FEW`` classes, the confidence is made there while this
-        thread makes the labels (OpenCV calls that release the GIL; ``bench peer`` times both ways)."""
+        temperatures, which can change the argmax), default ``logits``."""
         for name, value in (('logits', logits), ('calibrated logits', calibrated)):
             if value is not None and value.shape[1:] != self.coarse_hw:
                 raise ValueError(f'{name} {value.shape[1:]} do not match the upsampler ({self.coarse_hw})')
@@ -213,13 +210,13 @@ class LogitsUpsampler:
             coarse, conf = coarse_label_confidence(logits, calibrated)
             return self._labels(logits, coarse, None, label_dtype), self._enlarge(conf)
         by_pixel = pixel_rows(logits)   # (h * w, C): per-pixel rows along contiguous memory
-        scores = by_pixel if calibrated is None else pixel_rows(calibrated)
-        pending = None if executor is None else executor.submit(self._row_confidence, scores)
-        labels = self._labels(logits, by_pixel.argmax(axis=1).reshape(self.coarse_hw), by_pixel, label_dtype)
-        return labels, self._row_confidence(scores) if pending is None else pending.result()
-
-    def _row_confidence(self, by_pixel: np.ndarray) -> np.ndarray:
-        return self._enlarge(rows_max_softmax(by_pixel).reshape(self.coarse_hw))
+        coarse = by_pixel.argmax(axis=1)
+        if calibrated is None:   # the confidence's top logits are the argmax's
+            scores, top = by_pixel, by_pixel.reshape(-1).take(np.arange(len(coarse)) * by_pixel.shape[1] + coarse)
+        else:
+            scores, top = pixel_rows(calibrated), None
+        labels = self._labels(logits, coarse.reshape(self.coarse_hw), by_pixel, label_dtype)
+        return labels, self._enlarge(rows_max_softmax(scores, top).reshape(self.coarse_hw))
 
     def _labels(self, logits, coarse, by_pixel, label_dtype) -> np.ndarray:
         """The labels at the output grid from the coarse argmax ``coarse`` (h, w); ``by_pixel``: the logits'

@@ -28,7 +28,6 @@ A second table runs the shipped model as deployed (camera 640x480, network 256x3
 256x320, enlarged by nearest neighbour) against the logits file (labels straight at 640x480).
 """
 import argparse
-import concurrent.futures
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -230,28 +229,22 @@ def _peer_row(name, classes, size, threads, logits_sess, labels_sess, x, logits_
     ours_logits = logits_for_upsampler
     if per_pixel:   # a (C, h, w) view of per-pixel rows, as the engine holds an nhwc output
         ours_logits = np.ascontiguousarray(logits_for_upsampler.transpose(1, 2, 0)).transpose(2, 0, 1)
-    # as the engine does it: the upsampler right after the run; with 2+ threads and many classes the confidence
-    # on a second thread beside the labels (one core of the network's while its other workers sleep)
-    beside = concurrent.futures.ThreadPoolExecutor(1) if threads > 1 and classes > LogitsUpsampler.FEW else None
+    # as the engine does it: the upsampler right after the run
     candidates = {
         'net': lambda: logits_sess.run(None, {'images': x}),
         'official': lambda: labels_sess.run(None, {'images': x}),
         'our_net': lambda: our_sess.run(None, {'images': x}),
-        'ours': lambda: (our_sess.run(None, {'images': x}), up(ours_logits, executor=beside)),
+        'ours': lambda: (our_sess.run(None, {'images': x}), up(ours_logits)),
     }
     if classes > LogitsUpsampler.FEW:   # with fewer classes the engine's default is the exact rule already
-        candidates['exact'] = lambda: (our_sess.run(None, {'images': x}), exact_up(ours_logits, executor=beside))
-    if beside is not None:   # what the second thread saves
-        candidates['inline'] = lambda: (our_sess.run(None, {'images': x}), up(ours_logits))
+        candidates['exact'] = lambda: (our_sess.run(None, {'images': x}), exact_up(ours_logits))
     # primed, one thread too: 'official' would otherwise evict the caches of the candidate timed after it
     ms = interleaved_medians(candidates, warmup, repeat, prime=True)
-    if beside is not None:
-        beside.shutdown()
     ours, conf = up(ours_logits)
     ref, ref_conf = exact_labels(logits_for_upsampler, exact_up)
     return {'model': name, 'classes': classes, 'size': list(size), 'threads': threads, 'net_ms': ms['net'],
             'our_net_ms': ms['our_net'], 'official_ms': ms['official'], 'ours_ms': ms['ours'],
-            'exact_ms': ms.get('exact', ms['ours']), 'inline_ms': ms.get('inline'),
+            'exact_ms': ms.get('exact', ms['ours']),
             'agreement': float((ours == ref).mean()), 'conf_mad': float(np.abs(conf - ref_conf).mean()),
             'ambiguous': up.counters['ambiguous_fraction'], 'logits': note}
 
@@ -300,8 +293,8 @@ def bench_peer(sizes: Sequence[tuple[int, int]], threads_list: Sequence[int], wa
                                   ours, per_pixel=True)
                         for s in range(frames)]
             row = dict(per_seed[0])
-            for key in ('net_ms', 'our_net_ms', 'official_ms', 'ours_ms', 'exact_ms', 'inline_ms'):
-                row[key] = None if row[key] is None else float(np.median([r[key] for r in per_seed]))
+            for key in ('net_ms', 'our_net_ms', 'official_ms', 'ours_ms', 'exact_ms'):
+                row[key] = float(np.median([r[key] for r in per_seed]))
             for key in ('agreement', 'conf_mad', 'ambiguous'):
                 row[key] = float(np.mean([r[key] for r in per_seed]))
             row['agreement_min'] = min(r['agreement'] for r in per_seed)
@@ -343,12 +336,11 @@ def peer_table(report: dict) -> str:
                      fmt(r['official_ms']), ratio(r['official_ms'], r['net_ms']), fmt(r['our_net_ms']),
                      fmt(r['ours_ms']), ratio(r['ours_ms'], r['net_ms']), ratio(r['ours_ms'], r['our_net_ms']),
                      fmt(r['exact_ms']), ratio(r['exact_ms'], r['net_ms']),
-                     '-' if r.get('inline_ms') is None else ratio(r['inline_ms'], r['net_ms']),
                      f'{100 * r["agreement"]:.3f} (min {100 * r["agreement_min"]:.3f})',
                      f'{100 * r["ambiguous"]:.1f} %', fmt(r['conf_mad'], 4), r['logits']])
     head = ['model', 'classes', 'size', 'threads', 'network to 1/8 logits ms', 'official-style ms', 'x network',
             'our network ms', 'ours ms', 'x network', 'x our network', 'ours, exact rule ms', 'x network',
-            'ours, confidence not beside: x network', 'ours = exact labels %', 'pixels refined',
+            'ours = exact labels %', 'pixels refined',
             'confidence mean abs diff', 'logits for ours']
     d = report['deployed']
     deployed = markdown_table(
@@ -363,9 +355,7 @@ def peer_table(report: dict) -> str:
             '150 classes: per-pixel logits; 6 classes: the shipped file); "ours": '
             'our network, then `LogitsUpsampler` as the engine runs it (labels exact up to 8 classes; above, each '
             'ambiguous cell decided by its corners\' two best classes), confidence = interpolated coarse max softmax; '
-            '"exact rule": the engine\'s `exact_labels`; with 2+ threads and more than 8 classes the engine makes the '
-            'confidence on a second thread beside the labels ("confidence not beside": all in one thread). '
-            'x network = time / network time.\n\n'
+            '"exact rule": the engine\'s `exact_labels`. x network = time / network time.\n\n'
             f'Deployed: camera {d["camera"][0]}x{d["camera"][1]}, network {d["net"][0]}x{d["net"][1]}, '
             f'{d["threads"]} thread, sample-bag frames:\n\n' + deployed)
 
