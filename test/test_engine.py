@@ -74,6 +74,31 @@ def test_preprocess_opencv_and_numpy_paths_agree(monkeypatch):
     assert np.all(plain[0, :, oy:-oy].std(axis=(1, 2)) > 0.5)   # the content is the image, normalised
 
 
+def test_gray_world_white_balance_folds_into_the_normalisation():
+    """Gray world scales each channel to the channels' common mean (gains within [0.5, 2], none for a black
+    frame); folded into mean/std it gives the blob of the balanced image, the letterbox padding still 0, and the
+    trainer's ``normalize`` makes the same values."""
+    from seg_perception.offline.predict import normalize
+    rng = np.random.default_rng(3)
+    rgb = np.clip(rng.integers(40, 200, (48, 80, 3)) * [1.3, 1.0, 0.7], 0, 255).astype(np.uint8)   # a warm cast
+    gains = eng.gray_world_gains(rgb)
+    balanced = rgb * gains
+    assert np.allclose(balanced.reshape(-1, 3).mean(0), rgb.mean(), rtol=1e-9) and gains[0] < 1 < gains[2]
+    assert np.array_equal(eng.gray_world_gains(np.zeros((4, 4, 3), np.uint8)), np.ones(3))
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 200
+    assert np.array_equal(eng.gray_world_gains(red), [0.5, 2.0, 2.0])
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    g = eng.compute_geometry((48, 80), (64, 80), 'letterbox')
+    blob = eng.preprocess(rgb, g, mean, std, 'gray_world')
+    oy = g.offset_yx[0]
+    expected = ((balanced - mean) / std).transpose(2, 0, 1)
+    assert np.allclose(blob[0, :, oy:oy + 48], expected, atol=1e-4)
+    assert np.all(blob[0, :, :oy] == 0) and np.all(blob[0, :, oy + 48:] == 0)
+    assert not np.allclose(eng.preprocess(rgb, g, mean, std)[0, :, oy:oy + 48], expected, atol=0.05)
+    assert np.allclose(normalize(rgb, mean, std, 'gray_world').numpy(), expected, atol=1e-4)
+
+
 def test_logits_model_matches_labels_model(tmp_path):
     """The two output conventions give the same labels for the same weights (engine upsampling vs graph)."""
     a = SegmentationEngine(make_tiny_model(str(tmp_path / 'a.onnx'), output_kind='labels', dynamic=True))
@@ -184,6 +209,13 @@ def test_missing_broken_and_foreign_models(tmp_path, tiny_model):
     onnx.save(m, short)
     with pytest.raises(EngineError, match='palette'):
         SegmentationEngine(short)
+    m = onnx.load(tiny_model)
+    m.metadata_props.add(key='white_balance', value='auto')
+    unknown_balance = tmp_path / 'balance.onnx'
+    onnx.save(m, unknown_balance)
+    with pytest.raises(EngineError, match="white_balance 'auto' not in"):
+        SegmentationEngine(unknown_balance)
+    assert SegmentationEngine(tiny_model).meta['white_balance'] == 'none'   # files without the key
 
 
 def test_provider_selection_falls_back_to_cpu():

@@ -97,3 +97,31 @@ def test_checkpoint_and_export_score_the_same(letterboxed):
     assert 'letterbox' in from_torch['runner']
     assert from_torch['mIoU'] == pytest.approx(from_onnx['mIoU'], abs=1e-3)
     assert from_torch['aAcc'] == pytest.approx(from_onnx['aAcc'], abs=1e-3)
+
+
+def test_white_balance_travels_from_training_to_the_engine(tmp_path):
+    """A model trained with gray-world white balance records it in its checkpoint and in its export; the engine
+    then balances each frame (its logits change when the key is taken away), as torch prediction does (the same
+    labels) on frames with a colour cast. Checkpoints without the key mean no balance."""
+    torch.set_num_threads(1)
+    data = write_scenes(tmp_path / 'train', n=2, size=TRAIN_SIZE)
+    tr.train(tiny_config(data, tmp_path / 'run', iters=4, val_data='none', white_balance='gray_world'))
+    checkpoint = tmp_path / 'run' / 'last.pt'
+    model, ckpt = load_checkpoint(checkpoint)
+    prep = checkpoint_preprocessing(ckpt)
+    assert ckpt['white_balance'] == prep['white_balance'] == 'gray_world'
+    assert checkpoint_preprocessing({})['white_balance'] == 'none'
+    out = tmp_path / 'balanced.onnx'
+    assert cli.main(['export', '--checkpoint', str(checkpoint), '--head', 'logits', '-o', str(out)]) == 0
+    engine = SegmentationEngine(out, intra_op_threads=1)
+    assert engine.meta['white_balance'] == 'gray_world'
+    dataset = open_dataset(str(write_scenes(tmp_path / 'eval', n=2, size=EVAL_SIZE, seed=3)), split='val')
+    for i in range(len(dataset)):
+        image = np.clip(dataset[i][0] * [1.25, 1.0, 0.75], 0, 255).astype(np.uint8)   # a warm cast
+        ours = predict(model, image, prep['input_size'], prep['mean'], prep['std'], prep['resize_mode'],
+                       output_kind='logits', white_balance='gray_world')
+        balanced = engine.infer(image)
+        assert (ours == balanced.labels).mean() >= 0.999
+        engine.meta['white_balance'] = 'none'
+        assert np.abs(engine.infer(image).logits - balanced.logits).max() > 1e-5   # a 4-iteration model's
+        engine.meta['white_balance'] = 'gray_world'

@@ -20,7 +20,8 @@ from seg_perception.offline.training import train as tr
 from seg_perception.runtime.metadata import IMAGENET_MEAN
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_FORMAT_KEYS = {'model', 'arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode'}
+TRAIN_FORMAT_KEYS = {'model', 'arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode',
+                     'white_balance'}
 
 
 def write_scenes(root, n=2, size=(64, 96), seed=0):
@@ -74,6 +75,8 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path):
         tc.check_config({})
     with pytest.raises(ValueError, match='multiples of 32'):
         tc.check_config({'data': 'x', 'input_size': [240, 320]})
+    with pytest.raises(ValueError, match="white_balance 'auto' must be one of none, gray_world"):
+        tc.check_config({'data': 'x', 'white_balance': 'auto'})
     for weights in ([1.0, 2.0], [1.0, 0.0, 1.0], 'balanced'):
         with pytest.raises(ValueError, match='class_weights'):
             tc.check_config({'data': 'x', 'num_classes': 3, 'loss_kwargs': {'class_weights': weights}})

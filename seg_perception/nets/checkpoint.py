@@ -21,7 +21,8 @@ except ImportError:  # numpy < 2
 
 # what describes the network in a checkpoint of our trainer (beside its 'model' state dict), as `train` writes it
 # and `export`, `recover` and `average` read or write it
-CHECKPOINT_INFO_KEYS = ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode')
+CHECKPOINT_INFO_KEYS = ('arch', 'num_classes', 'classes', 'palette', 'mean', 'std', 'input_size', 'resize_mode',
+                        'white_balance')
 
 _ALLOWED_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,

@@ -11,7 +11,7 @@ labels``): the graph's 1/8 logits upsampled bilinearly to the network input and 
 1/8 logits to the image. A checkpoint and its export therefore score the same.
 
 :func:`checkpoint_preprocessing` is the one reading of the preprocessing a checkpoint was trained with (input
-size, mean/std, resize mode), used by evaluation and export alike.
+size, mean/std, resize mode, white balance), used by evaluation and export alike.
 
 May import torch, ``seg_perception.nets`` and ``seg_perception.runtime``; used by training (validation),
 evaluation (``evaluate --model ckpt.pt``) and deployment (export).
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runtime.engine import compute_geometry, preprocess, restore
+from ..runtime.engine import compute_geometry, gray_world_gains, preprocess, restore
 from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_KINDS, RESIZE_MODES
 from ..runtime.upsample import LogitsUpsampler
 
@@ -35,17 +35,21 @@ TRAINER_RESIZE_MODE = 'resize'
 DEFAULT_RESIZE_MODE = 'letterbox'
 
 
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) normalised on the 0-255 scale."""
-    x = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              white_balance: str = 'none') -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) normalised on the 0-255 scale, after the engine's
+    ``white_balance`` of the image."""
+    gains = gray_world_gains(image) if white_balance == 'gray_world' else np.ones(3)
+    x = image.astype(np.float32) * gains.astype(np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def checkpoint_preprocessing(info: dict) -> dict:
-    """``{'input_size', 'mean', 'std', 'resize_mode'}`` a model was trained with, from a checkpoint dict (or
-    the info of one). Missing mean/std are ImageNet's; a missing resize mode is 'resize' for our trainer's
-    checkpoints (they carry 'arch'; it always stretched) and 'letterbox' otherwise; a missing input size is
-    None (the caller must supply one)."""
+    """``{'input_size', 'mean', 'std', 'resize_mode', 'white_balance'}`` a model was trained with, from a
+    checkpoint dict (or the info of one). Missing mean/std are ImageNet's and a missing white balance 'none'; a
+    missing resize mode is 'resize' for our trainer's checkpoints (they carry 'arch'; it always stretched) and
+    'letterbox' otherwise; a missing input size is None (the caller must supply one)."""
     mode = info.get('resize_mode') or (TRAINER_RESIZE_MODE if 'arch' in info else DEFAULT_RESIZE_MODE)
     if mode not in RESIZE_MODES:
         raise ValueError(f'resize_mode {mode!r} not in {RESIZE_MODES}')
@@ -53,7 +57,7 @@ def checkpoint_preprocessing(info: dict) -> dict:
     return {'input_size': [int(v) for v in size] if size else None,
             'mean': [float(v) for v in info.get('mean') or IMAGENET_MEAN],
             'std': [float(v) for v in info.get('std') or IMAGENET_STD],
-            'resize_mode': mode}
+            'resize_mode': mode, 'white_balance': info.get('white_balance') or 'none'}
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tuple[nn.Module, dict]:
@@ -86,7 +90,7 @@ def labels_head(logits: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor
 @torch.no_grad()
 def predict(model: nn.Module, image: np.ndarray, input_size: Sequence[int] | None, mean: Sequence[float],
             std: Sequence[float], resize_mode: str = TRAINER_RESIZE_MODE, device: str | torch.device = 'cpu',
-            stride: int = 32, output_kind: str = 'labels') -> np.ndarray:
+            stride: int = 32, output_kind: str = 'labels', white_balance: str = 'none') -> np.ndarray:
     """Labels (H, W) (uint8, uint16 above 255 classes) for one RGB uint8 image, as the engine computes them
     from the model's export of ``output_kind``: fit into ``input_size`` [H, W] by ``resize_mode`` (``None``: the
     image's size rounded up to ``stride``, padded), forward in eval mode; 'labels': 1/8 logits upsampled
@@ -96,7 +100,7 @@ def predict(model: nn.Module, image: np.ndarray, input_size: Sequence[int] | Non
         raise ValueError(f'output_kind {output_kind!r} not in {OUTPUT_KINDS}')
     net_hw = tuple(int(v) for v in input_size) if input_size else None
     geometry = compute_geometry(image.shape[:2], net_hw, resize_mode, stride, dynamic=True)
-    x = torch.from_numpy(preprocess(image, geometry, mean, std)).to(device)
+    x = torch.from_numpy(preprocess(image, geometry, mean, std, white_balance)).to(device)
     logits = model(x).float()
     label_dtype = np.uint8 if logits.shape[1] <= 255 else np.uint16
     if output_kind == 'logits':

@@ -85,13 +85,30 @@ def compute_geometry(src_hw: tuple[int, int], net_hw: tuple[int, int] | None, mo
     return Geometry((h, w), (nh, nw), (ch, cw), ((nh - ch) // 2, (nw - cw) // 2))
 
 
-def preprocess(rgb: np.ndarray, geometry: Geometry, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """HxWx3 uint8 RGB -> (1, 3, H, W) float32, normalised; letterbox padding becomes 0 after normalising."""
+def gray_world_gains(rgb: np.ndarray) -> np.ndarray:
+    """Gray-world white balance of an HxWx3 uint8 image: per-channel gains (3,) float64 that move each channel's
+    mean to the three channels' common mean, each within [0.5, 2] (a frame of one strong colour is not turned
+    grey); all 1 for a (nearly) black frame."""
+    means = np.asarray(cv2.mean(rgb)[:3], np.float64)
+    if means.mean() < 1.0:
+        return np.ones(3)
+    return np.clip(means.mean() / np.maximum(means, 1e-3), 0.5, 2.0)
+
+
+def preprocess(rgb: np.ndarray, geometry: Geometry, mean: Sequence[float], std: Sequence[float],
+               white_balance: str = 'none') -> np.ndarray:
+    """HxWx3 uint8 RGB -> (1, 3, H, W) float32, normalised; letterbox padding becomes 0 after normalising.
+    ``white_balance`` 'gray_world': the resized frame's channels scaled by :func:`gray_world_gains`, folded into
+    the normalisation (``(g x - mean) / std == (x - mean / g) / (std / g)``: no extra pass over the image)."""
     ch, cw = geometry.content_hw
     if (ch, cw) != tuple(rgb.shape[:2]):
         interp = cv2.INTER_AREA if ch * cw < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
         rgb = cv2.resize(rgb, (cw, ch), interpolation=interp)
-    content = _normalised_planes(np.ascontiguousarray(rgb), mean, std)
+    rgb = np.ascontiguousarray(rgb)
+    if white_balance == 'gray_world':
+        gains = gray_world_gains(rgb)
+        mean, std = np.asarray(mean) / gains, np.asarray(std) / gains
+    content = _normalised_planes(rgb, mean, std)
     if (ch, cw) == tuple(geometry.net_hw):
         return content
     blob = np.zeros((1, 3, *geometry.net_hw), np.float32)
@@ -265,7 +282,7 @@ class SegmentationEngine:
         rgb = self._check_image(rgb)
         geometry = compute_geometry(rgb.shape[:2], self.net_hw, self.meta['resize_mode'],
                                     self.meta['stride'], self.meta['dynamic_hw'])
-        feeds = {'images': preprocess(rgb, geometry, self.meta['mean'], self.meta['std'])}
+        feeds = {'images': preprocess(rgb, geometry, self.meta['mean'], self.meta['std'], self.meta['white_balance'])}
         if self.has_exit_threshold:
             if exit_threshold is None:
                 exit_threshold = self.meta.get('exit_threshold', 1.0)

@@ -4,7 +4,8 @@ Written by ``seg_perception.offline.deploy.export``, read by ``seg_perception.ru
 one place that defines it.
 
 ONNX graph convention (``output_kind``):
-  * input ``images``: float32 (N, 3, H, W), RGB, already normalised with ``mean``/``std`` (0-255 scale);
+  * input ``images``: float32 (N, 3, H, W), RGB, already normalised with ``mean``/``std`` (0-255 scale), after
+    the frame's ``white_balance`` (gray world: each channel scaled to the channels' common mean);
     H and W are dynamic when ``dynamic_hw`` is 'true' (any multiple of ``stride``), else fixed to ``input_size``.
   * optional input ``exit_threshold``: float32 scalar (token-pass models; >= 1.0 means no token stops), or
     ``refine_threshold``: float32 scalar (adaptive TopFormer; 0 = never refine, >= 1.0 = refine every tile).
@@ -26,6 +27,8 @@ IMAGENET_STD = [58.395, 57.12, 57.375]
 OUTPUT_KINDS = ('labels', 'logits')
 RESIZE_MODES = ('letterbox', 'resize')
 LOGITS_LAYOUTS = ('nchw', 'nhwc')
+# each frame's colour balance before normalising: none, or gray world (runtime.engine.gray_world_gains)
+WHITE_BALANCES = ('none', 'gray_world')
 
 # key -> (json-encoded?, required?)
 _FIELDS = {
@@ -34,6 +37,7 @@ _FIELDS = {
     'palette': (True, True),
     'mean': (True, True),
     'std': (True, True),
+    'white_balance': (False, False),  # one of WHITE_BALANCES; absent = 'none'
     'input_size': (True, True),       # [H, W] the size the engine resizes / letterboxes to
     'resize_mode': (False, True),
     'output_kind': (False, True),
@@ -91,6 +95,8 @@ def decode(props: dict[str, str], source: str = 'model') -> dict:
         raise ValueError(f'{source}: metadata mean/std must be 3 values (std > 0)')
     if len(meta['input_size']) != 2 or min(meta['input_size']) <= 0:
         raise ValueError(f'{source}: metadata input_size must be [H, W]')
+    if meta.setdefault('white_balance', 'none') not in WHITE_BALANCES:
+        raise ValueError(f'{source}: white_balance {meta["white_balance"]!r} not in {WHITE_BALANCES}')
     if meta['resize_mode'] not in RESIZE_MODES:
         raise ValueError(f'{source}: resize_mode {meta["resize_mode"]!r} not in {RESIZE_MODES}')
     if meta['output_kind'] not in OUTPUT_KINDS:

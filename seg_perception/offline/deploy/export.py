@@ -112,9 +112,10 @@ def build_metadata(num_classes: int, input_size: Sequence[int], names: Sequence[
                    palette: Sequence[Sequence[int]] | None = None, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, resize_mode: str = 'letterbox', arch: str | None = None,
                    checkpoint_sha256: str | None = None, ignore_index: int = IGNORE_INDEX,
-                   description: str | None = None) -> dict:
+                   description: str | None = None, white_balance: str = 'none') -> dict:
     """Metadata dict (before :func:`export_model` adds ``output_kind``, ``dynamic_hw``, ``stride`` and
-    ``static_macs``); missing names / palette / mean / std take the defaults."""
+    ``static_macs``); missing names / palette / mean / std take the defaults; ``white_balance`` is written when
+    it is not 'none' (a file without it means 'none')."""
     default_names, default_palette = default_classes(num_classes)
     names = list(names) if names else default_names
     palette = default_palette if palette is None else palette
@@ -129,7 +130,8 @@ def build_metadata(num_classes: int, input_size: Sequence[int], names: Sequence[
         'resize_mode': resize_mode,
         'ignore_index': int(ignore_index),
     }
-    optional = {'arch': arch, 'checkpoint_sha256': checkpoint_sha256, 'description': description}
+    optional = {'arch': arch, 'checkpoint_sha256': checkpoint_sha256, 'description': description,
+                'white_balance': None if white_balance == 'none' else white_balance}
     meta.update({k: v for k, v in optional.items() if v is not None})
     return meta
 
@@ -388,6 +390,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--mean', type=float, nargs=3, help='0-255 RGB mean (default: checkpoint, else ImageNet)')
     parser.add_argument('--std', type=positive_float, nargs=3,
                         help='0-255 RGB std (default: checkpoint, else ImageNet)')
+    parser.add_argument('--white-balance', choices=md.WHITE_BALANCES,
+                        help="each frame's colour balance before normalising, made by the engine (default: the "
+                             "training checkpoint's, else none)")
     parser.add_argument('--fixed-size', action='store_true', help='fixed H/W (default: dynamic)')
     parser.add_argument('--head', choices=('labels', 'logits'), default='labels',
                         help='labels: upsampling + argmax inside the graph (labels at the network size); logits: '
@@ -467,7 +472,8 @@ def _resolve(args):
                           mean=args.mean or prep['mean'], std=args.std or prep['std'],
                           resize_mode=args.resize_mode or prep['resize_mode'], arch=arch, checkpoint_sha256=sha,
                           ignore_index=IGNORE_INDEX if ignore_index is None else ignore_index,
-                          description=args.description)
+                          description=args.description,
+                          white_balance=args.white_balance or prep['white_balance'])
     if args.exit_threshold is not None:
         meta['exit_threshold'] = float(args.exit_threshold)
     if args.refine_threshold is not None:

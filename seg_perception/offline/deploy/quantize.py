@@ -44,7 +44,7 @@ def engine_input(rgb: np.ndarray, meta: dict) -> np.ndarray:
     """The ``images`` tensor the engine feeds for ``rgb`` at the model's ``input_size``."""
     geometry = eng.compute_geometry(rgb.shape[:2], tuple(meta['input_size']), meta['resize_mode'],
                                     meta['stride'], meta['dynamic_hw'])
-    return eng.preprocess(rgb, geometry, meta['mean'], meta['std'])
+    return eng.preprocess(rgb, geometry, meta['mean'], meta['std'], meta['white_balance'])
 
 
 def quantize_model(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, images: Iterable[np.ndarray],

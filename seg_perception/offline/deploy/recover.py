@@ -168,8 +168,8 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     num_classes = len(meta['names'])
     h, w = meta['input_size']
     import cv2
-    batch = torch.stack([normalize(cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR), meta['mean'], meta['std'])
-                         for im in images])
+    batch = torch.stack([normalize(cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR), meta['mean'], meta['std'],
+                                   meta['white_balance']) for im in images])
     model = create_model(arch, num_classes=num_classes)
     state = recover_state_dict(model, proto, batch)
     model.load_state_dict(state)
@@ -207,6 +207,7 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     torch.save({'model': state, 'arch': arch, 'num_classes': num_classes, 'classes': meta['names'],
                 'palette': [list(c) for c in meta['palette']], 'mean': meta['mean'], 'std': meta['std'],
                 'input_size': [h, w], 'resize_mode': meta.get('resize_mode', 'resize'),
+                'white_balance': meta['white_balance'],
                 'recovered_from': {'file': onnx_path.name, 'sha256': _sha256(onnx_path)}}, out)
     return report
 

@@ -80,6 +80,7 @@ class TorchPredictor:
         self.names = list(ckpt.get('classes') or [str(i) for i in range(ckpt['num_classes'])])
         prep = checkpoint_preprocessing(ckpt)
         self.mean, self.std, self.resize_mode = prep['mean'], prep['std'], prep['resize_mode']
+        self.white_balance = prep['white_balance']
         if input_size is not None and tuple(input_size) != (0, 0) and min(input_size) <= 0:
             raise UserError(f'--input-size {input_size[0]} {input_size[1]}: give two positive sizes (or 0 0: the '
                             'whole image)')
@@ -94,7 +95,8 @@ class TorchPredictor:
         from ..predict import predict
 
         tic = time.perf_counter()
-        labels = predict(self.model, image, self.input_size, self.mean, self.std, self.resize_mode)
+        labels = predict(self.model, image, self.input_size, self.mean, self.std, self.resize_mode,
+                         white_balance=self.white_balance)
         return {'labels': labels, 'latency_ms': 1000 * (time.perf_counter() - tic), 'kept_fraction': None,
                 'macs': None, 'refined_fraction': None}
 

@@ -168,7 +168,7 @@ class TrainDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, cfg: dict):
         self.dataset = dataset
         self.transform = build_train_transform(cfg)
-        self.mean, self.std = cfg['mean'], cfg['std']
+        self.mean, self.std, self.white_balance = cfg['mean'], cfg['std'], cfg['white_balance']
         self.letterbox_size = cfg['input_size'] if cfg['resize_mode'] == 'letterbox' else None
         self.fill = tuple(int(round(v)) for v in cfg['mean'])
         self.class_recolor, self.grain = cfg['class_recolor'], cfg['texture_grain']
@@ -199,7 +199,8 @@ class TrainDataset(torch.utils.data.Dataset):
             sample['image'] = add_haze(sample['image'], rng, self.flat_haze > 0 and rng.random() < self.flat_haze)
         if self.random_conv > 0 and rng.random() < self.random_conv:     # last: the camera's look included
             sample['image'] = random_convolution(sample['image'], rng)
-        return normalize(sample['image'], self.mean, self.std), torch.from_numpy(sample['mask'].astype(np.int64))
+        return (normalize(sample['image'], self.mean, self.std, self.white_balance),
+                torch.from_numpy(sample['mask'].astype(np.int64)))
 
 
 class InfiniteSampler(torch.utils.data.Sampler):

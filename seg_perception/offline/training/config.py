@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, WHITE_BALANCES
 
 SIZE_DIVISOR = 32
 
@@ -44,6 +44,7 @@ DEFAULTS = {
     'random_conv': 0.0,            # probability of a random convolution of the image (texture randomization)
     'mean': IMAGENET_MEAN,         # RGB, 0-255 scale
     'std': IMAGENET_STD,
+    'white_balance': 'none',       # each image's colour balance before normalising: 'none' or 'gray_world'
     'batch_size': 8,               # total over all processes
     'workers': 2,                  # data-loading processes per training process
     # schedule and loss
@@ -169,6 +170,8 @@ def check_config(cfg: dict) -> dict:
             raise ValueError(f'{key} {out[key]} must be positive multiples of {SIZE_DIVISOR} (the export stride)')
     if out['resize_mode'] not in RESIZE_MODES:
         raise ValueError(f'resize_mode {out["resize_mode"]!r} must be one of {", ".join(RESIZE_MODES)}')
+    if out['white_balance'] not in WHITE_BALANCES:
+        raise ValueError(f'white_balance {out["white_balance"]!r} must be one of {", ".join(WHITE_BALANCES)}')
     if not 0 < out['scale_range'][0] <= out['scale_range'][1]:
         raise ValueError(f'scale_range {out["scale_range"]} must be an increasing pair of positive factors')
     weights = out['loss_kwargs'].get('class_weights')

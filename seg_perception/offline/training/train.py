@@ -107,7 +107,7 @@ def validate(model: torch.nn.Module, dataset: 'SegDataset', cfg: dict, num_class
     for i in tqdm(range(rank, count, world_size), desc='val', leave=False, disable=not progress, dynamic_ncols=True):
         image, label = dataset[i]
         confusion.update(predict(model, image, cfg['input_size'], cfg['mean'], cfg['std'], cfg['resize_mode'],
-                                 device), label)
+                                 device, white_balance=cfg['white_balance']), label)
     if world_size > 1:
         matrix = torch.from_numpy(confusion.matrix)
         dist.all_reduce(matrix)
@@ -290,6 +290,7 @@ class Trainer:
             'std': [float(v) for v in cfg['std']],
             'input_size': [int(v) for v in cfg['input_size']],
             'resize_mode': cfg['resize_mode'],
+            'white_balance': cfg['white_balance'],
             'optimizer': self.optimizer.state_dict(),
             'scheduler': {'name': 'poly_warmup', 'iter': it, 'max_iters': self.max_iters,
                           'lr': lr_at(min(it, self.max_iters - 1), cfg, self.max_iters)},
