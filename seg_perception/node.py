@@ -113,8 +113,9 @@ PARAMETERS = {
     'exit_threshold': (-1.0, 'Token-pass models: tokens whose confidence passes this stop early (lower = '
                              'cheaper); 1.0 = no early stop; -1 = the value stored in the model.',
                        {'floating_point_range': _float_range(-1, 1)}),
-    'refine_threshold': (-1.0, 'Adaptive TopFormer: tiles whose early-head confidence falls below this go '
-                               'through the deep head (lower = cheaper); 0 = never refine, 1 = refine every tile; '
+    'refine_threshold': (-1.0, 'Adaptive TopFormer: tiles (8x8-pixel cells in a cells model) whose early-head '
+                               'confidence falls below this go through the deep head (lower = cheaper); 0 = never '
+                               'refine, 1 = refine every tile; '
                                '-1 = the value stored in the model.',
                          {'floating_point_range': _float_range(-1, 1)}),
     'max_rate': (0.0, 'Segment at most this many frames per second (0 = every frame the worker can take). '

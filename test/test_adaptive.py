@@ -13,10 +13,13 @@ torch.set_num_threads(1)
 SIZE = (192, 256)   # 1/8 map 24x32 -> 3x4 tiles of 8x8 cells
 
 
-def _model(seed=0, **kw):
+ARCHS = ('adaptive_topformer_tiny', 'adaptive_topformer_cells')   # deep head on 8x8-cell tiles / on single cells
+
+
+def _model(seed=0, arch='adaptive_topformer_tiny', **kw):
     """Random weights; the early classifier scaled up so cell confidences vary smoothly over the frame."""
     torch.manual_seed(seed)
-    model = create_model('adaptive_topformer_tiny', num_classes=6, **kw).eval()
+    model = create_model(arch, num_classes=6, **kw).eval()
     with torch.no_grad():
         model.decode_head.conv_seg.weight.normal_(0, 5.0)
     return model
@@ -51,14 +54,15 @@ def _partial_threshold(model, x, margin=1e-4):
     pytest.fail('no threshold refines part of the frame')
 
 
-@pytest.fixture(scope='module')
-def model():
-    return _model()
+@pytest.fixture(scope='module', params=ARCHS)
+def model(request):
+    return _model(arch=request.param)
 
 
-def test_registered_and_trunk_is_topformer_tiny():
-    assert {'adaptive_topformer_tiny', 'adaptive_topformer_small'} <= set(list_models())
-    m = create_model('adaptive_topformer_tiny', num_classes=6)
+@pytest.mark.parametrize('arch', ARCHS)
+def test_registered_and_trunk_is_topformer_tiny(arch):
+    assert {'adaptive_topformer_tiny', 'adaptive_topformer_small', 'adaptive_topformer_cells'} <= set(list_models())
+    m = create_model(arch, num_classes=6)
     tiny_keys = set(create_model('topformer_tiny', num_classes=6).state_dict())
     assert tiny_keys == {k for k in m.state_dict() if not k.startswith('deep.')}
 
@@ -72,7 +76,7 @@ def test_never_refine_equals_topformer_tiny_exactly(model):
         assert torch.equal(logits, tiny(x))
     assert float(fraction) == 0.0
     # one masked window still runs (never an empty gather)
-    assert float(macs) == pytest.approx(model.trunk_macs(*SIZE) + model.window_macs, rel=1e-7)
+    assert float(macs) == pytest.approx(model.cheap_macs(*SIZE) + model.window_macs, rel=1e-7)
 
 
 @pytest.mark.parametrize('threshold', [1.0, 1.5])
@@ -96,7 +100,10 @@ def test_partial_refinement_takes_full_model_on_refined_tiles_only(model):
     refined = selected[0].reshape(SIZE[0] // 8 // tile, SIZE[1] // 8 // tile)
     mask = refined.repeat_interleave(tile, 0).repeat_interleave(tile, 1)
     assert 0 < refined.sum() < refined.numel()
-    assert torch.equal(logits[0][:, mask], full[0][:, mask])
+    if model.cells:   # the MLP's matrix products over fewer rows may round differently
+        assert torch.allclose(logits[0][:, mask], full[0][:, mask], rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(logits[0][:, mask], full[0][:, mask])
     assert torch.equal(logits[0][:, ~mask], early[0][:, ~mask])
     # the rule: a tile is refined when more than min_uncertain of its cells are below the threshold
     conf = early.softmax(1).amax(1)[0]
@@ -157,7 +164,8 @@ def exported(model, tmp_path_factory):
     from seg_perception.offline.deploy.export import build_metadata, export_model
 
     path = tmp_path_factory.mktemp('adaptive') / 'adaptive.onnx'
-    report = export_model(model, path, build_metadata(6, SIZE, arch='adaptive_topformer_tiny'), SIZE, check=False)
+    arch = 'adaptive_topformer_cells' if model.cells else 'adaptive_topformer_tiny'
+    report = export_model(model, path, build_metadata(6, SIZE, arch=arch), SIZE, check=False)
     return path, report
 
 
@@ -171,7 +179,8 @@ def test_export_inputs_outputs_and_metadata(model, exported):
     assert report['outputs'] == ['labels', 'confidence', 'refined_fraction', 'macs']
     meta = md.decode({p.key: p.value for p in onnx.load(str(path)).metadata_props})
     assert meta['refine_threshold'] == pytest.approx(model.refine_conf)
-    assert meta['cheap_macs'] == model.trunk_macs(*SIZE)
+    assert meta['cheap_macs'] == model.cheap_macs(*SIZE)
+    assert (meta['cheap_macs'] > model.trunk_macs(*SIZE)) == model.cells   # the cell head's dense part
     assert meta['static_macs'] == count_macs(model, (1, 3, *SIZE))[0]
 
 
@@ -244,8 +253,9 @@ def test_engine_runs_the_knob_and_reports_stats(exported):
     assert never.labels.shape == rgb.shape[:2]
 
 
-def test_training_output_loss_and_gradients():
-    m = _model(8).train()
+@pytest.mark.parametrize('arch', ARCHS)
+def test_training_output_loss_and_gradients(arch):
+    m = _model(8, arch).train()
     x, target = torch.randn(2, 3, 64, 96), torch.randint(0, 6, (2, 64, 96))
     target[:, :4] = 255
     out = m(x)
@@ -253,13 +263,29 @@ def test_training_output_loss_and_gradients():
     loss, parts = m.training_loss(out, target)
     assert torch.isfinite(loss) and {'ce', 'aux0'} <= set(parts)
     loss.backward()
-    assert m.deep.conv_seg.weight.grad.abs().sum() > 0 and m.decode_head.conv_seg.weight.grad.abs().sum() > 0
+    classifier = m.deep.cls if m.cells else m.deep.conv_seg
+    assert classifier.weight.grad.abs().sum() > 0 and m.decode_head.conv_seg.weight.grad.abs().sum() > 0
     assert m.backbone.tpm.stem[0].c.weight.grad.abs().sum() > 0
 
 
 def test_bad_configuration_is_refused():
     with pytest.raises(ValueError, match='tile_buckets'):
         AdaptiveTopFormer(num_classes=6, tile_buckets=(0.25, 0.5))
+    with pytest.raises(ValueError, match="deep_kind 'cells' must be .* tile 1, not 8"):
+        AdaptiveTopFormer(num_classes=6, deep_kind='cells')
+
+
+def test_cell_neighbourhoods_gathered_as_unfolded():
+    """The cells' neighbourhoods the refine path gathers are the ones the full model unfolds (zeros outside)."""
+    from seg_perception.nets.adaptive import gather_neighbourhoods, unfold_neighbourhoods
+
+    x = torch.randn(2, 3, 5, 7)
+    every = unfold_neighbourhoods(x, 2).reshape(2, 35, 25, 3)
+    ids = torch.tensor([[0, 34, 17], [6, 28, 3]])
+    gathered = gather_neighbourhoods(x, ids, 2).reshape(2, 3, 25, 3)
+    assert torch.equal(gathered, torch.stack([every[b, ids[b]] for b in range(2)]))
+    corner = gathered[0, 0].reshape(5, 5, 3)                  # cell (0, 0): two rows and columns of zeros
+    assert torch.equal(corner[2:, 2:], x[0, :, :3, :3].permute(1, 2, 0)) and not corner[:2].any()
 
 
 def _labelled_folder(root, count=4, size=SIZE):

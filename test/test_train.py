@@ -202,6 +202,36 @@ def test_init_from_checkpoint_with_another_head(scenes, tmp_path):
                              tmp_path / 'src' / 'last.pt', messages.append, {old_classes + 5: 0})
 
 
+def test_frozen_trunk_keeps_its_weights_and_statistics(scenes, tmp_path):
+    """``freeze``: a trained TopFormer-tiny under a new per-cell deep head; its trunk and early head leave the run
+    as they came in (weights and BatchNorm statistics), the deep head learns; an unknown module is refused."""
+    tr.train(tiny_config(scenes, tmp_path / 'tiny', iters=1, val_data='none'))
+    src = torch.load(tmp_path / 'tiny' / 'last.pt', weights_only=True)['model']
+    report = tr.train(tiny_config(scenes, tmp_path / 'head', arch='adaptive_topformer_cells', iters=2, val_data='none',
+                                  init=str(tmp_path / 'tiny' / 'last.pt'), freeze='backbone, decode_head',
+                                  aux_weight=0.0))
+    assert report['finished']
+    out = torch.load(tmp_path / 'head' / 'last.pt', weights_only=True)['model']
+    assert all(torch.equal(out[k], v) for k, v in src.items())         # running statistics included
+    from seg_perception.nets import create_model
+
+    fresh = create_model('adaptive_topformer_cells', num_classes=6).state_dict()
+    assert not torch.equal(out['deep.fc1.weight'], fresh['deep.fc1.weight'])
+    model = create_model('adaptive_topformer_cells', num_classes=6)
+    model.freeze(['backbone'])
+    model.train()
+    assert not model.backbone.training and model.deep.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    with pytest.raises(ValueError, match=r"cannot freeze \['trunk'\]"):
+        model.freeze(['trunk'])
+    bad = subprocess.run([sys.executable, '-m', 'seg_perception.offline.cli', 'train',
+                          str(REPO / 'config/train/adaptive_topformer_cells_scenes.yaml'), 'freeze=trunk',
+                          f'data={scenes}', f'val_data={scenes}', f'init={tmp_path / "tiny" / "last.pt"}',
+                          f'out={tmp_path / "bad"}'], capture_output=True, text=True)
+    assert bad.returncode == 2 and "freeze='trunk': cannot freeze ['trunk']" in bad.stderr
+    assert 'Traceback' not in bad.stderr
+
+
 def test_ddp_two_gloo_processes(scenes, tmp_path):
     val = write_scenes(tmp_path / 'val', n=3, seed=1)  # 3 images: the ranks validate 2 and 1
     cfg_path = tmp_path / 'ddp.yaml'

@@ -328,6 +328,18 @@ def test_calibrate_refuses_a_labels_model_in_one_line(tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "not 'high'" in err[0] and not (tmp_path / 'x.onnx').exists()
 
 
+def test_features_chosen_for_a_model_without_graph_taps(tmp_path):
+    """``--choose-features`` on a file with no internal taps (and none asked for): logit statistics only."""
+    from seg_perception.offline.cli import main
+    from seg_perception.runtime.engine import SegmentationEngine
+    out = tmp_path / 'mix.onnx'
+    assert main(['calibrate', '--model', str(REPO / 'models' / 'topformer_tiny_scenes_mix.onnx'), '--data',
+                 str(SAMPLE_BAG), '--shift', str(SAMPLE_BAG), '--shift-limit', '8', '--choose-features',
+                 str(SAMPLE_BAG), '-o', str(out)]) == 0
+    stats = SegmentationEngine(str(out)).meta['shift_stats']
+    assert stats['features'] and not stats.get('graph_groups')
+
+
 @needs_scene_model
 def test_a_model_without_calibration_or_statistics_runs_and_diagnostics_say_so(tmp_path, tiny_model):
     pytest.importorskip('std_msgs', reason='ROS 2 messages not installed (pip install .[ros])')

@@ -15,10 +15,30 @@ class SegmentationModel(nn.Module):
       * :meth:`training_loss`: the loss of a train-mode output (by default :func:`.losses.segmentation_loss`:
         cross-entropy, auxiliary outputs, distillation from a teacher's logits);
       * :meth:`set_threshold_schedule`: called before every iteration (no-op; token-pass models anneal their
-        stopping threshold).
+        stopping threshold);
+      * :meth:`freeze`: submodules that keep their weights and statistics (e.g. a trained trunk under a new head).
     """
 
     aux_loss_weight = 0.4
+    frozen: tuple[str, ...] = ()
+
+    def freeze(self, names: list[str] | tuple[str, ...]) -> None:
+        """Keep the direct submodules ``names`` as they are: no gradients, and in eval mode (BatchNorm statistics,
+        dropout, drop-path) even while the rest trains. Raises ValueError naming an unknown submodule."""
+        children = dict(self.named_children())
+        unknown = [n for n in names if n not in children]
+        if unknown:
+            raise ValueError(f'cannot freeze {unknown}: {type(self).__name__} has the submodules {list(children)}')
+        for name in names:
+            children[name].requires_grad_(False)
+        self.frozen = tuple(names)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> 'SegmentationModel':
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
 
     def training_loss(self, outputs: torch.Tensor | tuple | list | dict, target: torch.Tensor,
                       teacher_logits: torch.Tensor | None = None, *,

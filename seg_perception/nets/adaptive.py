@@ -13,6 +13,13 @@ Model
     64 x 64 pixels); the deep head sees each tile with ``halo`` cells of context on each side (zeros outside the
     frame) and writes the tile's centre. "The full model" = the deep head on every tile (``forward(x)`` in eval
     mode, and training).
+  * Cells (``deep_kind='cells'``, ``adaptive_topformer_cells``): tiles of a single cell (8 x 8 pixels), so only
+    the cells the early head is unsure of are refined, not whole 64 x 64 tiles around them. The deep head is
+    then :class:`CellHead`: a thin map of the whole frame (a 1x1 projection of the same sources to 32 channels,
+    a depthwise 5x5 convolution; ~7 % of TopFormer-tiny's MACs) and an MLP on each refined cell's 5x5-cell
+    neighbourhood of it (0.12 MMACs a cell). Its layers are matrix products over the gathered cells, which ONNX
+    Runtime runs several times faster per useful output than a convolution over windows with halos
+    (``bench adaptive-cost --arch adaptive_topformer_cells``).
 
 The knob: ``refine_threshold`` (a run-time input, float32 scalar, like the token-pass model's exit threshold)
   A cell is uncertain when the early head's max softmax probability is below ``refine_threshold``; a tile is
@@ -82,7 +89,8 @@ from .topformer import Attention as TopFormerAttention
 from .topformer import SimpleHead, Topformer
 from .topformer import model_cfgs as topformer_cfgs
 
-__all__ = ['AdaptiveTopFormer', 'DeepHead', 'gather_windows', 'model_cfgs', 'select_tiles']
+__all__ = ['AdaptiveTopFormer', 'CellHead', 'DeepHead', 'gather_neighbourhoods', 'gather_windows', 'model_cfgs',
+           'select_tiles']
 
 
 class DeepHead(nn.Module):
@@ -99,6 +107,66 @@ class DeepHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_seg(self.dropout(self.fuse(self.blocks(self.proj(x)))))
+
+
+class CellHead(nn.Module):
+    """The deep path per cell (``deep_kind='cells'``, tiles of one cell): a thin part on the whole 1/8 map
+    (:meth:`dense`: a 1x1 projection of the deep input, a depthwise convolution), then an MLP on each refined
+    cell's (2 * context + 1)^2 neighbourhood of that map (:meth:`forward`), all cells in one matrix product per
+    layer. The projection reads the deep input's sources as they are: a 1x1 convolution of their concatenation
+    is the sum of one per source, and a 1x1 convolution after pixel-unshuffling the 1/4 tap is a 2x2 stride-2
+    one on it (no concatenated or unshuffled copy)."""
+
+    def __init__(self, source_channels, channels, hidden, context, num_classes, kernel_size=5, dropout_ratio=0.1):
+        super().__init__()
+        fused, tap8, tap4, early = source_channels
+        self.proj = nn.ModuleDict({'fused': nn.Conv2d(fused, channels, 1, bias=False),
+                                   'tap8': nn.Conv2d(tap8, channels, 1, bias=False),
+                                   'tap4': nn.Conv2d(tap4, channels, 2, stride=2, bias=False),
+                                   'early': nn.Conv2d(early, channels, 1, bias=False)})
+        self.proj_bn, self.proj_act = nn.BatchNorm2d(channels), nn.ReLU()
+        self.dw = ConvNormAct(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels,
+                              act_layer=nn.ReLU)
+        self.fc1, self.act1 = nn.Linear((2 * context + 1) ** 2 * channels, hidden), nn.ReLU()
+        self.fc2, self.act2 = nn.Linear(hidden, hidden), nn.ReLU()
+        self.dropout = nn.Dropout(dropout_ratio)
+        self.cls = nn.Linear(hidden, num_classes)
+
+    def dense(self, fused: torch.Tensor, tap8: torch.Tensor, tap4: torch.Tensor, early: torch.Tensor
+              ) -> torch.Tensor:
+        """The trunk's sources (1/8, 1/8, 1/4, 1/8 maps) -> (B, channels, h, w): what the cells' neighbourhoods
+        are cut from."""
+        proj = self.proj
+        x = proj['fused'](fused) + proj['tap8'](tap8) + proj['tap4'](tap4) + proj['early'](early)
+        return self.dw(self.proj_act(self.proj_bn(x)))
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """(N, size * size, channels) neighbourhoods (row-major cells, each cell's channels together) -> (N,
+        num_classes, 1, 1) logits of their centre cells."""
+        out = self.cls(self.dropout(self.act2(self.fc2(self.act1(self.fc1(windows.flatten(1)))))))
+        return out[:, :, None, None]
+
+
+def gather_neighbourhoods(x: torch.Tensor, ids: torch.Tensor, context: int) -> torch.Tensor:
+    """The (2 * context + 1)^2-cell neighbourhoods of cells ``ids`` (B, k) (flat indices into the (H, W) map) of
+    ``x`` (B, C, H, W), zeros outside the map -> (B * k, size * size, C): one row gather from the zero-padded map
+    laid out cell by cell."""
+    b, c, h, w = x.shape
+    size, wp = 2 * context + 1, w + 2 * context
+    rows = F.pad(x, (context,) * 4).permute(0, 2, 3, 1).reshape(-1, c)     # (B * Hp * Wp, C)
+    offsets = torch.arange(size, device=x.device)
+    window = (offsets[:, None] * wp + offsets[None, :]).reshape(-1)         # a window's cells from its top-left
+    corner = (ids // w) * wp + ids % w + torch.arange(b, device=x.device)[:, None] * ((h + 2 * context) * wp)
+    return rows.index_select(0, (corner[:, :, None] + window).reshape(-1)).reshape(-1, size * size, c)
+
+
+def unfold_neighbourhoods(x: torch.Tensor, context: int) -> torch.Tensor:
+    """Every cell's neighbourhood of ``x`` (B, C, H, W), as :func:`gather_neighbourhoods` lays them out ->
+    (B * H * W, size * size, C)."""
+    b, c = x.shape[:2]
+    size = 2 * context + 1
+    windows = F.unfold(F.pad(x, (context,) * 4), size)                      # (B, C * size^2, H * W)
+    return windows.reshape(b, c, size * size, -1).permute(0, 3, 2, 1).reshape(-1, size * size, c)
 
 
 def select_tiles(selected: torch.Tensor,
@@ -142,6 +210,8 @@ def _module_macs(module, inputs, output):
         return output.numel() * per, ('area', output)
     if isinstance(module, nn.BatchNorm2d):
         return 2 * x.numel(), ('area', x)
+    if isinstance(module, nn.Linear):
+        return output.numel() * (module.in_features + (module.bias is not None)), None
     if isinstance(module, (nn.ReLU, nn.ReLU6)):
         return output.numel(), ('area', output)
     if isinstance(module, ExportableAdaptiveAvgPool2d):
@@ -149,7 +219,7 @@ def _module_macs(module, inputs, output):
     if isinstance(module, TopFormerAttention):   # q k^T and attn v (its projections are counted as convs)
         n = x.shape[-2] * x.shape[-1]
         return x.shape[0] * module.num_heads * n * n * (module.key_dim + module.d), ('n2', n)
-    if isinstance(module, (nn.Linear, nn.LayerNorm, nn.GroupNorm, nn.Upsample, nn.modules.pooling._AvgPoolNd,
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.Upsample, nn.modules.pooling._AvgPoolNd,
                            nn.modules.pooling._MaxPoolNd)):
         raise TypeError(f'{type(module).__name__}: no MAC rule here; add one (see offline/evaluation/flops.py)')
     return None
@@ -186,11 +256,14 @@ class AdaptiveTopFormer(SegmentationModel):
 
     def __init__(self, trunk='tiny', num_classes=150, deep_channels=64, deep_depth=2, deep_expand=3,
                  deep_kernel=5, tile=8, halo=1, min_uncertain=0.02, refine_conf=0.9, tile_buckets=None,
-                 drop_path_rate=0.1):
+                 drop_path_rate=0.1, deep_kind='windows', deep_hidden=128):
         super().__init__()
         cfg = topformer_cfgs[trunk]
         if tile < 1 or halo < 0:
             raise ValueError(f'tile {tile} must be >= 1 and halo {halo} >= 0')
+        if deep_kind not in ('windows', 'cells') or (deep_kind == 'cells' and tile != 1):
+            raise ValueError(f"deep_kind {deep_kind!r} must be 'windows' or 'cells' (cells: tile 1, not {tile})")
+        self.cells = deep_kind == 'cells'
         self.tile_buckets = tuple(tile_buckets) if tile_buckets else None
         if self.tile_buckets and (max(self.tile_buckets) != 1.0 or min(self.tile_buckets) <= 0):
             raise ValueError(f'tile_buckets {tile_buckets} must be fractions in (0, 1] including 1.0')
@@ -202,42 +275,64 @@ class AdaptiveTopFormer(SegmentationModel):
                                   cfg['num_heads'], drop_path_rate=drop_path_rate)
         self.decode_head = SimpleHead(cfg['head_channels'], num_classes, is_dw=cfg['head_is_dw'])
         channels = cfg['channels']
-        deep_in = cfg['out_channels'] + channels[1] + 4 * channels[0] + num_classes
-        self.deep = DeepHead(deep_in, deep_channels, deep_depth, deep_expand, deep_kernel, num_classes)
+        if self.cells:
+            sources = (cfg['out_channels'], channels[1], channels[0], num_classes)
+            self.deep = CellHead(sources, deep_channels, deep_hidden, halo, num_classes, deep_kernel)
+        else:
+            deep_in = cfg['out_channels'] + channels[1] + 4 * channels[0] + num_classes
+            self.deep = DeepHead(deep_in, deep_channels, deep_depth, deep_expand, deep_kernel, num_classes)
         self._calibrate_macs()
 
     # ------------------------------------------------------------------ MAC accounting
 
     def _calibrate_macs(self):
-        """Per-scale MAC coefficients of the trunk + early head, and the MACs of the deep head on one window."""
+        """Per-scale MAC coefficients of the trunk + early head (and of the cell head's dense part), and the MACs
+        of the deep head on one window."""
         was_training = self.training
         self.eval()
         try:
             h, w = self._PROBE_HW
-            records = _probe_macs(self, lambda: self.trunk(torch.zeros(1, 3, h, w)))   # the deep head is idle
-            coef = {}
-            for macs, (kind, ref) in records:
-                if kind == 'n2':
-                    key, unit = 'n2', ref * ref
-                else:
-                    level = (h // ref.shape[-2]).bit_length() - 1
-                    if ref.shape[-2] << level != h or ref.shape[-1] << level != w:
-                        raise ValueError(f'probe: a {tuple(ref.shape)} map is not a power-of-2 scale of {h}x{w}')
-                    key, unit = level, ref.shape[-2] * ref.shape[-1]
-                if macs % unit:
-                    raise ValueError(f'probe: {macs} MACs are not a multiple of the scale unit {unit}')
-                coef[key] = coef.get(key, 0) + macs // unit
-            self._trunk_coef = coef
-            size = self.tile + 2 * self.halo
-            window = torch.zeros(1, self.deep.proj.conv.in_channels, size, size)
+            self._trunk_coef = self._scale_coefficients(_probe_macs(self, lambda: self.trunk(torch.zeros(1, 3, h, w))))
+            self._dense_coef = {}
+            if self.cells:
+                with torch.no_grad():
+                    _, sources = self.trunk(torch.zeros(1, 3, h, w))
+                self._dense_coef = self._scale_coefficients(_probe_macs(self.deep, lambda: self.deep.dense(*sources)))
+            window = torch.zeros(self.window_shape(1))
             self.window_macs = int(sum(m for m, _ in _probe_macs(self.deep, lambda: self.deep(window))))
         finally:
             self.train(was_training)
 
-    def trunk_macs(self, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
-        """MACs of the trunk + early head for one (h, w) input (ints, or traced sizes inside an export)."""
+    def window_shape(self, n: int) -> tuple[int, ...]:
+        """The shape of ``n`` windows as the deep head reads them: (n, C, size, size) of the deep input, or the
+        cell head's (n, size * size, C) neighbourhoods of its dense map."""
+        size = self.tile + 2 * self.halo
+        if self.cells:
+            return n, size * size, self.deep.dw.conv.out_channels
+        return n, self.deep.proj.conv.in_channels, size, size
+
+    def _scale_coefficients(self, records) -> dict:
+        """Probe records on a ``_PROBE_HW`` input -> MACs per unit of each scale: {level: per cell of the 1/2^level
+        map, 'n2': per squared token count}."""
+        h, w = self._PROBE_HW
+        coef = {}
+        for macs, (kind, ref) in records:
+            if kind == 'n2':
+                key, unit = 'n2', ref * ref
+            else:
+                level = (h // ref.shape[-2]).bit_length() - 1
+                if ref.shape[-2] << level != h or ref.shape[-1] << level != w:
+                    raise ValueError(f'probe: a {tuple(ref.shape)} map is not a power-of-2 scale of {h}x{w}')
+                key, unit = level, ref.shape[-2] * ref.shape[-1]
+            if macs % unit:
+                raise ValueError(f'probe: {macs} MACs are not a multiple of the scale unit {unit}')
+            coef[key] = coef.get(key, 0) + macs // unit
+        return coef
+
+    @staticmethod
+    def _macs_at(coef: dict, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
         total = 0
-        for key, c in self._trunk_coef.items():
+        for key, c in coef.items():
             if key == 'n2':
                 n = ((h + 63) // 64) * ((w + 63) // 64)   # TopFormer's pooled token grid: ceil(H/64) x ceil(W/64)
                 total = total + c * n * n
@@ -245,6 +340,15 @@ class AdaptiveTopFormer(SegmentationModel):
                 s = 1 << key
                 total = total + c * (((h + s - 1) // s) * ((w + s - 1) // s))
         return total
+
+    def trunk_macs(self, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
+        """MACs of the trunk + early head for one (h, w) input (ints, or traced sizes inside an export)."""
+        return self._macs_at(self._trunk_coef, h, w)
+
+    def cheap_macs(self, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
+        """MACs of everything but the deep head's windows: the trunk + early head, and the cell head's dense part
+        on the whole 1/8 map."""
+        return self.trunk_macs(h, w) + self._macs_at(self._dense_coef, h, w)
 
     def num_tiles(self, h: int | torch.Tensor, w: int | torch.Tensor) -> int | torch.Tensor:
         """Tiles of an (h, w) input (the 1/8 map padded up to whole tiles)."""
@@ -281,15 +385,23 @@ class AdaptiveTopFormer(SegmentationModel):
         return h8, w8, pad_h, pad_w, (h8 + pad_h) // self.tile, (w8 + pad_w) // self.tile
 
 
+    def _pad_to_tiles(self, x, pad_h, pad_w, value):
+        """The 1/8 map padded up to whole tiles; cells are whole already (no Pad node in the graph)."""
+        return x if self.tile == 1 else F.pad(x, (0, pad_w, 0, pad_h), value=value)
+
     def _crop(self, deep):
+        """The deep head's output on windows -> their tiles (the cell head answers for the centre cell only)."""
         m, t = self.halo, self.tile
-        return deep[:, :, m:m + t, m:m + t]
+        return deep if self.cells else deep[:, :, m:m + t, m:m + t]
 
     def full(self, early: torch.Tensor, sources: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The deep head on every tile (dense windows with F.unfold) -> logits at 1/8."""
         b, k = early.shape[0], early.shape[1]
         h8, w8, pad_h, pad_w, ty, tx = self._grid(early)
         size, t, m = self.tile + 2 * self.halo, self.tile, self.halo
+        if self.cells:
+            windows = unfold_neighbourhoods(self.deep.dense(*sources), self.halo)
+            return self.deep(windows).reshape(b, h8, w8, k).permute(0, 3, 1, 2)
         features = self.deep_input(*sources)
         windows = F.unfold(F.pad(features, (m, m + pad_w, m, m + pad_h)), size, stride=t)
         windows = windows.reshape(b, features.shape[1], size, size, ty * tx).permute(0, 4, 1, 2, 3)
@@ -306,24 +418,30 @@ class AdaptiveTopFormer(SegmentationModel):
         if not torch.is_tensor(threshold):
             threshold = torch.tensor(float(threshold))
         threshold = threshold.to(early.dtype)
-        conf = F.pad(early.softmax(dim=1).amax(dim=1), (0, pad_w, 0, pad_h), value=1.0)
+        # max softmax = 1 / sum exp(l - max l): four small elementwise nodes (ONNX Runtime's Softmax over the
+        # class axis of an NCHW map transposes it first, ~0.2 ms at 256x320 on one thread)
+        top = early.amax(dim=1, keepdim=True)
+        conf = self._pad_to_tiles(1.0 / (early - top).exp().sum(dim=1), pad_h, pad_w, 1.0)
         uncertain = (conf < threshold).to(early.dtype)
         counts = uncertain.reshape(b, ty, t, tx, t).sum(dim=(2, 4)).reshape(b, ty * tx)
         selected = (counts > self.min_uncertain * t * t) | (threshold >= 1.0)
         ids, valid = select_tiles(selected, self.tile_buckets)
         row, col = ids // tx, ids % tx
         top, left = row * t - self.halo, col * t - self.halo
-        fused, tap8, tap4, _ = sources
-        windows = self.deep_input(gather_windows(fused, top, left, size), gather_windows(tap8, top, left, size),
-                                  gather_windows(tap4, 2 * top, 2 * left, 2 * size),
-                                  gather_windows(early, top, left, size))
+        if self.cells:   # the dense part on the whole map, the MLP on the gathered neighbourhoods
+            windows = gather_neighbourhoods(self.deep.dense(*sources), ids, self.halo)
+        else:            # the deep input built on the gathered windows only
+            fused, tap8, tap4, _ = sources
+            windows = self.deep_input(gather_windows(fused, top, left, size), gather_windows(tap8, top, left, size),
+                                      gather_windows(tap4, 2 * top, 2 * left, 2 * size),
+                                      gather_windows(early, top, left, size))
         # tile pixels in the tile-padded 1/8 map (width tx * t)
         offsets = torch.arange(t, device=ids.device)
         tile_off = (offsets[:, None] * (tx * t) + offsets[None, :]).reshape(-1)
         tile_idx = ((row * t * (tx * t) + col * t)[:, :, None] + tile_off).reshape(b, -1)
         n = ids.shape[1]
         deep = self._crop(self.deep(windows)).reshape(b, n, k, t * t).permute(0, 2, 1, 3).reshape(b, k, n * t * t)
-        canvas = F.pad(early, (0, pad_w, 0, pad_h)).flatten(2)
+        canvas = self._pad_to_tiles(early, pad_h, pad_w, 0.0).flatten(2)
         index = tile_idx[:, None].expand(-1, k, -1)
         keep = valid[:, None, :, None].expand(-1, 1, -1, t * t).reshape(b, 1, n * t * t)
         deep = torch.where(keep, deep, canvas.gather(2, index))
@@ -350,7 +468,7 @@ class AdaptiveTopFormer(SegmentationModel):
         else:
             logits, selected, windows = self.refine(early, sources, refine_threshold)
             fraction = selected.float().mean(1).mean(0).reshape(1)
-        macs = self.trunk_macs(h, w) + windows * self.window_macs
+        macs = self.cheap_macs(h, w) + windows * self.window_macs
         macs = macs if torch.is_tensor(macs) else torch.tensor(macs)
         return logits, fraction, macs.to(torch.float32).reshape(())
 
@@ -361,13 +479,16 @@ class AdaptiveTopFormer(SegmentationModel):
 
 
 model_cfgs = {
-    # The trunk is TopFormer-tiny in both; the deep heads differ. Deep head per window / on all 80 tiles of a
+    # The trunk is TopFormer-tiny in all; the deep heads differ. Deep head per window / on all 80 tiles of a
     # 480x640 input, ONNX Runtime 1 thread (`seg-perception bench adaptive-cost`, CPU clock, this 2-core VM):
     #   tiny:  10x10 windows (halo 1), 64 ch  ->  8.1 MMACs, 0.25 ms; 0.65 GMACs for every tile
     #   small: 12x12 windows (halo 2), 96 ch  -> 23.2 MMACs, 0.64 ms; 1.86 GMACs for every tile
     # (TopFormer-tiny itself: 0.60 GMACs, 46 ms; TopFormer-base 1.98 GMACs, 92 ms on the same run.)
+    #   cells: one 8x8-pixel cell, 5x5-cell neighbourhood of a 32-ch map -> 0.12 MMACs, ~2 us a cell at 256x320
+    #          (384 of 1280 cells 0.87 ms; the map on the whole frame 0.011 GMACs)
     'tiny': dict(trunk='tiny', deep_channels=64, deep_depth=2, deep_expand=3, deep_kernel=5, halo=1),
     'small': dict(trunk='tiny', deep_channels=96, deep_depth=2, deep_expand=3, deep_kernel=5, halo=2),
+    'cells': dict(trunk='tiny', deep_kind='cells', deep_channels=32, deep_hidden=128, deep_kernel=5, tile=1, halo=2),
 }
 
 
@@ -386,3 +507,10 @@ def adaptive_topformer_tiny(num_classes: int = 150, **kwargs) -> AdaptiveTopForm
 def adaptive_topformer_small(num_classes: int = 150, **kwargs) -> AdaptiveTopFormer:
     """TopFormer-tiny trunk + a heavier deep head (2 blocks of 96 channels, 2 cells of context)."""
     return _create('small', num_classes, **kwargs)
+
+
+@register_model
+def adaptive_topformer_cells(num_classes: int = 150, **kwargs) -> AdaptiveTopFormer:
+    """TopFormer-tiny trunk + a per-cell deep head (a 32-channel map of the whole frame, an MLP of 128 on each
+    uncertain 8x8-pixel cell's 5x5-cell neighbourhood)."""
+    return _create('cells', num_classes, **kwargs)

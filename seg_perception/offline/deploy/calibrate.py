@@ -250,10 +250,12 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str = 'v
                 spec, part, targets[item] = parse_foreign(item)
                 foreign[item] = collect(engine, dataset(spec, part or split, labelled=False), shift_limit,
                                         progress=progress, pixels=False, labels=False)
-            scales = [g['scale'] for g in groups]
-            terms = None if not groups else {'train': train_terms / scales, **{
-                name: _tap_distances(frames['graph'], groups, fits, reference, tap_knn) / scales
-                for name, frames in {'held': held, **foreign}.items()}}
+            terms = None
+            if groups:
+                scales = [g['scale'] for g in groups]
+                terms = {'train': train_terms / scales, **{
+                    name: _tap_distances(frames['graph'], groups, fits, reference, tap_knn) / scales
+                    for name, frames in {'held': held, **foreign}.items()}}
             features, chosen_taps, chosen_by = choose_features(
                 np.asarray(train['features']), np.asarray(held['features']),
                 {name: frames['features'] for name, frames in foreign.items()}, graph=terms, targets=targets)

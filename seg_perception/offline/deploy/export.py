@@ -291,7 +291,7 @@ def export_model(model: nn.Module, path: str | Path, meta: dict, input_size: Seq
         meta.setdefault('exit_threshold', float(model.exit_conf))   # the node's default threshold
     if token_pass and getattr(model, 'refine_conf', None) is not None:
         meta.setdefault('refine_threshold', float(model.refine_conf))
-        meta.setdefault('cheap_macs', int(model.trunk_macs(*input_size)))   # the never-refine path
+        meta.setdefault('cheap_macs', int(model.cheap_macs(*input_size)))   # the never-refine path
     md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
 
     inputs = _example_inputs(model, input_size, seed)

@@ -346,12 +346,10 @@ def bench_adaptive_cost(arch: str = 'adaptive_topformer_tiny',
             else:
                 macs[name] = float(count_macs(net, (1, 3, h, w))[0])
                 candidates[name] = (lambda s=sess: s.run(None, {'images': images}))
-    size = model.tile + 2 * model.halo
-    cin = model.deep.proj.conv.in_channels
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model.deep, torch.zeros(2, cin, size, size), buffer, dynamo=False, opset_version=17,
+        torch.onnx.export(model.deep, torch.zeros(model.window_shape(2)), buffer, dynamo=False, opset_version=17,
                           input_names=['windows'], output_names=['logits'],
                           dynamic_axes={'windows': {0: 'n'}, 'logits': {0: 'n'}})
     deep = bench_session(buffer.getvalue(), threads)
@@ -359,7 +357,7 @@ def bench_adaptive_cost(arch: str = 'adaptive_topformer_tiny',
     for n in windows:
         if n > tiles:
             continue
-        batch = np.random.default_rng(n).standard_normal((n, cin, size, size)).astype(np.float32)
+        batch = np.random.default_rng(n).standard_normal(model.window_shape(n)).astype(np.float32)
         label = f'deep head alone, {n} of {tiles} windows'
         macs[label] = float(n * model.window_macs)
         candidates[label] = (lambda b=batch: deep.run(None, {'windows': b}))

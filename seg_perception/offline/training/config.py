@@ -58,6 +58,8 @@ DEFAULTS = {
     'min_lr': 0.0,
     'aux_weight': -1.0,            # weight of auxiliary outputs' losses; < 0: the model's own aux_loss_weight
     'loss_kwargs': {},             # further keyword arguments of the model's training_loss
+    'freeze': '',                  # comma list of the model's top-level modules kept as loaded from init
+                                   # (no gradients, eval mode), e.g. 'backbone,decode_head' under a new head
     'teacher': '',                 # checkpoint of a teacher (e.g. the static twin of a token-pass model)
     'kd_weight': 0.0,
     'kd_temperature': 1.0,

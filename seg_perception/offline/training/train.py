@@ -230,6 +230,12 @@ class Trainer:
                             'no training_loss')
         if cfg['init']:
             load_init_weights(model, cfg['init'], self.log, cfg['init_new_classes_from'])
+        if cfg['freeze']:
+            try:
+                model.freeze([name.strip() for name in cfg['freeze'].split(',') if name.strip()])
+            except ValueError as exc:
+                raise UserError(f'freeze={cfg["freeze"]!r}: {exc}') from None
+            self.log(f'frozen: {", ".join(model.frozen)}')
         model.to(self.device).train()
         self.optimizer = build_optimizer(model, cfg)
         self.teacher = None
