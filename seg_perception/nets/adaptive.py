@@ -427,10 +427,10 @@ class AdaptiveTopFormer(SegmentationModel):
         selected = (counts > self.min_uncertain * t * t) | (threshold >= 1.0)
         ids, valid = select_tiles(selected, self.tile_buckets)
         row, col = ids // tx, ids % tx
-        top, left = row * t - self.halo, col * t - self.halo
         if self.cells:   # the dense part on the whole map, the MLP on the gathered neighbourhoods
             windows = gather_neighbourhoods(self.deep.dense(*sources), ids, self.halo)
         else:            # the deep input built on the gathered windows only
+            top, left = row * t - self.halo, col * t - self.halo
             fused, tap8, tap4, _ = sources
             windows = self.deep_input(gather_windows(fused, top, left, size), gather_windows(tap8, top, left, size),
                                       gather_windows(tap4, 2 * top, 2 * left, 2 * size),

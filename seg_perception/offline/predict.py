@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..runtime.engine import compute_geometry, gray_world_gains, preprocess, restore
+from ..runtime.engine import balanced_normalisation, compute_geometry, preprocess, restore
 from ..runtime.metadata import IMAGENET_MEAN, IMAGENET_STD, OUTPUT_KINDS, RESIZE_MODES
 from ..runtime.upsample import LogitsUpsampler
 
@@ -39,9 +39,8 @@ def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float],
               white_balance: str = 'none') -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float32 tensor (3, H, W) normalised on the 0-255 scale, after the engine's
     ``white_balance`` of the image."""
-    gains = gray_world_gains(image) if white_balance == 'gray_world' else np.ones(3)
-    x = image.astype(np.float32) * gains.astype(np.float32)
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    mean, std = balanced_normalisation(image, mean, std, white_balance)
+    x = (image.astype(np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 

@@ -95,20 +95,27 @@ def gray_world_gains(rgb: np.ndarray) -> np.ndarray:
     return np.clip(means.mean() / np.maximum(means, 1e-3), 0.5, 2.0)
 
 
+def balanced_normalisation(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                           white_balance: str = 'none') -> tuple:
+    """The (mean, std) that normalise HxWx3 uint8 ``rgb`` after its ``white_balance``: 'gray_world' folds
+    :func:`gray_world_gains` g into them (``(g x - mean) / std == (x - mean / g) / (std / g)``: no extra pass over
+    the image); 'none' returns them as they are."""
+    if white_balance != 'gray_world':
+        return mean, std
+    gains = gray_world_gains(rgb)
+    return np.asarray(mean) / gains, np.asarray(std) / gains
+
+
 def preprocess(rgb: np.ndarray, geometry: Geometry, mean: Sequence[float], std: Sequence[float],
                white_balance: str = 'none') -> np.ndarray:
     """HxWx3 uint8 RGB -> (1, 3, H, W) float32, normalised; letterbox padding becomes 0 after normalising.
-    ``white_balance`` 'gray_world': the resized frame's channels scaled by :func:`gray_world_gains`, folded into
-    the normalisation (``(g x - mean) / std == (x - mean / g) / (std / g)``: no extra pass over the image)."""
+    ``white_balance``: of the resized frame (:func:`balanced_normalisation`)."""
     ch, cw = geometry.content_hw
     if (ch, cw) != tuple(rgb.shape[:2]):
         interp = cv2.INTER_AREA if ch * cw < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
         rgb = cv2.resize(rgb, (cw, ch), interpolation=interp)
     rgb = np.ascontiguousarray(rgb)
-    if white_balance == 'gray_world':
-        gains = gray_world_gains(rgb)
-        mean, std = np.asarray(mean) / gains, np.asarray(std) / gains
-    content = _normalised_planes(rgb, mean, std)
+    content = _normalised_planes(rgb, *balanced_normalisation(rgb, mean, std, white_balance))
     if (ch, cw) == tuple(geometry.net_hw):
         return content
     blob = np.zeros((1, 3, *geometry.net_hw), np.float32)
