@@ -215,8 +215,9 @@ def test_frozen_trunk_keeps_its_weights_and_statistics(scenes, tmp_path):
     assert all(torch.equal(out[k], v) for k, v in src.items())         # running statistics included
     from seg_perception.nets import create_model
 
-    fresh = create_model('adaptive_topformer_cells', num_classes=6).state_dict()
-    assert not torch.equal(out['deep.fc1.weight'], fresh['deep.fc1.weight'])
+    torch.manual_seed(0)                                                  # the run's seed: its initial deep head
+    initial = create_model('adaptive_topformer_cells', num_classes=6).state_dict()
+    assert not torch.equal(out['deep.fc1.weight'], initial['deep.fc1.weight'])   # the deep head learnt
     model = create_model('adaptive_topformer_cells', num_classes=6)
     model.freeze(['backbone'])
     model.train()

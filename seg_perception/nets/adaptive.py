@@ -292,11 +292,12 @@ class AdaptiveTopFormer(SegmentationModel):
         self.eval()
         try:
             h, w = self._PROBE_HW
-            self._trunk_coef = self._scale_coefficients(_probe_macs(self, lambda: self.trunk(torch.zeros(1, 3, h, w))))
+            probe = []   # the trunk's outputs on the probe: the cell head's dense part is probed on its sources
+            self._trunk_coef = self._scale_coefficients(
+                _probe_macs(self, lambda: probe.append(self.trunk(torch.zeros(1, 3, h, w)))))
             self._dense_coef = {}
             if self.cells:
-                with torch.no_grad():
-                    _, sources = self.trunk(torch.zeros(1, 3, h, w))
+                sources = probe[0][1]
                 self._dense_coef = self._scale_coefficients(_probe_macs(self.deep, lambda: self.deep.dense(*sources)))
             window = torch.zeros(self.window_shape(1))
             self.window_macs = int(sum(m for m, _ in _probe_macs(self.deep, lambda: self.deep(window))))
@@ -383,7 +384,6 @@ class AdaptiveTopFormer(SegmentationModel):
         h8, w8 = early.shape[-2], early.shape[-1]
         pad_h, pad_w = (self.tile - h8 % self.tile) % self.tile, (self.tile - w8 % self.tile) % self.tile
         return h8, w8, pad_h, pad_w, (h8 + pad_h) // self.tile, (w8 + pad_w) // self.tile
-
 
     def _pad_to_tiles(self, x, pad_h, pad_w, value):
         """The 1/8 map padded up to whole tiles; cells are whole already (no Pad node in the graph)."""
