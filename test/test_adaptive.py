@@ -3,7 +3,9 @@ gather/scatter, buckets, MACs against count_macs, ONNX Runtime choosing the same
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from seg_perception.classes import SCENE_CLASS_NAMES
 from seg_perception.nets import create_model, list_models
 from seg_perception.nets.adaptive import AdaptiveTopFormer, select_tiles
 from seg_perception.offline.evaluation.flops import count_macs
@@ -288,16 +290,21 @@ def test_cell_neighbourhoods_gathered_as_unfolded():
     assert torch.equal(corner[2:, 2:], x[0, :, :3, :3].permute(1, 2, 0)) and not corner[:2].any()
 
 
-def _labelled_folder(root, count=4, size=SIZE):
+def _labelled_folder(root, count=4, size=SIZE, names=None):
+    """``count`` frames with random masks and a clutter level each; ``names``: the folder's own classes (a
+    classes.yaml), else the scene classes."""
     import cv2
 
     for sub in ('images', 'masks', 'meta'):
         (root / sub).mkdir(parents=True)
+    if names:
+        (root / 'classes.yaml').write_text(yaml.safe_dump({'names': list(names)}))
     rng = np.random.default_rng(0)
     for i in range(count):
         image = (_image(i, size)[0].permute(1, 2, 0).numpy() * 40 + 120).clip(0, 255).astype(np.uint8)
         cv2.imwrite(str(root / 'images' / f'{i:03d}.png'), image)
-        cv2.imwrite(str(root / 'masks' / f'{i:03d}.png'), rng.integers(0, 6, size, dtype=np.uint8))
+        cv2.imwrite(str(root / 'masks' / f'{i:03d}.png'), rng.integers(0, len(names or SCENE_CLASS_NAMES), size,
+                                                                         dtype=np.uint8))
         (root / 'meta' / f'{i:03d}.json').write_text(f'{{"clutter": {i / count}}}')
     return root
 
@@ -349,6 +356,31 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
     assert set(metrics['groups']) == {'easy half', 'cluttered half'}
     assert metrics['groups']['easy half']['frames'] == 2
     assert 'cluttered half (2 frames, by clutter)' in metrics['table']
+
+
+def test_bench_adaptive_scores_every_model_in_the_datasets_classes_with_merge(exported, tmp_path, capsys):
+    """--merge: the models' labels are scored in the dataset's classes (here a 5-class dataset without robot),
+    as `evaluate --merge` scores them; a merge the model or the dataset cannot take is a user error."""
+    import json
+
+    from seg_perception.offline.cli import main
+    from seg_perception.offline.evaluation.evaluate import evaluate
+
+    path, _ = exported
+    names = [n for n in SCENE_CLASS_NAMES if n != 'robot']
+    data = _labelled_folder(tmp_path / 'data', names=names)
+    assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--thresholds', '0', '1',
+                 '--warmup', '0', '--merge', 'robot:obstacle', '--json', str(tmp_path / 'b.json')]) == 0
+    report = json.loads((tmp_path / 'b.json').read_text())
+    assert report['merge'] == {'robot': 'obstacle'}
+    for knob in (0.0, 1.0):
+        expected = evaluate(path, data, split='', refine_threshold=knob, progress=False, threads=1,
+                            merge={'robot': 'obstacle'})['mIoU']
+        assert report['groups']['all'][f'adaptive refine_threshold={knob:g}']['miou'] == pytest.approx(expected)
+    capsys.readouterr()
+    assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--merge', 'robot:sky']) == 2
+    assert "--merge robot:sky: the model has no class 'robot' or the dataset no class 'sky'" in \
+        capsys.readouterr().err
 
 
 def test_refine_rule_on_the_shipped_tiny_model():

@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,13 +35,17 @@ from .bench_common import complexity_halves, worker_spinning
 from .metrics import ConfusionMatrix
 
 
-def iter_labelled_frames(data: str | os.PathLike, image_topic: str | None = None, gt_topic: str | None = None,
-                         split: str = 'val', limit: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, float | None]]:
-    """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of anything ``open_dataset`` opens."""
+def open_labelled(data: str | os.PathLike, image_topic: str | None = None, gt_topic: str | None = None,
+                  split: str = 'val') -> Any:
+    """Anything ``open_dataset`` opens (a folder, a data YAML, a rosbag2 with its ground-truth topic)."""
     from ..data.datasets import open_dataset
 
     kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
-    dataset = open_dataset(str(data), split=split, **kwargs)
+    return open_dataset(str(data), split=split, **kwargs)
+
+
+def iter_labelled_frames(dataset: Any, limit: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, float | None]]:
+    """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of an :func:`open_labelled` dataset."""
     total = len(dataset) if not limit else min(limit, len(dataset))
     for i in range(total):
         image, label = dataset[i]
@@ -90,7 +95,7 @@ def bench_tokenpass(model: str | os.PathLike, static: str | os.PathLike, data: s
         raise ValueError(f'the models predict different classes: {tp.names} vs {st.names}')
     ignore_index = tp.meta.get('ignore_index', 255)
     frames = []
-    for rgb, label, clutter in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+    for rgb, label, clutter in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split), limit):
         if not frames:
             for _ in range(warmup):
                 tp.infer(rgb, exit_threshold=threshold)

@@ -42,6 +42,7 @@ from .bench_common import (
     ratio,
     worker_spinning,
 )
+from .evaluate import merge_table, parse_merge
 from .metrics import ConfusionMatrix
 
 
@@ -84,17 +85,21 @@ def _static_spec(spec: str) -> tuple:
 def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str | os.PathLike,
                    thresholds: Sequence[float] | None = None, threads: int = 1, warmup: int = 2, limit: int = 0,
                    providers: list[str] | None = None, image_topic: str | None = None, gt_topic: str | None = None,
-                   split: str = 'val', input_size: tuple[int, int] | None = None, clock: str = 'wall') -> dict:
+                   split: str = 'val', input_size: tuple[int, int] | None = None, clock: str = 'wall',
+                   merge: dict[str, str] | None = None) -> dict:
     """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
     returns a report dict (see :func:`adaptive_table`). ``clock``: 'wall' (elapsed ONNX Runtime run time) or
     'cpu' (the calling thread's CPU time during the run: the run's cost whatever else loads the machine; with
-    one intra-op thread only, where the graph runs on the calling thread)."""
+    one intra-op thread only, where the graph runs on the calling thread). ``merge`` {model class: dataset class}
+    (e.g. covered_floor: floor): every model is scored in the dataset's classes, each through the entries of
+    ``merge`` it has, so models whose classes differ that way are compared on the same frames; without it
+    every model must predict the adaptive model's classes."""
     if clock not in ('wall', 'cpu'):
         raise UserError(f'clock {clock!r} must be wall or cpu')
     if clock == 'cpu' and threads != 1:
         raise UserError(f'--clock cpu times the calling thread only: use it with --threads 1, not {threads}')
     from ...runtime.engine import SegmentationEngine
-    from .bench import iter_labelled_frames
+    from .bench import iter_labelled_frames, open_labelled
 
     adaptive = SegmentationEngine(model, providers=providers, intra_op_threads=threads, input_size=input_size,
                                    spinning=worker_spinning(threads))
@@ -111,11 +116,18 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
         static_sizes[name] = size or input_size
         engine = SegmentationEngine(path, providers=providers, intra_op_threads=threads,
                                      input_size=static_sizes[name], spinning=worker_spinning(threads))
-        if engine.names != adaptive.names:
-            raise UserError(f'{path} predicts {engine.names}, {model} predicts {adaptive.names}')
+        if not merge and engine.names != adaptive.names:
+            raise UserError(f'{path} predicts {engine.names}, {model} predicts {adaptive.names} (--merge scores '
+                            "models with other classes in the dataset's)")
         engines[name] = (engine, {})
+    dataset = open_labelled(data, image_topic, gt_topic, split)
+    num_classes = len(dataset.classes) if merge else adaptive.num_classes
+    # each model's class id -> the dataset's (merge only)
+    to_dataset = {id(engine): merge_table([str(n) for n in engine.names], [str(c) for c in dataset.classes],
+                                          {k: v for k, v in merge.items() if k in engine.names})
+                  for engine, _ in engines.values()} if merge else {}
     frames = []
-    for rgb, label, clutter in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+    for rgb, label, clutter in iter_labelled_frames(dataset, limit):
         if not frames:
             for engine, kwargs in engines.values():
                 for _ in range(warmup):
@@ -129,7 +141,8 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
             engine.infer(rgb, **kwargs)
             result = engine.infer(rgb, **kwargs)
             ms = result.model_cpu_ms if clock == 'cpu' else result.model_ms
-            runs[name] = {'labels': result.labels, 'ms': ms, 'engine_ms': result.latency_ms, 'macs': result.macs,
+            labels = to_dataset[id(engine)][result.labels] if merge else result.labels
+            runs[name] = {'labels': labels, 'ms': ms, 'engine_ms': result.latency_ms, 'macs': result.macs,
                           'refined': result.refined_fraction}
         frames.append({'label': label, 'clutter': clutter, 'runs': runs})
     if not frames:
@@ -145,7 +158,7 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
     for group, members in groups.items():
         summary[group] = {}
         for name in engines:
-            confusion = ConfusionMatrix(adaptive.num_classes, ignore_index)
+            confusion = ConfusionMatrix(num_classes, ignore_index)
             for f in members:
                 confusion.update(f['runs'][name]['labels'], f['label'])
             ms = np.array([f['runs'][name]['ms'] for f in members], np.float64)
@@ -162,7 +175,7 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
             }
     return {'model': str(model), 'statics': [str(s) for s in statics], 'data': str(data), 'knob': knob,
             'thresholds': thresholds, 'default': default, 'threads': threads, 'provider': adaptive.provider,
-            'clock': clock,
+            'clock': clock, 'merge': dict(merge or {}),
             'input_size': list(adaptive.net_hw or ()), 'split_by': 'clutter' if by_clutter else 'refined fraction',
             'static_names': list(static_sizes), 'groups': summary}
 
@@ -256,6 +269,10 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
                         help='wall: elapsed run time; cpu: CPU time of the run (1 thread only; robust to other '
                              'load on the machine)')
+    parser.add_argument('--merge', action='append', default=[], metavar='MODEL_CLASS:DATASET_CLASS',
+                        help="score a model's class as one of the dataset's (repeatable; e.g. covered_floor:floor): "
+                             'every model is then scored in the dataset\'s classes, so a 7-class model and a '
+                             '6-class one can be compared')
     parser.add_argument('--plot', default=None, help='write the mIoU-vs-latency chart to this PNG')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
@@ -266,7 +283,8 @@ def run_adaptive(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     report = bench_adaptive(args.model, args.static, args.data, args.thresholds, args.threads, args.warmup,
                             args.limit, providers, args.image_topic, args.gt_topic, args.split,
-                            tuple(args.input_size) if args.input_size else None, args.clock)
+                            tuple(args.input_size) if args.input_size else None, args.clock,
+                            parse_merge(args.merge))
     emit(args, f'Adaptive model against static models on {args.data}', adaptive_table(report))
     print(f'{time.perf_counter() - start:.0f} s')
     if args.plot:
@@ -408,11 +426,11 @@ def bench_refine_rule(model: str | os.PathLike, data: str | os.PathLike, thresho
     frames, and the halves of frames with fewer / more refined tiles), the fraction of frames with any, and the
     share of the model's wrong pixels that lie inside refined tiles. Returns rows of dicts."""
     from ...runtime.engine import SegmentationEngine
-    from .bench import iter_labelled_frames
+    from .bench import iter_labelled_frames, open_labelled
 
     engine = SegmentationEngine(model, intra_op_threads=1, input_size=input_size)
     frames = []
-    for rgb, label, _ in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+    for rgb, label, _ in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split), limit):
         result = engine.infer(rgb)
         if result.logits is None:
             raise UserError(f'{model}: needs a logits model (export --head logits), to read the early logits')
@@ -483,7 +501,7 @@ def bench_cascade(small: str | os.PathLike, large: str | os.PathLike, data: str 
     small + the tiles' area share of large (a lower bound: crops need context). Returns a dict with the two
     models' mean ms and mIoU and one row per (rule, s): share of frames or tiles taken, mIoU, mean ms."""
     from ...runtime.engine import SegmentationEngine
-    from .bench import iter_labelled_frames
+    from .bench import iter_labelled_frames, open_labelled
 
     engines = [SegmentationEngine(path, intra_op_threads=threads, spinning=worker_spinning(threads))
                for path in (small, large)]
@@ -494,7 +512,7 @@ def bench_cascade(small: str | os.PathLike, large: str | os.PathLike, data: str 
     matrices = {key: ConfusionMatrix(num_classes, ignore) for key in [*rules, 'small', 'large']}
     taken = {key: [] for key in rules}
     times = [[], []]
-    for rgb, label, _ in iter_labelled_frames(data, image_topic, gt_topic, split, limit):
+    for rgb, label, _ in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split), limit):
         outs = []
         for engine, spent in zip(engines, times):
             tic = time.process_time()
