@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,9 +34,12 @@ from . import bench_adaptive, bench_costmap, bench_engine, bench_node, bench_ops
 from .bench_common import complexity_halves, worker_spinning
 from .metrics import ConfusionMatrix
 
+if TYPE_CHECKING:
+    from ..data.datasets import SegDataset
+
 
 def open_labelled(data: str | os.PathLike, image_topic: str | None = None, gt_topic: str | None = None,
-                  split: str = 'val') -> Any:
+                  split: str = 'val') -> 'SegDataset':
     """Anything ``open_dataset`` opens (a folder, a data YAML, a rosbag2 with its ground-truth topic)."""
     from ..data.datasets import open_dataset
 
@@ -44,7 +47,8 @@ def open_labelled(data: str | os.PathLike, image_topic: str | None = None, gt_to
     return open_dataset(str(data), split=split, **kwargs)
 
 
-def iter_labelled_frames(dataset: Any, limit: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, float | None]]:
+def iter_labelled_frames(dataset: 'SegDataset', limit: int = 0
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray, float | None]]:
     """Yield ``(rgb uint8 HxWx3, label HxW, clutter float or None)`` of an :func:`open_labelled` dataset."""
     total = len(dataset) if not limit else min(limit, len(dataset))
     for i in range(total):
