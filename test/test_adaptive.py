@@ -359,25 +359,36 @@ def test_bench_and_evaluate_report_cost_per_complexity_group(model, exported, tm
 
 
 def test_bench_adaptive_scores_every_model_in_the_datasets_classes_with_merge(exported, tmp_path, capsys):
-    """--merge: the models' labels are scored in the dataset's classes (here a 5-class dataset without robot),
-    as `evaluate --merge` scores them; a merge the model or the dataset cannot take is a user error."""
+    """--merge: every model's labels are scored in the dataset's classes (here a 5-class dataset without robot),
+    each through the entries it has, as `evaluate --merge` scores them: the 6-class adaptive model beside a
+    5-class static one. Without --merge such a static model is refused; a merge nobody can take is a user error."""
     import json
 
     from seg_perception.offline.cli import main
+    from seg_perception.offline.deploy.export import build_metadata, export_model
     from seg_perception.offline.evaluation.evaluate import evaluate
 
     path, _ = exported
     names = [n for n in SCENE_CLASS_NAMES if n != 'robot']
     data = _labelled_folder(tmp_path / 'data', names=names)
-    assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--thresholds', '0', '1',
-                 '--warmup', '0', '--merge', 'robot:obstacle', '--json', str(tmp_path / 'b.json')]) == 0
+    torch.manual_seed(1)
+    static = tmp_path / 'five.onnx'
+    export_model(create_model('topformer_tiny', num_classes=5).eval(), static,
+                 build_metadata(5, SIZE, names=names, arch='topformer_tiny'), SIZE, check=False)
+    assert main(['bench', 'adaptive', '--model', str(path), '--static', str(static), '--data', str(data),
+                 '--thresholds', '0', '1', '--warmup', '0', '--merge', 'robot:obstacle',
+                 '--json', str(tmp_path / 'b.json')]) == 0
     report = json.loads((tmp_path / 'b.json').read_text())
     assert report['merge'] == {'robot': 'obstacle'}
     for knob in (0.0, 1.0):
         expected = evaluate(path, data, split='', refine_threshold=knob, progress=False, threads=1,
                             merge={'robot': 'obstacle'})['mIoU']
         assert report['groups']['all'][f'adaptive refine_threshold={knob:g}']['miou'] == pytest.approx(expected)
+    expected = evaluate(static, data, split='', progress=False, threads=1)['mIoU']
+    assert report['groups']['all']['five']['miou'] == pytest.approx(expected)
     capsys.readouterr()
+    assert main(['bench', 'adaptive', '--model', str(path), '--static', str(static), '--data', str(data)]) == 2
+    assert '(--merge scores models with other classes' in capsys.readouterr().err
     assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--merge', 'robot:sky']) == 2
     assert "--merge robot:sky: the model has no class 'robot' or the dataset no class 'sky'" in \
         capsys.readouterr().err
