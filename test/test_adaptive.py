@@ -392,6 +392,9 @@ def test_bench_adaptive_scores_every_model_in_the_datasets_classes_with_merge(ex
     assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--merge', 'robot:sky']) == 2
     assert "--merge robot:sky: the model has no class 'robot' or the dataset no class 'sky'" in \
         capsys.readouterr().err
+    assert main(['bench', 'adaptive', '--model', str(path), '--data', str(data), '--merge', 'robot:obstacle',
+                 '--merge', 'robt:obstacle']) == 2          # a misspelt class is not dropped silently
+    assert "--merge robt:obstacle: no model predicts a class 'robt'" in capsys.readouterr().err
 
 
 def test_refine_rule_on_the_shipped_tiny_model():

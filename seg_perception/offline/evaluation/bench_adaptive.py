@@ -122,10 +122,13 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
         engines[name] = (engine, {})
     dataset = open_labelled(data, image_topic, gt_topic, split)
     num_classes = len(dataset.classes) if merge else adaptive.num_classes
-    # each model's class id -> the dataset's (merge only)
-    to_dataset = {id(engine): merge_table([str(n) for n in engine.names], [str(c) for c in dataset.classes],
-                                          {k: v for k, v in merge.items() if k in engine.names})
-                  for engine, _ in engines.values()} if merge else {}
+    unused = sorted(set(merge or ()) - {n for engine, _ in engines.values() for n in engine.names})
+    if unused:
+        raise UserError(f'--merge {unused[0]}:{merge[unused[0]]}: no model predicts a class {unused[0]!r}')
+    # each row's class id -> the dataset's (merge only)
+    to_dataset = {name: merge_table([str(n) for n in engine.names], [str(c) for c in dataset.classes],
+                                    {k: v for k, v in merge.items() if k in engine.names})
+                  for name, (engine, _) in engines.items()} if merge else {}
     frames = []
     for rgb, label, clutter in iter_labelled_frames(dataset, limit):
         if not frames:
@@ -141,7 +144,7 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
             engine.infer(rgb, **kwargs)
             result = engine.infer(rgb, **kwargs)
             ms = result.model_cpu_ms if clock == 'cpu' else result.model_ms
-            labels = to_dataset[id(engine)][result.labels] if merge else result.labels
+            labels = to_dataset[name][result.labels] if merge else result.labels
             runs[name] = {'labels': labels, 'ms': ms, 'engine_ms': result.latency_ms, 'macs': result.macs,
                           'refined': result.refined_fraction}
         frames.append({'label': label, 'clutter': clutter, 'runs': runs})
