@@ -91,24 +91,30 @@ PARAMETERS = {
 
 
 def check_value(name: str, value: Any) -> str | None:
-    """Reason a costmap parameter value is refused, or None."""
+    """Reason a costmap parameter value is refused (naming it), or None."""
     if name in ('costmap.size', 'costmap.origin'):
         if len(value) != 2 or not all(math.isfinite(v) for v in value):
-            return f'{name} must be two finite numbers [x, y]'
-    if name == 'costmap.size':
-        try:
-            GridSpec.from_size(value[0], value[1], 0.05)
-        except ValueError as exc:
-            return f'costmap.size: {exc}'
+            return f'{name} must be two finite numbers [x, y], got {list(value)}'
     if name == 'costmap.class_costs':
         try:
             parse_class_costs(value)
         except ValueError as exc:
             return str(exc)
-    if name == 'costmap.frame_id' and not value.strip('/'):
-        return 'costmap.frame_id must name a frame'
+    if name == 'costmap.frame_id' and (not value.strip('/') or any(c.isspace() for c in value)):
+        return f'costmap.frame_id must name a frame (no spaces), got {value!r}'
     if name.startswith('camera_pose.') and name != 'camera_pose.use_tf' and not math.isfinite(value):
-        return f'{name} must be finite'
+        return f'{name} must be finite, got {value}'
+    if name == 'camera_pose.z' and value <= 0:
+        return f'camera_pose.z is the camera\'s height above the ground and must be > 0, got {value}'
+    return None
+
+
+def check_grid(size: Any, resolution: float, origin: Any) -> str | None:
+    """Reason the grid these three parameters make together is refused, or None."""
+    try:
+        GridSpec.from_size(size[0], size[1], resolution, origin)
+    except ValueError as exc:
+        return f'costmap.size {list(size)} at costmap.resolution {resolution}: {exc}'
     return None
 
 
@@ -162,10 +168,9 @@ class CostmapOutput:
     def _param(self, name):
         return self._changed[name] if name in self._changed else self.node.get_parameter(name).value
 
-    def _warn(self, text, error=False):
-        log = self.node.get_logger()
-        (log.error if error else log.warning)(text, throttle_duration_sec=self.node.get_parameter(
-            'log_throttle').value)
+
+    def _log(self, kind, text, error=False):
+        self.node._log_throttled(f'costmap_{kind}', text, error)
 
     def _build(self, engine):
         """A GroundCostmap from the parameters (and the model's metadata)."""
@@ -192,14 +197,15 @@ class CostmapOutput:
         info = self._info
         if info is None:
             self.counters['no_camera_info'] += 1
-            self._warn(f'no CameraInfo on {self.node.resolve_topic_name("camera_info")} yet: no costmap')
+            topic = self.node.resolve_topic_name('camera_info')
+            self._log('no_camera_info', f'no CameraInfo on {topic} yet: no costmap')
             return False
         if self._costmap is None or self._changed or engine is not self._engine:
             try:
                 self._costmap, self._engine = self._build(engine), engine
             except ValueError as exc:
                 self.counters['config_errors'] += 1
-                self._warn(f'costmap settings refused: {exc}', error=True)
+                self._log('settings', f'costmap settings refused: {exc}', error=True)
                 return False
         key = (id(info), labels.shape[:2], self._param('costmap.rectified'))
         if key != self._camera_key:              # a new CameraInfo message, image size or setting
@@ -207,7 +213,7 @@ class CostmapOutput:
                 self._camera = PinholeCamera.from_msg(info, labels.shape[:2], key[2])
             except CameraInfoError as exc:
                 self._camera = None
-                self._warn(f'CameraInfo refused: {exc}; no costmap', error=True)
+                self._log('camera_info', f'CameraInfo refused: {exc}; no costmap', error=True)
             self._camera_key = key
         if self._camera is None:
             self.counters['camera_info_rejected'] += 1
@@ -220,7 +226,12 @@ class CostmapOutput:
             self.pose_source = self.tf.last_source
         else:
             pose, self.pose_source = fallback, 'parameters (camera_pose.use_tf is false)'
-        self._costmap.set_camera(camera, pose)
+        try:
+            self._costmap.set_camera(camera, pose)
+        except ValueError as exc:   # a pose from /tf that is not a finite transform
+            self.counters['config_errors'] += 1
+            self._log('pose', f'camera pose refused: {exc}; no costmap', error=True)
+            return False
         withhold = shifted and self._param('costmap.unknown_on_shift')
         self.counters['free_withheld'] += int(withhold)
         result = self._costmap.update(labels, confidence, self._depth_for(header, labels.shape[:2]),
@@ -238,7 +249,7 @@ class CostmapOutput:
         stamp = header.stamp.sec * 10**9 + header.stamp.nanosec
         if msg is None or abs(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec - stamp) > DEPTH_SYNC_NS:
             self.counters['depth_missing'] += 1
-            self._warn('no depth image within 50 ms of the image: costmap from the ground plane')
+            self._log('depth_missing', 'no depth image within 50 ms of the image: costmap from the ground plane')
             return None
         try:
             depth = image_to_array(msg)
@@ -247,7 +258,7 @@ class CostmapOutput:
                                        f'{msg.encoding} {msg.width}x{msg.height}')
         except (ImageFormatError, ValueError) as exc:
             self.counters['depth_rejected'] += 1
-            self._warn(f'depth image refused: {exc}')
+            self._log('depth', f'depth image refused: {exc}')
             return None
         return depth.astype(np.float32) / 1000.0 if depth.dtype == np.uint16 else depth
 

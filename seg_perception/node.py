@@ -20,6 +20,7 @@ the default) builds everything at start; ``SegmentationLifecycleNode`` (``segmen
 managed variant: configure loads and checks the model, activate creates the subscriptions, publishers and timers,
 deactivate destroys them, cleanup frees the ONNX Runtime session.
 """
+import collections
 import copy
 import json
 import os
@@ -55,12 +56,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from .costmap_node import PARAMETERS as COSTMAP_PARAMETERS
-from .costmap_node import CostmapOutput
+from .costmap_node import CostmapOutput, check_grid
 from .costmap_node import check_value as costmap_check_value
 from .errors import UserError
 from .label_info import LabelInfo, make_label_info
 from .paths import default_model_path
-from .runtime.costmap import resolve_min_confidence
+from .runtime.costmap import class_cost_table, parse_class_costs, resolve_min_confidence
 from .runtime.engine import EngineError, SegmentationEngine, colorize, confidence_to_mono8, overlay
 from .runtime.imgmsg import ImageFormatError, compressed_to_rgb, image_cdr, image_to_rgb
 from .runtime.stats import RollingStats
@@ -70,6 +71,7 @@ from .shift_node import ShiftOutput
 
 RCLError = _rclpy.RCLError
 # Parameters that rebuild the engine when changed at run time.
+MAX_INPUT_SIDE = 4096   # input_size: larger networks take seconds and GBs per frame on a robot's computer
 ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'intra_op_spinning', 'input_size')
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -106,8 +108,8 @@ PARAMETERS = {
                           "(cv2.setNumThreads, for the whole process; 0 = OpenCV's default, one per core). One: "
                           'no slower at 640x480 and ~10 % less CPU per frame than two.',
                        {'integer_range': _int_range(0, 64)}),
-    'input_size': ([0, 0], 'Network input [H, W] for models with dynamic input (multiples of 32); [0, 0] = '
-                           "the size stored in the model.", {}),
+    'input_size': ([0, 0], f'Network input [H, W] for models with dynamic input (multiples of 32, at most '
+                           f'{MAX_INPUT_SIDE}); [0, 0] = the size stored in the model.', {}),
     'overlay': (False, 'Blend the colour mask over the input image on segmentation/color.', {}),
     'overlay_alpha': (0.5, 'Weight of the colour mask in the overlay.', {'floating_point_range': _float_range(0, 1)}),
     'exit_threshold': (-1.0, 'Token-pass models: tokens whose confidence passes this stop early (lower = '
@@ -160,8 +162,10 @@ class SegmentationPipeline:
         self.engine_error = None
         self._engine_wanted = False  # engine parameters changed at run time reload the model only when True
         self._last_kept = None
+        self._logged = {}   # kind of log message -> when it was last logged (see _log_throttled)
         self._io_entities = []
         self.worker = None
+        self._earlier_frames = collections.Counter()   # the counts of workers of earlier activations (lifecycle)
         self.costmap = None
         self.shift = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -226,6 +230,10 @@ class SegmentationPipeline:
             destroy[next(t for t in destroy if isinstance(entity, t))](entity)
         if self.worker is not None:
             self.worker.stop()
+            snap = self.worker.snapshot()
+            snap['dropped'] += snap.pop('in_flight')   # a frame still waiting when the inputs stop: never segmented
+            self._earlier_frames.update(snap)
+            self.worker = None
         for entity in outputs:
             destroy[next(t for t in destroy if isinstance(entity, t))](entity)
         self._io_entities = []
@@ -237,9 +245,17 @@ class SegmentationPipeline:
 
     # ------------------------------------------------------------------ parameters
     def _validate_static(self):
+        """Start-up values get the checks of run-time changes: a bad one stops the node with one line."""
         mode = self.get_parameter('input_mode').value
         if mode not in ('raw', 'compressed'):
             raise UserError(f"input_mode must be 'raw' or 'compressed', got {mode!r}")
+        for name in {**PARAMETERS, **COSTMAP_PARAMETERS}:
+            reason = self._check_value(name, self.get_parameter(name).value)
+            if reason:
+                raise UserError(f'parameter {reason}')
+        reason = check_grid(*(self.get_parameter(f'costmap.{k}').value for k in ('size', 'resolution', 'origin')))
+        if reason:
+            raise UserError(f'parameter {reason}')
 
     @staticmethod
     def _set_opencv_threads(count):
@@ -254,11 +270,32 @@ class SegmentationPipeline:
     def _check_value(name, value):
         """Reason a value is refused, or None."""
         if name == 'input_size':
-            if len(value) != 2 or any(v < 0 or v % 32 for v in value) or (0 in value and any(value)):
-                return 'input_size must be [0, 0] or two positive multiples of 32'
+            if (len(value) != 2 or any(v < 0 or v % 32 or v > MAX_INPUT_SIDE for v in value)
+                    or (0 in value and any(value))):
+                return f'input_size must be [0, 0] or two multiples of 32 in 32..{MAX_INPUT_SIDE}, got {list(value)}'
         if name == 'providers' and not all(isinstance(p, str) and p for p in value):
-            return 'providers must be a list of provider names'
+            return f'providers must be a list of provider names, got {list(value)}'
         return costmap_check_value(name, value)
+
+    def _check_together(self, params):
+        """Reason values set together with the others in effect are refused (the costmap grid; class costs
+        against the loaded model's classes), or None."""
+        new = {p.name: p.value for p in params}
+        grid = [new.get(f'costmap.{k}', None) for k in ('size', 'resolution', 'origin')]
+        if any(v is not None for v in grid):
+            reason = check_grid(*(v if v is not None else self.get_parameter(f'costmap.{k}').value
+                                  for v, k in zip(grid, ('size', 'resolution', 'origin'))))
+            if reason:
+                return reason
+        with self._engine_lock:
+            engine = self.engine
+        if 'costmap.class_costs' in new and engine is not None:
+            try:
+                class_cost_table(engine.names, parse_class_costs(new['costmap.class_costs']),
+                                 engine.meta.get('class_costs'))
+            except ValueError as exc:
+                return f'costmap.class_costs: {exc}'
+        return None
 
     def _on_set_parameters(self, params):
         overrides = {}
@@ -268,6 +305,9 @@ class SegmentationPipeline:
                 return SetParametersResult(successful=False, reason=reason)
             if p.name in ENGINE_PARAMS:
                 overrides[p.name] = p.value
+        reason = self._check_together(params)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
         if overrides and self._engine_wanted:
             try:
                 self._load_engine(self._engine_settings(overrides), strict=True)
@@ -280,6 +320,10 @@ class SegmentationPipeline:
                 self._publish_label_info(min_confidence=p.value)
             elif p.name == 'opencv_threads':
                 self._set_opencv_threads(p.value)
+            elif p.name == 'stats_window':
+                self.stats.window_s = float(p.value)
+            elif p.name == 'diagnostics_period' and self._io_entities:   # the timer exists while the I/O does
+                self.diag_timer.timer_period_ns = int(p.value * 1e9)
         return SetParametersResult(successful=True)
 
     def _load_engine(self, settings, strict=False):
@@ -341,16 +385,22 @@ class SegmentationPipeline:
             return
         self.worker.submit((msg, now))
 
-    def _warn(self, text):
-        self.get_logger().warning(text, throttle_duration_sec=self.get_parameter('log_throttle').value)
+    def _log_throttled(self, kind: str, text: str, error: bool = False) -> None:
+        """Log ``text`` unless a message of the same ``kind`` went out less than ``log_throttle`` seconds ago
+        (rclpy's own throttle is per line of code, which would let one kind of message hide the others)."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -1e18) < self.get_parameter('log_throttle').value:
+            return
+        self._logged[kind] = now
+        log = self.get_logger()
+        (log.error if error else log.warning)(text)
 
     def _on_worker_error(self, exc, item):
         """The outcome of a frame whose processing raised: 'rejected' (bad input) or 'errors' (anything else)."""
         if isinstance(exc, (ImageFormatError, ValueError)):
-            self._warn(f'frame rejected: {exc}')
+            self._log_throttled('rejected', f'frame rejected: {exc}')
             return 'rejected'
-        self.get_logger().error(f'inference failed: {type(exc).__name__}: {exc}',
-                                throttle_duration_sec=self.get_parameter('log_throttle').value)
+        self._log_throttled('errors', f'inference failed: {type(exc).__name__}: {exc}', error=True)
         return 'errors'
 
     def _wanted_outputs(self):
@@ -364,7 +414,7 @@ class SegmentationPipeline:
         with self._engine_lock:
             engine = self.engine
         if engine is None:
-            self._warn(f'no model loaded ({self.engine_error}); frame not segmented')
+            self._log_throttled('no_model', f'no model loaded ({self.engine_error}); frame not segmented')
             return 'no_model'
         wanted = self._wanted_outputs()
         if not wanted:
@@ -412,7 +462,7 @@ class SegmentationPipeline:
         in_flight: waiting or being segmented, at most 2, 0 when the input stops), plus published (frames whose
         outputs went out)."""
         own = dict(self.counters)
-        snap = self.worker.snapshot() if self.worker is not None else {}
+        snap = self._earlier_frames + collections.Counter(self.worker.snapshot() if self.worker is not None else {})
         counts = {'received': snap.get('submitted', 0) + own['skipped_rate']}
         counts.update({k: snap.get(k, 0) for k in ('processed', 'dropped', 'rejected', 'errors',
                                                     'idle_no_subscribers', 'no_model', 'in_flight')})

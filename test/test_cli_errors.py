@@ -202,7 +202,8 @@ PLAIN_NUMBERS = {'bench costmap --camera-pitch', 'export --mean', 'bench cascade
                  'calibrate --costmap-min-confidence', 'soak --minutes', 'bench node-cpu --max-rate',
                  'bench node-cpu --threads'}
 BAD_VALUE = {argtypes.positive_int: '0', argtypes.non_negative_int: '-1', argtypes.positive_float: '0',
-             argtypes.non_negative_float: '-0.5', argtypes.share: '1.5', argtypes.ros_domain_id: '233'}
+             argtypes.non_negative_float: '-0.5', argtypes.share: '1.5', argtypes.ros_domain_id: '233',
+             argtypes.finite_float: 'nan'}
 
 
 def _parsers_with_argv(parser, argv):

@@ -260,6 +260,14 @@ def test_bad_camera_info_is_refused_with_a_clear_message():
         camera(d=[0.1, 0.0, 0.0, 0.0, 0.0], model='fancy')
     with pytest.raises(CameraInfoError, match='not finite'):
         camera(d=[float('nan')] * 5)
+    with pytest.raises(CameraInfoError, match='K must be 9 finite numbers, got .*nan'):
+        PinholeCamera.from_camera_info(k=[100.0, 0, float('nan'), 0, 100.0, 60, 0, 0, 1], d=[],
+                                       distortion_model='plumb_bob', width=160, height=120)
+    for d, model in (([0.1], 'plumb_bob'), ([0.1] * 3, 'plumb_bob'), ([0.1] * 100, 'rational_polynomial'),
+                     ([0.1] * 5, 'equidistant')):   # OpenCV would fail on every frame: refused once, named
+        with pytest.raises(CameraInfoError, match=f'{len(d)} distortion coefficients for {model}'):
+            camera(d=d, model=model)
+    camera(d=[0.1, 0.0, 0.0, 0.0], model='equidistant').rays()
 
 
 def test_class_costs_config_metadata_and_defaults():

@@ -1,5 +1,6 @@
 """The node's costmap over real rclpy + DDS: CameraInfo and an image in, OccupancyGrid and PointCloud2 out."""
 import contextlib
+import re
 import threading
 import time
 
@@ -159,6 +160,20 @@ def test_pose_parameters_change_at_run_time(costmap_node):
     assert (np.array(h.grids[0].data, np.int8) == -1).all()
     assert not node.set_parameters([Parameter('costmap.size', value=[1.0])])[0].successful
     assert not node.set_parameters([Parameter('costmap.class_costs', value='floor')])[0].successful
+    # refused when set, naming the value, instead of failing on every frame afterwards
+    for name, value, reason in (('costmap.class_costs', 'unicorn:50', "no class 'unicorn'"),
+                                ('costmap.class_costs', 'floor:500', "cost of 'floor'.*500"),
+                                ('costmap.size', [2000.0, 2000.0], r'\[2000.0, 2000.0\] at costmap.resolution 0.1'),
+                                ('costmap.origin', [0.0, float('inf')], r'\[0.0, inf\]'),
+                                ('camera_pose.z', -1.0, 'height above the ground.*-1.0'),
+                                ('costmap.frame_id', ' ', "no spaces.*' '")):
+        result = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not result.successful and re.search(reason, result.reason), (name, result.reason)
+    result = node.set_parameters([Parameter('costmap.size', value=[100.0, 100.0]),
+                                  Parameter('costmap.resolution', value=0.5)])[0]   # together they make a grid
+    assert result.successful, result.reason
+    result = node.set_parameters([Parameter('costmap.resolution', value=0.005)])[0]   # 20000 cells a side
+    assert not result.successful and 'costmap.size [100.0, 100.0] at costmap.resolution 0.005' in result.reason
 
 
 def test_bad_camera_info_is_refused_and_counted(costmap_node):
@@ -168,10 +183,14 @@ def test_bad_camera_info_is_refused_and_counted(costmap_node):
     assert h.wait_for(lambda: h.labels), 'the other outputs must still go out'
     h.send(camera_info(width=2 * W, height=2 * H), image, stamp=(22, 0))   # size mismatch
     assert h.wait_for(lambda: len(h.labels) >= 2)
-    assert h.wait_for(lambda: node.costmap.counters['camera_info_rejected'] == 2)
-    assert not h.grids
+    bad_d = camera_info()
+    bad_d.d = [0.1, 0.0, 0.0]                                  # a D that OpenCV's undistortion cannot take
+    h.send(bad_d, image, stamp=(23, 0))
+    assert h.wait_for(lambda: len(h.labels) >= 3)
+    assert h.wait_for(lambda: node.costmap.counters['camera_info_rejected'] == 3)
+    assert not h.grids and node.frame_counts()['errors'] == 0
     values = {kv.key: kv.value for kv in node.diagnostic_status().values}
-    assert values['costmap_camera_info_rejected'] == '2'
+    assert values['costmap_camera_info_rejected'] == '3'
 
 
 @pytest.mark.parametrize('unknown_on_shift', [True, False])

@@ -125,6 +125,17 @@ def test_compressed_round_trip_and_corrupt():
         imgmsg.compressed_to_rgb(types.SimpleNamespace(format='jpeg', data=b''))
 
 
+def test_compressed_size_is_read_before_decoding():
+    rgb = np.zeros((37, 53, 3), np.uint8)
+    for fmt, flags in (('.png', []), ('.jpg', []), ('.jpg', [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        assert imgmsg.encoded_image_size(cv2.imencode(fmt, rgb, flags)[1].tobytes()) == (53, 37)
+    assert imgmsg.encoded_image_size(b'GIF89a') is None
+    png = bytearray(imgmsg.rgb_to_compressed_bytes(rgb, 'png'))   # a few hundred bytes declaring 20000x20000
+    png[16:24] = (20000).to_bytes(4, 'big') * 2
+    with pytest.raises(imgmsg.ImageFormatError, match='declares 20000x20000 pixels'):
+        imgmsg.compressed_to_rgb(types.SimpleNamespace(format='png', data=bytes(png)))
+
+
 def test_fields_for_publishing():
     f = imgmsg.array_to_image_fields(np.arange(12, dtype=np.uint16).reshape(3, 4), 'mono16')
     assert f['step'] == 8 and isinstance(f['data'], bytes) and len(f['data']) == 24

@@ -104,9 +104,14 @@ def test_transitions_build_and_free_what_they_say(managed, tiny_model):
     assert _wait(lambda: not _own_topics(node)) and _state(peer) == 'inactive'
     assert _wait(lambda: pub.get_subscription_count() == 0)
     assert node.engine is not None                   # still configured: the model stays loaded
+    counts = node.frame_counts()
+    parts = ('skipped_rate', 'processed', 'dropped', 'rejected', 'errors', 'idle_no_subscribers', 'no_model',
+             'in_flight')
+    assert counts['received'] >= 1 and counts['received'] == sum(counts[k] for k in parts), counts
 
-    assert _transition(peer, 'activate')   # again, with fresh I/O
+    assert _transition(peer, 'activate')   # again, with fresh I/O; the frame counts go on from where they were
     assert _wait(lambda: pub.get_subscription_count() == 1)
+    assert node.frame_counts() == counts
     assert _transition(peer, 'deactivate')
     assert _transition(peer, 'cleanup')
     assert node.engine is None and _state(peer) == 'unconfigured'

@@ -203,7 +203,13 @@ def test_parameters_validated_and_model_reloaded(ros, tiny_model, tmp_path):
     res = node.set_parameters([Parameter('model_path', value=str(junk))])[0]
     assert not res.successful and 'cannot load' in res.reason
     res = node.set_parameters([Parameter('input_size', value=[100, 64])])[0]
-    assert not res.successful and '32' in res.reason
+    assert not res.successful and 'got [100, 64]' in res.reason
+    res = node.set_parameters([Parameter('input_size', value=[8192, 8192])])[0]
+    assert not res.successful and '32..4096, got [8192, 8192]' in res.reason
+    # diagnostics period and statistics window apply at once
+    assert node.set_parameters([Parameter('diagnostics_period', value=0.25),
+                                Parameter('stats_window', value=30.0)])[0].successful
+    assert node.diag_timer.timer_period_ns == 250_000_000 and node.stats.window_s == 30.0
     res = node.set_parameters([Parameter('input_mode', value='compressed')])[0]
     assert not res.successful
     other = make_tiny_model(str(tmp_path / 'other.onnx'), num_classes=3)

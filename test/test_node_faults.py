@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy', reason='ROS 2 rclpy not installed (pip install .[ros])')
@@ -74,6 +75,23 @@ def test_inference_fault_is_logged_once_per_period_counted_and_the_next_frame_pr
     errors = [m for m in logs if 'inference failed' in m.msg]
     assert len(errors) == 1 and 'injected ONNX Runtime fault' in errors[0].msg and errors[0].level == Log.ERROR
     assert any(v['frames_errors'] != '0' for v in _diag_values(h))
+
+
+def test_one_kind_of_warning_does_not_hide_another(ros, tiny_model, tmp_path):
+    """Throttling is per kind of message: 'no model loaded' does not silence the 'frame rejected' after it."""
+    node, h = ros(model_path=str(tmp_path / 'missing.onnx'), log_throttle=30.0)
+    logs = []
+    h.node.create_subscription(Log, '/rosout', lambda m: logs.append(m.msg) if m.name == node.get_name() else None,
+                               100)
+    h.publish(_rgb(20, 20), 'rgb8', stamp=(1, 0))
+    assert h.wait_for(lambda: any('no model loaded' in m for m in logs))
+    assert node.set_parameters([Parameter('model_path', value=tiny_model)])[0].successful
+    h.publish(np.zeros((4, 4), np.float32), '32FC1', stamp=(2, 0))
+    assert h.wait_for(lambda: any('frame rejected' in m for m in logs)), logs
+    h.publish(np.zeros((4, 4), np.float32), '32FC1', stamp=(3, 0))   # the same kind again: throttled
+    assert h.wait_for(lambda: node.frame_counts()['rejected'] == 2)
+    time.sleep(0.5)
+    assert sum('frame rejected' in m for m in logs) == 1, logs
 
 
 @pytest.mark.parametrize('damage', ['deleted', 'truncated', 'not a model'])
@@ -236,6 +254,9 @@ def test_signal_shuts_down_within_2s_and_a_restart_works_at_once(tmp_path, tiny_
 @pytest.mark.parametrize('param, words', [
     ('input_mode:=bogus', "input_mode must be 'raw' or 'compressed', got 'bogus'"),
     ('overlay_alpha:=5.0', 'overlay_alpha out of range'),
+    # the checks of run-time changes hold at start-up too (before, these failed on every frame)
+    ('camera_pose.x:=.nan', 'camera_pose.x must be finite, got nan'),
+    ('costmap.size:=[0.0,0.0]', 'costmap.size [0.0, 0.0] at costmap.resolution 0.05'),
 ])
 def test_start_up_parameter_mistake_is_one_line_exit_2(param, words):
     env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}

@@ -3,10 +3,12 @@ option and the value (one line, exit code 2) before any work starts, instead of 
 (``torch.set_num_threads(0)``, ``np.zeros`` of a negative size) or a run that quietly does nothing
 (``render --frames -1``).
 
-``type=int`` / ``type=float`` stay only where every value means something (a camera pitch, an RGB mean) or the
-command checks the value itself with its own message; a test walks every parser and holds the others to these.
+``type=int`` / ``type=float`` stay only where the command checks the value itself with its own message; where
+any finite number means something (a camera pitch, an RGB mean) ``finite_float`` refuses NaN and infinity. A test
+walks every parser and holds the options to these.
 """
 import argparse
+import math
 
 
 def _number(kind, text: str, ok, requirement: str):
@@ -37,6 +39,11 @@ def positive_float(text: str) -> float:
 def non_negative_float(text: str) -> float:
     """Tolerances and margins, where 0 is the strictest."""
     return _number(float, text, lambda v: v >= 0, 'a number >= 0')
+
+
+def finite_float(text: str) -> float:
+    """Numbers of any sign or size that must still be numbers: a camera pitch, an RGB mean."""
+    return _number(float, text, math.isfinite, 'a finite number')
 
 
 def share(text: str) -> float:

@@ -87,6 +87,8 @@ DEFAULT_CLASS_COSTS = {
     'background': UNKNOWN, 'sky': UNKNOWN, 'void': UNKNOWN, 'covered_floor': UNKNOWN,
 }
 DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
+# how many coefficients each model's D may hold (OpenCV's undistortion takes 4, 5, 8, 12 or 14; the fisheye one 4)
+DISTORTION_COUNTS = {'plumb_bob': (4, 5, 8, 12, 14), 'rational_polynomial': (4, 5, 8, 12, 14), 'equidistant': (4,)}
 FUSION_MIN_WEIGHT = 0.5
 _HORIZON_EPS = 1e-6
 # rank of a pixel's contribution to its cell (max wins): 0 nothing, 1 free, 2 unknown, 2 + c cost c (1..100)
@@ -270,16 +272,22 @@ class PinholeCamera:
                 raise CameraInfoError('rectified labels need the CameraInfo projection matrix P (12 values)')
             k = np.asarray(p, np.float64).reshape(3, 4)[:, :3].reshape(-1)
             d, distortion_model = (), 'plumb_bob'
-        if k.size != 9 or not np.all(np.isfinite(k)) or k[0] <= 0 or k[4] <= 0:
-            fx, fy = (float(k[i]) if k.size > i else 0.0 for i in (0, 4))
-            raise CameraInfoError(f'camera matrix {"P" if rectified else "K"} has no focal length (fx={fx}, fy={fy}, '
-                                  f'{k.size} values): an uncalibrated camera?')
+        name = 'P' if rectified else 'K'
+        if k.size != 9 or not np.all(np.isfinite(k)):
+            raise CameraInfoError(f'camera matrix {name} must be 9 finite numbers, got {k.tolist()}')
+        if k[0] <= 0 or k[4] <= 0:
+            raise CameraInfoError(f'camera matrix {name} has no focal length (fx={k[0]}, fy={k[4]}): an '
+                                  f'uncalibrated camera?')
         d = tuple(float(v) for v in d)
         if not np.all(np.isfinite(d)):
             raise CameraInfoError(f'distortion coefficients are not finite: {d}')
-        if any(d) and distortion_model not in DISTORTION_MODELS:
-            raise CameraInfoError(f'distortion model {distortion_model!r} is not supported '
-                                  f'(supported: {", ".join(DISTORTION_MODELS)})')
+        if any(d):
+            if distortion_model not in DISTORTION_MODELS:
+                raise CameraInfoError(f'distortion model {distortion_model!r} is not supported '
+                                      f'(supported: {", ".join(DISTORTION_MODELS)})')
+            if len(d) not in DISTORTION_COUNTS[distortion_model]:
+                raise CameraInfoError(f'{len(d)} distortion coefficients for {distortion_model} (it takes '
+                                      f'{" or ".join(map(str, DISTORTION_COUNTS[distortion_model]))})')
         bx, by = max(1, int(binning_x)), max(1, int(binning_y))
         x_off, y_off, roi_h, roi_w = (int(v) for v in roi)
         full_w, full_h = (roi_w, roi_h) if roi_w and roi_h else (int(width), int(height))
@@ -326,7 +334,7 @@ class PinholeCamera:
         if any(self.d):
             src = pix.reshape(-1, 1, 2)
             if self.distortion_model == 'equidistant':
-                norm = cv2.fisheye.undistortPoints(src, self.matrix, np.asarray(self.d[:4], np.float64))
+                norm = cv2.fisheye.undistortPoints(src, self.matrix, np.asarray(self.d, np.float64))
             else:
                 norm = cv2.undistortPoints(src, self.matrix, np.asarray(self.d, np.float64))
             xy = norm.reshape(-1, 2)
@@ -345,7 +353,7 @@ class PinholeCamera:
             obj = np.concatenate([xy, np.ones((len(xy), 1))], 1).reshape(-1, 1, 3)
             zero = np.zeros(3)
             if self.distortion_model == 'equidistant':
-                pix, _ = cv2.fisheye.projectPoints(obj, zero, zero, self.matrix, np.asarray(self.d[:4], np.float64))
+                pix, _ = cv2.fisheye.projectPoints(obj, zero, zero, self.matrix, np.asarray(self.d, np.float64))
             else:
                 pix, _ = cv2.projectPoints(obj, zero, zero, self.matrix, np.asarray(self.d, np.float64))
             pix = pix.reshape(-1, 2)

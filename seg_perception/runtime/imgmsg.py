@@ -98,11 +98,41 @@ def image_to_rgb(msg: Any) -> np.ndarray:
                                f'{str(exc).strip().splitlines()[-1]}') from None
 
 
+# JPEG start-of-frame markers (they carry the image size); C4, C8 and CC are other segments
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def encoded_image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding it; None for other formats or no header."""
+    if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
+        return int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+    if data[:2] != b'\xff\xd8':
+        return None
+    pos = 2
+    while pos + 4 <= len(data):   # segments: FF, marker, 2-byte length (counting itself), payload
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:          # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_SOF and pos + 9 <= len(data):   # length, precision, height, width
+            return int.from_bytes(data[pos + 7:pos + 9], 'big'), int.from_bytes(data[pos + 5:pos + 7], 'big')
+        if marker == 0xDA:          # start of scan before any frame header
+            return None
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], 'big')
+    return None
+
+
 def compressed_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg/png, any format string) -> (H, W, 3) uint8 RGB."""
     buf = np.frombuffer(msg.data, np.uint8)
     if buf.size == 0:
         raise ImageFormatError('compressed image has no data')
+    size = encoded_image_size(buf[:65536].tobytes())   # a small file may declare a huge image: check first
+    if size is not None and (max(size) > MAX_DIM or min(size) < 1):
+        raise ImageFormatError(f'compressed image declares {size[0]}x{size[1]} pixels (at most {MAX_DIM} on a '
+                               f'side): not decoded')
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ImageFormatError(f'cannot decode compressed image (format {msg.format!r}, {buf.size} bytes)')
