@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BAG = ROOT / 'samples' / 'scenes_sample'
 MODEL = ROOT / 'models' / 'topformer_tiny_scenes.onnx'
 TOKENPASS = ROOT / 'models' / 'tokenpass_vit_mini_scenes.onnx'
+ADAPTIVE = ROOT / 'models' / 'adaptive_topformer_tiny_scenes.onnx'
+E = ['--arch', 'topformer_tiny', '--num-classes', '6', '--input-size', '64', '64']   # an export without a checkpoint
 
 
 @pytest.fixture(scope='module')
@@ -38,6 +41,32 @@ def files(tmp_path_factory):
     (d / 'broken.yaml').write_text('root: [unclosed\n')
     (d / 'existing_bag').mkdir()
     (d / 'existing_bag' / 'keep.txt').write_text('x')
+    (d / 'trunc.onnx').write_bytes(MODEL.read_bytes()[:4096])
+    for name, mask in (('mismatch', np.zeros((12, 16), np.uint8)), ('badmask', np.full((24, 32), 77, np.uint8)),
+                       ('two_class', np.zeros((24, 32), np.uint8))):
+        (d / name / 'images').mkdir(parents=True)
+        (d / name / 'masks').mkdir()
+        cv2.imwrite(str(d / name / 'images' / 'a.png'), np.zeros((24, 32, 3), np.uint8))
+        cv2.imwrite(str(d / name / 'masks' / 'a.png'), mask)
+    (d / 'two_class' / 'classes.yaml').write_text('names: [floor, wall]\n')
+    (d / 'typo_data.yaml').write_text('layout: generic\nroot: two_class\nsplt: val\n')
+    (d / 'mix_typo.yaml').write_text('mix:\n  - {root: two_class, weight: 2}\n')
+    (d / 'mix_int.yaml').write_text('mix: 5\n')
+    (d / 'list_data.yaml').write_text('- root\n- split\n')
+    (d / 'root_list.yaml').write_text('layout: camvid\nroot: [1, 2]\n')
+    (d / 'mix_map.yaml').write_text(f'mix:\n  - {{root: {BAG}, label_map: {{0: 99}}}}\n')
+    (d / 'split_data.yaml').write_text('layout: camvid\nroot: two_class\nsplit: nosuch\n')
+    import onnx
+    import torch
+
+    from seg_perception.nets import create_model
+    proto = onnx.load(str(MODEL))   # as exported before metadata was checked: NaN in its mean
+    next(p for p in proto.metadata_props if p.key == 'mean').value = '[NaN, 116.28, 103.53]'
+    onnx.save(proto, str(d / 'nan_mean.onnx'))
+    torch.save({'model': create_model('topformer_tiny', num_classes=6).state_dict(), 'arch': 'topformer_tiny',
+                'num_classes': 6, 'input_size': [64, 64]}, d / 'tiny6.pt')   # a real 6-class checkpoint, untrained
+    assert cli.main(['render', '--generator', 'raycast', '--out', str(d / 'rendered'), '--split', 'val', '--frames',
+                     '1', '--width', '32', '--height', '24']) == 0
     return d
 
 
@@ -105,6 +134,96 @@ MISTAKES = [
     ('replay', [str(BAG), '--model', '{d}/missing.onnx'], ['missing.onnx', 'not found']),
     ('replay', [str(BAG), '--model', '{d}/notes.onnx', '--out', '{d}/replay_out'], ['notes.onnx', 'not an ONNX']),
     ('replay', [str(BAG), '--out', '{d}/existing_bag'], ['existing_bag', 'not a replay report']),
+    # session 52's audit: values that crashed deep inside or ran and exited 0 with nonsense
+    ('render', ['--out', '{d}/r', '--generator', 'raycast', '--width', '1'], ['--width', '1', '2 pixels']),
+    ('render', ['--out', '{d}/r', '--height', '1'], ['--height', '1', '2 pixels']),
+    ('render', ['--out', '{d}/r', '--clutter', 'nan,nan'], ['--clutter', 'nan,nan', '[0, 1]']),
+    ('render', ['--out', '{d}/r', '--clutter', '1,0'], ['--clutter', '1,0', 'lo <= hi']),
+    ('render', ['--out', '{d}/r', '--clutter', '0,5'], ['--clutter', '0,5', '[0, 1]']),
+    ('render', ['--out', '{d}/r', '--layouts', ''], ['--layouts', 'room, corridor, open']),
+    ('render', ['--out', '{d}/r', '--generator', 'raycast', '--layouts', ','], ['--layouts', "','"]),
+    ('render', ['--out', '{d}/r', '--fov', '0,0'], ['--fov', '0,0', '(0, 180)']),
+    ('render', ['--out', '{d}/r', '--fov', '170,200'], ['--fov', '170,200', '(0, 180)']),
+    ('render', ['--out', '{d}/r', '--fov=-10,10'], ['--fov', '-10,10', '(0, 180)']),
+    ('render', ['--out', '{d}/r', '--generator', 'raycast', '--fov', '0,0'], ['--fov', '0,0', '(0, 180)']),
+    ('render', ['--out', '{d}/r', '--cam-height=-1,0'], ['--cam-height', '-1,0', '> 0']),
+    ('render', ['--out', '{d}/r', '--pitch=-inf,inf'], ['--pitch', '-inf,inf', '[-90, 90]']),
+    ('cover', ['{d}/rendered', '--split', 'val', '--inset', '100000', '--out', '{d}/c'], ['--inset', '100000', '99']),
+    ('bench', ['costmap', '--resolution', '100'], ['--resolution', '100', 'needs sizes >= resolution']),
+    ('bench', ['costmap', '--resolution', '0.00001'], ['--resolution', '1e-05', '10000 cells']),
+    ('bench', ['costmap', '--grid', 'inf'], ['--grid', 'inf', 'finite']),
+    ('bench', ['costmap', '--camera-z', 'inf'], ['--camera-z', 'inf', 'finite']),
+    ('soak', ['--minutes', 'nan'], ['--minutes', 'nan', '10 seconds']),
+    ('soak', ['--minutes', 'inf'], ['--minutes', 'inf', 'finite']),
+    ('bench', ['node-cpu', '--model', '{d}/notes.onnx', '--seconds', '1'], ['notes.onnx', 'not an ONNX']),
+    ('bench', ['node-cpu', '--model', '{d}/trunc.onnx', '--seconds', '1'], ['trunc.onnx', 'cannot load model']),
+    ('occupancy', [str(BAG), '--sweep', '0.5,7'], ['--sweep', '0.5,7', '7 must be in [0, 1]']),
+    ('occupancy', [str(BAG), '--sweep', 'nan'], ['--sweep', 'nan', 'in [0, 1]']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/typo_data.yaml'], ['typo_data.yaml', "'splt'", 'split']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/mix_typo.yaml'], ['mix_typo.yaml', 'mix entry 1', "'weight'"]),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/mix_int.yaml'], ['mix_int.yaml', 'mix must be a list']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/list_data.yaml'], ['list_data.yaml', 'mapping']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/root_list.yaml'], ['root_list.yaml', 'root', '[1, 2]']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/mix_map.yaml'], ['mix_map.yaml', 'mix entry 1', '99']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/split_data.yaml'], ['CamVid nosuch']),
+    ('train', ['{d}/empty.yaml', 'data={d}/typo_data.yaml'], ['typo_data.yaml', "'splt'"]),
+    ('bench', ['tokenpass', '--model', str(TOKENPASS), '--static', str(MODEL), '--data', '{d}/mix_typo.yaml'],
+     ['mix_typo.yaml', "'weight'"]),
+    ('evaluate', ['--model', str(MODEL), '--data', str(BAG), '--layout', 'bogus'], ['bogus', 'generic']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/mismatch'], ['a.png', '32x24', '16x12']),
+    ('calibrate', ['--model', str(MODEL), '--data', '{d}/mismatch', '-o', '{d}/c.onnx'], ['a.png', '32x24', '16x12']),
+    ('train', ['{d}/empty.yaml', 'data={d}/mismatch'], ['a.png', '32x24', '16x12']),
+    ('bench', ['refine-rule', '--model', str(MODEL), '--data', '{d}/mismatch'], ['a.png', '32x24', '16x12']),
+    ('evaluate', ['--model', str(MODEL), '--data', '{d}/badmask'], ['a.png', 'label value 77']),
+    ('calibrate', ['--model', str(MODEL), '--data', '{d}/badmask', '-o', '{d}/c.onnx'], ['a.png', 'label value 77']),
+    ('evaluate', ['--model', str(MODEL), '--data', str(BAG), '--gt-topic', '/camera/camera_info'],
+     ['/camera/camera_info', 'CameraInfo']),
+    ('evaluate', ['--model', str(MODEL), '--data', str(BAG), '--image-topic', '/camera/camera_info'],
+     ['/camera/camera_info', 'CameraInfo']),
+    ('bench', ['tokenpass', '--model', str(TOKENPASS), '--static', str(MODEL), '--data', '{d}/two_class'],
+     ['6 classes', 'the dataset has 2']),
+    ('bench', ['adaptive', '--model', str(ADAPTIVE), '--static', str(MODEL), '--data', '{d}/two_class'],
+     ['6 classes', 'the dataset has 2']),
+    ('bench', ['refine-rule', '--model', str(MODEL), '--data', '{d}/two_class'], ['6 classes', 'the dataset has 2']),
+    ('bench', ['cascade', '--small', str(MODEL), '--large', str(MODEL), '--data', '{d}/two_class'],
+     ['6 classes', 'the dataset has 2']),
+    ('bench', ['cascade', '--small', str(MODEL), '--large', str(MODEL), '--data', str(BAG), '--shares', '2'],
+     ['--shares 2', '[-1, 1]']),
+    ('bench', ['cascade', '--small', str(MODEL), '--large', str(MODEL), '--data', str(BAG), '--shares', '0.1', 'nan'],
+     ['--shares nan', '[-1, 1]']),
+    ('bench', ['adaptive', '--model', str(ADAPTIVE), '--data', str(BAG), '--plot', '{d}/chart.txt'],
+     ['--plot', 'chart.txt', '.png']),
+    ('bench', ['adaptive', '--model', str(ADAPTIVE), '--data', str(BAG), '--plot', '{d}'], ['--plot', 'is a folder']),
+    ('train', ['{d}/good.yaml', 'arch=nosuch'], ['nosuch', 'unknown model']),
+    ('recover', [str(MODEL), '--arch', 'nosuch', '--calib', str(BAG), '-o', '{d}/r.pt'], ['nosuch', 'unknown model']),
+    ('bench', ['adaptive-cost', '--arch', 'nosuch'], ['nosuch', 'unknown model']),
+    ('bench', ['adaptive-cost', '--arch', 'topformer_tiny'], ['--arch topformer_tiny', 'not an adaptive']),
+    ('bench', ['adaptive-cost', '--static', 'nosuch'], ['nosuch', 'unknown model']),
+    ('recover', ['{d}/notes.onnx', '--arch', 'topformer_tiny', '--calib', str(BAG), '-o', '{d}/r.pt'],
+     ['notes.onnx', 'not an ONNX']),
+    ('recover', ['{d}/trunc.onnx', '--arch', 'topformer_tiny', '--calib', str(BAG), '-o', '{d}/r.pt'],
+     ['trunc.onnx', 'cannot load model']),
+    ('bench', ['engine', '--models', '{d}/trunc.onnx', '--sizes', '64x64'], ['trunc.onnx', 'cannot load model']),
+    ('bench', ['ops', '--model', '{d}/notes.onnx'], ['notes.onnx', 'not an ONNX']),
+    ('bench', ['engine', '--models', 'topformer_tiny:0', '--sizes', '64x64'], ['topformer_tiny:0', 'positive integer']),
+    ('export', [*E[:4], '--input-size', '33', '320', '-o', '{d}/x.onnx'], ['33 320', 'stride 32']),
+    ('export', ['--checkpoint', '{d}/tiny6.pt', '--num-classes', '7', '-o', '{d}/x.onnx'],
+     ['tiny6.pt', '7 classes', '--num-classes']),
+    ('export', [*E, '--token-buckets', '0.5', '1', '-o', '{d}/x.onnx'], ['--token-buckets', 'topformer_tiny']),
+    ('export', [*E, '--tile-buckets', '0.5', '1', '-o', '{d}/x.onnx'], ['--tile-buckets', 'topformer_tiny']),
+    ('export', [*E, '--opset', '3', '-o', '{d}/x.onnx'], ['--opset 3', 'torchscript exporter']),
+    ('export', [*E, '--std', 'inf', '1', '1', '-o', '{d}/x.onnx'], ['--std inf', 'finite']),
+    ('export', [*E, '--int8', '-o', '{d}/x.onnx'], ['--int8', '--calib']),
+    ('export', [*E, '--int8', '--calib', '{d}/nowhere', '-o', '{d}/x.onnx'], ['nowhere', 'not found']),
+    ('evaluate', ['--model', '{d}/nan_mean.onnx', '--data', str(BAG)], ['nan_mean.onnx', 'mean', 'finite']),
+    ('train', ['{d}/good.yaml', 'device=bogus'], ['bogus', 'not a torch device']),
+    ('train', ['{d}/good.yaml', 'device=cuda:99'], ['cuda:99']),
+    ('train', ['{d}/good.yaml', 'loss_kwargs={{bogus: 1}}'], ['loss_kwargs', 'bogus']),
+    ('train', [str(MODEL)], ['topformer_tiny_scenes.onnx', 'not a text file']),
+    ('average', ['{d}/notes.pt:inf', '{d}/notes.pt', '-o', '{d}/soup.pt'], ['notes.pt:inf', 'positive number']),
+    ('average', ['{d}/notes.pt', '{d}/notes.pt', '-o', '{d}/notes.onnx/soup.pt'], ['notes.onnx', 'exists']),
+    ('flops', ['--arch', 'topformer_tiny', '--input-size', '100000', '100000'],
+     ['--input-size 100000 100000', 'pixels']),
 ]
 
 
@@ -195,10 +314,9 @@ def test_every_option_has_help_and_shows_its_default(command):
                 assert 'default' in shown.lower(), f'{p.prog} {action.option_strings} hides its default'
 
 
-# numeric options that take plain int/float: any value means something (a pitch, an RGB mean, a share of -1 that
-# sends every frame to the large model), or the command checks the value with its own message (tested with it)
-PLAIN_NUMBERS = {'bench costmap --camera-pitch', 'export --mean', 'bench cascade --shares', 'export --token-buckets',
-                 'export --tile-buckets', 'calibrate --quantile', 'calibrate --tap-shrinkage',
+# numeric options that take plain int/float: the command checks the value with its own message (tested with it;
+# e.g. cascade shares in [-1, 1], where -1 sends every frame to the large model)
+PLAIN_NUMBERS = {'bench cascade --shares', 'calibrate --quantile', 'calibrate --tap-shrinkage',
                  'calibrate --costmap-min-confidence', 'soak --minutes', 'bench node-cpu --max-rate',
                  'bench node-cpu --threads'}
 BAD_VALUE = {argtypes.positive_int: '0', argtypes.non_negative_int: '-1', argtypes.positive_float: '0',

@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from ..errors import UserError
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -22,11 +24,11 @@ def list_models() -> list[str]:
 
 def create_model(name: str, num_classes: int = 150, **kwargs) -> nn.Module:
     """A fresh model ``name`` (a name from :func:`list_models`) with ``num_classes`` outputs; ``kwargs`` go to
-    its constructor. An unknown name is a ValueError listing the known ones."""
+    its constructor. An unknown name is a UserError (a ValueError) listing the known ones."""
     try:
         fn = _MODELS[name]
     except KeyError:
         close = difflib.get_close_matches(str(name), list_models(), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ''
-        raise ValueError(f'unknown model {name!r}; {hint}known: {", ".join(list_models())}') from None
+        raise UserError(f'unknown model {name!r}; {hint}known: {", ".join(list_models())}') from None
     return fn(num_classes=num_classes, **kwargs)

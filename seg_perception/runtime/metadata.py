@@ -19,6 +19,7 @@ ONNX graph convention (``output_kind``):
     ``refined_fraction`` float32 (1,) fraction of tiles the deep head refined, ``macs``.
 """
 import json
+import math
 
 FORMAT_VERSION = '1'
 # the default normalisation (0-255 RGB) of training and export
@@ -72,6 +73,11 @@ def encode(meta: dict) -> dict[str, str]:
     return out
 
 
+def _three_finite(values) -> bool:
+    return (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
 def decode(props: dict[str, str], source: str = 'model') -> dict:
     """{str: str} from an ONNX file -> validated dict. Raises ValueError with a clear message."""
     if props.get('seg_perception.format') != FORMAT_VERSION:
@@ -91,8 +97,9 @@ def decode(props: dict[str, str], source: str = 'model') -> dict:
     names, palette = meta['names'], meta['palette']
     if not names or len(palette) != len(names) or any(len(c) != 3 for c in palette):
         raise ValueError(f'{source}: metadata needs one RGB palette entry per class name')
-    if len(meta['mean']) != 3 or len(meta['std']) != 3 or min(meta['std']) <= 0:
-        raise ValueError(f'{source}: metadata mean/std must be 3 values (std > 0)')
+    mean, std = meta['mean'], meta['std']
+    if not (_three_finite(mean) and _three_finite(std) and min(std) > 0):
+        raise ValueError(f'{source}: metadata mean {mean} / std {std} must be 3 finite numbers each (std > 0)')
     if len(meta['input_size']) != 2 or min(meta['input_size']) <= 0:
         raise ValueError(f'{source}: metadata input_size must be [H, W]')
     if meta.setdefault('white_balance', 'none') not in WHITE_BALANCES:

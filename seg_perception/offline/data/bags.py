@@ -42,6 +42,7 @@ TOPICS = {
     'occupancy': ('/ground_truth/occupancy', 'nav_msgs/msg/OccupancyGrid'),
     'tf': ('/tf', 'tf2_msgs/msg/TFMessage'),
 }
+IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')   # what decode() reads
 CAMERA_FRAME = 'camera_optical_frame'
 BASE_FRAME = 'base_link'
 DEFAULT_START_NS = 1_700_000_000 * 10**9
@@ -235,11 +236,15 @@ def _open_reader(path):
 
 
 def _connections(reader, topic):
+    """The connections of an image topic; an absent topic or one of another message type is a UserError."""
     from ...errors import UserError
     found = [c for c in reader.connections if c.topic == topic]
     if not found:
         raise UserError(f'{reader.path}: no topic {topic!r} in this bag; its topics: '
                         f'{", ".join(sorted({c.topic for c in reader.connections}))}')
+    wrong = [c.msgtype for c in found if c.msgtype not in IMAGE_TYPES]
+    if wrong:
+        raise UserError(f'{reader.path}: topic {topic} is {wrong[0]}, expected {" or ".join(IMAGE_TYPES)}')
     return found
 
 

@@ -90,6 +90,9 @@ def cover_dataset(src: Path, dst: Path, split: str = '', inset: int = 0) -> dict
         info = meta['occupancy_info']
         origin_x, origin_y = (float(v) for v in info['origin'][:2])
         grid = GridSpec(float(info['resolution']), occupancy.shape[1], occupancy.shape[0], origin_x, origin_y)
+        if 2 * inset + 1 > min(grid.shape):   # the erosion's square would not fit in the grid: nothing left
+            raise UserError(f'--inset {inset}: give at most {(min(grid.shape) - 1) // 2} cells (the occupancy grids '
+                            f'of {src} are {grid.width}x{grid.height} cells of {grid.resolution:g} m)')
         covered = covered_floor(mask, depth.astype(np.float64) / 1000.0, meta['intrinsics'], camera_to_base(meta),
                                 occupancy.astype(np.int16) * (occupancy != 255), grid, inset=inset)
         mask = mask.copy()

@@ -20,6 +20,7 @@ Layouts (``open_dataset`` detects them from a folder):
 ``rosbag``     :class:`BagDataset`: image/label pairs of a rosbag2 paired by header stamp.
 """
 import colorsys
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -133,7 +134,24 @@ class SegDataset:
 
     def __getitem__(self, index):
         image_path, label_path = self.pairs[index]
-        return read_rgb(image_path), self.convert_label(read_mask(label_path))
+        return self.checked(read_rgb(image_path), self.convert_label(read_mask(label_path)), image_path, label_path)
+
+    def checked(self, image: np.ndarray, label: np.ndarray, image_source: str | os.PathLike,
+                label_source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+        """``(image, label)`` of one sample once they are known to agree in size and every label value to be a
+        class id or the ignore index; else a UserError naming the sample (``image_source`` / ``label_source``:
+        its files, or its frame of a bag)."""
+        if image.shape[:2] != label.shape[:2]:
+            raise UserError(f'{image_source}: the image is {image.shape[1]}x{image.shape[0]} pixels, its label '
+                            f'{label_source} {label.shape[1]}x{label.shape[0]}; they must be the same size')
+        n = len(self.classes)
+        if label.size and label.max() >= n:
+            values = np.unique(label[label >= n])
+            bad = values[values != self.ignore_index]
+            if bad.size:
+                raise UserError(f'{label_source}: label value {bad[0]} is neither a class id of the dataset '
+                                f'(0-{n - 1}, {n} classes) nor its ignore index {self.ignore_index}')
+        return image, label
 
     def sample_meta(self, index: int) -> dict:
         """Per-sample metadata (rendered scenes: pose, intrinsics, clutter, ...); {} when there is none."""
@@ -219,7 +237,7 @@ class CityscapesDataset(SegDataset):
         label = read_mask(label_path)
         if Path(label_path).name.endswith('_labelIds.png'):
             label = self._from_label_ids[label]
-        return read_rgb(image_path), label.astype(np.uint8)
+        return self.checked(read_rgb(image_path), label.astype(np.uint8), image_path, label_path)
 
 
 class CamVidDataset(SegDataset):
@@ -351,10 +369,11 @@ class BagDataset(SegDataset):
         return len(self.frames)
 
     def __getitem__(self, index):
-        _, image, label = self.frames[index]
+        stamp, image, label = self.frames[index]
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        return image, self.convert_label(label)
+        return self.checked(image, self.convert_label(label), f'{self.root}: {self.frames.image_topic} at {stamp}',
+                            f'{self.root}: {self.frames.gt_topic} at {stamp}')
 
 
 LAYOUTS = {'ade20k': ADE20KDataset, 'cityscapes': CityscapesDataset, 'camvid': CamVidDataset,
@@ -390,21 +409,64 @@ def detect_layout(root: str | os.PathLike) -> str:
                     'Cityscapes or CamVid folder, or a bag folder with metadata.yaml)')
 
 
+# what the values of a dataset YAML must be (a reader checks its other options itself)
+VALUE_TYPES = {'root': (str, 'a path'), 'layout': (str, 'a layout name'), 'split': (str, 'a split name'),
+               'mix': (list, 'a list of datasets'), 'names': (list, 'a list of class names'),
+               'classes': (list, 'a list of class names'), 'palette': (list, 'a list of [R, G, B] colours'),
+               'ignore_index': (int, 'an integer'), 'label_map': (dict, 'a mapping of ids to ids'),
+               'image_topic': (str, 'a topic name'), 'gt_topic': (str, 'a topic name'),
+               'tolerance_ns': (int, 'an integer')}
+MIX_KEYS = ('mix', 'names', 'palette')
+
+
+def _layout_keys(layout: str) -> list[str]:
+    """The keys a dataset YAML of ``layout`` may have: layout, root, split and the options of its reader."""
+    return ['layout', 'root', 'split'] + [name for name in inspect.signature(LAYOUTS[layout]).parameters
+                                          if name not in ('root', 'path', 'split')]
+
+
+def _check_keys(source: str | os.PathLike, options: dict, allowed: Sequence[str], what: str) -> None:
+    """A UserError naming ``source`` for a key not in ``allowed``."""
+    unknown = [key for key in options if key not in allowed]
+    if unknown:
+        raise UserError(f'{source}: unknown key {unknown[0]!r} for {what} (its keys: {", ".join(allowed)})')
+
+
+def _check_values(source: str | os.PathLike, options: dict) -> None:
+    """A UserError naming ``source`` and the key for a value of the wrong type (VALUE_TYPES)."""
+    for key, value in options.items():
+        kind, expected = VALUE_TYPES.get(key, (object, ''))
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise UserError(f'{source}: {key} must be {expected}, not {value!r}')
+    label_map = options.get('label_map') or {}
+    if not all(type(k) is int and type(v) is int and 0 <= k <= 255 and 0 <= v <= 255 for k, v in label_map.items()):
+        raise UserError(f'{source}: label_map must map ids to ids (integers 0-255), not {label_map!r}')
+
+
 def open_dataset(spec: str | os.PathLike, split: str | None = None, layout: str | None = None, **kw) -> SegDataset:
     """A dataset from a folder (layout detected unless given), a dataset YAML or a rosbag2 path.
 
     A dataset YAML has ``layout`` (optional), ``root`` (relative to the YAML's folder), ``split`` and layout
     options (generic: ``classes``, ``palette``, ``ignore_index``, ``label_map``; rosbag: ``image_topic``,
     ``gt_topic``, ...). Arguments given here override the YAML; ``split`` defaults to the YAML's, else 'val'.
-    Bags take ``image_topic`` and ``gt_topic`` (default ``/camera/image_raw`` and ``/ground_truth/labels``)."""
+    Bags take ``image_topic`` and ``gt_topic`` (default ``/camera/image_raw`` and ``/ground_truth/labels``).
+    A YAML that is not a mapping, a key the layout does not take, a value of the wrong type, an unknown layout or a
+    first sample that is not a pair of an image and a label of its size in the dataset's class ids is a UserError
+    (later samples are checked as they are read)."""
     spec = Path(spec)
-    options = {}
+    source, options = spec, {}
     if spec.suffix in ('.yaml', '.yml') and spec.is_file():
         with open(spec) as f:  # a file stream: YAML errors name the file
             options = yaml.safe_load(f) or {}
+        if not isinstance(options, dict):
+            raise UserError(f'{spec}: a dataset YAML is a mapping (layout, root, split, ... or mix), not a '
+                            f'{type(options).__name__}')
         if 'mix' in options:
+            _check_keys(spec, options, MIX_KEYS, 'a dataset mix')
+            _check_values(spec, options)
             return MixedDataset.from_spec(spec, options['mix'], split or 'val', options.get('names'),
                                           options.get('palette'))
+        _check_values(spec, options)
         root = Path(options.pop('root', '.'))
         spec = root if root.is_absolute() else spec.parent / root
         layout = layout or options.pop('layout', None)
@@ -414,10 +476,16 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, layout: str 
     options.update(kw)
     layout = layout or detect_layout(spec)
     if layout not in LAYOUTS:
-        raise ValueError(f'unknown layout {layout!r}; one of {sorted(LAYOUTS)}')
+        raise UserError(f'{source}: unknown layout {layout!r} (layouts: {", ".join(sorted(LAYOUTS))})')
+    _check_keys(source, options, _layout_keys(layout), f'a {layout} dataset')
+    _check_values(source, options)
     if layout == 'rosbag':
-        return BagDataset(spec, **options)
-    return LAYOUTS[layout](spec, split=split or 'val', **options)
+        dataset = BagDataset(spec, **options)
+    else:
+        dataset = LAYOUTS[layout](spec, split=split or 'val', **options)
+    if len(dataset):   # read now: a mask of another size or with values that are no class ids stops a run at once
+        dataset[0]
+    return dataset
 
 
 class MixedDataset(SegDataset):
@@ -449,22 +517,41 @@ class MixedDataset(SegDataset):
     def from_spec(cls, yaml_path: str | os.PathLike, entries: Sequence[dict], split: str,
                   classes: Sequence[str] | None = None,
                   palette: Sequence[Sequence[int]] | None = None) -> 'MixedDataset':
-        parts, tables = [], []
-        for entry in entries:
+        """The mix of a dataset YAML's ``mix`` list; an entry that is not a dataset mapping, or whose labels are
+        not the mix's class ids, is a UserError naming the YAML and the entry."""
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise UserError(f'{yaml_path}: mix must be a list of datasets (mappings with root, layout, split, '
+                            f'label_map, ...), not {entries!r}')
+        parts, tables, served = [], [], []
+        for number, entry in enumerate(entries, 1):
+            where = f'{yaml_path}: mix entry {number}'
             entry = dict(entry)
-            label_map = entry.pop('label_map', None)
             part_split = entry.pop('split', split)
             if isinstance(part_split, dict):
                 if split not in part_split:
                     continue
                 part_split = part_split[split]
+            _check_values(where, {**entry, 'split': part_split})
+            label_map = entry.pop('label_map', None)
             root = Path(entry.pop('root', '.'))
             layout = entry.pop('layout', None)
-            parts.append(open_dataset(root if root.is_absolute() else Path(yaml_path).parent / root,
-                                      split=part_split, layout=layout, **entry))
-            tables.append(None if label_map is None else
-                          lookup_table({int(k): int(v) for k, v in label_map.items()}))
-        return cls(parts, tables, split, classes, palette)
+            try:
+                parts.append(open_dataset(root if root.is_absolute() else Path(yaml_path).parent / root,
+                                          split=part_split, layout=layout, **entry))
+            except UserError as exc:
+                raise UserError(f'{where}: {exc}') from None
+            tables.append(None if label_map is None else lookup_table(label_map))
+            served.append((where, label_map))
+        mix = cls(parts, tables, split, classes, palette)
+        n, ignore = len(mix.classes), mix.ignore_index
+        for part, (where, label_map) in zip(parts, served):
+            ids = set(label_map.values()) if label_map is not None else set(range(len(part.classes)))
+            bad = sorted(i for i in ids if i >= n and i != ignore)
+            if bad:
+                raise UserError(f'{where}: label {bad[0]} is neither a class id of the mix (0-{n - 1}: '
+                                f'{", ".join(map(str, mix.classes))}) nor its ignore index {ignore} (a label_map '
+                                "maps the entry's ids onto the mix's)")
+        return mix
 
     def __len__(self):
         return int(self.offsets[-1])

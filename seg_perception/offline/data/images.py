@@ -30,7 +30,7 @@ def _bag_images(path: Path, topic: str, count: int) -> list:
     from .bags import _connections, _open_reader, decode, read_raw_messages
     reader = _open_reader(path)
     try:
-        _connections(reader, topic)  # an absent topic names the bag's topics
+        _connections(reader, topic)  # an absent topic names the bag's topics, one of another type its type
     finally:
         reader.close()
     total = sum(1 for _ in read_raw_messages(str(path), [topic]))

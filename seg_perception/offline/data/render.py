@@ -852,19 +852,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-compression', action='store_true', help='bag: no zstd chunk compression (mcap)')
 
 
-def _pair(text, flag='range'):
+MIN_SIDE = 2   # pixels: the raycast generator casts its shadow rays at half resolution
+# the lo,hi options: (lowest, highest, whether those two are allowed, what the values are)
+RANGES = {
+    'clutter': (0.0, 1.0, True, 'clutter levels in [0, 1]'),
+    'fov': (0.0, 180.0, False, 'vertical fields of view in degrees, in (0, 180)'),
+    'cam_height': (0.0, math.inf, False, 'finite camera heights in metres, > 0'),
+    'pitch': (-90.0, 90.0, True, 'camera pitches in degrees, in [-90, 90]'),
+}
+
+
+def _pair(args: argparse.Namespace, name: str) -> tuple[float, float]:
+    """The lo,hi option ``name`` of ``args``, checked against its entry in RANGES."""
+    flag, text = '--' + name.replace('_', '-'), getattr(args, name)
+    low, high, closed, what = RANGES[name]
     try:
         lo, hi = (float(v) for v in text.split(','))
     except ValueError:
         raise UserError(f'{flag} {text!r} is not a lo,hi pair of numbers (e.g. 0,1)') from None
+    inside = low <= lo <= hi <= high if closed else low < lo <= hi < high   # NaN fails every comparison
+    if not inside:
+        raise UserError(f'{flag} {text}: give lo,hi with lo <= hi, both {what}')
     return lo, hi
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.out and not args.bag:
         raise UserError('nothing to do: give --out DIR and/or --bag PATH')
-    for flag in ('clutter', 'fov', 'cam_height', 'pitch'):
-        _pair(getattr(args, flag), '--' + flag.replace('_', '-'))
+    ranges = {name: _pair(args, name) for name in RANGES}
+    for flag in ('width', 'height'):
+        if getattr(args, flag) < MIN_SIDE:
+            raise UserError(f'--{flag} {getattr(args, flag)}: images need at least {MIN_SIDE} pixels a side')
+    layouts = tuple(s.strip() for s in args.layouts.split(',') if s.strip())
+    if not layouts or set(layouts) - set(LAYOUTS):
+        raise UserError(f'--layouts {args.layouts!r}: give a comma list of {", ".join(LAYOUTS)}')
     if args.bag and Path(args.bag).exists():
         raise UserError(f'--bag {args.bag} exists already: give a new path or delete it')
     if args.jpeg_quality > 100:
@@ -872,16 +893,12 @@ def run(args: argparse.Namespace) -> int:
     if args.generator == 'raycast':
         from .raycast import raycast_frames
         frames = raycast_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
-                                clutter=_pair(args.clutter), seq_len=args.seq_len)
+                                clutter=ranges['clutter'], seq_len=args.seq_len)
         return _write(args, frames)
-    layouts = tuple(s.strip() for s in args.layouts.split(',') if s.strip())
-    unknown = set(layouts) - set(LAYOUTS)
-    if unknown:
-        raise UserError(f'--layouts: unknown {", ".join(sorted(unknown))} (known: {", ".join(LAYOUTS)})')
     frames = render_frames(args.frames, seed=args.seed, width=args.width, height=args.height,
-                           clutter=_pair(args.clutter), seq_len=args.seq_len, layouts=layouts,
-                           fov_range=_pair(args.fov), height_range=_pair(args.cam_height),
-                           pitch_range=_pair(args.pitch), shadows=args.shadows, variety=args.variety,
+                           clutter=ranges['clutter'], seq_len=args.seq_len, layouts=layouts,
+                           fov_range=ranges['fov'], height_range=ranges['cam_height'],
+                           pitch_range=ranges['pitch'], shadows=args.shadows, variety=args.variety,
                            shapes=args.shapes, close=args.close)
     return _write(args, frames)
 

@@ -149,7 +149,7 @@ def _tap_distances(graph: np.ndarray, groups: list[dict], fits: list[tuple], ref
     return np.stack([kth_nearest(block, ref, knn, leave_one_out) for block, ref in zip(blocks, reference)], axis=1)
 
 
-def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str = 'val', per_class: bool = False,
+def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str | None = None, per_class: bool = False,
               limit: int = 0, pixels_per_frame: int = 2000, shift: str | os.PathLike | None = None,
               shift_split: str = 'train', shift_limit: int = 400, features: Sequence[str] = DEFAULT_FEATURES,
               window: int = 10, margin: float = 1.1, out: str | os.PathLike | None = None,
@@ -157,13 +157,14 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str = 'v
               taps: list[tuple[str, str]] | None = None, choose_against: Sequence[str] = (), quantile: float = 1.0,
               tap_shrinkage: float = 0.2, costmap_min_confidence: float | None = None, tap_knn: int = 0) -> dict:
     """Fit (and write to ``out`` when given) the calibration of ``model``; returns what was fitted and measured
-    (``measure``: also the ECE of the written file on ``data``, one more pass). ``costmap_min_confidence``: also
-    store the costmap's confidence threshold, chosen for the calibrated confidence. ``taps`` ([(name, stat)], with
-    ``shift``): also whitened pooled features of internal tensors in the graph (:mod:`.shift_features`).
-    ``choose_against`` (SPEC[:SPLIT][@AUROC] strings, with ``shift``): choose ``features`` by
-    :func:`choose_features` against these frames (and target AUROCs). ``tap_shrinkage``: of each tap's
-    covariance (:func:`.shift_features.fit_whitening`). ``tap_knn`` K > 0: each tap scored by the distance to its
-    K-th nearest training frame (whitened), the training frames' blocks stored as the metadata's reference."""
+    (``measure``: also the ECE of the written file on ``data``, one more pass). ``split``: of ``data`` (None: a
+    dataset YAML's, else val). ``costmap_min_confidence``: also store the costmap's confidence threshold, chosen
+    for the calibrated confidence. ``taps`` ([(name, stat)], with ``shift``): also whitened pooled features of
+    internal tensors in the graph (:mod:`.shift_features`). ``choose_against`` (SPEC[:SPLIT][@AUROC] strings,
+    with ``shift``): choose ``features`` by :func:`choose_features` against these frames (and target AUROCs).
+    ``tap_shrinkage``: of each tap's covariance (:func:`.shift_features.fit_whitening`). ``tap_knn`` K > 0: each
+    tap scored by the distance to its K-th nearest training frame (whitened), the training frames' blocks stored
+    as the metadata's reference."""
     import tempfile
 
     import onnx
@@ -208,7 +209,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str = 'v
                             f'{engine.num_classes} {engine.names}')
         return frames
 
-    held = collect(engine, dataset(data, split), limit, pixels_per_frame, seed, progress)
+    held_out = dataset(data, split)
+    held = collect(engine, held_out, limit, pixels_per_frame, seed, progress)
     z, y, corners, weights = held['z'], held['y'], held['corners'], held['weights']
     half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
     fit = {'none': np.ones(1, np.float32), 'scalar': fit_temperature(z[half], y[half])}
@@ -219,7 +221,8 @@ def calibrate(model: str | os.PathLike, data: str | os.PathLike, split: str = 'v
               for name, inv in fit.items()}
     chosen = min(scores, key=scores.get)   # 'none': the raw confidence is the better calibrated (temperature 1)
     inv_t = fit['none'] if chosen == 'none' else fit_temperature(z, y, per_class=chosen == 'per_class')
-    result = {'model': str(model), 'data': f'{data} ({split}, {held["frames"]} frames, {len(y)} pixels)',
+    result = {'model': str(model),
+              'data': f'{data} ({held_out.split or "bag"}, {held["frames"]} frames, {len(y)} pixels)',
               'chosen': chosen, 'temperature': [float(v) for v in 1.0 / inv_t],
               'ece_check_half': {name: float(v) for name, v in scores.items()},
               'sample_ece_before': sample_ece(z, y, 1.0, corners, weights),
@@ -322,7 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', required=True,
                         help='held-out labelled frames (dataset folder, YAML or bag) to fit the temperature on and '
                              'to set the shift threshold with; never the training split')
-    parser.add_argument('--split', default='val', help='split of --data')
+    parser.add_argument('--split', default=None, help="split of --data (default: the dataset YAML's split, else val)")
     parser.add_argument('--per-class', action='store_true',
                         help='also fit one temperature per class; kept only when its ECE on held-out pixels is lower')
     parser.add_argument('--limit', type=non_negative_int, default=0, help='use the first N frames of --data (0 = all)')

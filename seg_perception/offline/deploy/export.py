@@ -29,9 +29,11 @@ Python API: :func:`export_model` (any ``nn.Module``), :func:`build_metadata`, :f
 import argparse
 import hashlib
 import io
+import math
 import os
 import shutil
 import tempfile
+import textwrap
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -42,18 +44,26 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
+from torch.onnx import _constants as torch_onnx
 
 from ...classes import IGNORE_INDEX, SCENE_CLASS_NAMES, SCENE_PALETTE
 from ...errors import UserError
 from ...runtime import metadata as md
 from ...runtime.costmap import class_cost_table, parse_class_costs
 from ...runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
-from ..argtypes import non_negative_int, positive_float, positive_int, share
+from ..argtypes import finite_float, non_negative_int, positive_float, positive_int, share
 from ..graph.onnx_graph import OUTPUTS, set_metadata, with_logits_output
 from ..predict import labels_head as postprocess  # the graph's tail: upsample, argmax, max softmax
 
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18
+# the opsets `export` takes: up to what torch's exporter supports; from 11 (the graph's half-pixel Resize), from 13
+# unless --keep-resize (the rewrite of the Resize nodes as matrix products uses opset-13 Unsqueeze)
+MIN_OPSET, MATMUL_RESIZE_MIN_OPSET = 11, 13
+MAX_OPSET = {'torchscript': torch_onnx.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, 'dynamo': torch_onnx.ONNX_MAX_OPSET}
+# options that only some models take: the constructor keyword and who takes it
+BUCKET_OPTIONS = {'token_buckets': 'token-pass models (tokenpass_vit_*)',
+                  'tile_buckets': 'adaptive TopFormers (adaptive_topformer_*)'}
 STRIDE = 32
 PARITY_RTOL = 1e-4
 EXPORTERS = ('torchscript', 'dynamo')
@@ -283,7 +293,8 @@ def export_model(model: nn.Module, path: str | Path, meta: dict, input_size: Seq
     meta = dict(meta, input_size=input_size, output_kind='labels', dynamic_hw=bool(dynamic))
     meta.setdefault('stride', STRIDE)
     if any(v % meta['stride'] for v in input_size):
-        raise ValueError(f'input_size {input_size} must be a multiple of the stride {meta["stride"]}')
+        raise UserError(f'input size {input_size[0]} {input_size[1]}: both sides must be multiples of the stride '
+                        f'{meta["stride"]}')
     if 'static_macs' not in meta:
         meta['static_macs'] = static_macs(model, input_size)
     token_pass = is_token_pass(model)
@@ -292,7 +303,10 @@ def export_model(model: nn.Module, path: str | Path, meta: dict, input_size: Seq
     if token_pass and getattr(model, 'refine_conf', None) is not None:
         meta.setdefault('refine_threshold', float(model.refine_conf))
         meta.setdefault('cheap_macs', int(model.cheap_macs(*input_size)))   # the never-refine path
-    md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
+    try:
+        md.decode(md.encode(meta))  # refuse bad metadata before spending time on the export
+    except ValueError as exc:   # from the options, the checkpoint or the classes file
+        raise UserError(str(exc)) from None
 
     inputs = _example_inputs(model, input_size, seed)
     input_names = ['images'] + ([knob_name(model)] if token_pass else [])
@@ -387,7 +401,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'resize' for our checkpoints that predate recording it; 'letterbox' for official or "
                              "bare weights)")
     parser.add_argument('--classes', help='YAML with the class names (and optional palette)')
-    parser.add_argument('--mean', type=float, nargs=3, help='0-255 RGB mean (default: checkpoint, else ImageNet)')
+    parser.add_argument('--mean', type=finite_float, nargs=3,
+                        help='0-255 RGB mean (default: checkpoint, else ImageNet)')
     parser.add_argument('--std', type=positive_float, nargs=3,
                         help='0-255 RGB std (default: checkpoint, else ImageNet)')
     parser.add_argument('--white-balance', choices=md.WHITE_BALANCES,
@@ -413,13 +428,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'built-in table by name')
     parser.add_argument('--exit-threshold', type=share,
                         help='token-pass: default exit threshold stored in the model (default: its exit_conf)')
-    parser.add_argument('--token-buckets', type=float, nargs='+', metavar='FRACTION',
+    parser.add_argument('--token-buckets', type=share, nargs='+', metavar='FRACTION',
                         help='token-pass: pad the kept tokens up to these fractions of all tokens, so TensorRT '
                              'sees a few fixed shapes (e.g. 0.25 0.5 0.75 1.0)')
     parser.add_argument('--refine-threshold', type=share,
                         help='adaptive TopFormer: default refine threshold stored in the model (default: its '
                              'refine_conf; 0 = never refine, 1 = always)')
-    parser.add_argument('--tile-buckets', type=float, nargs='+', metavar='FRACTION',
+    parser.add_argument('--tile-buckets', type=share, nargs='+', metavar='FRACTION',
                         help='adaptive TopFormer: pad the refined tiles up to these fractions of all tiles '
                              '(e.g. 0.125 0.25 0.5 1.0), so TensorRT sees a few fixed shapes')
     parser.add_argument('--opset', type=positive_int, default=DEFAULT_OPSET, help='ONNX opset version')
@@ -460,14 +475,22 @@ def _resolve(args):
                                         ('--input-size', input_size)) if not value]
     if missing:
         raise ValueError(f'give {", ".join(missing)} (not found in a training checkpoint)')
-    model_kwargs = {'token_buckets': tuple(args.token_buckets)} if args.token_buckets else {}
-    if args.tile_buckets:
-        model_kwargs['tile_buckets'] = tuple(args.tile_buckets)
-    model = create_model(arch, num_classes=int(num_classes), **model_kwargs)
+    model = create_model(arch, num_classes=int(num_classes))
+    buckets = {name: tuple(getattr(args, name)) for name in BUCKET_OPTIONS if getattr(args, name)}
+    for name in buckets:
+        if not hasattr(model, name):
+            raise ValueError(f'--{name.replace("_", "-")} is for {BUCKET_OPTIONS[name]}, not {arch}')
+    if buckets:   # the model's constructor checks the fractions
+        model = create_model(arch, num_classes=int(num_classes), **buckets)
     if args.checkpoint and args.official:
         load_official_checkpoint(model, args.checkpoint)
     elif state is not None:
-        model.load_state_dict(state, strict=True)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:   # names and shapes that differ: the first one it lists
+            first = next((line.strip() for line in str(exc).splitlines()[1:]), str(exc))
+            raise ValueError(f'{args.checkpoint}: its weights do not fit {arch} with {num_classes} classes '
+                             f'({textwrap.shorten(first, 200)}); check --arch and --num-classes') from None
     meta = build_metadata(int(num_classes), input_size, names=names, palette=palette,
                           mean=args.mean or prep['mean'], std=args.std or prep['std'],
                           resize_mode=args.resize_mode or prep['resize_mode'], arch=arch, checkpoint_sha256=sha,
@@ -485,7 +508,25 @@ def _resolve(args):
     return model, meta, input_size
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Mistakes in the options alone, found before anything is loaded or exported."""
+    low = MIN_OPSET if args.keep_resize else MATMUL_RESIZE_MIN_OPSET
+    if not low <= args.opset <= MAX_OPSET[args.exporter]:
+        raise UserError(f'--opset {args.opset}: the {args.exporter} exporter takes {low} to '
+                        f'{MAX_OPSET[args.exporter]} here' + ('' if args.keep_resize else
+                                                             f' (from {MIN_OPSET} with --keep-resize)'))
+    if args.std and not all(math.isfinite(v) for v in args.std):
+        raise UserError(f'--std {" ".join(map(str, args.std))}: must be finite positive numbers')
+    if args.int8 and not args.calib:
+        raise UserError('--int8 needs --calib (a folder of images or a rosbag with --calib-topic)')
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_options(args)
+    calib_images = None
+    if args.int8:   # before the export: a --calib that cannot be read stops here
+        from .quantize import load_calibration_images
+        calib_images = load_calibration_images(args.calib, args.calib_topic, args.calib_count)
     try:
         model, meta, input_size = _resolve(args)
     except (ValueError, KeyError) as exc:  # arguments that do not fit the checkpoint; missing files go as they are
@@ -505,9 +546,6 @@ def run(args: argparse.Namespace) -> int:
             layout = 'nhwc' if len(meta['names']) > LogitsUpsampler.FEW else 'nchw'
         convert_file(args.output, args.output, layout)
         print(f'  converted to a logits model (outputs logits at 1/8, {layout}): {args.output}')
-    if args.int8 and not args.calib:
-        print('error: --int8 needs --calib (a folder of images or a rosbag with --calib-topic)')
-        return 2
     with tempfile.TemporaryDirectory() as tmp:
         # int8 is quantized from the graph with its Resize nodes (int8 Resize is fast; quantized matrices are not
         # exact) and compared with the fp32 file as shipped (rewritten)
@@ -521,8 +559,7 @@ def run(args: argparse.Namespace) -> int:
         if args.int8:
             from .quantize import format_int8_report, quantize_and_compare
             int8_path = args.int8_output or str(Path(args.output).with_name(Path(args.output).stem + '_int8.onnx'))
-            int8_report = quantize_and_compare(source, int8_path, args.calib, topic=args.calib_topic,
-                                               count=args.calib_count, eval_data=args.eval_data,
+            int8_report = quantize_and_compare(source, int8_path, calib_images, eval_data=args.eval_data,
                                                eval_count=args.eval_count, eval_split=args.eval_split,
                                                threads=args.threads, reference=args.output)
             print(format_int8_report(int8_report))

@@ -156,14 +156,16 @@ def compare_models(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, i
     return report
 
 
-def quantize_and_compare(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, calib: str | os.PathLike,
-                         topic: str = '/camera/image_raw', count: int = DEFAULT_CALIB_COUNT,
-                         eval_data: str | os.PathLike | None = None, eval_count: int = 0, eval_split: str | None = None,
-                         threads: int = 1, latency_runs: int = 20, reference: str | os.PathLike | None = None) -> dict:
+def quantize_and_compare(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
+                         calib: str | os.PathLike | list[np.ndarray], topic: str = '/camera/image_raw',
+                         count: int = DEFAULT_CALIB_COUNT, eval_data: str | os.PathLike | None = None,
+                         eval_count: int = 0, eval_split: str | None = None, threads: int = 1, latency_runs: int = 20,
+                         reference: str | os.PathLike | None = None) -> dict:
     """Calibrate, quantize and compare (on ``eval_data`` when given, else on the calibration images).
-    ``reference``: the fp32 file the int8 one is compared with (default ``fp32_path``; ``export`` passes the file it
-    ships, whose Resize nodes are rewritten as matrix products)."""
-    images = load_calibration_images(calib, topic, count)
+    ``calib``: the calibration images (RGB uint8), or where to read ``count`` of them (:func:`load_calibration_images`
+    with ``topic``). ``reference``: the fp32 file the int8 one is compared with (default ``fp32_path``; ``export``
+    passes the file it ships, whose Resize nodes are rewritten as matrix products)."""
+    images = calib if isinstance(calib, list) else load_calibration_images(calib, topic, count)
     report = quantize_model(fp32_path, int8_path, images)
     reference = fp32_path if reference is None else reference
     report['fp32_bytes'] = Path(reference).stat().st_size

@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 from ...errors import UserError
 from ..argtypes import positive_int
-from ..graph.onnx_graph import read_metadata
+from ..graph.onnx_graph import load_onnx, read_metadata
 
 PARITY_RTOL = 1e-3
 
@@ -163,7 +163,7 @@ def recover(onnx_path: str | Path, arch: str, images: list[np.ndarray], out: str
     from ..predict import normalize
 
     onnx_path = Path(onnx_path)
-    proto = onnx.load(str(onnx_path))
+    proto = load_onnx(onnx_path)
     meta = read_metadata(proto)
     num_classes = len(meta['names'])
     h, w = meta['input_size']

@@ -22,7 +22,7 @@ To add a benchmark: write ``add_<name>_arguments(parser)`` and ``run_<name>(args
 import argparse
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,12 +39,18 @@ if TYPE_CHECKING:
 
 
 def open_labelled(data: str | os.PathLike, image_topic: str | None = None, gt_topic: str | None = None,
-                  split: str = 'val') -> 'SegDataset':
-    """Anything ``open_dataset`` opens (a folder, a data YAML, a rosbag2 with its ground-truth topic)."""
+                  split: str | None = None, model_names: Sequence[str] | None = None) -> 'SegDataset':
+    """Anything ``open_dataset`` opens (a folder, a data YAML, a rosbag2 with its ground-truth topic); ``split``
+    None: a dataset YAML's, else val. With ``model_names``, a dataset whose classes differ in number from the
+    model's is refused as ``evaluate`` refuses it (benchmarks with ``--merge`` map classes themselves)."""
     from ..data.datasets import open_dataset
+    from .evaluate import check_classes
 
     kwargs = {k: v for k, v in (('image_topic', image_topic), ('gt_topic', gt_topic)) if v}
-    return open_dataset(str(data), split=split, **kwargs)
+    dataset = open_dataset(str(data), split=split, **kwargs)
+    if model_names is not None:
+        check_classes([str(n) for n in model_names], [str(c) for c in dataset.classes], merge_hint=False)
+    return dataset
 
 
 def iter_labelled_frames(dataset: 'SegDataset', limit: int = 0
@@ -82,7 +88,7 @@ def _group_summary(frames, num_classes, ignore_index, static_macs):
 def bench_tokenpass(model: str | os.PathLike, static: str | os.PathLike, data: str | os.PathLike,
                     threshold: float | None = None, threads: int = 1, warmup: int = 2, limit: int = 0,
                     providers: list[str] | None = None, image_topic: str | None = None, gt_topic: str | None = None,
-                    split: str = 'val', input_size: tuple[int, int] | None = None) -> dict:
+                    split: str | None = None, input_size: tuple[int, int] | None = None) -> dict:
     """Run both models on every frame of ``data``; returns a report dict (see :func:`tokenpass_table`).
 
     The token-pass model runs twice per frame: at ``threshold`` (None = its stored default) and at 1.0 (no
@@ -99,7 +105,8 @@ def bench_tokenpass(model: str | os.PathLike, static: str | os.PathLike, data: s
         raise ValueError(f'the models predict different classes: {tp.names} vs {st.names}')
     ignore_index = tp.meta.get('ignore_index', 255)
     frames = []
-    for rgb, label, clutter in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split), limit):
+    for rgb, label, clutter in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split, tp.names),
+                                                    limit):
         if not frames:
             for _ in range(warmup):
                 tp.infer(rgb, exit_threshold=threshold)
@@ -172,7 +179,7 @@ def add_tokenpass_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic (default: /camera/image_raw)')
     parser.add_argument('--gt-topic', default=None,
                         help='rosbag: ground-truth label topic (default: /ground_truth/labels)')
-    parser.add_argument('--split', default='val', help='dataset split for open_dataset (default: val)')
+    parser.add_argument('--split', default=None, help="dataset split (default: the dataset YAML's split, else val)")
     parser.add_argument('--input-size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="network input for both models (multiples of 32; default: the models' own)")
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')

@@ -85,7 +85,7 @@ def _static_spec(spec: str) -> tuple:
 def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str | os.PathLike,
                    thresholds: Sequence[float] | None = None, threads: int = 1, warmup: int = 2, limit: int = 0,
                    providers: list[str] | None = None, image_topic: str | None = None, gt_topic: str | None = None,
-                   split: str = 'val', input_size: tuple[int, int] | None = None, clock: str = 'wall',
+                   split: str | None = None, input_size: tuple[int, int] | None = None, clock: str = 'wall',
                    merge: dict[str, str] | None = None) -> dict:
     """Run the adaptive ``model`` at each knob value and every model of ``statics`` on every frame of ``data``;
     returns a report dict (see :func:`adaptive_table`). ``clock``: 'wall' (elapsed ONNX Runtime run time) or
@@ -120,7 +120,7 @@ def bench_adaptive(model: str | os.PathLike, statics: Sequence[str], data: str |
             raise UserError(f'{path} predicts {engine.names}, {model} predicts {adaptive.names} (--merge scores '
                             "models with other classes in the dataset's)")
         engines[name] = (engine, {})
-    dataset = open_labelled(data, image_topic, gt_topic, split)
+    dataset = open_labelled(data, image_topic, gt_topic, split, None if merge else adaptive.names)
     num_classes = len(dataset.classes) if merge else adaptive.num_classes
     unused = sorted(set(merge or ()) - {n for engine, _ in engines.values() for n in engine.names})
     if unused:
@@ -245,9 +245,23 @@ def plot_curve(report: dict, path: str | os.PathLike) -> str | os.PathLike:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=100)
     plt.close(fig)
     return path
+
+
+def png_path(text: str) -> str:
+    """``--plot``: a .png file path whose folder exists or can be made (checked while parsing, before the run)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f'{text} is a folder; give a .png file path (e.g. {path / "chart.png"})')
+    if path.suffix.lower() != '.png':
+        raise argparse.ArgumentTypeError(f'{text} must be a .png file path (the chart is a PNG image)')
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise argparse.ArgumentTypeError(f'{text} cannot be written ({existing} is not a writable folder)')
+    return text
 
 
 def add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,7 +280,7 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--providers', default=None, help='comma list of onnxruntime execution providers')
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
     parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
-    parser.add_argument('--split', default='val', help='dataset split for open_dataset')
+    parser.add_argument('--split', default=None, help="dataset split (default: the dataset YAML's split, else val)")
     parser.add_argument('--input-size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help="network input for every model (multiples of 32; default: the models' own)")
     parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
@@ -276,7 +290,8 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score a model's class as one of the dataset's (repeatable; e.g. covered_floor:floor): "
                              'every model is then scored in the dataset\'s classes, so a 7-class model and a '
                              '6-class one can be compared')
-    parser.add_argument('--plot', default=None, help='write the mIoU-vs-latency chart to this PNG')
+    parser.add_argument('--plot', type=png_path, default=None,
+                        help='write the mIoU-vs-latency chart to this .png file (its folder is made if need be)')
     parser.add_argument('--json', default=None, help='also write the report to this JSON file')
     parser.add_argument('--markdown', default=None, help='also write the table to this Markdown file')
 
@@ -350,10 +365,14 @@ def bench_adaptive_cost(arch: str = 'adaptive_topformer_tiny',
     h, w = input_size
     images = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
     model = create_model(arch, num_classes=num_classes).eval()
+    if not hasattr(model, 'forward_with_stats'):
+        raise UserError(f'--arch {arch}: not an adaptive architecture (adaptive_topformer_tiny, ...); static ones '
+                        'go in --static')
+    nets = {name: model if name == arch else create_model(name, num_classes=num_classes).eval()
+            for name in (arch, *statics)}   # every name checked before the first export
     candidates, macs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in (arch, *statics):
-            net = model if name == arch else create_model(name, num_classes=num_classes).eval()
+        for name, net in nets.items():
             path = f'{tmp}/{name}.onnx'
             export(net, path, adaptive=name == arch)
             sess = bench_session(path, threads)
@@ -421,7 +440,7 @@ def run_adaptive_cost(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ bench refine-rule (a trained early head)
 
 def bench_refine_rule(model: str | os.PathLike, data: str | os.PathLike, thresholds: Sequence[float],
-                      image_topic: str | None = None, gt_topic: str | None = None, split: str = 'val',
+                      image_topic: str | None = None, gt_topic: str | None = None, split: str | None = None,
                       input_size: tuple[int, int] = (480, 640), tile: int = 8, min_uncertain: float = 0.02,
                       limit: int = 0) -> list[dict]:
     """The adaptive model's refine rule applied to a trained TopFormer-tiny (``--head logits`` file: its logits
@@ -433,7 +452,7 @@ def bench_refine_rule(model: str | os.PathLike, data: str | os.PathLike, thresho
 
     engine = SegmentationEngine(model, intra_op_threads=1, input_size=input_size)
     frames = []
-    for rgb, label, _ in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split), limit):
+    for rgb, label, _ in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split, engine.names), limit):
         result = engine.infer(rgb)
         if result.logits is None:
             raise UserError(f'{model}: needs a logits model (export --head logits), to read the early logits')
@@ -470,7 +489,7 @@ def add_refine_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', required=True, help='dataset folder, YAML or rosbag2 (with the topics)')
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
     parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
-    parser.add_argument('--split', default='val', help='dataset split for open_dataset')
+    parser.add_argument('--split', default=None, help="dataset split (default: the dataset YAML's split, else val)")
     parser.add_argument('--input-size', type=positive_int, nargs=2, default=[480, 640], metavar=('H', 'W'),
                         help='network input (multiples of 32)')
     parser.add_argument('--thresholds', type=share, nargs='+', default=[0.5, 0.7, 0.8, 0.9, 0.95],
@@ -493,7 +512,7 @@ def run_refine_rule(args: argparse.Namespace) -> int:
 
 
 def bench_cascade(small: str | os.PathLike, large: str | os.PathLike, data: str | os.PathLike,
-                  shares: Sequence[float], split: str = 'val', image_topic: str | None = None,
+                  shares: Sequence[float], split: str | None = None, image_topic: str | None = None,
                   gt_topic: str | None = None, threads: int = 1, grid: int = 8, confidence: float = 0.9,
                   limit: int = 0) -> dict:
     """Issue 9's cascade baselines from two static models, no training: per frame both run through the engine
@@ -515,7 +534,8 @@ def bench_cascade(small: str | os.PathLike, large: str | os.PathLike, data: str 
     matrices = {key: ConfusionMatrix(num_classes, ignore) for key in [*rules, 'small', 'large']}
     taken = {key: [] for key in rules}
     times = [[], []]
-    for rgb, label, _ in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split), limit):
+    for rgb, label, _ in iter_labelled_frames(open_labelled(data, image_topic, gt_topic, split, engines[0].names),
+                                              limit):
         outs = []
         for engine, spent in zip(engines, times):
             tic = time.process_time()
@@ -554,7 +574,7 @@ def add_cascade_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', required=True, help='dataset folder, YAML or rosbag2 (with the topics)')
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic')
     parser.add_argument('--gt-topic', default=None, help='rosbag: ground-truth label topic')
-    parser.add_argument('--split', default='val', help='dataset split for open_dataset')
+    parser.add_argument('--split', default=None, help="dataset split (default: the dataset YAML's split, else val)")
     parser.add_argument('--shares', type=float, nargs='+', default=[0.02, 0.05, 0.1, 0.2, 0.4],
                         help='share of unsure pixels above which a frame or tile goes to the large model')
     parser.add_argument('--confidence', type=share, default=0.9, help='the small model\'s pixels below it are unsure')
@@ -567,6 +587,10 @@ def add_cascade_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cascade(args: argparse.Namespace) -> int:
     if args.confidence == 0:   # --grid and the rest of --confidence's range are checked while parsing
         raise UserError('--confidence 0: must be in (0, 1] (no pixel is below 0)')
+    bad = [s for s in args.shares if not -1 <= s <= 1]   # NaN too
+    if bad:
+        raise UserError(f'--shares {bad[0]:g}: must be in [-1, 1] (a share of unsure pixels; below 0 sends every '
+                        'frame and tile to the large model)')
     report = bench_cascade(args.small, args.large, args.data, args.shares, args.split, args.image_topic,
                            args.gt_topic, args.threads, args.grid, args.confidence, args.limit)
     large_ms = report['large_ms']

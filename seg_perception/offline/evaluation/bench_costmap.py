@@ -23,12 +23,15 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..argtypes import positive_float, positive_int
+from ..argtypes import finite_float, positive_float, positive_int
 from .bench_common import add_common_arguments, emit, fmt, interleaved_medians, markdown_table, ratio
+
+if TYPE_CHECKING:
+    from ...runtime.costmap import GridSpec
 
 CLOCKS = {'cpu': time.process_time, 'wall': time.perf_counter}
 
@@ -70,18 +73,18 @@ def _candidates(engine, costmap, info, pose, rgb, depth=None) -> dict:
     return {'node': node_frame, 'costmap': costmap_frame, 'geometry': geometry}
 
 
-def bench_costmap(model: str | os.PathLike, frames: Sequence[np.ndarray], info: Any, grid_m: float = 10.0,
-                  resolution: float = 0.05, camera_z: float = 1.0, camera_pitch: float = 0.35, threads: int = 1,
+def bench_costmap(model: str | os.PathLike, frames: Sequence[np.ndarray], info: Any, grid: 'GridSpec',
+                  camera_z: float = 1.0, camera_pitch: float = 0.35, threads: int = 1,
                   warmup: int = 2, repeat: int = 7, clock: str = 'cpu', pool: int = 3,
                   depths: Sequence[np.ndarray] | None = None) -> dict:
-    """Medians (ms) per frame of the node's frame work and of the costmap, and of a geometry rebuild (two
-    rebuilds timed together, halved). ``depths``: one depth image (metres) per frame, or None."""
-    from ...runtime.costmap import OPTICAL_IN_BODY, GridSpec, GroundCostmap, class_cost_table
+    """Medians (ms) per frame of the node's frame work and of the costmap on ``grid``, and of a geometry rebuild
+    (two rebuilds timed together, halved). ``depths``: one depth image (metres) per frame, or None."""
+    from ...runtime.costmap import OPTICAL_IN_BODY, GroundCostmap, class_cost_table
     from ...runtime.engine import SegmentationEngine
     from ...runtime.pose import pose_matrix
 
     engine = SegmentationEngine(model, intra_op_threads=threads)
-    costmap = GroundCostmap(GridSpec.from_size(grid_m, grid_m, resolution), class_cost_table(engine.names),
+    costmap = GroundCostmap(grid, class_cost_table(engine.names),
                             min_confidence=0.5, overhang_margin=0.5, pool=pool)
     pose = pose_matrix(0.0, 0.0, camera_z, 0.0, camera_pitch, 0.0) @ OPTICAL_IN_BODY
     rows = []
@@ -121,7 +124,8 @@ def add_costmap_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--grid', type=positive_float, default=10.0, help='grid side in metres')
     parser.add_argument('--resolution', type=positive_float, default=0.05, help='cell size in metres')
     parser.add_argument('--camera-z', type=positive_float, default=1.0, help='camera height in metres')
-    parser.add_argument('--camera-pitch', type=float, default=0.35, help='camera pitch in radians (> 0 looks down)')
+    parser.add_argument('--camera-pitch', type=finite_float, default=0.35,
+                        help='camera pitch in radians (> 0 looks down)')
     parser.add_argument('--threads', type=positive_int, default=1, help='ONNX Runtime intra-op threads')
     parser.add_argument('--pool', type=positive_int, default=3,
                         help='image pixels per costmap sample side (costmap.pool)')
@@ -159,13 +163,20 @@ def _bag_frames(bag: str, count: int, depth: bool) -> tuple:
 def run_costmap(args: argparse.Namespace) -> int:
     from ...errors import UserError
     from ...paths import default_model_path
+    from ...runtime.costmap import GridSpec
     from .bench_models import SAMPLE_BAG
 
     if args.depth and not args.bag:
         raise UserError('--depth needs --bag: the shipped sample bag has no depth images')
+    for flag in ('grid', 'camera_z'):   # positive_float lets infinity through
+        if not math.isfinite(getattr(args, flag)):
+            raise UserError(f'--{flag.replace("_", "-")} {getattr(args, flag)}: give a finite number of metres')
+    try:
+        grid = GridSpec.from_size(args.grid, args.grid, args.resolution)
+    except (ValueError, OverflowError) as exc:   # OverflowError: side / resolution overflows to infinity
+        raise UserError(f'--grid {args.grid:g} --resolution {args.resolution:g}: {exc}') from None
     frames, depths, info = _bag_frames(args.bag or str(SAMPLE_BAG), args.frames, args.depth)
-    report = bench_costmap(args.model or default_model_path(), frames, info, args.grid, args.resolution,
-                           args.camera_z, args.camera_pitch, args.threads, args.warmup, args.repeat, args.clock,
-                           args.pool, depths)
+    report = bench_costmap(args.model or default_model_path(), frames, info, grid, args.camera_z, args.camera_pitch,
+                           args.threads, args.warmup, args.repeat, args.clock, args.pool, depths)
     emit(args, 'Costmap share of the node frame', costmap_table(report))
     return 0

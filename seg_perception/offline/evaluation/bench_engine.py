@@ -103,10 +103,10 @@ def bench_engine(specs: Sequence[str], sizes: Sequence[tuple[int, int]], threads
     import torch
 
     from .flops import count_macs
+    models = [load_bench_model(spec, int8=int8) for spec in specs]   # a bad spec stops before any timing
     peak = matmul_peak(tuple(threads_list), repeat=repeat)
     rows = []
-    for spec in specs:
-        bm = load_bench_model(spec, int8=int8)
+    for bm in models:
         for size in sizes:
             macs, _ = count_macs(bm.torch_model, (1, 3, *size))
             x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)

@@ -31,8 +31,13 @@ OPSET = 17
 def read_meta(model: 'str | os.PathLike | onnx.ModelProto') -> dict:
     """Decoded seg_perception metadata of an ONNX path or ModelProto."""
     import onnx
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    return md.decode({p.key: p.value for p in proto.metadata_props}, source=str(model)[:200])
+
+    from ..graph.onnx_graph import load_onnx
+    if isinstance(model, onnx.ModelProto):
+        proto, source = model, 'model'
+    else:
+        proto, source = load_onnx(model), str(model)
+    return md.decode({p.key: p.value for p in proto.metadata_props}, source=source)
 
 
 def _set_meta(proto, meta):
@@ -238,8 +243,8 @@ def load_bench_model(spec: str, int8: bool = True) -> BenchModel:
     if arch not in list_models():
         raise UserError(f'model {spec!r}: neither an .onnx file nor one of {", ".join(list_models())}')
     _refuse_adaptive(arch, spec)
-    if classes and not classes.isdigit():
-        raise UserError(f'model {spec!r}: the class count after ":" must be a number')
+    if classes and not (classes.isdigit() and int(classes) > 0):
+        raise UserError(f'model {spec!r}: the class count after ":" must be a positive integer')
     num_classes = int(classes) if classes else (19 if arch.startswith('rtformer') else 150)
     model, fp32, q, _ = zoo_files(arch, num_classes, int8)
     return BenchModel(f'{arch} ({num_classes} cl.)', model, fp32.read_bytes(), q.read_bytes() if q else None)

@@ -346,13 +346,16 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_node_args(args, bench: str) -> None:
-    """One line (exit 2) for what a node benchmark cannot run without: rclpy and the model file."""
+    """One line (exit 2) for what a node benchmark cannot run without: a model file the engine loads (the node
+    would fail on any other before the first frame) and rclpy."""
+    from ...runtime.engine import SegmentationEngine
+    if not os.path.isfile(args.model):
+        raise UserError(f'model {args.model}: no such file')
+    SegmentationEngine(args.model, providers=['CPUExecutionProvider'], intra_op_threads=1)   # EngineError: exit 2
     try:
         import rclpy  # noqa: F401
     except ImportError:
         raise UserError(f'bench {bench} needs rclpy (pip install ".[ros]" or source a ROS 2 install)') from None
-    if not os.path.isfile(args.model):
-        raise UserError(f'model {args.model}: no such file')
 
 
 def run_node(args: argparse.Namespace) -> int:
@@ -390,11 +393,11 @@ def add_node_cpu_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_node_cpu(args: argparse.Namespace) -> int:
-    _check_node_args(args, 'node-cpu')
     if args.threads < 2:
         raise UserError(f'--threads must be 2 or more (one thread has no worker threads to spin), got {args.threads}')
     if not 0 <= args.max_rate <= 1000:
         raise UserError(f'--max-rate must be 0 (no limited run) to 1000 frames per second, got {args.max_rate:g}')
+    _check_node_args(args, 'node-cpu')
     report = bench_node_cpu(args.model, parse_size(args.size, stride=1), args.rate, args.seconds, args.threads,
                             max_rate=args.max_rate)
     emit(args, 'The node\'s CPU at a camera rate: ONNX Runtime worker threads sleeping or spinning, max_rate',

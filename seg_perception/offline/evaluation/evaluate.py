@@ -131,9 +131,11 @@ def parse_merge(items: list) -> dict:
     return merge
 
 
-def merge_table(model_names: Sequence[str], dataset_names: Sequence[str], merge: dict[str, str]) -> np.ndarray:
+def merge_table(model_names: Sequence[str], dataset_names: Sequence[str], merge: dict[str, str],
+                merge_hint: bool = True) -> np.ndarray:
     """Model class id -> dataset class id, with ``merge`` {model class: dataset class} (e.g. covered_floor:
-    floor): the model's other classes must be the dataset's, in its order; a mismatch is a UserError."""
+    floor): the model's other classes must be the dataset's, in its order; a mismatch is a UserError (which
+    suggests ``--merge`` for a class the dataset lacks unless ``merge_hint`` is False: commands without it)."""
     from ...errors import UserError
 
     for name, into in merge.items():
@@ -144,11 +146,18 @@ def merge_table(model_names: Sequence[str], dataset_names: Sequence[str], merge:
     if kept != list(dataset_names):
         hint = ''
         extra = [n for n in model_names if n not in dataset_names and n not in merge]
-        if extra and len(model_names) - len(extra) == len(dataset_names):
+        if merge_hint and extra and len(model_names) - len(extra) == len(dataset_names):
             hint = f' (--merge {extra[0]}:CLASS scores its pixels as a dataset class)'
         raise UserError(f'the model predicts {len(model_names)} classes {list(model_names)}, the dataset has '
                         f'{len(dataset_names)} {list(dataset_names)}{hint}')
     return np.array([list(dataset_names).index(merge.get(n, n)) for n in model_names], np.uint8)
+
+
+def check_classes(model_names: Sequence[str], dataset_names: Sequence[str], merge_hint: bool = True) -> None:
+    """Refuse a model whose classes differ in number from the dataset's (:func:`merge_table`'s UserError); one
+    with as many is scored in the dataset's classes as they are."""
+    if len(model_names) != len(dataset_names):
+        merge_table(model_names, dataset_names, {}, merge_hint)
 
 
 class Scores:
@@ -156,7 +165,9 @@ class Scores:
     A model whose classes differ from the dataset's is mapped onto them (``merge``) or refused (``merge_table``)."""
 
     def __init__(self, names, classes, merge, ignore_index):
-        self.to_dataset = merge_table(names, classes, merge or {}) if merge or len(names) != len(classes) else None
+        if not merge:
+            check_classes(names, classes)
+        self.to_dataset = merge_table(names, classes, merge) if merge else None
         self.num_classes, self.ignore_index = len(classes), ignore_index
         self.confusion = ConfusionMatrix(self.num_classes, ignore_index)
         self.areas = FrameAreas()
@@ -173,13 +184,14 @@ class Scores:
         return labels, frame
 
 
-def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | None = None, split: str = 'val',
+def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | None = None, split: str | None = None,
              image_topic: str | None = None, gt_topic: str | None = None, out: str | os.PathLike | None = None,
              limit: int = 0, providers: list[str] | None = None, threads: int | None = None,
              exit_threshold: float | None = None, input_size: Sequence[int] | None = None, warmup: int = 2,
              progress: bool = True, refine_threshold: float | None = None, merge: dict[str, str] | None = None,
              baseline: str | os.PathLike | None = None, by_camera: bool = False) -> dict:
     """Evaluate ``model`` (.onnx or checkpoint path) on ``data``; returns the metrics dict (and writes ``out``).
+    ``split``: of a dataset folder or YAML (None: the YAML's, else val).
     ``merge`` {model class: dataset class}: score a class the dataset lacks as one it has. ``baseline``: a second
     model run on the same frames (each frame through the model, then through it), reported with its mIoU and the
     paired interval of the difference. ``by_camera``: also ``camera_groups``, the mIoU of the thirds of the frames
@@ -246,7 +258,7 @@ def evaluate(model: str | os.PathLike, data: str | os.PathLike, layout: str | No
         'model': str(model),
         'runner': predictor.description,
         'data': str(data),
-        'split': split,
+        'split': dataset.split,
         'images': count,
         **metrics,
         'mIoU_interval95': bootstrap_miou(scores.areas),
@@ -399,7 +411,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='exported .onnx model or training checkpoint (.pt)')
     parser.add_argument('--data', required=True, help='dataset folder, dataset YAML or rosbag2 path')
     parser.add_argument('--layout', default=None, help='dataset layout (default: detect)')
-    parser.add_argument('--split', default='val', help='dataset split (default: val)')
+    parser.add_argument('--split', default=None, help="dataset split (default: the dataset YAML's split, else val)")
     parser.add_argument('--image-topic', default=None, help='rosbag: image topic (default: /camera/image_raw)')
     parser.add_argument('--gt-topic', default=None,
                         help='rosbag: ground-truth label topic (default: /ground_truth/labels)')

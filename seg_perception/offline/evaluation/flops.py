@@ -22,6 +22,7 @@ from torch.utils.flop_counter import flop_registry
 from ...errors import UserError
 from ...nets import create_model, list_models
 from ...nets._layers import ExportableAdaptiveAvgPool2d
+from ...runtime.engine import MAX_INPUT_PIXELS
 from ..argtypes import positive_int
 
 __all__ = ['count_macs', 'count_params', 'add_arguments', 'run']
@@ -157,8 +158,11 @@ def run(args: argparse.Namespace) -> int:
         close = difflib.get_close_matches(args.arch, list_models(), n=1)
         raise UserError(f'--arch {args.arch}: unknown model' + (f"; did you mean '{close[0]}'?" if close else '')
                         + f' (known: {", ".join(list_models())})')
-    model = create_model(args.arch, num_classes=args.num_classes)
     h, w = args.input_size
+    if h * w > MAX_INPUT_PIXELS:
+        raise UserError(f'--input-size {h} {w}: larger than the engine takes (at most {MAX_INPUT_PIXELS} pixels, '
+                        'e.g. 8192 8192)')
+    model = create_model(args.arch, num_classes=args.num_classes)
     total, details = count_macs(model, (1, 3, h, w))
     print(f'{args.arch} @ {h}x{w}, {args.num_classes} classes')
     print(f'params: {count_params(model):,} ({count_params(model) / 1e6:.3f} M)')

@@ -353,9 +353,9 @@ def run(args: argparse.Namespace) -> int:
     from ...paths import default_model_path
 
     try:
-        thresholds = tuple(float(t) for t in args.sweep.split(',') if t.strip())
-    except ValueError:
-        raise UserError(f'--sweep {args.sweep!r} is not a comma list of numbers') from None
+        thresholds = tuple(share(t.strip()) for t in args.sweep.split(',') if t.strip())
+    except argparse.ArgumentTypeError as exc:   # names the entry: 'abc' is not a number, 7 must be in [0, 1]
+        raise UserError(f'--sweep {args.sweep!r}: {exc} (a comma list of confidence thresholds)') from None
     out = Path(args.out) if args.out else None
     evaluator = evaluate_bag(args.model or default_model_path(), args.bag, out, thresholds, args.min_confidence,
                              limit=args.limit, threads=args.threads, max_png=args.png, gt_labels=args.gt_labels,

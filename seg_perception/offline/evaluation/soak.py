@@ -204,8 +204,8 @@ def run_soak(model: str | os.PathLike | None = None, minutes: float = 10.0, over
     if not os.path.isfile(model):
         raise UserError(f'--model {model}: not found')
     duration = minutes * 60.0
-    if duration < 10:
-        raise UserError(f'--minutes {minutes}: give at least 10 seconds (0.17 minutes)')
+    if not 10 <= duration < float('inf'):   # NaN fails both comparisons
+        raise UserError(f'--minutes {minutes}: give a finite length of at least 10 seconds (0.17 minutes)')
     frames = _frames()
     t_infer = inference_ms(model, frames, threads)
     rate = overload * 1000.0 / t_infer

@@ -3,7 +3,7 @@
 Owns: reading and writing seg_perception's ``metadata_props`` on an ONNX ModelProto (the schema itself is
 ``runtime.metadata``), finding the 1/8 logits tensor and the post-processing tail (final Resize -> labels /
 confidence) of an exported graph, and the command line of the file-to-file graph tools (``file_tool``).
-Imports onnx and ``runtime.metadata`` only.
+Imports onnx and ``runtime`` (metadata, the model file check) only.
 """
 import argparse
 import os
@@ -12,9 +12,23 @@ from collections.abc import Callable, Iterable, MutableSequence, Sequence
 import onnx
 from google.protobuf.message import DecodeError
 
+from ...errors import UserError
 from ...runtime import metadata as md
+from ...runtime.model_file import ModelFileError, check_model_file
 
 OUTPUTS = ('labels', 'confidence')
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """The ModelProto of an ONNX file, the path checked first as the engine checks it (``runtime.model_file``); a
+    file that is not an ONNX model is a UserError naming it."""
+    try:
+        check_model_file(path)
+        return onnx.load(str(path))
+    except ModelFileError as exc:
+        raise UserError(str(exc)) from None
+    except DecodeError as exc:
+        raise UserError(f'cannot load model {path}: {exc}') from None
 
 
 def read_metadata(onnx_model: str | os.PathLike | onnx.ModelProto) -> dict:

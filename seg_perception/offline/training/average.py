@@ -12,6 +12,7 @@ scheduler, iteration), so it is a start (``init:``) or an export (``export --che
 must be the same architecture with the same classes and the same tensor names and shapes.
 """
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from ...nets.checkpoint import CHECKPOINT_INFO_KEYS, torch_load_weights
 
 
 def parse_input(spec: str) -> tuple[str, float]:
-    """``PATH`` or ``PATH:WEIGHT`` -> (path, weight > 0)."""
+    """``PATH`` or ``PATH:WEIGHT`` -> (path, finite weight > 0)."""
     path, sep, weight = spec.rpartition(':')
     if not sep or not path:
         return spec, 1.0
@@ -29,8 +30,8 @@ def parse_input(spec: str) -> tuple[str, float]:
         value = float(weight)
     except ValueError:
         return spec, 1.0   # a colon in the path itself
-    if not value > 0:
-        raise UserError(f'{spec}: the weight after the colon must be a positive number')
+    if not 0 < value < math.inf:
+        raise UserError(f'{spec}: the weight after the colon must be a positive number, not {weight}')
     return path, value
 
 
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = [parse_input(spec) for spec in args.inputs]
     if len(inputs) < 2:
         raise UserError('give two or more checkpoints to average')
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)   # as export and recover do
     checkpoint = average(inputs)
     torch.save(checkpoint, args.out)
     total = sum(weight for _, weight in inputs)

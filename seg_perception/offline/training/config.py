@@ -6,6 +6,7 @@ every value is type-checked against its default, and impossible values (sizes no
 unknown resize mode) are refused with the key named.
 """
 import difflib
+import math
 from pathlib import Path
 
 import yaml
@@ -85,7 +86,9 @@ _RANGES = (
     (('hflip', 'photometric', 'domain_randomization', 'class_recolor', 'texture_grain', 'flat_haze', 'shadows',
       'random_conv'), lambda v: 0 <= v <= 1, 'a probability in [0, 1]'),
     (('haze',), lambda v: v <= 1, 'a probability <= 1 (< 0: the default)'),
-    (('lr', 'kd_temperature', 'val_interval', 'log_interval', 'std'), lambda v: v > 0, 'positive'),
+    (('lr', 'kd_temperature', 'val_interval', 'log_interval'), lambda v: v > 0, 'positive'),
+    (('std',), lambda v: 0 < v < math.inf, 'positive and finite'),
+    (('mean',), math.isfinite, 'finite'),
     (('num_classes', 'workers', 'epochs', 'weight_decay', 'warmup_iters', 'warmup_ratio', 'poly_power', 'min_lr',
       'kd_weight', 'val_limit', 'save_interval', 'seed', 'threads'), lambda v: v >= 0, '>= 0'),
 )
@@ -203,8 +206,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     """Read a flat YAML config, apply ``key=value`` overrides and check the result."""
     cfg = {}
     if path:
-        with open(path) as f:
-            cfg = yaml.safe_load(f) or {}
+        try:
+            with open(path) as f:
+                cfg = yaml.safe_load(f) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f'{path}: not a text file (a config is a YAML file, see config/train/)') from None
         if not isinstance(cfg, dict):
             raise ValueError(f'{path}: a config is a flat mapping of keys to values')
     cfg.update(parse_overrides(overrides) if not isinstance(overrides, dict) else overrides)

@@ -32,6 +32,7 @@ gloo on CPU), ``batch_size`` is the total over all processes, validation is shar
 summed, and only rank 0 writes checkpoints, logs and progress bars.
 """
 import argparse
+import inspect
 import json
 import math
 import os
@@ -146,8 +147,35 @@ def _setup_distributed():
 
 def _device(cfg, local_rank):
     if cfg['device']:
-        return torch.device(cfg['device'])
+        return _config_device(cfg['device'])
     return torch.device(f'cuda:{local_rank}') if torch.cuda.is_available() else torch.device('cpu')
+
+
+def _config_device(text: str) -> torch.device:
+    """The ``device`` config value as a torch device this machine has (a UserError names it otherwise)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f'device={text!r} is not a torch device (e.g. cpu, cuda, cuda:1)') from None
+    if device.type != 'cpu':
+        accelerator = torch.accelerator.current_accelerator()
+        count = torch.accelerator.device_count() if accelerator and accelerator.type == device.type else 0
+        if (device.index or 0) >= count:
+            raise UserError(f'device={text!r}: this machine has {count} {device.type} device(s)'
+                            + (f' ({device.type}:0 to {device.type}:{count - 1})' if count else '; use device=cpu'))
+    return device
+
+
+def _check_loss_kwargs(model: SegmentationModel, loss_kwargs: dict) -> None:
+    """``loss_kwargs`` must be keyword-only arguments of the model's training_loss that the trainer does not set
+    itself from config keys (aux_weight, kd_weight, kd_temperature)."""
+    params = inspect.signature(model.training_loss).parameters
+    takes = [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY
+             and name not in ('aux_weight', 'kd_weight', 'kd_temperature')]
+    unknown = [str(key) for key in loss_kwargs if key not in takes]
+    if unknown:
+        raise UserError(f'loss_kwargs: unknown keyword(s) {", ".join(unknown)} of {type(model).__name__}.training_loss'
+                        f' (it takes {", ".join(takes)}; aux_weight, kd_weight and kd_temperature are config keys)')
 
 
 def _seed_everything(seed, deterministic):
@@ -228,6 +256,7 @@ class Trainer:
         if not isinstance(model, SegmentationModel):
             raise TypeError(f'{cfg["arch"]} ({type(model).__name__}) is not a nets.SegmentationModel: it declares '
                             'no training_loss')
+        _check_loss_kwargs(model, cfg['loss_kwargs'])
         if cfg['init']:
             load_init_weights(model, cfg['init'], self.log, cfg['init_new_classes_from'])
         if cfg['freeze']:
