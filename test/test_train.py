@@ -117,6 +117,18 @@ def test_overfit_two_images_loss_falls_and_report(scenes, tmp_path):
     assert saved['best_iter'] == 30 and saved['sec_per_iter'] > 0
 
 
+def test_bad_sample_in_a_loader_worker_is_one_line(tmp_path):
+    """The first sample is checked when the dataset opens; a later one is read in a loader worker, whose error
+    torch re-raises with the worker's traceback in the message: the trainer gives the worker's one line."""
+    from seg_perception.errors import UserError
+    data = write_scenes(tmp_path / 'data')
+    cv2.imwrite(str(data / 'masks' / '0001.png'), np.zeros((32, 48), np.uint8))   # half the image's size
+    with pytest.raises(UserError) as caught:
+        tr.train(tiny_config(data, tmp_path / 'run', workers=1, val_data='none'))
+    message = str(caught.value)
+    assert '\n' not in message and message.endswith('0001.png 48x32; they must be the same size'), message
+
+
 def test_checkpoint_format_and_exact_resume(scenes, tmp_path):
     straight = tr.train(tiny_config(scenes, tmp_path / 'a', iters=6, save_interval=3))
     partial = tr.train(tiny_config(scenes, tmp_path / 'b', iters=6, save_interval=3), stop_after=3)

@@ -38,7 +38,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,6 +176,16 @@ def _check_loss_kwargs(model: SegmentationModel, loss_kwargs: dict) -> None:
     if unknown:
         raise UserError(f'loss_kwargs: unknown keyword(s) {", ".join(unknown)} of {type(model).__name__}.training_loss'
                         f' (it takes {", ".join(takes)}; aux_weight, kd_weight and kd_temperature are config keys)')
+
+
+def _next_batch(data_iter: Iterator) -> tuple:
+    """The next batch. A bad sample's UserError raised in a loader worker comes back as torch re-raises it, the
+    worker's traceback in its message: keep the one line the worker raised."""
+    try:
+        return next(data_iter)
+    except UserError as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise UserError(last.partition('UserError: ')[2] or last) from None
 
 
 def _seed_everything(seed, deterministic):
@@ -375,7 +385,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
             unwrap(model).set_threshold_schedule(it, self.max_iters)
-            images, labels = next(data_iter)
+            images, labels = _next_batch(data_iter)
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             teacher_logits = None
             if self.teacher is not None and cfg['kd_weight'] > 0:
