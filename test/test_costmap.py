@@ -268,6 +268,8 @@ def test_bad_camera_info_is_refused_with_a_clear_message():
         with pytest.raises(CameraInfoError, match=f'{len(d)} distortion coefficients for {model}'):
             camera(d=d, model=model)
     camera(d=[0.1, 0.0, 0.0, 0.0], model='equidistant').rays()
+    with pytest.raises(CameraInfoError, match=r'roi 160x120 at \(5000, 0\) lies outside the 640x480 sensor'):
+        camera(640, 480, roi=(5000, 0, 120, 160), image_size=(120, 160))
 
 
 def test_class_costs_config_metadata_and_defaults():

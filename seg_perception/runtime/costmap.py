@@ -290,6 +290,9 @@ class PinholeCamera:
                                       f'{" or ".join(map(str, DISTORTION_COUNTS[distortion_model]))})')
         bx, by = max(1, int(binning_x)), max(1, int(binning_y))
         x_off, y_off, roi_h, roi_w = (int(v) for v in roi)
+        if roi_w and roi_h and width and height and (x_off + roi_w > width or y_off + roi_h > height):
+            raise CameraInfoError(f'roi {roi_w}x{roi_h} at ({x_off}, {y_off}) lies outside the {width}x{height} '
+                                  'sensor')
         full_w, full_h = (roi_w, roi_h) if roi_w and roi_h else (int(width), int(height))
         expect = (full_h // by, full_w // bx)
         if image_size is not None and tuple(image_size) != expect:
