@@ -16,7 +16,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironment
 from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
-from seg_perception.launch_support import large_data_env, load_cameras, node_action
+from seg_perception.launch_support import large_data_env, launch_flag, load_cameras, node_action
 
 SHARE = get_package_share_directory('seg_perception')
 
@@ -24,10 +24,10 @@ SHARE = get_package_share_directory('seg_perception')
 def _actions(context):
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     actions = []
-    if arg('large_data').lower() in ('true', '1', 'yes'):
+    if launch_flag('large_data', arg('large_data')):
         profile = os.path.join(SHARE, 'config', 'fastdds_large_data.xml')
         actions += [SetEnvironmentVariable(k, v) for k, v in large_data_env(profile).items()]
-    lifecycle = arg('lifecycle').lower() in ('true', '1', 'yes')
+    lifecycle = launch_flag('lifecycle', arg('lifecycle'))
     for cam in load_cameras(arg('cameras')):
         actions.append(node_action(params_file=arg('params_file'), lifecycle=lifecycle, **cam))
     return actions

@@ -21,7 +21,7 @@ from launch.launch_description_sources import AnyLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
 from launch import LaunchDescription
-from seg_perception.launch_support import default_camera_info_topic, large_data_env, node_action
+from seg_perception.launch_support import default_camera_info_topic, large_data_env, launch_flag, node_action
 
 SHARE = get_package_share_directory('seg_perception')
 
@@ -29,7 +29,7 @@ SHARE = get_package_share_directory('seg_perception')
 def _actions(context):
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     actions = []
-    if arg('large_data').lower() in ('true', '1', 'yes'):
+    if launch_flag('large_data', arg('large_data')):
         profile = os.path.join(SHARE, 'config', 'fastdds_large_data.xml')
         actions += [SetEnvironmentVariable(k, v) for k, v in large_data_env(profile).items()]
     if arg('camera_launch'):
@@ -39,7 +39,7 @@ def _actions(context):
         namespace=arg('namespace'), image_topic=image_topic,
         camera_info_topic=arg('camera_info_topic') or default_camera_info_topic(image_topic),
         params_file=arg('params_file'), model_path=arg('model_path'), input_mode=arg('input_mode'),
-        lifecycle=arg('lifecycle').lower() in ('true', '1', 'yes')))
+        lifecycle=launch_flag('lifecycle', arg('lifecycle'))))
     return actions
 
 

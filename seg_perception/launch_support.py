@@ -22,6 +22,20 @@ class CameraListError(ValueError):
     """A camera list that cannot be used; the message names the file, the entry and the bad value."""
 
 
+class LaunchArgumentError(ValueError):
+    """A launch argument that cannot be used; the message names it and its value."""
+
+
+def launch_flag(name: str, value: str) -> bool:
+    """A true/false launch argument (also 1/0, yes/no); anything else is a LaunchArgumentError, not false."""
+    text = value.strip().lower()
+    if text in ('true', '1', 'yes'):
+        return True
+    if text in ('false', '0', 'no'):
+        return False
+    raise LaunchArgumentError(f'launch argument {name}:={value}: give true or false')
+
+
 def _rmw_fastrtps_major() -> int | None:
     """Major version of the installed rmw_fastrtps_cpp (>= 9: Fast DDS 3), or None if not found."""
     try:
@@ -87,9 +101,10 @@ def load_cameras(path: str) -> list[dict]:
         for key in ('namespace', 'image_topic'):
             if not isinstance(cam.get(key), str) or not cam[key].strip('/'):
                 raise CameraListError(f'{where}: "{key}" must be a non-empty string, got {cam.get(key)!r}')
-        if cam['namespace'] in seen:
+        namespace = cam['namespace'].strip('/')   # 'a' and '/a' are the same namespace
+        if namespace in seen:
             raise CameraListError(f'{where}: namespace {cam["namespace"]!r} used twice')
-        seen.add(cam['namespace'])
+        seen.add(namespace)
         if cam.get('input_mode', 'raw') not in ('raw', 'compressed'):
             raise CameraListError(f'{where}: input_mode must be raw or compressed, got {cam["input_mode"]!r}')
         if not isinstance(cam.get('parameters', {}), dict):
@@ -114,6 +129,8 @@ def node_action(*, namespace: str, image_topic: str, camera_info_topic: str, par
     one (model_path, input_mode non-empty; ``parameters``)."""
     from launch_ros.actions import LifecycleNode, Node
 
+    if not os.path.isfile(params_file):   # launch_ros would only warn and start the node on built-in defaults
+        raise LaunchArgumentError(f'launch argument params_file:={params_file}: not a file')
     overrides = dict(parameters or {})
     if model_path:
         overrides['model_path'] = model_path

@@ -22,8 +22,10 @@ deactivate destroys them, cleanup frees the ONNX Runtime session.
 """
 import collections
 import copy
+import difflib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -152,6 +154,7 @@ class SegmentationPipeline:
         for name, (default, description, extra) in {**PARAMETERS, **COSTMAP_PARAMETERS}.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description, **extra))
         self._validate_static()
+        self._warn_unknown_parameters()
         self._set_opencv_threads(self.get_parameter('opencv_threads').value)
         # the node's own counters; what happened to each frame is counted by the worker (see frame_counts)
         self.counters = {'published': 0, 'skipped_rate': 0}
@@ -257,6 +260,16 @@ class SegmentationPipeline:
         if reason:
             raise UserError(f'parameter {reason}')
 
+    def _warn_unknown_parameters(self):
+        """ROS ignores given parameters a node does not declare (a typo in a params file): name them in a warning.
+        QoS overrides are declared later, with their topics."""
+        given = getattr(self, '_parameter_overrides', {})   # rclpy's record of the command line and params files
+        unknown = sorted(n for n in given if not self.has_parameter(n) and not n.startswith('qos_overrides.'))
+        for name in unknown:
+            close = difflib.get_close_matches(name, [*PARAMETERS, *COSTMAP_PARAMETERS], n=1)
+            self.get_logger().warning(f'parameter {name} is not one of this node\'s: ignored'
+                                      + (f" (did you mean '{close[0]}'?)" if close else ''))
+
     @staticmethod
     def _set_opencv_threads(count):
         cv2.setNumThreads(count if count > 0 else -1)   # OpenCV: a negative count restores its default
@@ -289,12 +302,19 @@ class SegmentationPipeline:
                 return reason
         with self._engine_lock:
             engine = self.engine
-        if 'costmap.class_costs' in new and engine is not None:
-            try:
-                class_cost_table(engine.names, parse_class_costs(new['costmap.class_costs']),
-                                 engine.meta.get('class_costs'))
-            except ValueError as exc:
-                return f'costmap.class_costs: {exc}'
+        if 'costmap.class_costs' in new and engine is not None and not set(new) & set(ENGINE_PARAMS):
+            return self._class_costs_reason(engine, new['costmap.class_costs'])   # (a new model: checked on load)
+        return None
+
+    def _class_costs_reason(self, engine, text=None):
+        """Reason ``costmap.class_costs`` (``text``, else the value in effect) does not fit ``engine``'s classes,
+        or None."""
+        text = self.get_parameter('costmap.class_costs').value if text is None else text
+        try:
+            class_cost_table(engine.names, parse_class_costs(text), engine.meta.get('class_costs'),
+                             config_name='costmap.class_costs')
+        except ValueError as exc:
+            return str(exc)
         return None
 
     def _on_set_parameters(self, params):
@@ -310,7 +330,9 @@ class SegmentationPipeline:
             return SetParametersResult(successful=False, reason=reason)
         if overrides and self._engine_wanted:
             try:
-                self._load_engine(self._engine_settings(overrides), strict=True)
+                self._load_engine(self._engine_settings(overrides), strict=True,
+                                  class_costs=next((p.value for p in params if p.name == 'costmap.class_costs'),
+                                                   None))
             except (EngineError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f'model not changed: {exc}')
         if self.costmap is not None:
@@ -326,9 +348,11 @@ class SegmentationPipeline:
                 self.diag_timer.timer_period_ns = int(p.value * 1e9)
         return SetParametersResult(successful=True)
 
-    def _load_engine(self, settings, strict=False):
+    def _load_engine(self, settings, strict=False, class_costs=None):
         """Build an engine from parameter values. At start-up a bad model leaves the node running without one
-        (reported in diagnostics, fixable by setting model_path); at run time (strict) the change is refused."""
+        (reported in diagnostics, fixable by setting model_path); at run time (strict) the change is refused. A
+        model whose classes ``costmap.class_costs`` (``class_costs``: the value being set) does not fit is refused
+        at run time and stops the node at start-up."""
         self._engine_wanted = True
         path = settings['model_path'] or default_model_path()
         input_size = tuple(settings['input_size'])
@@ -344,6 +368,9 @@ class SegmentationPipeline:
             self.engine_error = str(exc)
             self.get_logger().error(f'no model loaded: {exc}. Set the model_path parameter to a valid model.')
             return
+        reason = self._class_costs_reason(engine, class_costs)
+        if reason:
+            raise ValueError(reason) if strict else UserError(f'parameter {reason}')
         with self._engine_lock:
             self.engine, self.engine_error = engine, None
         self.get_logger().info(
@@ -622,7 +649,10 @@ TEARDOWN_LIMIT_S = 5.0
 
 def _teardown(node) -> None:
     """Destroy ``node`` (if any) and shut rclpy down, at most ``TEARDOWN_LIMIT_S`` seconds: after that one line
-    on stderr and the process exits (0: the node's own shutdown, its worker included, is done by then)."""
+    on stderr and the process exits (0: the node's own shutdown, its worker included, is done by then). A
+    second SIGINT meanwhile (launch's, a second ctrl-c) is ignored: the wait is bounded and shutdown under way."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     failure = []
 
     def run() -> None:

@@ -150,6 +150,20 @@ def test_node_publishes_costmap_and_obstacles(costmap_node):
     assert values()['camera_pose_source'].startswith('parameters')
 
 
+def test_a_model_whose_classes_the_class_costs_do_not_fit_is_refused(costmap_node, tmp_path):
+    from onnx_models import make_tiny_model
+    node, _ = costmap_node
+    other = make_tiny_model(str(tmp_path / 'three.onnx'), num_classes=3)   # classes c0, c1, c2
+    result = node.set_parameters([Parameter('model_path', value=other)])[0]
+    assert not result.successful and "model not changed: costmap.class_costs: the model has no class 'floor'" in \
+        result.reason, result.reason
+    assert node.engine.num_classes == 6
+    result = node.set_parameters_atomically([Parameter('model_path', value=other),   # together: checked so
+                                             Parameter('costmap.class_costs', value='c0:0, c1:100')])
+    assert result.successful, result.reason
+    assert node.engine.num_classes == 3
+
+
 def test_pose_parameters_change_at_run_time(costmap_node):
     node, h = costmap_node
     image = scene_image()
@@ -162,18 +176,18 @@ def test_pose_parameters_change_at_run_time(costmap_node):
     assert not node.set_parameters([Parameter('costmap.class_costs', value='floor')])[0].successful
     # refused when set, naming the value, instead of failing on every frame afterwards
     for name, value, reason in (('costmap.class_costs', 'unicorn:50', "no class 'unicorn'"),
-                                ('costmap.class_costs', 'floor:500', "cost of 'floor'.*500"),
+                                ('costmap.class_costs', 'floor:500', "class cost 'floor:500'.*-1..100"),
                                 ('costmap.size', [2000.0, 2000.0], r'\[2000.0, 2000.0\] at costmap.resolution 0.1'),
                                 ('costmap.origin', [0.0, float('inf')], r'\[0.0, inf\]'),
                                 ('camera_pose.z', -1.0, 'height above the ground.*-1.0'),
                                 ('costmap.frame_id', ' ', "no spaces.*' '")):
         result = node.set_parameters([Parameter(name, value=value)])[0]
         assert not result.successful and re.search(reason, result.reason), (name, result.reason)
-    result = node.set_parameters([Parameter('costmap.size', value=[100.0, 100.0]),
-                                  Parameter('costmap.resolution', value=0.5)])[0]   # together they make a grid
+    result = node.set_parameters_atomically([Parameter('costmap.size', value=[2000.0, 2000.0]),
+                                             Parameter('costmap.resolution', value=0.5)])   # alone refused above
     assert result.successful, result.reason
-    result = node.set_parameters([Parameter('costmap.resolution', value=0.005)])[0]   # 20000 cells a side
-    assert not result.successful and 'costmap.size [100.0, 100.0] at costmap.resolution 0.005' in result.reason
+    result = node.set_parameters([Parameter('costmap.resolution', value=0.1)])[0]   # 20000 cells a side
+    assert not result.successful and 'costmap.size [2000.0, 2000.0] at costmap.resolution 0.1' in result.reason
 
 
 def test_bad_camera_info_is_refused_and_counted(costmap_node):

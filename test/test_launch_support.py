@@ -1,7 +1,14 @@
 """Rules shared by the launch files (seg_perception/launch_support.py): Fast DDS variables, camera lists."""
 import pytest
 
-from seg_perception.launch_support import CameraListError, default_camera_info_topic, large_data_env, load_cameras
+from seg_perception.launch_support import (
+    CameraListError,
+    LaunchArgumentError,
+    default_camera_info_topic,
+    large_data_env,
+    launch_flag,
+    load_cameras,
+)
 
 
 def test_large_data_env_sets_only_the_name_this_fast_dds_reads():
@@ -49,6 +56,8 @@ def test_shipped_camera_list_loads():
     ('cameras: [{image_topic: /a}]', 'entry 0: "namespace" must be a non-empty string, got None'),
     ('cameras: [{namespace: a, image_topic: /a}, {namespace: a, image_topic: /b}]',
      "entry 1: namespace 'a' used twice"),
+    ('cameras: [{namespace: a, image_topic: /a}, {namespace: /a/, image_topic: /b}]',
+     "entry 1: namespace '/a/' used twice"),
     ('cameras: [{namespace: a, image_topic: /a, fps: 3}]', 'entry 0: unknown key(s) fps'),
     ('cameras: [{namespace: a, image_topic: /a, input_mode: jpeg}]',
      "input_mode must be raw or compressed, got 'jpeg'"),
@@ -67,3 +76,10 @@ def test_bad_camera_lists_are_named_in_one_line(tmp_path, text, message):
 def test_missing_camera_list(tmp_path):
     with pytest.raises(CameraListError, match='cannot read it'):
         load_cameras(str(tmp_path / 'none.yaml'))
+
+
+def test_launch_flags_are_true_or_false_never_a_silent_false():
+    assert [launch_flag('lifecycle', v) for v in ('true', 'True', '1', 'yes', 'false', 'FALSE', '0', 'no')] == \
+        [True] * 4 + [False] * 4
+    with pytest.raises(LaunchArgumentError, match='launch argument large_data:=maybe: give true or false'):
+        launch_flag('large_data', 'maybe')

@@ -224,6 +224,14 @@ def test_parameters_validated_and_model_reloaded(ros, tiny_model, tmp_path):
     assert h.wait_for(lambda: any(len(json.loads(m.data)['classes']) == 3 for m in h.received['label_info']))
 
 
+def test_a_parameter_the_node_does_not_have_is_named_in_a_warning(ros, tiny_model, capfd):
+    """ROS drops given parameters a node does not declare without a word; a typo would go unnoticed."""
+    node, _ = ros(model_path=tiny_model, overlay_alpa=0.3)
+    assert not node.has_parameter('overlay_alpa') and node.get_parameter('overlay_alpha').value == 0.5
+    err = capfd.readouterr().err
+    assert "parameter overlay_alpa is not one of this node's: ignored (did you mean 'overlay_alpha'?)" in err, err
+
+
 def test_missing_model_keeps_node_alive_and_reports_error(ros, tmp_path, tiny_model):
     node, h = ros(model_path=str(tmp_path / 'nope.onnx'))
     assert node.engine is None

@@ -257,6 +257,8 @@ def test_signal_shuts_down_within_2s_and_a_restart_works_at_once(tmp_path, tiny_
     # the checks of run-time changes hold at start-up too (before, these failed on every frame)
     ('camera_pose.x:=.nan', 'camera_pose.x must be finite, got nan'),
     ('costmap.size:=[0.0,0.0]', 'costmap.size [0.0, 0.0] at costmap.resolution 0.05'),
+    ('costmap.class_costs:=floor:500', "class cost 'floor:500': the cost must be in -1..100"),
+    ('costmap.class_costs:=flor:0', "costmap.class_costs: the model has no class 'flor'"),   # the shipped model
 ])
 def test_start_up_parameter_mistake_is_one_line_exit_2(param, words):
     env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
@@ -306,3 +308,28 @@ def test_a_middleware_teardown_that_hangs_ends_the_process(tmp_path):
             assert 'after teardown' not in proc.stdout and TEARDOWN_LIMIT_S <= elapsed < TEARDOWN_LIMIT_S + 20
         else:
             assert 'after teardown False' in proc.stdout and 'still running' not in proc.stderr, proc.stdout
+
+
+def test_a_second_sigint_during_teardown_is_ignored(tmp_path):
+    """launch (or a second ctrl-c) may send SIGINT again while the node tears down: no KeyboardInterrupt traceback
+    out of the bounded wait, the teardown finishes."""
+    script = tmp_path / 'teardown_sigint.py'
+    script.write_text(
+        'import time\n'
+        'import rclpy\n'
+        'from seg_perception import node\n'
+        'class Node:\n'
+        '    def destroy_node(self):\n'
+        '        print("destroying", flush=True)\n'
+        '        time.sleep(1.5)\n'
+        'rclpy.init()\n'
+        'node._teardown(Node())\n'
+        'print("after teardown", flush=True)\n')
+    env = {k: v for k, v in os.environ.items() if k != '_ROS_WHEELS_BOOTSTRAP_COMPLETE'}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout.readline().strip() == 'destroying'
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0 and 'after teardown' in out and 'Traceback' not in out, (proc.returncode, out)

@@ -361,6 +361,19 @@ def test_lifecycle_node_through_ros2_lifecycle(colcon_ros2, models, peer, tmp_pa
     _assert_launch_ended_cleanly(colcon_ros2, proc, elapsed, out)
 
 
+@pytest.mark.parametrize('argument, words', [
+    ('params_file:=/nonexistent/p.yaml', 'launch argument params_file:=/nonexistent/p.yaml: not a file'),
+    ('lifecycle:=maybe', 'launch argument lifecycle:=maybe: give true or false'),
+])
+def test_launch_argument_mistake_stops_the_launch_with_one_line(colcon_ros2, argument, words):
+    """Before, a missing params file only got launch_ros's warning and the node ran on built-in defaults, and a
+    flag that is neither true nor false counted as false."""
+    result = colcon_ros2.run('ros2', 'launch', 'seg_perception', 'segment.launch.py', argument, check=False,
+                             timeout=60)
+    assert result.returncode != 0 and words in result.stdout, result.stdout
+    assert 'Traceback' not in result.stdout and 'process started' not in result.stdout, result.stdout
+
+
 def test_multi_camera_launch_two_cameras_two_models(colcon_ros2, models, peer, tmp_path):
     """multi_camera.launch.py with two cameras and two models; both 1280x720 cameras are separate processes with
     only the environment variable the README tells camera drivers to set."""

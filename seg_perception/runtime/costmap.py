@@ -159,17 +159,20 @@ def parse_class_costs(text: str) -> dict:
             cost = None
         if not sep or not name.strip() or cost is None:
             raise ValueError(f"class cost {entry!r} is not 'name:cost'")
+        if not UNKNOWN <= cost <= LETHAL:
+            raise ValueError(f'class cost {entry!r}: the cost must be in -1..100')
         costs[name.strip()] = cost
     return costs
 
 
-def class_cost_table(names: Sequence[str], costs: Mapping | None = None, metadata_costs: Mapping | None = None
-                     ) -> np.ndarray:
+def class_cost_table(names: Sequence[str], costs: Mapping | None = None, metadata_costs: Mapping | None = None,
+                     config_name: str = 'class_costs') -> np.ndarray:
     """Cost (-1 unknown, 0..100) of every class id of a model, from ``costs`` (configuration), else the model's
     ``metadata_costs``, else :data:`DEFAULT_CLASS_COSTS`; names none of them know are unknown.
 
-    A name in ``costs`` that the model does not have, or a cost outside -1..100, is a ValueError."""
-    for source, table in (('class_costs', costs), ('model metadata class_costs', metadata_costs)):
+    A name in ``costs`` that the model does not have, or a cost outside -1..100, is a ValueError (naming
+    ``config_name``, where the configuration came from)."""
+    for source, table in ((config_name, costs), ('model metadata class_costs', metadata_costs)):
         for name, cost in (table or {}).items():
             if name not in names:
                 raise ValueError(f'{source}: the model has no class {name!r} (classes: {", ".join(names)})')
