@@ -72,8 +72,8 @@ from .shift_node import ALARM_MESSAGE as SHIFT_ALARM
 from .shift_node import ShiftOutput
 
 RCLError = _rclpy.RCLError
-# Parameters that rebuild the engine when changed at run time.
 MAX_INPUT_SIDE = 4096   # input_size: larger networks take seconds and GBs per frame on a robot's computer
+# Parameters that rebuild the engine when changed at run time.
 ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'intra_op_spinning', 'input_size')
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -294,10 +294,9 @@ class SegmentationPipeline:
         """Reason values set together with the others in effect are refused (the costmap grid; class costs
         against the loaded model's classes), or None."""
         new = {p.name: p.value for p in params}
-        grid = [new.get(f'costmap.{k}', None) for k in ('size', 'resolution', 'origin')]
-        if any(v is not None for v in grid):
-            reason = check_grid(*(v if v is not None else self.get_parameter(f'costmap.{k}').value
-                                  for v, k in zip(grid, ('size', 'resolution', 'origin'))))
+        grid = [f'costmap.{k}' for k in ('size', 'resolution', 'origin')]
+        if set(grid) & set(new):
+            reason = check_grid(*(new[k] if k in new else self.get_parameter(k).value for k in grid))
             if reason:
                 return reason
         with self._engine_lock:
@@ -330,9 +329,8 @@ class SegmentationPipeline:
             return SetParametersResult(successful=False, reason=reason)
         if overrides and self._engine_wanted:
             try:
-                self._load_engine(self._engine_settings(overrides), strict=True,
-                                  class_costs=next((p.value for p in params if p.name == 'costmap.class_costs'),
-                                                   None))
+                new_costs = {p.name: p.value for p in params}.get('costmap.class_costs')
+                self._load_engine(self._engine_settings(overrides), strict=True, class_costs=new_costs)
             except (EngineError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f'model not changed: {exc}')
         if self.costmap is not None:
