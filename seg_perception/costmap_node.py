@@ -168,7 +168,6 @@ class CostmapOutput:
     def _param(self, name):
         return self._changed[name] if name in self._changed else self.node.get_parameter(name).value
 
-
     def _log(self, kind, text, error=False):
         self.node._log_throttled(f'costmap_{kind}', text, error)
 

@@ -73,6 +73,8 @@ from .shift_node import ShiftOutput
 
 RCLError = _rclpy.RCLError
 MAX_INPUT_SIDE = 4096   # input_size: larger networks take seconds and GBs per frame on a robot's computer
+# The costmap parameters that make its grid together (checked together: costmap_node.check_grid).
+GRID_PARAMS = ('costmap.size', 'costmap.resolution', 'costmap.origin')
 # Parameters that rebuild the engine when changed at run time.
 ENGINE_PARAMS = ('model_path', 'providers', 'intra_op_threads', 'inter_op_threads', 'intra_op_spinning', 'input_size')
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
@@ -256,7 +258,7 @@ class SegmentationPipeline:
             reason = self._check_value(name, self.get_parameter(name).value)
             if reason:
                 raise UserError(f'parameter {reason}')
-        reason = check_grid(*(self.get_parameter(f'costmap.{k}').value for k in ('size', 'resolution', 'origin')))
+        reason = self._grid_reason({})
         if reason:
             raise UserError(f'parameter {reason}')
 
@@ -290,13 +292,15 @@ class SegmentationPipeline:
             return f'providers must be a list of provider names, got {list(value)}'
         return costmap_check_value(name, value)
 
-    def _check_together(self, params):
-        """Reason values set together with the others in effect are refused (the costmap grid; class costs
-        against the loaded model's classes), or None."""
-        new = {p.name: p.value for p in params}
-        grid = [f'costmap.{k}' for k in ('size', 'resolution', 'origin')]
-        if set(grid) & set(new):
-            reason = check_grid(*(new[k] if k in new else self.get_parameter(k).value for k in grid))
+    def _grid_reason(self, new):
+        """Reason the costmap grid of ``new`` values ({name: value}) over those in effect is refused, or None."""
+        return check_grid(*(new[k] if k in new else self.get_parameter(k).value for k in GRID_PARAMS))
+
+    def _check_together(self, new):
+        """Reason values set together (``new``, {name: value}) with the others in effect are refused (the costmap
+        grid; class costs against the loaded model's classes), or None."""
+        if set(GRID_PARAMS) & set(new):
+            reason = self._grid_reason(new)
             if reason:
                 return reason
         with self._engine_lock:
@@ -324,13 +328,14 @@ class SegmentationPipeline:
                 return SetParametersResult(successful=False, reason=reason)
             if p.name in ENGINE_PARAMS:
                 overrides[p.name] = p.value
-        reason = self._check_together(params)
+        new = {p.name: p.value for p in params}
+        reason = self._check_together(new)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
         if overrides and self._engine_wanted:
             try:
-                new_costs = {p.name: p.value for p in params}.get('costmap.class_costs')
-                self._load_engine(self._engine_settings(overrides), strict=True, class_costs=new_costs)
+                self._load_engine(self._engine_settings(overrides), strict=True,
+                                  class_costs=new.get('costmap.class_costs'))
             except (EngineError, ValueError) as exc:
                 return SetParametersResult(successful=False, reason=f'model not changed: {exc}')
         if self.costmap is not None:
